@@ -1,0 +1,300 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/trafficsplit/splitter/envoy"
+	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/testbed"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// envoyValidate runs `envoy --mode validate` on a bootstrap file.
+func envoyValidate(t *testing.T, path string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	// --disable-hot-restart: no shared memory, so parallel runs cannot clash.
+	out, err := exec.CommandContext(ctx, found.envoyBin, "--mode", "validate", "-c", path,
+		"--disable-hot-restart", "--log-level", "warn").CombinedOutput()
+	if err != nil {
+		return errors.New(strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func TestBootstrapsPassEnvoyValidate(t *testing.T) {
+	requireEnvoy(t)
+	files := map[string]string{} // name -> path
+	committed, err := filepath.Glob(filepath.Join(found.root, "envoy", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed = append(committed, filepath.Join(found.root, "examples", "kubernetes", "envoy.yaml"))
+	for _, p := range committed {
+		rel, _ := filepath.Rel(found.root, p)
+		files[rel] = p
+	}
+	// The loopback variants the test bed renders at run time.
+	dir := t.TempDir()
+	be := func(v string, port int) *testbed.Backend {
+		return &testbed.Backend{Version: v, Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	}
+	for name, backends := range map[string][]*testbed.Backend{
+		"loopback ext_proc":       {be("v1", 8081), be("v2", 8082)},
+		"loopback ext_authz":      {be("v1", 8081), be("v2", 8082)},
+		"loopback weighted 80-20": {be("v1", 8081), be("v2", 8082)},
+		"loopback three versions": {be("v1", 8081), be("v2", 8082), be("v3", 8083)},
+	} {
+		mode := envoy.ModeExtProc
+		switch {
+		case strings.Contains(name, "ext_authz"):
+			mode = envoy.ModeExtAuthz
+		case strings.Contains(name, "weighted"):
+			mode = envoy.ModeWeighted
+		}
+		p, err := testbed.LoopbackParams(mode, "127.0.0.1:9001", backends...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := envoy.Render(p)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		files[name] = path
+	}
+	if len(files) < 7 {
+		t.Fatalf("only %d bootstraps found: %v", len(files), files)
+	}
+	for name, path := range files {
+		t.Run(name, func(t *testing.T) {
+			if err := envoyValidate(t, path); err != nil {
+				t.Fatalf("envoy --mode validate %s:\n%v", path, err)
+			}
+		})
+	}
+	t.Run("negative control: an unknown field is rejected", func(t *testing.T) {
+		good, err := os.ReadFile(files["envoy/envoy.yaml"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Replace(good, []byte("route_cache_action:"), []byte("route_cache_actions:"), 1)
+		path := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := envoyValidate(t, path); err == nil || !strings.Contains(err.Error(), "route_cache_actions") {
+			t.Fatalf("envoy --mode validate accepted a misspelt field (err %v)", err)
+		}
+	})
+}
+
+func TestComposeFile(t *testing.T) {
+	opts, err := cli.NewProjectOptions(
+		[]string{filepath.Join(found.root, "docker-compose.yaml")},
+		cli.WithWorkingDirectory(found.root),
+		// Only the file itself: no .env or shell variables may change the result.
+		cli.WithEnv(nil),
+		cli.WithConsistency(true),
+		cli.WithResolvedPaths(true),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := opts.LoadProject(t.Context())
+	if err != nil {
+		t.Fatalf("compose-go rejects docker-compose.yaml: %v", err)
+	}
+	want := []string{"backend-v1", "backend-v2", "envoy", "splitter"}
+	if got := slices.Sorted(func(yield func(string) bool) {
+		for name := range project.Services {
+			if !yield(name) {
+				return
+			}
+		}
+	}); !slices.Equal(got, want) {
+		t.Fatalf("services %v, want %v", got, want)
+	}
+
+	t.Run("every published port is on the host's loopback", func(t *testing.T) {
+		for name, svc := range project.Services {
+			for _, p := range svc.Ports {
+				if p.Published != "" && p.HostIP != "127.0.0.1" {
+					t.Errorf("%s publishes %s:%s->%d", name, p.HostIP, p.Published, p.Target)
+				}
+			}
+		}
+		for name, port := range map[string]uint32{"envoy": 10000, "splitter": 9002} {
+			if !slices.ContainsFunc(project.Services[name].Ports, func(p types.ServicePortConfig) bool { return p.Target == port }) {
+				t.Errorf("%s does not publish %d", name, port)
+			}
+		}
+	})
+
+	t.Run("envoy is pinned and mounts the generated bootstrap", func(t *testing.T) {
+		e := project.Services["envoy"]
+		if e.Image != "envoyproxy/envoy:v1.40.0" {
+			t.Errorf("envoy image %q, want envoyproxy/envoy:v1.40.0", e.Image)
+		}
+		if !hasMount(e.Volumes, filepath.Join(found.root, "envoy", "envoy.yaml"), "/etc/envoy/envoy.yaml") {
+			t.Errorf("envoy volumes %+v lack envoy/envoy.yaml", e.Volumes)
+		}
+	})
+
+	t.Run("splitter mounts the config DIRECTORY read-only", func(t *testing.T) {
+		s := project.Services["splitter"]
+		dir := filepath.Join(found.root, "examples", "config")
+		if !hasMount(s.Volumes, dir, "/etc/splitter") {
+			t.Fatalf("splitter volumes %+v: want %s mounted at /etc/splitter", s.Volumes, dir)
+		}
+		for _, v := range s.Volumes {
+			if v.Target == "/etc/splitter" && !v.ReadOnly {
+				t.Error("config directory is mounted read-write")
+			}
+		}
+		env := map[string]string{}
+		for k, v := range s.Environment {
+			if v != nil {
+				env[k] = *v
+			}
+		}
+		if env["SPLITTER_CONFIG"] != "/etc/splitter/config.yaml" || env["SPLITTER_GRPC_ADDR"] != "0.0.0.0:9001" {
+			t.Errorf("splitter environment %v", env)
+		}
+		if env["SPLITTER_ADMIN_ADDR"] != "" && !strings.HasPrefix(env["SPLITTER_ADMIN_ADDR"], "127.0.0.1:") && env["SPLITTER_ADMIN_TOKEN_FILE"] == "" {
+			t.Error("admin listens beyond loopback without a token")
+		}
+		if s.Build == nil || s.Build.Target != "splitter" {
+			t.Errorf("splitter build %+v, want the Dockerfile's splitter target", s.Build)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "config.yaml")); err != nil {
+			t.Errorf("the demo's live file: %v", err)
+		}
+	})
+
+	t.Run("backends share one image target with different versions", func(t *testing.T) {
+		for _, v := range []string{"v1", "v2"} {
+			b := project.Services["backend-"+v]
+			if b.Build == nil || b.Build.Target != "backend" || !slices.Contains(b.Command, v) {
+				t.Errorf("backend-%s: build %+v command %v", v, b.Build, b.Command)
+			}
+		}
+	})
+}
+
+func hasMount(vols []types.ServiceVolumeConfig, source, target string) bool {
+	return slices.ContainsFunc(vols, func(v types.ServiceVolumeConfig) bool {
+		return v.Type == types.VolumeTypeBind && v.Source == source && v.Target == target
+	})
+}
+
+// TestExampleConfigsCompile runs the splitter's own loader and compiler on
+// every example configuration (what `splitter validate` does).
+func TestExampleConfigsCompile(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(found.root, "examples", "config", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, filepath.Join(found.root, "examples", "kubernetes", "splitter-config.yaml"))
+	if len(files) < 6 {
+		t.Fatalf("only %d example configurations: %v", len(files), files)
+	}
+	for _, path := range files {
+		rel, _ := filepath.Rel(found.root, path)
+		t.Run(rel, func(t *testing.T) {
+			l, err := config.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := split.Compile(l.Config); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestKubernetesManifests checks what kubectl cannot: the sidecar layout.
+func TestKubernetesManifests(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(found.root, "examples", "kubernetes", "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dep struct {
+		Kind string `yaml:"kind"`
+		Spec struct {
+			Template struct {
+				Spec struct {
+					Containers []struct {
+						Name           string `yaml:"name"`
+						Image          string `yaml:"image"`
+						ReadinessProbe any    `yaml:"readinessProbe"`
+						LivenessProbe  any    `yaml:"livenessProbe"`
+						Resources      any    `yaml:"resources"`
+						Security       struct {
+							ReadOnlyRoot bool `yaml:"readOnlyRootFilesystem"`
+						} `yaml:"securityContext"`
+						VolumeMounts []struct {
+							Name      string `yaml:"name"`
+							MountPath string `yaml:"mountPath"`
+							SubPath   string `yaml:"subPath"`
+						} `yaml:"volumeMounts"`
+					} `yaml:"containers"`
+					Volumes []struct {
+						Name      string         `yaml:"name"`
+						ConfigMap map[string]any `yaml:"configMap"`
+						Secret    map[string]any `yaml:"secret"`
+					} `yaml:"volumes"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(false)
+	if err := dec.Decode(&dep); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	pod := dep.Spec.Template.Spec
+	if dep.Kind != "Deployment" || len(pod.Containers) != 2 {
+		t.Fatalf("want a Deployment with the envoy and splitter containers, got %s with %d", dep.Kind, len(pod.Containers))
+	}
+	for _, c := range pod.Containers {
+		if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.Resources == nil || !c.Security.ReadOnlyRoot {
+			t.Errorf("container %s lacks probes, resources or a read-only root", c.Name)
+		}
+		for _, m := range c.VolumeMounts {
+			if m.SubPath != "" {
+				t.Errorf("container %s mounts %s with subPath: ConfigMap updates would never reach it", c.Name, m.Name)
+			}
+		}
+		if c.Name == "envoy" && c.Image != "envoyproxy/envoy:v1.40.0" {
+			t.Errorf("envoy image %q not pinned to v1.40.0", c.Image)
+		}
+	}
+	var configMap, secret bool
+	for _, v := range pod.Volumes {
+		configMap = configMap || v.ConfigMap["name"] == "splitter-config"
+		secret = secret || v.Secret["secretName"] == "splitter-admin-token"
+	}
+	if !configMap || !secret {
+		t.Errorf("volumes: splitter-config ConfigMap %v, admin token Secret %v", configMap, secret)
+	}
+}

