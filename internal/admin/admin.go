@@ -1,0 +1,399 @@
+// Package admin serves splitter's HTTP admin API: read the routing state,
+// change weights at runtime, assign experiment variants, explain a
+// decision, reload the configuration, and expose metrics and health.
+//
+// Routes:
+//
+//	GET    /v1/services                   every service, the experiments, the config in force
+//	GET    /v1/services/{name}            one service (weights, file weights, override, rules)
+//	PUT    /v1/services/{name}/canary     {"percentage": 12.5} on a two-version service
+//	PUT    /v1/services/{name}/weights    {"v1": 70, "v2": 20, "v3": 10} (every version)
+//	DELETE /v1/services/{name}/override   back to the file's weights
+//	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
+//	POST   /v1/explain                    {"authority", "path", "method", "headers", "cookies"}
+//	POST   /v1/reload                     same path as the file watcher; 422 keeps the old config
+//	GET    /metrics, /healthz (liveness), /readyz (config loaded and not draining)
+//
+// Every answer is JSON; errors are {"error": "...", "field": "..."} with the
+// status that fits. Mutations (PUT, DELETE and POST /v1/reload) need
+// "Authorization: Bearer <token>" when a token is configured (never a token
+// in the query string), "Content-Type: application/json", and, when no
+// token is configured, a loopback Host header (a page in a browser cannot
+// reach the API through DNS rebinding). Every mutation attempt, allowed or
+// not, is written to the audit log.
+package admin
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/trafficsplit/splitter/internal/store"
+)
+
+// MaxBodyBytes caps a request body.
+const MaxBodyBytes = 64 << 10
+
+// Recorder receives admin metrics; *metrics.Metrics implements it.
+type Recorder interface {
+	AdminRequest(endpoint string, code int)
+	AdminMutation(result string) // success, rejected, unauthorized, error
+}
+
+// Options configures the admin handler.
+type Options struct {
+	Store *store.Store
+	// Reload runs the same reload as the file watcher; nil disables
+	// POST /v1/reload (501).
+	Reload func(ctx context.Context) error
+	// Token returns the admin token, read on every request so that a
+	// rotated token file takes effect at once; nil or "" disables auth.
+	Token func() string
+	// Metrics serves GET /metrics (promhttp for the process registry); nil:
+	// the route does not exist.
+	Metrics http.Handler
+	// Ready reports whether the process accepts traffic (false while
+	// draining); nil: ready once a configuration is loaded.
+	Ready    func() bool
+	Logger   *slog.Logger // nil: discard
+	Audit    *slog.Logger // one line per mutation attempt; nil: Logger
+	Recorder Recorder     // nil: no metrics
+}
+
+// New returns the admin API handler.
+func New(opts Options) http.Handler {
+	a := &api{opts: opts, log: opts.Logger, audit: opts.Audit, mux: http.NewServeMux()}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.audit == nil {
+		a.audit = a.log
+	}
+	routes := []route{
+		{pattern: "GET /v1/services", fn: a.listServices},
+		{pattern: "GET /v1/services/{name}", fn: a.getService},
+		{pattern: "PUT /v1/services/{name}/canary", fn: a.putCanary, mutation: true, body: true},
+		{pattern: "PUT /v1/services/{name}/weights", fn: a.putWeights, mutation: true, body: true},
+		{pattern: "DELETE /v1/services/{name}/override", fn: a.deleteOverride, mutation: true},
+		{pattern: "POST /v1/assign", fn: a.assign, body: true},
+		{pattern: "POST /v1/explain", fn: a.explain, body: true},
+		{pattern: "POST /v1/reload", fn: a.reload, mutation: true, body: true, emptyBodyOK: true},
+		{pattern: "GET /healthz", fn: a.healthz},
+		{pattern: "GET /readyz", fn: a.readyz},
+	}
+	for _, rt := range routes {
+		a.mux.Handle(rt.pattern, a.wrap(rt))
+	}
+	if opts.Metrics != nil {
+		const pattern = "GET /metrics"
+		a.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+			opts.Metrics.ServeHTTP(sw, r)
+			a.count(pattern, sw.status)
+		}))
+	}
+	// The catch-all turns the mux's plain-text 404 and 405 into JSON errors.
+	a.mux.HandleFunc("/", a.notFound)
+	return a.mux
+}
+
+type api struct {
+	opts  Options
+	log   *slog.Logger
+	audit *slog.Logger
+	mux   *http.ServeMux
+}
+
+// route is one endpoint. fn returns the status and body of a success, or
+// an error (an *apiError carries its status; anything else is a 500).
+type route struct {
+	pattern     string
+	fn          func(r *http.Request, body []byte, ev *auditEvent) (int, any, error)
+	mutation    bool // needs the token, checked Host, and is audited
+	body        bool // takes a JSON body
+	emptyBodyOK bool
+}
+
+// auditEvent is what a mutation handler reports for the audit line.
+type auditEvent struct {
+	actor      string // token fingerprint or "anonymous"; set before the handler runs
+	service    string
+	old, new   string
+	generation uint64
+}
+
+// apiError is an error answer.
+type apiError struct {
+	status int
+	msg    string
+	field  string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, field, format string, args ...any) *apiError {
+	return &apiError{status: status, field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+func (a *api) wrap(rt route) http.Handler {
+	endpoint := rt.pattern
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev auditEvent
+		actor := "anonymous"
+		status, resp, err := func() (int, any, error) {
+			if rt.mutation {
+				var aerr *apiError
+				actor, aerr = a.authorize(r)
+				if aerr != nil {
+					if aerr.status == http.StatusUnauthorized {
+						w.Header().Set("WWW-Authenticate", `Bearer realm="splitter admin"`)
+					}
+					return 0, nil, aerr
+				}
+			}
+			ev.actor = actor
+			var body []byte
+			if rt.body {
+				var aerr *apiError
+				body, aerr = readBody(w, r, rt.emptyBodyOK)
+				if aerr != nil {
+					return 0, nil, aerr
+				}
+			}
+			return rt.fn(r, body, &ev)
+		}()
+		if err != nil {
+			var aerr *apiError
+			if !errors.As(err, &aerr) {
+				a.log.Error("admin request failed", "endpoint", endpoint, "error", err)
+				aerr = errorf(http.StatusInternalServerError, "", "internal error: %v", err)
+			}
+			status, resp = aerr.status, errorBody{Error: aerr.msg, Field: aerr.field}
+		}
+		writeJSON(w, status, resp)
+		a.count(endpoint, status)
+		if rt.mutation {
+			a.auditLine(r, endpoint, actor, status, err, ev)
+		}
+	})
+}
+
+func (a *api) count(endpoint string, status int) {
+	if a.opts.Recorder != nil {
+		a.opts.Recorder.AdminRequest(endpoint, status)
+	}
+}
+
+func (a *api) auditLine(r *http.Request, endpoint, actor string, status int, err error, ev auditEvent) {
+	result := "success"
+	switch {
+	case status == http.StatusUnauthorized:
+		result = "unauthorized"
+	case status >= 500:
+		result = "error"
+	case status >= 400:
+		result = "rejected"
+	}
+	if a.opts.Recorder != nil {
+		a.opts.Recorder.AdminMutation(result)
+	}
+	attrs := []slog.Attr{
+		slog.String("endpoint", endpoint),
+		slog.String("remote", r.RemoteAddr),
+		slog.String("actor", actor),
+		slog.String("result", result),
+		slog.Int("status", status),
+	}
+	if ev.service != "" {
+		attrs = append(attrs, slog.String("service", ev.service))
+	}
+	if ev.old != "" || ev.new != "" {
+		attrs = append(attrs, slog.String("old", ev.old), slog.String("new", ev.new))
+	}
+	if ev.generation != 0 {
+		attrs = append(attrs, slog.Uint64("generation", ev.generation))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	a.audit.LogAttrs(r.Context(), slog.LevelInfo, "admin mutation", attrs...)
+}
+
+// authorize checks the bearer token (or, without one, that the request is
+// addressed to a loopback host) and returns the actor for the audit log.
+func (a *api) authorize(r *http.Request) (string, *apiError) {
+	token := ""
+	if a.opts.Token != nil {
+		token = a.opts.Token()
+	}
+	if token == "" {
+		if !loopbackHost(r.Host) {
+			return "anonymous", errorf(http.StatusForbidden, "",
+				"Host %q is not a loopback address; mutations without an admin token are accepted only on loopback", r.Host)
+		}
+		return "anonymous", nil
+	}
+	scheme, given, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "anonymous", errorf(http.StatusUnauthorized, "", "missing bearer token (Authorization: Bearer <token>)")
+	}
+	// Comparing digests keeps the comparison constant-time even in length.
+	want, got := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(strings.TrimSpace(given)))
+	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
+		return "anonymous", errorf(http.StatusUnauthorized, "", "invalid bearer token")
+	}
+	return fingerprint(token), nil
+}
+
+// fingerprint names a token in logs without revealing it.
+func fingerprint(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return "token:" + hex.EncodeToString(sum[:6])
+}
+
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// readBody checks the content type and reads at most MaxBodyBytes.
+func readBody(w http.ResponseWriter, r *http.Request, emptyOK bool) ([]byte, *apiError) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		return nil, errorf(http.StatusUnsupportedMediaType, "", "Content-Type must be application/json")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return nil, errorf(http.StatusRequestEntityTooLarge, "", "body is larger than %d bytes", MaxBodyBytes)
+		}
+		return nil, errorf(http.StatusBadRequest, "", "reading body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 && !emptyOK {
+		return nil, errorf(http.StatusBadRequest, "", "empty body; expected a JSON object")
+	}
+	return body, nil
+}
+
+// decodeStrict decodes exactly one JSON value into v, refusing unknown
+// fields and trailing data.
+func decodeStrict(body []byte, v any) *apiError {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &typeErr):
+			return errorf(http.StatusBadRequest, typeErr.Field, "%s: must be a JSON %s, not %s", typeErr.Field, typeErr.Type.Kind(), typeErr.Value)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return errorf(http.StatusBadRequest, field, "unknown field %q", field)
+		}
+		return errorf(http.StatusBadRequest, "", "invalid JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errorf(http.StatusBadRequest, "", "unexpected data after the JSON object")
+	}
+	return nil
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(errorBody{Error: "encoding the answer: " + err.Error()})
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// notFound answers requests no route matched: 405 with Allow when the
+// path exists for other methods, else 404.
+func (a *api) notFound(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := a.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	endpoint := "unmatched"
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)})
+		a.count(endpoint, http.StatusMethodNotAllowed)
+		return
+	}
+	writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path})
+	a.count(endpoint, http.StatusNotFound)
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// CheckBindAddress refuses a non-loopback admin address when no token is
+// configured: the API can change routing for every request.
+func CheckBindAddress(addr, token string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("admin_addr %q: %w", addr, err)
+	}
+	if token != "" || loopbackHost(host) {
+		return nil
+	}
+	return fmt.Errorf("admin_addr %s is not loopback; set admin_token (or admin_token_file) to expose the admin API, or bind it to 127.0.0.1", addr)
+}
+
+// NewServer returns an http.Server for the admin API with timeouts that a
+// slow or stalled client cannot hold open.
+func NewServer(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}

@@ -1,0 +1,185 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// maxStateBytes caps the state file; it holds a few weights per service.
+const maxStateBytes = 1 << 20
+
+// stateDoc is the state file's JSON form:
+//
+//	{"file_sha256": "...",
+//	 "overrides":    {"api": {"v1": 50, "v2": 50}},
+//	 "file_weights": {"api": {"v1": 80, "v2": 20}}}
+//
+// file_weights are the file's weights for each overridden service when the
+// override was set; they decide whether the override survives the file it
+// meets at the next start.
+type stateDoc struct {
+	FileSHA256  string                     `json:"file_sha256"`
+	Overrides   map[string]json.RawMessage `json:"overrides"`
+	FileWeights map[string]json.RawMessage `json:"file_weights,omitempty"`
+}
+
+// state is a decoded state file.
+type state struct {
+	fileSHA     string
+	overrides   map[string]split.Weights
+	fileWeights map[string]split.Weights
+}
+
+// readState reads path; a missing file is an empty state.
+func readState(path string) (*state, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state file: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxStateBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("state file %s: %w", path, err)
+	}
+	if len(data) > maxStateBytes {
+		return nil, fmt.Errorf("state file %s: larger than %d bytes", path, maxStateBytes)
+	}
+	st, err := decodeState(data)
+	if err != nil {
+		return nil, fmt.Errorf("state file %s: %w", path, err)
+	}
+	return st, nil
+}
+
+func decodeState(data []byte) (*state, error) {
+	var doc stateDoc
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&doc); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after the JSON document")
+	}
+	st := &state{
+		fileSHA:     doc.FileSHA256,
+		overrides:   make(map[string]split.Weights, len(doc.Overrides)),
+		fileWeights: make(map[string]split.Weights, len(doc.FileWeights)),
+	}
+	for _, name := range sortedKeys(doc.Overrides) {
+		w, err := split.ParseWeightsJSON(doc.Overrides[name])
+		if err != nil {
+			return nil, fmt.Errorf("overrides.%s: %w", name, err)
+		}
+		st.overrides[name] = w
+	}
+	for _, name := range sortedKeys(doc.FileWeights) {
+		w, err := split.ParseWeightsJSON(doc.FileWeights[name])
+		if err != nil {
+			return nil, fmt.Errorf("file_weights.%s: %w", name, err)
+		}
+		st.fileWeights[name] = w
+	}
+	return st, nil
+}
+
+func encodeState(overrides, fileWeights map[string]split.Weights, sha string) ([]byte, error) {
+	doc := stateDoc{
+		FileSHA256:  sha,
+		Overrides:   make(map[string]json.RawMessage, len(overrides)),
+		FileWeights: make(map[string]json.RawMessage, len(fileWeights)),
+	}
+	for name, w := range overrides {
+		b, err := json.Marshal(w)
+		if err != nil {
+			return nil, fmt.Errorf("overrides.%s: %w", name, err)
+		}
+		doc.Overrides[name] = b
+	}
+	for name, w := range fileWeights {
+		b, err := json.Marshal(w)
+		if err != nil {
+			return nil, fmt.Errorf("file_weights.%s: %w", name, err)
+		}
+		doc.FileWeights[name] = b
+	}
+	out, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// writeState replaces the state file atomically: a temporary file in the
+// same directory is written, synced and renamed over it, so a crash leaves
+// either the old or the new file, never a torn one.
+func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha string) error {
+	data, err := encodeState(overrides, fileWeights, sha)
+	if err != nil {
+		return fmt.Errorf("state file %s: %w", s.stateFile, err)
+	}
+	if err := writeAtomic(s.stateFile, data, s.rename); err != nil {
+		return fmt.Errorf("state file %s: %w", s.stateFile, err)
+	}
+	return nil
+}
+
+func writeAtomic(path string, data []byte, rename func(string, string) error) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	// CreateTemp already uses 0600; Chmod makes it independent of that detail.
+	if err = tmp.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err = tmp.Write(data); err != nil {
+		return err
+	}
+	if err = tmp.Sync(); err != nil {
+		return err
+	}
+	if err = tmp.Close(); err != nil {
+		return err
+	}
+	if err = rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	// Persist the rename itself; not every file system supports syncing a
+	// directory, and the data is already safe, so a failure here is ignored.
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+func osRename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,480 @@
+// Package store holds splitter's runtime state: the compiled table that
+// decisions read, the file configuration it came from, and the overrides an
+// operator set through the admin API.
+//
+// Readers take one immutable *Snapshot with an atomic load and never lock.
+// Writers (file reloads and admin mutations) are serialised by one mutex,
+// build a whole new Snapshot and publish it with a single pointer swap, so
+// a decision always sees one configuration generation, never a mix.
+//
+// An override replaces one service's weights. It survives a file reload
+// only while that service's weights in the file are the same as they were
+// when the override was set; when the file changes them (or removes the
+// service or one of its versions) the file wins, the override is dropped
+// and the drop is logged. With a state file, overrides (and the file
+// weights they were set against) persist across restarts, and the same
+// survival rule is applied to them at the first load.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// Snapshot is one immutable state of the store. Nothing in it may be
+// modified after it is published.
+type Snapshot struct {
+	Table      *split.Table             // effective table: file config + overrides
+	File       *split.Config            // as loaded from the file (or built-in default)
+	Overrides  map[string]split.Weights // service -> weights set at runtime (nil: none)
+	SHA256     string                   // hex sha256 of the file bytes
+	Source     string                   // file path, or "built-in default"
+	LoadedAt   time.Time                // when the file config was (re)loaded
+	Generation uint64                   // +1 on every swap (file or override)
+}
+
+// FileService returns the service as written in the file, before
+// overrides.
+func (s *Snapshot) FileService(name string) (split.Service, bool) {
+	if s == nil || s.File == nil {
+		return split.Service{}, false
+	}
+	for _, svc := range s.File.Services {
+		if svc.Name == name {
+			return svc, true
+		}
+	}
+	return split.Service{}, false
+}
+
+// Options configures a Store.
+type Options struct {
+	Logger    *slog.Logger     // nil: discard
+	StateFile string           // "": overrides are not persisted
+	Now       func() time.Time // nil: time.Now
+	OnSwap    func(*Snapshot)  // called after every successful swap, under the write lock; may be nil
+}
+
+// ErrNoConfig is returned by mutations made before the first ApplyFile.
+var ErrNoConfig = errors.New("no configuration loaded")
+
+// Store is splitter's runtime state. It is safe for concurrent use.
+type Store struct {
+	log       *slog.Logger
+	stateFile string
+	now       func() time.Time
+	onSwap    func(*Snapshot)
+
+	cur     atomic.Pointer[Snapshot]
+	lastErr atomic.Pointer[reloadError]
+
+	mu sync.Mutex // serialises writers; readers never take it
+	// fileWeights holds, per overridden service, the file's weights at the
+	// time the override was set: the survival rule compares against them.
+	fileWeights map[string]split.Weights
+	// pending holds the overrides read from the state file until the first
+	// ApplyFile decides which of them survive.
+	pending *state
+	// rename is os.Rename; tests replace it to simulate a failed write.
+	rename func(oldpath, newpath string) error
+}
+
+type reloadError struct {
+	msg string
+	at  time.Time
+}
+
+// New creates a Store. If opts.StateFile exists it is read now (a corrupt
+// file is an error naming it); its overrides are applied by the first
+// ApplyFile under the usual survival rule.
+func New(opts Options) (*Store, error) {
+	s := &Store{
+		log:         opts.Logger,
+		stateFile:   opts.StateFile,
+		now:         opts.Now,
+		onSwap:      opts.OnSwap,
+		fileWeights: map[string]split.Weights{},
+		rename:      osRename,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.stateFile != "" {
+		st, err := readState(s.stateFile)
+		if err != nil {
+			return nil, err
+		}
+		s.pending = st
+	}
+	return s, nil
+}
+
+// Load returns the current snapshot, nil before the first ApplyFile. It is
+// safe to call on a nil *Store.
+func (s *Store) Load() *Snapshot {
+	if s == nil {
+		return nil
+	}
+	return s.cur.Load()
+}
+
+// Table returns the current effective table, nil before the first
+// ApplyFile. It is safe to call on a nil *Store.
+func (s *Store) Table() *split.Table {
+	if s == nil {
+		return nil
+	}
+	if snap := s.cur.Load(); snap != nil {
+		return snap.Table
+	}
+	return nil
+}
+
+// ApplyFile compiles cfg (read from source, whose bytes hash to sha) with
+// the overrides that survive it and publishes the result. An override
+// survives only if the file's weights for its service are exactly those it
+// was set against; the others are dropped, logged and removed from the
+// state file. Applying the same sha from the same source again changes
+// nothing and returns the current snapshot (no new generation): the bytes,
+// hence the config and the survival of every override, are the same. On
+// error nothing changes. The store keeps its own copy of cfg.
+func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, error) {
+	if cfg == nil {
+		return nil, errors.New("apply file: nil configuration")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	cfg = cfg.Clone()
+	old := s.cur.Load()
+	if old != nil && old.SHA256 == sha && old.Source == source {
+		s.lastErr.Store(nil)
+		return old, nil
+	}
+
+	// Services the file leaves alone keep their round-robin position.
+	var prev *split.Table
+	if old != nil {
+		prev = old.Table
+	}
+	table, err := split.CompileNext(prev, cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	// Candidates: the live overrides, or at the first load the persisted ones.
+	candidates := map[string]split.Weights{}
+	against := map[string]split.Weights{}
+	persistedSHA := ""
+	if old != nil {
+		maps.Copy(candidates, old.Overrides)
+		maps.Copy(against, s.fileWeights)
+	} else if s.pending != nil {
+		maps.Copy(candidates, s.pending.overrides)
+		maps.Copy(against, s.pending.fileWeights)
+		persistedSHA = s.pending.fileSHA
+	}
+
+	kept := map[string]split.Weights{}
+	keptAgainst := map[string]split.Weights{}
+	dropped := 0
+	for _, name := range sortedKeys(candidates) {
+		w := candidates[name]
+		reason := ""
+		svc, ok := findService(cfg, name)
+		switch fw, known := against[name]; {
+		case !ok:
+			reason = "service no longer in the file"
+		case known && !sameWeights(fw, svc.Weights):
+			reason = "file changed the service's weights"
+		case !known && (persistedSHA == "" || persistedSHA != sha):
+			// A hand-written state file without file weights can only be
+			// trusted against the exact file it names.
+			reason = "file weights at the time of the override are unknown"
+		}
+		if reason == "" {
+			t, err := table.WithWeights(name, w)
+			if err != nil {
+				reason = "override no longer valid: " + err.Error()
+			} else {
+				table = t
+			}
+		}
+		if reason != "" {
+			dropped++
+			s.log.Warn("runtime override cleared by the configuration file",
+				"service", name, "override", formatWeights(w), "file_weights", formatWeights(svc.Weights),
+				"reason", reason, "source", source)
+			continue
+		}
+		kept[name] = w
+		keptAgainst[name] = svc.Weights
+	}
+
+	if s.stateFile != "" && (dropped > 0 || len(kept) > 0) {
+		// The file config applies even if the state cannot be written: a
+		// dropped override left in the file is dropped again at the next
+		// start by the same rule.
+		if err := s.writeState(kept, keptAgainst, sha); err != nil {
+			s.log.Error("cannot update the state file", "path", s.stateFile, "error", err)
+		}
+	}
+
+	snap := &Snapshot{
+		Table:     table,
+		File:      cfg,
+		Overrides: nilIfEmpty(kept),
+		SHA256:    sha,
+		Source:    source,
+		LoadedAt:  s.now(),
+	}
+	s.fileWeights = keptAgainst
+	s.pending = nil
+	s.lastErr.Store(nil)
+	s.publish(old, snap)
+	return snap, nil
+}
+
+// RecordReloadError remembers a failed reload for the admin API. A nil err
+// clears it, as does the next successful ApplyFile.
+func (s *Store) RecordReloadError(err error) {
+	if err == nil {
+		s.lastErr.Store(nil)
+		return
+	}
+	s.lastErr.Store(&reloadError{msg: err.Error(), at: s.now()})
+}
+
+// LastReloadError returns the last reload error and when it happened, or
+// "" and the zero time when the last reload succeeded.
+func (s *Store) LastReloadError() (msg string, at time.Time) {
+	if e := s.lastErr.Load(); e != nil {
+		return e.msg, e.at
+	}
+	return "", time.Time{}
+}
+
+// SetWeights overrides service's weights. Errors wrap
+// split.ErrUnknownService for an unknown service; invalid weights give the
+// engine's *split.FieldError. actor is recorded in the log.
+func (s *Store) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (*Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.setLocked(ctx, service, w, actor)
+}
+
+// SetCanary gives the canary (non-stable) version of a two-version service
+// basisPoints of the traffic and the stable version the rest. Errors wrap
+// split.ErrUnknownService or split.ErrNotTwoVersions.
+func (s *Store) SetCanary(ctx context.Context, service string, basisPoints int, actor string) (split.Weights, *Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if cur == nil {
+		return nil, nil, ErrNoConfig
+	}
+	w, err := cur.Table.CanaryWeights(service, basisPoints)
+	if err != nil {
+		return nil, nil, fmt.Errorf("service %q: %w", service, err)
+	}
+	snap, err := s.setLocked(ctx, service, w, actor)
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, snap, nil
+}
+
+// ClearOverride removes service's override, restoring the file's weights.
+// Clearing a service that has no override changes nothing and returns the
+// current snapshot.
+func (s *Store) ClearOverride(ctx context.Context, service string, actor string) (*Snapshot, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if cur == nil {
+		return nil, ErrNoConfig
+	}
+	fileSvc, ok := cur.FileService(service)
+	if !ok {
+		return nil, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+	}
+	if _, ok := cur.Overrides[service]; !ok {
+		return cur, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	table, err := cur.Table.WithWeights(service, fileSvc.Weights)
+	if err != nil {
+		return nil, fmt.Errorf("service %q: restore file weights: %w", service, err)
+	}
+	overrides := maps.Clone(cur.Overrides)
+	delete(overrides, service)
+	against := maps.Clone(s.fileWeights)
+	delete(against, service)
+	if s.stateFile != "" {
+		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
+			return nil, fmt.Errorf("service %q: %w", service, err)
+		}
+	}
+	snap := &Snapshot{
+		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides),
+		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt,
+	}
+	s.fileWeights = against
+	s.log.Info("runtime override cleared", "service", service, "actor", actor,
+		"old", formatWeights(cur.Overrides[service]), "new", formatWeights(fileSvc.Weights))
+	s.publish(cur, snap)
+	return snap, nil
+}
+
+// setLocked applies an override; s.mu is held.
+func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, actor string) (*Snapshot, error) {
+	cur := s.cur.Load()
+	if cur == nil {
+		return nil, ErrNoConfig
+	}
+	fileSvc, ok := cur.FileService(service)
+	if !ok {
+		return nil, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+	}
+	if err := sameVersions(w, fileSvc.Weights); err != nil {
+		return nil, fmt.Errorf("service %q: %w", service, err)
+	}
+	table, err := cur.Table.WithWeights(service, w)
+	if err != nil {
+		return nil, fmt.Errorf("service %q: %w", service, err)
+	}
+	// The table owns its copy; keep ours independent of the caller's slice.
+	w = append(split.Weights(nil), w...)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	overrides := maps.Clone(cur.Overrides)
+	if overrides == nil {
+		overrides = map[string]split.Weights{}
+	}
+	overrides[service] = w
+	against := maps.Clone(s.fileWeights)
+	against[service] = fileSvc.Weights
+	if s.stateFile != "" {
+		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
+			return nil, fmt.Errorf("service %q: %w", service, err)
+		}
+	}
+	old, had := cur.Overrides[service]
+	if !had {
+		old = fileSvc.Weights
+	}
+	snap := &Snapshot{
+		Table: table, File: cur.File, Overrides: overrides,
+		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt,
+	}
+	s.fileWeights = against
+	s.log.Info("runtime override set", "service", service, "actor", actor,
+		"old", formatWeights(old), "new", formatWeights(w))
+	s.publish(cur, snap)
+	return snap, nil
+}
+
+// publish numbers snap after old and swaps it in; s.mu is held.
+func (s *Store) publish(old, snap *Snapshot) {
+	if old != nil {
+		snap.Generation = old.Generation + 1
+	} else {
+		snap.Generation = 1
+	}
+	s.cur.Store(snap)
+	if s.onSwap != nil {
+		s.onSwap(snap)
+	}
+}
+
+func findService(cfg *split.Config, name string) (split.Service, bool) {
+	for _, svc := range cfg.Services {
+		if svc.Name == name {
+			return svc, true
+		}
+	}
+	return split.Service{}, false
+}
+
+// sameVersions checks that an override names exactly the versions the
+// file declares: the file decides which versions exist (Envoy has a route
+// for each), an override only moves shares between them.
+func sameVersions(w, file split.Weights) error {
+	var errs []error
+	for _, x := range w {
+		if _, ok := file.Get(x.Version); !ok {
+			errs = append(errs, &split.FieldError{Path: "weights." + x.Version,
+				Reason: "unknown version (the service has " + versionList(file) + ")"})
+		}
+	}
+	for _, x := range file {
+		if _, ok := w.Get(x.Version); !ok {
+			errs = append(errs, &split.FieldError{Path: "weights." + x.Version,
+				Reason: "missing (give every version of the service, 0 for none)"})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func versionList(w split.Weights) string {
+	names := make([]string, len(w))
+	for i, x := range w {
+		names[i] = x.Version
+	}
+	return strings.Join(names, ", ")
+}
+
+// sameWeights compares as version -> share: the file may reorder versions
+// without changing what the override was set against.
+func sameWeights(a, b split.Weights) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := make(map[string]int, len(a))
+	for _, w := range a {
+		m[w.Version] = w.BasisPoints
+	}
+	for _, w := range b {
+		bp, ok := m[w.Version]
+		if !ok || bp != w.BasisPoints {
+			return false
+		}
+	}
+	return true
+}
+
+// formatWeights renders weights for logs: "v1=80 v2=20".
+func formatWeights(w split.Weights) string {
+	b := make([]byte, 0, 16*len(w))
+	for i, x := range w {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, x.Version...)
+		b = append(b, '=')
+		b = append(b, split.FormatPercent(x.BasisPoints)...)
+	}
+	return string(b)
+}
+
+func nilIfEmpty(m map[string]split.Weights) map[string]split.Weights {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
