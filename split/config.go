@@ -1,0 +1,207 @@
+package split
+
+// Buckets is the number of sticky/experiment buckets; weights are kept in
+// basis points (1 bp = 0.01 %), so one bucket is one basis point.
+const Buckets = 10000
+
+// MaxExperiments bounds how many experiments one configuration may declare,
+// so a Decision can carry every variant without allocating.
+const MaxExperiments = 16
+
+// Limits that keep a configuration (and the time to compile it) bounded. A
+// file that exceeds one is rejected with an error naming the place.
+const (
+	MaxConfigBytes   = 4 << 20 // size of a YAML document given to Parse
+	MaxServices      = 1000
+	MaxHosts         = 1000 // per service
+	MaxVersions      = 100  // per service, and variants per experiment
+	MaxRules         = 1000 // per service
+	MaxConditions    = 100  // per rule
+	MaxNameLen       = 128  // service, version, variant, experiment and rule names
+	MaxHeaderNameLen = 256
+	MaxValueLen      = 4096 // condition operands, including regexes
+)
+
+// Config is the routing part of a configuration file (services and
+// experiments). Process settings (addresses, tokens, header names) are not
+// here: they belong to the adapter that reads the file.
+type Config struct {
+	Services    []Service    `json:"services"`
+	Experiments []Experiment `json:"experiments,omitempty"`
+}
+
+// Service is one routed service as written in the file.
+type Service struct {
+	Name    string   `json:"name"`
+	Hosts   []string `json:"hosts,omitempty"`  // "api.example.com", "*.example.com" or "*"; default ["*"]
+	Stable  string   `json:"stable,omitempty"` // default: first declared version
+	Weights Weights  `json:"weights"`          // declared order is kept
+	Sticky  *Key     `json:"sticky,omitempty"` // nil: no sticky routing
+	Rules   []Rule   `json:"rules,omitempty"`
+}
+
+// Weight is one version's share in basis points (0..10000).
+type Weight struct {
+	Version     string
+	BasisPoints int
+}
+
+// Weights is an ordered list of version shares that sums to Buckets. It
+// marshals to JSON as an object in declared order with percentages as
+// numbers: {"v1":99.95,"v2":0.05}.
+type Weights []Weight
+
+// Key names where a sticky or experiment key is read: exactly one of a
+// request header or a cookie.
+type Key struct {
+	Header string `json:"header,omitempty"`
+	Cookie string `json:"cookie,omitempty"`
+}
+
+// Rule routes every request for which all conditions hold to Version.
+type Rule struct {
+	Name    string      `json:"name"` // default "rules[i]"
+	When    []Condition `json:"when"`
+	Version string      `json:"version"`
+}
+
+// Condition looks at one header, cookie or query parameter. Exactly one
+// source and exactly one operator are set.
+type Condition struct {
+	Header     string  `json:"header,omitempty"`
+	Cookie     string  `json:"cookie,omitempty"`
+	Query      string  `json:"query,omitempty"`
+	Exact      *string `json:"exact,omitempty"`
+	Prefix     *string `json:"prefix,omitempty"`
+	Suffix     *string `json:"suffix,omitempty"`
+	Contains   *string `json:"contains,omitempty"`
+	Regex      *string `json:"regex,omitempty"`
+	Present    bool    `json:"present,omitempty"`
+	Absent     bool    `json:"absent,omitempty"`
+	IgnoreCase bool    `json:"ignore_case,omitempty"`
+}
+
+// Experiment assigns every request carrying Key a variant, deterministically.
+type Experiment struct {
+	Name     string  `json:"name"`
+	Key      Key     `json:"key"`
+	Variants Weights `json:"variants"`
+	Header   string  `json:"header"` // request header the variant is written to
+}
+
+// DefaultYAML is the built-in configuration as a file; Parse(DefaultYAML)
+// yields exactly Default().
+const DefaultYAML = `services:
+  - name: api
+    hosts: ["*"]
+    stable: v1
+    weights: {v1: 80, v2: 20}
+    sticky: {header: x-user-id}
+    rules:
+      - name: beta-testers
+        when: [{header: x-beta, exact: "true"}]
+        version: v2
+experiments:
+  - name: default
+    key: {header: x-user-id}
+    variants: {A: 50, B: 50}
+    header: x-variant
+`
+
+// Default returns the built-in configuration (the seed's): service api on
+// every host, v1 80 % / v2 20 %, sticky on x-user-id, x-beta: true pinned
+// to v2, and the A/B experiment "default" keyed on x-user-id.
+func Default() *Config {
+	beta := "true"
+	return &Config{
+		Services: []Service{{
+			Name:    "api",
+			Hosts:   []string{"*"},
+			Stable:  "v1",
+			Weights: Weights{{Version: "v1", BasisPoints: 8000}, {Version: "v2", BasisPoints: 2000}},
+			Sticky:  &Key{Header: "x-user-id"},
+			Rules: []Rule{{
+				Name:    "beta-testers",
+				When:    []Condition{{Header: "x-beta", Exact: &beta}},
+				Version: "v2",
+			}},
+		}},
+		Experiments: []Experiment{{
+			Name:     "default",
+			Key:      Key{Header: "x-user-id"},
+			Variants: Weights{{Version: "A", BasisPoints: 5000}, {Version: "B", BasisPoints: 5000}},
+			Header:   "x-variant",
+		}},
+	}
+}
+
+// Clone returns a deep copy of c.
+func (c *Config) Clone() *Config {
+	if c == nil {
+		return nil
+	}
+	out := &Config{}
+	if c.Services != nil {
+		out.Services = make([]Service, len(c.Services))
+		for i := range c.Services {
+			out.Services[i] = c.Services[i].Clone()
+		}
+	}
+	if c.Experiments != nil {
+		out.Experiments = make([]Experiment, len(c.Experiments))
+		for i, e := range c.Experiments {
+			e.Variants = e.Variants.Clone()
+			out.Experiments[i] = e
+		}
+	}
+	return out
+}
+
+// Clone returns a deep copy of s.
+func (s Service) Clone() Service {
+	out := s
+	out.Hosts = cloneSlice(s.Hosts)
+	out.Weights = s.Weights.Clone()
+	if s.Sticky != nil {
+		k := *s.Sticky
+		out.Sticky = &k
+	}
+	if s.Rules != nil {
+		out.Rules = make([]Rule, len(s.Rules))
+		for i, r := range s.Rules {
+			r.When = cloneSlice(r.When)
+			for j := range r.When {
+				r.When[j] = r.When[j].clone()
+			}
+			out.Rules[i] = r
+		}
+	}
+	return out
+}
+
+// Clone returns a copy of w that shares nothing with it.
+func (w Weights) Clone() Weights { return cloneSlice(w) }
+
+func (c Condition) clone() Condition {
+	c.Exact = clonePtr(c.Exact)
+	c.Prefix = clonePtr(c.Prefix)
+	c.Suffix = clonePtr(c.Suffix)
+	c.Contains = clonePtr(c.Contains)
+	c.Regex = clonePtr(c.Regex)
+	return c
+}
+
+func clonePtr(p *string) *string {
+	if p == nil {
+		return nil
+	}
+	s := *p
+	return &s
+}
+
+func cloneSlice[T any](s []T) []T {
+	if s == nil {
+		return nil
+	}
+	return append(make([]T, 0, len(s)), s...)
+}

@@ -1,0 +1,520 @@
+package split
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Header is one request header; Name is lower-case. Pseudo-headers
+// (":authority", ":path", ":method") may be present.
+type Header struct {
+	Name, Value string
+}
+
+// Request is what a decision looks at. The adapter fills it without
+// copying header values; Decide normalises the authority itself.
+type Request struct {
+	Authority string // ":authority" or "host"; port and case are ignored
+	Method    string
+	Path      string // with query string
+	Headers   []Header
+}
+
+// Reason says why a version was chosen.
+type Reason uint8
+
+// The reasons, a closed set (see Reasons).
+const (
+	ReasonUnmatched Reason = iota
+	ReasonHeaderMatch
+	ReasonStickyRouting
+	ReasonWeightedRouting
+)
+
+var reasonNames = [...]string{"unmatched", "header_match", "sticky_routing", "weighted_routing"}
+
+// String returns the wire name: unmatched, header_match, sticky_routing,
+// weighted_routing.
+func (r Reason) String() string {
+	if int(r) < len(reasonNames) {
+		return reasonNames[r]
+	}
+	return fmt.Sprintf("Reason(%d)", r)
+}
+
+// MarshalText writes the wire name, so a Reason is a JSON string.
+func (r Reason) MarshalText() ([]byte, error) {
+	if int(r) >= len(reasonNames) {
+		return nil, fmt.Errorf("invalid reason %d", r)
+	}
+	return []byte(reasonNames[r]), nil
+}
+
+// UnmarshalText reads a wire name.
+func (r *Reason) UnmarshalText(b []byte) error {
+	v, err := ParseReason(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// ParseReason returns the Reason whose wire name is s.
+func ParseReason(s string) (Reason, error) {
+	for i, n := range reasonNames {
+		if n == s {
+			return Reason(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown reason %q", s)
+}
+
+// Reasons returns every Reason, in order (for pre-creating metric series).
+func Reasons() []Reason {
+	return []Reason{ReasonUnmatched, ReasonHeaderMatch, ReasonStickyRouting, ReasonWeightedRouting}
+}
+
+// Variant is one experiment's assignment for a request.
+type Variant struct {
+	Experiment string `json:"experiment"`
+	Header     string `json:"header"`
+	Variant    string `json:"variant"`
+	Bucket     int    `json:"bucket"`
+}
+
+// Decision is the outcome for one request. Service and Version are empty
+// when no service matched (Reason ReasonUnmatched).
+type Decision struct {
+	Service  string
+	Version  string
+	Reason   Reason
+	Rule     string // name of the matching rule, if any
+	Bucket   int    // sticky bucket, -1 when none
+	variants [MaxExperiments]Variant
+	nv       int
+}
+
+// Variants returns the experiments that applied, in declared order.
+func (d *Decision) Variants() []Variant { return d.variants[:d.nv] }
+
+// Decide routes one request. It does not allocate and reads only the
+// immutable table (plus an atomic round-robin counter).
+func (t *Table) Decide(req *Request, d *Decision) {
+	t.decide(req, d, false)
+}
+
+// decide is Decide; with peek it reports the round-robin choice without
+// advancing the counter (for Explain).
+func (t *Table) decide(req *Request, d *Decision, peek bool) {
+	*d = Decision{Bucket: -1}
+	if si := t.lookup(hostOf(authority(req))); si >= 0 {
+		s := t.services[si]
+		d.Service = s.name
+		t.route(s, req, d, peek)
+	}
+	for i := range t.exps {
+		e := &t.exps[i]
+		key := keyValue(req, e.key)
+		if key == "" {
+			continue
+		}
+		b := Bucket(e.name, key)
+		d.variants[d.nv] = Variant{Experiment: e.name, Header: e.header, Variant: e.variants[pick(e.upper, b)], Bucket: b}
+		d.nv++
+	}
+}
+
+func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
+	query := queryOf(req.Path)
+	for i := range s.rules {
+		r := &s.rules[i]
+		if r.matches(req, query) {
+			d.Version, d.Reason, d.Rule = s.versions[r.version], ReasonHeaderMatch, r.name
+			return
+		}
+	}
+	if key := keyValue(req, s.sticky); key != "" {
+		d.Bucket = Bucket(s.name, key)
+		d.Version, d.Reason = s.versions[s.order[pick(s.upper, d.Bucket)]], ReasonStickyRouting
+		return
+	}
+	v := 0
+	if peek {
+		v = s.rr.peek()
+	} else {
+		v = s.rr.take()
+	}
+	d.Version, d.Reason = s.versions[v], ReasonWeightedRouting
+}
+
+// pick returns the first range whose upper bound exceeds b. Empty ranges
+// (weight 0) are never picked.
+func pick(upper []int, b int) int {
+	for i, u := range upper {
+		if b < u {
+			return i
+		}
+	}
+	return len(upper) - 1 // unreachable: the last bound is Buckets
+}
+
+func (r *rule) matches(req *Request, query string) bool {
+	for i := range r.conds {
+		if !r.conds[i].holds(req, query) {
+			return false
+		}
+	}
+	return true
+}
+
+func authority(req *Request) string {
+	if req.Authority != "" {
+		return req.Authority
+	}
+	for _, name := range [...]string{":authority", "host"} {
+		for i := range req.Headers {
+			if equalFoldASCII(req.Headers[i].Name, name) {
+				return req.Headers[i].Value
+			}
+		}
+	}
+	return ""
+}
+
+// hostOf strips the port: "api.example.com:8443" -> "api.example.com",
+// "[::1]:80" -> "[::1]".
+func hostOf(a string) string {
+	if strings.HasPrefix(a, "[") {
+		if i := strings.IndexByte(a, ']'); i >= 0 {
+			return a[:i+1]
+		}
+		return a
+	}
+	if i := strings.LastIndexByte(a, ':'); i >= 0 && allDigits(a[i+1:]) {
+		return a[:i]
+	}
+	return a
+}
+
+// maxHostLen is the longest authority looked up through the lower-casing
+// stack buffer; longer ones (not valid DNS names) are compared one by one.
+const maxHostLen = 255
+
+// lookup finds the service for host in Envoy's virtual-host order: exact,
+// then the longest "*.suffix", then "*".
+func (t *Table) lookup(host string) int {
+	if len(host) <= maxHostLen {
+		var buf [maxHostLen]byte
+		b := buf[:len(host)]
+		for i := 0; i < len(host); i++ {
+			c := host[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b[i] = c
+		}
+		// The compiler does not allocate for a map index by string(bytes).
+		if si, ok := t.exact[string(b)]; ok {
+			return si
+		}
+	} else {
+		for _, e := range t.exactList {
+			if equalFoldASCII(host, e.host) {
+				return e.svc
+			}
+		}
+	}
+	for _, e := range t.suffixes {
+		// "*.example.com" needs at least one character before ".example.com".
+		if len(host) > len(e.host) && equalFoldASCII(host[len(host)-len(e.host):], e.host) {
+			return e.svc
+		}
+	}
+	if t.wildcard < len(t.services) { // a zero Table has no services
+		return t.wildcard
+	}
+	return -1
+}
+
+func queryOf(path string) string {
+	_, q, ok := strings.Cut(path, "?")
+	if !ok {
+		return ""
+	}
+	q, _, _ = strings.Cut(q, "#")
+	return q
+}
+
+// keyValue returns the first non-empty value of a sticky or experiment key.
+func keyValue(req *Request, k keySource) string {
+	switch {
+	case k.header != "":
+		for i := range req.Headers {
+			if req.Headers[i].Value != "" && equalFoldASCII(req.Headers[i].Name, k.header) {
+				return req.Headers[i].Value
+			}
+		}
+	case k.cookie != "":
+		for i := range req.Headers {
+			if !equalFoldASCII(req.Headers[i].Name, "cookie") {
+				continue
+			}
+			for rest := req.Headers[i].Value; rest != ""; {
+				var name, value string
+				name, value, rest = nextCookie(rest)
+				if name == k.cookie && value != "" {
+					return value
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// nextCookie splits the first "name=value" pair off a Cookie header value.
+// Pairs without "=" yield an empty name, which no condition asks for.
+func nextCookie(s string) (name, value, rest string) {
+	pair, rest, _ := strings.Cut(s, ";")
+	name, value, ok := strings.Cut(pair, "=")
+	if !ok {
+		return "", "", rest
+	}
+	name = trimOWS(name)
+	value = trimOWS(value)
+	if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
+		value = value[1 : len(value)-1]
+	}
+	return name, value, rest
+}
+
+func trimOWS(s string) string {
+	for s != "" && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for s != "" && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// holds evaluates one condition. A value operator holds if ANY value of the
+// source matches (a header sent twice, a query parameter repeated, the same
+// cookie in two Cookie headers); present holds if the source appears at
+// all, even with an empty value; absent if it does not.
+func (c *condition) holds(req *Request, query string) bool {
+	found := false
+	switch c.src {
+	case srcHeader:
+		for i := range req.Headers {
+			if !equalFoldASCII(req.Headers[i].Name, c.name) {
+				continue
+			}
+			found = true
+			if c.op < opPresent && c.matchString(req.Headers[i].Value) {
+				return true
+			}
+		}
+	case srcCookie:
+		for i := range req.Headers {
+			if !equalFoldASCII(req.Headers[i].Name, "cookie") {
+				continue
+			}
+			for rest := req.Headers[i].Value; rest != ""; {
+				var name, value string
+				name, value, rest = nextCookie(rest)
+				if name != c.name {
+					continue
+				}
+				found = true
+				if c.op < opPresent && c.matchString(value) {
+					return true
+				}
+			}
+		}
+	case srcQuery:
+		for rest := query; rest != ""; {
+			var pair string
+			pair, rest, _ = strings.Cut(rest, "&")
+			if pair == "" {
+				continue
+			}
+			name, value, _ := strings.Cut(pair, "=")
+			if !queryNameIs(name, c.name) {
+				continue
+			}
+			found = true
+			if c.op < opPresent && c.matchQuery(value) {
+				return true
+			}
+		}
+	}
+	switch c.op {
+	case opPresent:
+		return found
+	case opAbsent:
+		return !found
+	}
+	return false
+}
+
+// Query names and values are percent-decoded ("+" is a space) into fixed
+// stack buffers before comparison. Anything longer than the buffer, or not
+// validly encoded, is compared as sent.
+const (
+	maxQueryName  = 256
+	maxQueryValue = 2048
+)
+
+func queryNameIs(raw, want string) bool {
+	if !needsDecoding(raw) {
+		return raw == want
+	}
+	var buf [maxQueryName]byte
+	if n, ok := percentDecode(buf[:], raw); ok {
+		return string(buf[:n]) == want
+	}
+	return raw == want
+}
+
+func (c *condition) matchQuery(raw string) bool {
+	if !needsDecoding(raw) {
+		return c.matchString(raw)
+	}
+	var buf [maxQueryValue]byte
+	n, ok := percentDecode(buf[:], raw)
+	if !ok {
+		return c.matchString(raw)
+	}
+	if c.op == opRegex {
+		// The regexp package keeps its input in pooled state, which would
+		// move buf to the heap on every call; copying only here keeps the
+		// common paths allocation-free.
+		return c.re.MatchString(string(buf[:n]))
+	}
+	return matchText(c, buf[:n])
+}
+
+func needsDecoding(s string) bool {
+	return strings.IndexByte(s, '%') >= 0 || strings.IndexByte(s, '+') >= 0
+}
+
+// percentDecode decodes s into dst as a query component; ok is false when s
+// does not fit or has a bad escape.
+func percentDecode(dst []byte, s string) (int, bool) {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if n == len(dst) {
+			return 0, false
+		}
+		switch c := s[i]; c {
+		case '+':
+			dst[n] = ' '
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return 0, false
+			}
+			dst[n] = unhex(s[i+1])<<4 | unhex(s[i+2])
+			i += 2
+		default:
+			dst[n] = c
+		}
+		n++
+	}
+	return n, true
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+func (c *condition) matchString(v string) bool {
+	if c.fold {
+		return matchText(c, v)
+	}
+	switch c.op {
+	case opExact:
+		return v == c.value
+	case opPrefix:
+		return strings.HasPrefix(v, c.value)
+	case opSuffix:
+		return strings.HasSuffix(v, c.value)
+	case opContains:
+		return strings.Contains(v, c.value)
+	case opRegex:
+		return c.re.MatchString(v)
+	}
+	return false
+}
+
+type text interface{ ~string | ~[]byte }
+
+// matchText is the value match for folded comparisons and decoded bytes
+// (never regex). c.value is already lower-case when c.fold.
+func matchText[T text](c *condition, v T) bool {
+	n := len(c.value)
+	switch c.op {
+	case opExact:
+		return len(v) == n && equalText(v, c.value, c.fold)
+	case opPrefix:
+		return len(v) >= n && equalText(v[:n], c.value, c.fold)
+	case opSuffix:
+		return len(v) >= n && equalText(v[len(v)-n:], c.value, c.fold)
+	case opContains:
+		for i := 0; i+n <= len(v); i++ {
+			if equalText(v[i:i+n], c.value, c.fold) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// equalText compares v with want (same length), folding ASCII letters of v
+// when fold.
+func equalText[T text](v T, want string, fold bool) bool {
+	for i := 0; i < len(want); i++ {
+		b := v[i]
+		if fold && 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if b != want[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// equalFoldASCII is strings.EqualFold for ASCII, which is all header names
+// are; it checks the length first, so mismatches are cheap.
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if x == y {
+			continue
+		}
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}

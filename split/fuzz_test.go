@@ -1,0 +1,95 @@
+package split_test
+
+import (
+	"testing"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// FuzzParseCompile: arbitrary bytes never panic, and whatever Parse
+// accepts either compiles or fails with field errors. Time stays bounded
+// because nothing is expanded (aliases are rejected) and sizes are capped.
+func FuzzParseCompile(f *testing.F) {
+	f.Add([]byte(split.DefaultYAML))
+	f.Add([]byte(benchYAML))
+	f.Add([]byte("services: [{name: a, weights: {v1: 99.99, v2: 0.01}}]"))
+	f.Add([]byte("a: &a [1]\nb: [*a, *a]\n"))
+	f.Add([]byte("services:\n- name: x\n  weights: {v1: 1e3}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := split.Parse(data, processKeys)
+		if err != nil {
+			if len(split.FieldErrors(err)) == 0 {
+				t.Fatalf("Parse error without *FieldError: %v", err)
+			}
+			return
+		}
+		tb, err := split.Compile(cfg)
+		if err != nil {
+			if len(split.FieldErrors(err)) == 0 {
+				t.Fatalf("Compile error without *FieldError: %v", err)
+			}
+			return
+		}
+		// A compiled table decides for an empty request without panicking.
+		var d split.Decision
+		tb.Decide(&split.Request{}, &d)
+		tb.Explain(&split.Request{})
+	})
+}
+
+// FuzzDecide: an arbitrary request against a few tables always gets a
+// version of the service it matched (or no service), and keyed decisions
+// are deterministic.
+func FuzzDecide(f *testing.F) {
+	tables := []*split.Table{
+		mustCompile(f, split.Default()),
+		mustLoad(f, benchYAML),
+		mustLoad(f, explainYAML),
+		mustLoad(f, `services:
+  - name: a
+    hosts: ["*.example.com", a.example.org]
+    weights: {v1: 0.05, v2: 99.9, v3: 0.05}
+    sticky: {cookie: s}
+    rules: [{when: [{query: "q q", regex: "(?s).*x.*", ignore_case: true}], version: v3}]
+`),
+	}
+	f.Add("api.example.com:443", "/?force=v2", "x-user-id", "user-123", "session=1; canary=always")
+	f.Add("A.EXAMPLE.COM", "/?q+q=%58", "x-beta", "true", "s=abc")
+	f.Add("", "", "", "", "")
+	f.Add("[::1]:80", "?%zz=%&&=", ":authority", "x.example.com", `s="q"; ;=;`)
+	f.Fuzz(func(t *testing.T, authority, path, name, value, cookie string) {
+		req := split.Request{
+			Authority: authority,
+			Path:      path,
+			Headers:   []split.Header{{Name: name, Value: value}, {Name: "cookie", Value: cookie}, {Name: "x-user-id", Value: value}},
+		}
+		for i, tb := range tables {
+			var d split.Decision
+			tb.Decide(&req, &d)
+			if d.Service == "" {
+				if d.Version != "" || d.Reason != split.ReasonUnmatched {
+					t.Fatalf("table %d: unmatched decision %+v", i, d)
+				}
+				continue
+			}
+			s, ok := tb.Service(d.Service)
+			if !ok {
+				t.Fatalf("table %d: unknown service %q", i, d.Service)
+			}
+			if _, ok := s.Weights.Get(d.Version); !ok {
+				t.Fatalf("table %d: version %q is not one of %v", i, d.Version, s.Weights)
+			}
+			if d.Reason == split.ReasonWeightedRouting {
+				continue
+			}
+			var again split.Decision
+			tb.Decide(&req, &again)
+			if again.Version != d.Version || again.Reason != d.Reason || again.Bucket != d.Bucket || again.Rule != d.Rule {
+				t.Fatalf("table %d: %+v then %+v", i, d, again)
+			}
+			if e := tb.Explain(&req); e.Version != d.Version || e.Reason != d.Reason.String() {
+				t.Fatalf("table %d: explained %s/%s, decided %s/%v", i, e.Version, e.Reason, d.Version, d.Reason)
+			}
+		}
+	})
+}
