@@ -52,6 +52,9 @@ func validateFile(out, errOut io.Writer, path string, quiet bool) bool {
 	if err == nil {
 		_, err = split.Compile(l.Config)
 	}
+	if err == nil {
+		err = config.CheckFileHeaders(l.Config, l.Bytes)
+	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			if !strings.HasPrefix(line, path+": ") {

@@ -96,7 +96,10 @@ func Run(ctx context.Context, s config.Settings, logger *slog.Logger, opts ...Op
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
 
-	st, err := store.New(store.Options{Logger: logger, StateFile: s.StateFile, OnSwap: m.ObserveSnapshot})
+	st, err := store.New(store.Options{
+		Logger: logger, StateFile: s.StateFile, OnSwap: m.ObserveSnapshot,
+		Check: func(c *split.Config) error { return config.CheckHeaders(c, s.RouteHeader, s.ReasonHeader) },
+	})
 	if err != nil {
 		return fmt.Errorf("state_file: %w", err)
 	}

@@ -62,6 +62,10 @@ type Options struct {
 	StateFile string           // "": overrides are not persisted
 	Now       func() time.Time // nil: time.Now
 	OnSwap    func(*Snapshot)  // called after every successful swap, under the write lock; may be nil
+	// Check runs on every file configuration before it is compiled, for
+	// rules that need process settings (e.g. experiment headers must not
+	// be the route header). nil: none.
+	Check func(*split.Config) error
 }
 
 // ErrNoConfig is returned by mutations made before the first ApplyFile.
@@ -73,6 +77,7 @@ type Store struct {
 	stateFile string
 	now       func() time.Time
 	onSwap    func(*Snapshot)
+	check     func(*split.Config) error
 
 	cur     atomic.Pointer[Snapshot]
 	lastErr atomic.Pointer[reloadError]
@@ -102,6 +107,7 @@ func New(opts Options) (*Store, error) {
 		stateFile:   opts.StateFile,
 		now:         opts.Now,
 		onSwap:      opts.OnSwap,
+		check:       opts.Check,
 		fileWeights: map[string]split.Weights{},
 		rename:      osRename,
 	}
@@ -157,6 +163,11 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
+	if s.check != nil {
+		if err := s.check(cfg); err != nil {
+			return nil, err
+		}
+	}
 	cfg = cfg.Clone()
 	old := s.cur.Load()
 	if old != nil && old.SHA256 == sha && old.Source == source {

@@ -584,3 +584,21 @@ func TestConcurrentMutationsAndReads(t *testing.T) {
 		t.Fatalf("generation = %d, want %d (one per mutation)", got, want)
 	}
 }
+
+func TestApplyFileCheckRejects(t *testing.T) {
+	check := func(c *split.Config) error {
+		if len(c.Services) > 1 {
+			return errors.New("services: only one allowed here")
+		}
+		return nil
+	}
+	s, _ := newStore(t, store.Options{Check: check})
+	good := mustApply(t, s, split.Default(), "good")
+	_, err := s.ApplyFile(twoServices(nil, nil), "two", "test.yaml")
+	if err == nil || !strings.Contains(err.Error(), "only one allowed") {
+		t.Fatalf("ApplyFile with a failing Check: err = %v", err)
+	}
+	if s.Load() != good {
+		t.Fatal("a config rejected by Check replaced the snapshot")
+	}
+}
