@@ -11,26 +11,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/trafficsplit/splitter/split"
 )
 
-// seedConfig is the built-in configuration written as a file.
-const seedConfig = `grpc_addr: 127.0.0.1:9001
-services:
-  - name: api
-    hosts: ["*"]
-    stable: v1
-    weights: {v1: 80, v2: 20}
-    sticky: {header: x-user-id}
-    rules:
-      - name: beta-testers
-        when: [{header: x-beta, exact: "true"}]
-        version: v2
-experiments:
-  - name: default
-    key: {header: x-user-id}
-    variants: {A: 50, B: 50}
-    header: x-variant
-`
+// seedConfig is the built-in configuration written as a file, with one
+// process setting that validate must accept.
+const seedConfig = "grpc_addr: 127.0.0.1:9001\n" + split.DefaultYAML
 
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
