@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -117,6 +118,14 @@ func (p *parser) mark(path string, n *yaml.Node) {
 func (p *parser) document(data []byte) *Config {
 	if len(data) > MaxConfigBytes {
 		p.errorf("", nil, "the configuration is %d bytes, more than the limit of %d", len(data), MaxConfigBytes)
+		return nil
+	}
+	if off := invalidUTF8(data); off >= 0 {
+		// yaml.v3 says only "invalid leading UTF-8 octet", with no place.
+		line := 1 + bytes.Count(data[:off], []byte("\n"))
+		col := off - bytes.LastIndexByte(data[:off], '\n')
+		p.errs = append(p.errs, &FieldError{Reason: fmt.Sprintf(
+			"invalid UTF-8 at column %d (byte offset %d): YAML must be UTF-8 text", col, off), Line: line})
 		return nil
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -613,4 +622,20 @@ func (p *parser) experiment(path string, n *yaml.Node) Experiment {
 		}
 	}
 	return x
+}
+
+// invalidUTF8 returns the offset of the first byte that is not valid UTF-8,
+// or -1.
+func invalidUTF8(data []byte) int {
+	if utf8.Valid(data) {
+		return -1
+	}
+	for off := 0; off < len(data); {
+		r, size := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && size == 1 {
+			return off
+		}
+		off += size
+	}
+	return -1
 }

@@ -38,7 +38,7 @@ type Loaded struct {
 // Parse parses file bytes: the routing part strictly, process keys accepted.
 func Parse(data []byte) (*split.Config, error) {
 	if len(data) > MaxFileBytes {
-		return nil, fmt.Errorf("file is %d bytes, more than the %d-byte limit", len(data), MaxFileBytes)
+		return nil, fmt.Errorf("file is larger than the %d-byte limit", MaxFileBytes)
 	}
 	return split.Parse(data, split.ParseOptions{ExtraKeys: ProcessKeys()})
 }
@@ -53,6 +53,12 @@ func ReadFile(path string) (*Loaded, error) {
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(data) > MaxFileBytes {
+		// Only limit+1 bytes were read; say how big the file really is.
+		if fi, err := f.Stat(); err == nil {
+			return nil, fmt.Errorf("%s: file is %d bytes, more than the %d-byte limit", path, fi.Size(), MaxFileBytes)
+		}
 	}
 	sum := sha256.Sum256(data)
 	l := &Loaded{Path: path, Bytes: data, SHA256: hex.EncodeToString(sum[:])}
