@@ -40,8 +40,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 fuzz-short: ## Short fuzz pass (CI)
 	scripts/fuzz.sh $(CI_FUZZTIME)
 
-bench: build ## Micro-benchmarks and the ext_proc comparison; writes BENCH.md
-	$(GO) test -run '^$$' -bench . -benchmem ./split/ ./extproc/
+bench: build envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy; writes BENCH.md
+	scripts/loadtool.sh
+	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
+	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
 
 validate: build ## Validate every example configuration
 	./$(BIN)/splitter validate examples/config/*.yaml
