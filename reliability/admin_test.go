@@ -123,7 +123,7 @@ func adminCases() []adminCase {
 			code: 400, want: []string{"JSON"}, audited: true,
 		},
 		{name: "GET on a mutation route", req: request{method: http.MethodGet, path: "/v1/services/api/canary"}, code: 405, want: []string{"not allowed"}},
-		{name: "POST on a PUT route", req: request{method: http.MethodPost, path: "/v1/services/api/weights", body: []byte(`{}`)}, code: 405, want: []string{"not allowed"}},
+		{name: "POST on a PUT route", req: request{method: http.MethodPost, path: "/v1/services/api/weights", body: []byte(`{}`)}, code: 405, want: []string{"not allowed"}, audited: true},
 		{name: "GET on reload", req: request{method: http.MethodGet, path: "/v1/reload"}, code: 405, want: []string{"not allowed"}},
 		{
 			name: "explain with a bad header name",

@@ -70,6 +70,9 @@ type Options struct {
 	Logger   *slog.Logger // nil: discard
 	Audit    *slog.Logger // one line per mutation attempt; nil: Logger
 	Recorder Recorder     // nil: no metrics
+	// Pprof serves net/http/pprof under /debug/pprof/ (same authorisation
+	// as mutations); false: the routes do not exist.
+	Pprof bool
 }
 
 // New returns the admin API handler.
@@ -103,6 +106,9 @@ func New(opts Options) http.Handler {
 			opts.Metrics.ServeHTTP(sw, r)
 			a.count(pattern, sw.status)
 		}))
+	}
+	if opts.Pprof {
+		a.registerPprof()
 	}
 	// The catch-all turns the mux's plain-text 404 and 405 into JSON errors.
 	a.mux.HandleFunc("/", a.notFound)
@@ -351,12 +357,25 @@ func (a *api) notFound(w http.ResponseWriter, r *http.Request) {
 	endpoint := "unmatched"
 	if len(allow) > 0 {
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)})
+		err := errorf(http.StatusMethodNotAllowed, "", "method %s not allowed on %s", r.Method, r.URL.Path)
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: err.msg})
 		a.count(endpoint, http.StatusMethodNotAllowed)
+		if isMutatingMethod(r.Method) {
+			// A mutation attempt on the wrong route is still an attempt.
+			a.auditLine(r, endpoint, "unauthenticated", http.StatusMethodNotAllowed, err, auditEvent{})
+		}
 		return
 	}
 	writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path})
 	a.count(endpoint, http.StatusNotFound)
+}
+
+func isMutatingMethod(m string) bool {
+	switch m {
+	case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		return true
+	}
+	return false
 }
 
 type statusWriter struct {

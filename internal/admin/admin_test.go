@@ -268,6 +268,14 @@ func TestReadErrors(t *testing.T) {
 			if msg, _ := decode(t, w)["error"].(string); msg == "" {
 				t.Fatalf("no error message: %s", w.Body)
 			}
+			// A mutating method is audited even on the wrong route.
+			wantAudit := 0
+			if tc.r.method != "GET" && (tc.wantStatus == 405 || tc.r.path == "/v1/services/api/canary") {
+				wantAudit = 1
+			}
+			if got := len(e.auditLines()); got != wantAudit {
+				t.Fatalf("%d audit lines, want %d", got, wantAudit)
+			}
 		})
 	}
 }
