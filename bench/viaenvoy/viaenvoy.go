@@ -9,6 +9,7 @@ package viaenvoy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,14 +40,34 @@ type Config struct {
 	Workers     int // Envoy --concurrency
 	ProxyCPU    int // Envoy and the splitter; -1 unpinned
 	LoadCPU     int // wrk and the in-process backends; -1 unpinned
-	BetaShare   float64
-	Users       int
-	Logger      *slog.Logger
+	// SplitterWithLoad pins the splitter to LoadCPU instead of ProxyCPU:
+	// a sidecar that does not take from the proxy's core.
+	SplitterWithLoad bool
+	BetaShare        float64
+	Users            int
+	// Setups are the Envoys to compare, in report order; the first is the
+	// baseline. Default: Setups().
+	Setups []Setup
+	Logger *slog.Logger
 }
 
-// Modes in report order; the first is the baseline.
-func Modes() []envoy.Mode {
-	return []envoy.Mode{envoy.ModeWeighted, envoy.ModeExtProc, envoy.ModeExtAuthz}
+// Setup is one Envoy under test: a mode with the template's defaults,
+// optionally changed, so that a tuning knob can be measured against the
+// same baseline in the same rounds.
+type Setup struct {
+	Name    string // report label; default the mode
+	Mode    envoy.Mode
+	Workers int                   // Envoy --concurrency; 0: Config.Workers
+	Tune    func(p *envoy.Params) // applied to the loopback parameters
+	// Edit rewrites the rendered bootstrap, for knobs Params lacks.
+	Edit func(bootstrap []byte) ([]byte, error)
+}
+
+// Setups are the standard comparison: Envoy's own weighted_clusters (the
+// baseline), then the splitter over ext_proc and over ext_authz, each with
+// the bootstrap template's defaults.
+func Setups() []Setup {
+	return []Setup{{Mode: envoy.ModeWeighted}, {Mode: envoy.ModeExtProc}, {Mode: envoy.ModeExtAuthz}}
 }
 
 // Run is one wrk run.
@@ -61,21 +83,39 @@ type Run struct {
 	SockErrs int64             `json:"socket_errors"`
 	Versions map[string]uint64 `json:"versions"` // upstream requests per cluster
 	Stats    map[string]uint64 `json:"filter_stats,omitempty"`
+	CPU      CPU               `json:"cpu"`
+}
+
+// CPU is where the processor time of a run went: microseconds of CPU per
+// request completed by wrk, from /proc/<pid>/stat (10 ms ticks, so runs of
+// a few seconds are needed), and how busy each of the two pinned cores was
+// (from /proc/stat, which counts every process, other users' included).
+type CPU struct {
+	Envoy    float64 `json:"envoy_us_per_req"`
+	Splitter float64 `json:"splitter_us_per_req"`
+	Wrk      float64 `json:"wrk_us_per_req"`
+	Backends float64 `json:"backends_us_per_req"` // this process: the in-process backends
+	// ProxyBusy and LoadBusy are the busy share (0..1) of ProxyCPU and LoadCPU.
+	ProxyBusy float64 `json:"proxy_cpu_busy"`
+	LoadBusy  float64 `json:"load_cpu_busy"`
 }
 
 // Mode is the summary of one mode.
 type Mode struct {
-	Mode     string                   `json:"mode"`
-	RPS      float64                  `json:"rps"`
-	P50us    float64                  `json:"p50_us"`
-	P90us    float64                  `json:"p90_us"`
-	P99us    float64                  `json:"p99_us"`
-	Requests int64                    `json:"requests"`
-	Non2xx   int64                    `json:"non_2xx"`
-	SockErrs int64                    `json:"socket_errors"`
-	Versions map[string]uint64        `json:"versions"`
-	Stats    map[string]uint64        `json:"filter_stats,omitempty"`
-	Ratios   map[string]compare.Ratio `json:"ratios,omitempty"` // to the baseline: rps, p50, p99
+	Mode     string            `json:"mode"`
+	RPS      float64           `json:"rps"`
+	P50us    float64           `json:"p50_us"`
+	P90us    float64           `json:"p90_us"`
+	P99us    float64           `json:"p99_us"`
+	Requests int64             `json:"requests"`
+	Non2xx   int64             `json:"non_2xx"`
+	SockErrs int64             `json:"socket_errors"`
+	Versions map[string]uint64 `json:"versions"`
+	Stats    map[string]uint64 `json:"filter_stats,omitempty"`
+	CPU      CPU               `json:"cpu"` // median of each field over rounds
+	// Ratios to the baseline: rps, p50, p99 and proxy_cpu (Envoy plus
+	// splitter CPU per request).
+	Ratios map[string]compare.Ratio `json:"ratios,omitempty"`
 }
 
 // Result is the whole Envoy section.
@@ -91,11 +131,14 @@ type Result struct {
 	Workers     int       `json:"envoy_workers"`
 	ProxyCPU    int       `json:"proxy_cpu"`
 	LoadCPU     int       `json:"load_cpu"`
-	BetaShare   float64   `json:"beta_share"`
-	Users       int       `json:"users"`
-	Modes       []Mode    `json:"modes"`
-	Runs        []Run     `json:"runs"`
-	Notes       []string  `json:"notes"`
+	SplitterCPU int       `json:"splitter_cpu"`
+	// SplitterProcs is the splitter's GOMAXPROCS setting ("" for Go's default).
+	SplitterProcs string   `json:"splitter_gomaxprocs,omitempty"`
+	BetaShare     float64  `json:"beta_share"`
+	Users         int      `json:"users"`
+	Modes         []Mode   `json:"modes"`
+	Runs          []Run    `json:"runs"`
+	Notes         []string `json:"notes"`
 }
 
 func (c *Config) defaults() {
@@ -125,6 +168,15 @@ func (c *Config) defaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(c.Setups) == 0 {
+		c.Setups = Setups()
+	}
+	c.Setups = slices.Clone(c.Setups)
+	for i := range c.Setups {
+		if c.Setups[i].Name == "" {
+			c.Setups[i].Name = string(c.Setups[i].Mode)
+		}
 	}
 }
 
@@ -184,32 +236,46 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	if err := os.WriteFile(cfgPath, []byte(compare.SeedConfig), 0o644); err != nil {
 		return nil, err
 	}
-	sp, err := bed.StartSplitter(ctx, splitterBin, cfgPath)
+	splitterCPU := cfg.ProxyCPU
+	if cfg.SplitterWithLoad {
+		splitterCPU = cfg.LoadCPU
+	}
+	// One core, one P, as a sidecar limited to one CPU gets; a GOMAXPROCS
+	// set by the caller wins (the report's machine section shows it).
+	var env []string
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && splitterCPU >= 0 {
+		env = []string{"GOMAXPROCS=1"}
+	}
+	sp, err := bed.StartSplitterEnv(ctx, splitterBin, cfgPath, env)
 	if err != nil {
 		return nil, fmt.Errorf("viaenvoy: splitter: %w", err)
 	}
-	if err := pin(sp.Pid(), cfg.ProxyCPU); err != nil {
+	if err := pin(sp.Pid(), splitterCPU); err != nil {
 		return nil, err
 	}
-	modes := Modes()
-	envoys := make([]*testbed.Envoy, len(modes))
-	for i, m := range modes {
-		p, err := testbed.LoopbackParams(m, sp.GRPCAddr, backends...)
+	setups := cfg.Setups
+	envoys := make([]*testbed.Envoy, len(setups))
+	for i, s := range setups {
+		p, err := testbed.LoopbackParams(s.Mode, sp.GRPCAddr, backends...)
 		if err != nil {
 			return nil, err
 		}
-		if m == envoy.ModeWeighted {
+		if s.Mode == envoy.ModeWeighted {
 			p.Backends[0].Weight, p.Backends[1].Weight = 80, 20
 		}
-		e, err := bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{Concurrency: cfg.Workers})
+		if s.Tune != nil {
+			s.Tune(&p)
+		}
+		workers := cmp.Or(s.Workers, cfg.Workers)
+		e, err := bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{Concurrency: workers, Edit: s.Edit})
 		if err != nil {
-			return nil, fmt.Errorf("viaenvoy: envoy %s: %w", m, err)
+			return nil, fmt.Errorf("viaenvoy: envoy %s: %w", s.Name, err)
 		}
 		if err := pin(e.Pid(), cfg.ProxyCPU); err != nil {
 			return nil, err
 		}
 		envoys[i] = e
-		log.Info("envoy started", "mode", m, "listen", e.ListenAddr, "pid", e.Pid())
+		log.Info("envoy started", "setup", s.Name, "listen", e.ListenAddr, "pid", e.Pid(), "workers", workers)
 	}
 	scriptPath := filepath.Join(dir, "mix.lua")
 	if err := os.WriteFile(scriptPath, fmt.Appendf(nil, script, cfg.BetaShare, cfg.Users, time.Now().UnixNano()%1e6), 0o644); err != nil {
@@ -219,35 +285,42 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{
 		Started: time.Now().UTC(), EnvoyBin: envoyBin, EnvoyVer: envoyVersion(ctx, envoyBin), Tool: wrkVersion(ctx, wrk),
 		Rounds: cfg.Rounds, Duration: cfg.Duration.String(), Connections: cfg.Connections, Threads: cfg.Threads,
-		Workers: cfg.Workers, ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU, BetaShare: cfg.BetaShare, Users: cfg.Users,
+		Workers: cfg.Workers, ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU, SplitterCPU: splitterCPU,
+		SplitterProcs: cmp.Or(strings.TrimPrefix(strings.Join(env, ""), "GOMAXPROCS="), os.Getenv("GOMAXPROCS")),
+		BetaShare:     cfg.BetaShare, Users: cfg.Users,
+	}
+	target := func(e *testbed.Envoy) runTarget {
+		return runTarget{envoy: e, splitterPID: sp.Pid(), proxyCPU: cfg.ProxyCPU, loadCPU: cfg.LoadCPU}
 	}
 	// One short unmeasured run per Envoy first: the first requests pay
 	// for connection setup and cold caches, in Envoy and in the splitter.
 	warm := cfg
 	warm.Duration = time.Second
 	for i, e := range envoys {
-		if _, err := runOne(ctx, wrk, scriptPath, e, warm); err != nil {
-			return nil, fmt.Errorf("viaenvoy: warm-up %s: %w", modes[i], err)
+		if _, err := runOne(ctx, wrk, scriptPath, target(e), warm); err != nil {
+			return nil, fmt.Errorf("viaenvoy: warm-up %s: %w", setups[i].Name, err)
 		}
 	}
-	byMode := make([][]Run, len(modes))
+	bySetup := make([][]Run, len(setups))
 	for round := range cfg.Rounds {
-		for k := range modes {
-			// Rotate the order so no mode always runs first or last.
-			i := (k + round) % len(modes)
-			r, err := runOne(ctx, wrk, scriptPath, envoys[i], cfg)
+		for k := range setups {
+			// Rotate the order so no setup always runs first or last.
+			i := (k + round) % len(setups)
+			r, err := runOne(ctx, wrk, scriptPath, target(envoys[i]), cfg)
 			if err != nil {
-				return nil, fmt.Errorf("viaenvoy: round %d, %s: %w", round+1, modes[i], err)
+				return nil, fmt.Errorf("viaenvoy: round %d, %s: %w", round+1, setups[i].Name, err)
 			}
-			r.Round, r.Mode = round+1, string(modes[i])
+			r.Round, r.Mode = round+1, setups[i].Name
 			res.Runs = append(res.Runs, r)
-			byMode[i] = append(byMode[i], r)
-			log.Info("run", "round", round+1, "mode", modes[i], "rps", int(r.RPS), "p99_us", int(r.P99us),
+			bySetup[i] = append(bySetup[i], r)
+			log.Info("run", "round", round+1, "setup", setups[i].Name, "rps", int(r.RPS), "p50_us", int(r.P50us), "p99_us", int(r.P99us),
+				"envoy_cpu_us", fmt.Sprintf("%.1f", r.CPU.Envoy), "splitter_cpu_us", fmt.Sprintf("%.1f", r.CPU.Splitter),
+				"proxy_busy", fmt.Sprintf("%.2f", r.CPU.ProxyBusy), "load_busy", fmt.Sprintf("%.2f", r.CPU.LoadBusy),
 				"non2xx", r.Non2xx, "socket_errors", r.SockErrs, "versions", r.Versions)
 		}
 	}
-	for i, m := range modes {
-		res.Modes = append(res.Modes, summarize(string(m), byMode[i], byMode[0]))
+	for i, s := range setups {
+		res.Modes = append(res.Modes, summarize(s.Name, bySetup[i], bySetup[0]))
 	}
 	res.Notes = notes(res)
 	return res, nil
@@ -260,8 +333,52 @@ func pin(pid, cpu int) error {
 	return proc.PinPID(pid, cpu)
 }
 
-// runOne runs wrk once against e and reads Envoy's counters around it.
-func runOne(ctx context.Context, wrk, script string, e *testbed.Envoy, cfg Config) (Run, error) {
+// runTarget is what one run loads and measures.
+type runTarget struct {
+	envoy             *testbed.Envoy
+	splitterPID       int
+	proxyCPU, loadCPU int
+}
+
+// cpuSample is the processor time consumed so far by each party.
+type cpuSample struct {
+	envoy, splitter, self time.Duration
+	cores                 map[int]coreTime
+}
+
+func sampleCPU(t runTarget) (cpuSample, error) {
+	var s cpuSample
+	var errs [4]error
+	s.envoy, errs[0] = proc.CPUTime(t.envoy.Pid())
+	s.splitter, errs[1] = proc.CPUTime(t.splitterPID)
+	s.self, errs[2] = proc.CPUTime(os.Getpid())
+	s.cores, errs[3] = readCoreTimes()
+	return s, errors.Join(errs[:]...)
+}
+
+// setCPU fills r.CPU from the samples around a run in which wrk itself
+// used wrkCPU.
+func setCPU(r *Run, t runTarget, before, after cpuSample, wrkCPU time.Duration) {
+	perReq := func(d time.Duration) float64 {
+		if r.Requests <= 0 {
+			return 0
+		}
+		return float64(d) / float64(time.Microsecond) / float64(r.Requests)
+	}
+	r.CPU = CPU{
+		Envoy:     perReq(after.envoy - before.envoy),
+		Splitter:  perReq(after.splitter - before.splitter),
+		Wrk:       perReq(wrkCPU),
+		Backends:  perReq(after.self - before.self),
+		ProxyBusy: busy(before.cores, after.cores, t.proxyCPU),
+		LoadBusy:  busy(before.cores, after.cores, t.loadCPU),
+	}
+}
+
+// runOne runs wrk once against t.envoy and reads Envoy's counters and
+// everybody's CPU time around it.
+func runOne(ctx context.Context, wrk, script string, t runTarget, cfg Config) (Run, error) {
+	e := t.envoy
 	before, err := e.Stats(ctx, "")
 	if err != nil {
 		return Run{}, err
@@ -269,38 +386,124 @@ func runOne(ctx context.Context, wrk, script string, e *testbed.Envoy, cfg Confi
 	args := []string{"-t", strconv.Itoa(cfg.Threads), "-c", strconv.Itoa(cfg.Connections),
 		"-d", fmt.Sprintf("%ds", max(1, int(cfg.Duration.Seconds()))), "--latency", "-s", script, e.URL("/")}
 	if cfg.LoadCPU >= 0 {
+		// taskset execs wrk in the same process, so wrk's rusage below is wrk's.
 		args = append([]string{"-c", strconv.Itoa(cfg.LoadCPU), wrk}, args...)
 		wrk = "taskset"
 	}
-	out, err := exec.CommandContext(ctx, wrk, args...).CombinedOutput()
+	cpuBefore, err := sampleCPU(t)
+	if err != nil {
+		return Run{}, err
+	}
+	cmd := exec.CommandContext(ctx, wrk, args...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return Run{}, fmt.Errorf("%s %s: %w\n%s", wrk, strings.Join(args, " "), err, out)
+	}
+	cpuAfter, err := sampleCPU(t)
+	if err != nil {
+		return Run{}, err
 	}
 	r, err := ParseWrk(string(out))
 	if err != nil {
 		return Run{}, fmt.Errorf("%w\n%s", err, out)
 	}
+	setCPU(&r, t, cpuBefore, cpuAfter, cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
 	after, err := e.Stats(ctx, "")
 	if err != nil {
 		return Run{}, err
 	}
-	r.Versions = map[string]uint64{}
-	r.Stats = map[string]uint64{}
+	r.Versions, r.Stats = statDeltas(before, after)
+	return r, nil
+}
+
+// isGauge tells the splitter cluster's gauges, kept as their value after
+// the run, from its counters, kept as their increase during it.
+func isGauge(name string) bool {
+	return strings.HasSuffix(name, "_active") || strings.HasSuffix(name, ".pending_send_bytes")
+}
+
+// statDeltas picks from two /stats snapshots the upstream requests per
+// version cluster and the counters that tell how Envoy talked to the
+// splitter: the filter's own, and the splitter cluster's connections,
+// streams and HTTP/2 events.
+func statDeltas(before, after map[string]uint64) (versions, stats map[string]uint64) {
+	versions, stats = map[string]uint64{}, map[string]uint64{}
 	for k, v := range after {
 		d := v - before[k]
 		if v < before[k] {
 			d = 0
 		}
 		switch {
+		case strings.HasPrefix(k, "cluster.splitter.") && isGauge(k):
+			stats[strings.TrimPrefix(k, "cluster.")] = v
 		case strings.HasPrefix(k, "cluster.v") && strings.HasSuffix(k, ".upstream_rq_total"):
-			r.Versions[strings.TrimSuffix(strings.TrimPrefix(k, "cluster."), ".upstream_rq_total")] = d
+			versions[strings.TrimSuffix(strings.TrimPrefix(k, "cluster."), ".upstream_rq_total")] = d
 		case strings.Contains(k, ".ext_proc.") || strings.Contains(k, ".ext_authz."):
 			if d > 0 {
-				r.Stats[k[strings.Index(k, "ext_"):]] = d
+				stats[k[strings.Index(k, "ext_"):]] = d
+			}
+		case k == "cluster.splitter.upstream_cx_total" || k == "cluster.splitter.upstream_rq_total" ||
+			strings.HasPrefix(k, "cluster.splitter.http2."):
+			if d > 0 {
+				stats[strings.TrimPrefix(k, "cluster.")] = d
 			}
 		}
 	}
-	return r, nil
+	return versions, stats
+}
+
+// coreTime is one CPU's line of /proc/stat, in clock ticks.
+type coreTime struct{ busy, total uint64 }
+
+func readCoreTimes() (map[int]coreTime, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil, err
+	}
+	return parseCoreTimes(string(data))
+}
+
+// parseCoreTimes reads the per-CPU lines of /proc/stat ("cpuN user nice
+// system idle iowait irq softirq steal ..."); idle and iowait are not busy.
+func parseCoreTimes(stat string) (map[int]coreTime, error) {
+	out := map[int]coreTime{}
+	for line := range strings.Lines(stat) {
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		n, err := strconv.Atoi(f[0][3:])
+		if err != nil {
+			continue
+		}
+		var c coreTime
+		for i, x := range f[1:min(len(f), 9)] {
+			v, err := strconv.ParseUint(x, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("/proc/stat %s field %d: %w", f[0], i+1, err)
+			}
+			c.total += v
+			if i != 3 && i != 4 {
+				c.busy += v
+			}
+		}
+		out[n] = c
+	}
+	if len(out) == 0 {
+		return nil, errors.New("/proc/stat: no per-CPU lines")
+	}
+	return out, nil
+}
+
+// busy is the share of cpu's time between two samples that was not idle;
+// 0 when cpu is -1 (unpinned) or unknown.
+func busy(before, after map[int]coreTime, cpu int) float64 {
+	b, ok1 := before[cpu]
+	a, ok2 := after[cpu]
+	if !ok1 || !ok2 || a.total <= b.total {
+		return 0
+	}
+	return float64(a.busy-b.busy) / float64(a.total-b.total)
 }
 
 // ParseWrk reads the summary of `wrk --latency`.
@@ -379,8 +582,12 @@ func parseWrkDuration(s string) (time.Duration, error) {
 func summarize(mode string, runs, base []Run) Mode {
 	m := Mode{Mode: mode, Versions: map[string]uint64{}, Stats: map[string]uint64{}, Ratios: map[string]compare.Ratio{}}
 	var rps, p50, p90, p99 []float64
+	var cpu [6][]float64
 	for _, r := range runs {
 		rps, p50, p90, p99 = append(rps, r.RPS), append(p50, r.P50us), append(p90, r.P90us), append(p99, r.P99us)
+		for i, x := range []float64{r.CPU.Envoy, r.CPU.Splitter, r.CPU.Wrk, r.CPU.Backends, r.CPU.ProxyBusy, r.CPU.LoadBusy} {
+			cpu[i] = append(cpu[i], x)
+		}
 		m.Requests += r.Requests
 		m.Non2xx += r.Non2xx
 		m.SockErrs += r.SockErrs
@@ -388,11 +595,19 @@ func summarize(mode string, runs, base []Run) Mode {
 			m.Versions[k] += v
 		}
 		for k, v := range r.Stats {
-			m.Stats[k] += v
+			if strings.HasPrefix(k, "splitter.") && isGauge(k) {
+				m.Stats[k] = max(m.Stats[k], v)
+			} else {
+				m.Stats[k] += v
+			}
 		}
 	}
 	m.RPS, m.P50us, m.P90us, m.P99us = compare.Median(rps), compare.Median(p50), compare.Median(p90), compare.Median(p99)
-	for _, k := range []string{"rps", "p50", "p99"} {
+	m.CPU = CPU{
+		Envoy: compare.Median(cpu[0]), Splitter: compare.Median(cpu[1]), Wrk: compare.Median(cpu[2]),
+		Backends: compare.Median(cpu[3]), ProxyBusy: compare.Median(cpu[4]), LoadBusy: compare.Median(cpu[5]),
+	}
+	for _, k := range []string{"rps", "p50", "p99", "proxy_cpu"} {
 		var xs []float64
 		for i := range min(len(runs), len(base)) {
 			b, c := figure(base[i], k), figure(runs[i], k)
@@ -413,6 +628,8 @@ func figure(r Run, k string) float64 {
 		return r.RPS
 	case "p50":
 		return r.P50us
+	case "proxy_cpu":
+		return r.CPU.Envoy + r.CPU.Splitter
 	default:
 		return r.P99us
 	}
@@ -478,29 +695,45 @@ func Render(b *strings.Builder, r *Result) {
 	b.WriteString("## Through Envoy: native weighted_clusters, ext_proc, ext_authz\n\n")
 	proxy := "unpinned"
 	if r.ProxyCPU >= 0 {
-		proxy = fmt.Sprintf("Envoy and the splitter pinned to CPU %d, wrk and the backends to CPU %d", r.ProxyCPU, r.LoadCPU)
+		procs := "Go's default GOMAXPROCS"
+		if r.SplitterProcs != "" {
+			procs = "GOMAXPROCS=" + r.SplitterProcs
+		}
+		proxy = fmt.Sprintf("Envoy pinned to CPU %d, the splitter to CPU %d (%s), wrk and the backends to CPU %d",
+			r.ProxyCPU, r.SplitterCPU, procs, r.LoadCPU)
 	}
 	fmt.Fprintf(b, "Envoy %s (%d worker) in front of two echo backends (v1, v2), %s. Load: %s, "+
 		"%d connection(s) over %d thread(s), HTTP/1.1 keep-alive, %.0f %% of requests with `x-beta: true`, "+
 		"`x-user-id` from %d values; %d rounds of %s per mode, the order rotated each round. "+
 		"`weighted` is Envoy's own weighted_clusters 80/20 with no splitter; `ext_proc` and `ext_authz` ask the "+
-		"splitter (seed configuration) on every request, `failure_mode_allow: true`, message timeout 200 ms, "+
-		"splitter cluster circuit breakers raised to 100000.\n\n",
+		"splitter (seed configuration) on every request with the bootstrap template's defaults "+
+		"(`envoy/bootstrap.yaml.tmpl`: fail open, message timeout 200 ms, one HTTP/2 connection per Envoy worker).\n\n",
 		r.EnvoyVer, r.Workers, proxy, r.Tool, r.Connections, r.Threads, r.BetaShare*100, r.Users, r.Rounds, r.Duration)
 	b.WriteString("| mode | req/s | p50 µs | p90 µs | p99 µs | req/s vs native | p50 vs native | p99 vs native | requests | non-2xx | socket errors | upstream v1 / v2 |\n")
 	b.WriteString("|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|---|\n")
 	for _, m := range r.Modes {
-		cell := func(k string) string {
-			x, ok := m.Ratios[k]
-			if !ok {
-				return "n/a"
-			}
-			return fmt.Sprintf("%.2f (%.2f..%.2f)", x.Median, x.Min, x.Max)
-		}
 		v1, v2 := m.Versions["v1"], m.Versions["v2"]
 		fmt.Fprintf(b, "| %s | %.0f | %.0f | %.0f | %.0f | %s | %s | %s | %d | %d | %d | %d / %d (%.1f %% v2) |\n",
-			m.Mode, m.RPS, m.P50us, m.P90us, m.P99us, cell("rps"), cell("p50"), cell("p99"),
+			m.Mode, m.RPS, m.P50us, m.P90us, m.P99us, ratioCell(m, "rps"), ratioCell(m, "p50"), ratioCell(m, "p99"),
 			m.Requests, m.Non2xx, m.SockErrs, v1, v2, 100*float64(v2)/float64(max(v1+v2, 1)))
+	}
+	b.WriteString("\nWhere the CPU goes: microseconds of CPU per request (process user+system time from " +
+		"`/proc/<pid>/stat` over each run divided by the requests wrk completed; median over rounds), " +
+		"and how busy each pinned core was (`/proc/stat`, which also counts every other process on the machine). " +
+		"While the proxy core is saturated, req/s follows Envoy plus splitter CPU per request; while the load core " +
+		"is, it follows wrk plus backends.\n\n")
+	b.WriteString("| mode | Envoy µs/req | splitter µs/req | Envoy+splitter vs native | wrk µs/req | backends µs/req | proxy core busy | load core busy | HTTP/2 connections to the splitter | splitter streams per request |\n")
+	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, m := range r.Modes {
+		split, conns, streams := "-", "-", "-"
+		if rq := m.Stats["splitter.upstream_rq_total"]; rq > 0 {
+			split = fmt.Sprintf("%.1f", m.CPU.Splitter)
+			conns = strconv.FormatUint(m.Stats["splitter.upstream_cx_active"], 10)
+			streams = fmt.Sprintf("%.2f", float64(rq)/float64(max(m.Requests, 1)))
+		}
+		fmt.Fprintf(b, "| %s | %.1f | %s | %s | %.1f | %.1f | %.0f %% | %.0f %% | %s | %s |\n",
+			m.Mode, m.CPU.Envoy, split, ratioCell(m, "proxy_cpu"), m.CPU.Wrk, m.CPU.Backends,
+			100*m.CPU.ProxyBusy, 100*m.CPU.LoadBusy, conns, streams)
 	}
 	b.WriteString("\n")
 	if len(r.Notes) > 0 {
@@ -510,4 +743,12 @@ func Render(b *strings.Builder, r *Result) {
 		}
 		b.WriteString("\n")
 	}
+}
+
+func ratioCell(m Mode, k string) string {
+	x, ok := m.Ratios[k]
+	if !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f (%.2f..%.2f)", x.Median, x.Min, x.Max)
 }

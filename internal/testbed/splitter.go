@@ -43,10 +43,20 @@ const StartupTimeout = 20 * time.Second
 // ports and waits until it has written its ready file and /readyz answers
 // 200. extraArgs are appended to the command line.
 func (b *Bed) StartSplitter(ctx context.Context, binary, configPath string, extraArgs ...string) (*Splitter, error) {
+	return b.StartSplitterEnv(ctx, binary, configPath, nil, extraArgs...)
+}
+
+// StartSplitterEnv is StartSplitter with env ("KEY=value") added to the
+// splitter's environment, also across Restart. Benchmarks that pin the
+// splitter to one core pass GOMAXPROCS=1: the Go runtime sizes GOMAXPROCS
+// once from the CPUs it may use at start, so pinning it afterwards leaves
+// it running two Ps on one core, unlike a sidecar given one CPU.
+func (b *Bed) StartSplitterEnv(ctx context.Context, binary, configPath string, env []string, extraArgs ...string) (*Splitter, error) {
 	p, err := b.newProc("splitter", binary)
 	if err != nil {
 		return nil, err
 	}
+	p.Env = append(p.Env, env...)
 	s := &Splitter{
 		Proc:       p,
 		ConfigPath: configPath,
