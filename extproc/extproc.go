@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -81,18 +82,19 @@ type Server struct {
 	reason string
 
 	empty     emptyResponses
-	unmatched *extprocv3.ProcessingResponse
-	cache     envoyhdr.Cache[*extprocv3.ProcessingResponse]
+	unmatched *fastcodec.Encoded
+	cache     envoyhdr.Cache[*fastcodec.Encoded]
 	pool      envoyhdr.Pool
+	requests  fastcodec.RequestPool
 }
 
 // emptyResponses are the constant "continue unchanged" answers, one per
-// phase. They are shared by all streams: SendMsg marshals before it
-// returns, and nothing ever modifies them.
+// phase. Like every answer here they are encoded once and shared by all
+// streams; nothing ever modifies them.
 type emptyResponses struct {
-	requestHeaders, responseHeaders   *extprocv3.ProcessingResponse
-	requestBody, responseBody         *extprocv3.ProcessingResponse
-	requestTrailers, responseTrailers *extprocv3.ProcessingResponse
+	requestHeaders, responseHeaders   *fastcodec.Encoded
+	requestBody, responseBody         *fastcodec.Encoded
+	requestTrailers, responseTrailers *fastcodec.Encoded
 }
 
 // New returns a Server deciding from src. Header names are expected to be
@@ -110,18 +112,18 @@ func New(src TableSource, opts Options) *Server {
 	route, reason := envoyhdr.HeaderNames(log, opts.RouteHeader, opts.ReasonHeader)
 	s := &Server{src: src, rec: rec, log: log, route: route, reason: reason}
 	s.empty = emptyResponses{
-		requestHeaders: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-			RequestHeaders: &extprocv3.HeadersResponse{}}},
-		responseHeaders: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
-			ResponseHeaders: &extprocv3.HeadersResponse{}}},
-		requestBody: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
-			RequestBody: &extprocv3.BodyResponse{}}},
-		responseBody: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
-			ResponseBody: &extprocv3.BodyResponse{}}},
-		requestTrailers: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
-			RequestTrailers: &extprocv3.TrailersResponse{}}},
-		responseTrailers: &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
-			ResponseTrailers: &extprocv3.TrailersResponse{}}},
+		requestHeaders: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+			RequestHeaders: &extprocv3.HeadersResponse{}}}),
+		responseHeaders: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+			ResponseHeaders: &extprocv3.HeadersResponse{}}}),
+		requestBody: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{
+			RequestBody: &extprocv3.BodyResponse{}}}),
+		responseBody: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
+			ResponseBody: &extprocv3.BodyResponse{}}}),
+		requestTrailers: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+			RequestTrailers: &extprocv3.TrailersResponse{}}}),
+		responseTrailers: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+			ResponseTrailers: &extprocv3.TrailersResponse{}}}),
 	}
 	s.unmatched = s.buildUnmatched()
 	return s
@@ -140,7 +142,16 @@ type streamState struct {
 }
 
 // Process handles one ext_proc stream.
+//
+// Messages are received into a pooled fastcodec.Request, which the
+// sidecar's codec decodes without allocating; any other codec decodes it
+// as the plain ProcessingRequest it embeds. Header values point into the
+// Request's storage, so nothing taken from a message may outlive the
+// stream: the Request goes back to the pool when Process returns (after
+// the panic handler, which may still answer the pending message).
 func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err error) {
+	in := s.requests.Get()
+	defer s.requests.Put(in)
 	s.rec.StreamStarted(API)
 	st := streamState{result: ResultOK}
 	defer func() {
@@ -150,7 +161,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 		s.rec.StreamEnded(API, st.result)
 	}()
 	for {
-		req, rerr := stream.Recv()
+		rerr := stream.RecvMsg(in)
 		if rerr != nil {
 			if isStreamEnd(rerr) {
 				if !st.answered && st.result == ResultOK {
@@ -162,6 +173,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 			s.log.Debug("ext_proc receive failed", "error", rerr)
 			return rerr
 		}
+		req := &in.ProcessingRequest
 		st.pending = req
 		resp := s.respond(stream.Context(), &st, req)
 		if resp == nil {
@@ -174,7 +186,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 		if !req.GetObservabilityMode() {
 			// In observability mode Envoy ignores replies and counts them
 			// as spurious, so we decide (for metrics) but stay silent.
-			if serr := stream.Send(resp); serr != nil {
+			if serr := stream.SendMsg(resp); serr != nil {
 				st.pending = nil
 				st.result = ResultError
 				s.log.Debug("ext_proc send failed", "error", serr)
@@ -193,7 +205,7 @@ func isStreamEnd(err error) bool {
 }
 
 // respond returns the answer to req, or nil for an empty oneof.
-func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.ProcessingRequest) *fastcodec.Encoded {
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		if st.sawHeaders {
@@ -223,7 +235,7 @@ func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.Pr
 }
 
 // emptyFor returns the "continue unchanged" answer for req's phase.
-func (s *Server) emptyFor(req *extprocv3.ProcessingRequest) *extprocv3.ProcessingResponse {
+func (s *Server) emptyFor(req *extprocv3.ProcessingRequest) *fastcodec.Encoded {
 	switch req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		return s.empty.requestHeaders
@@ -244,7 +256,7 @@ func (s *Server) emptyFor(req *extprocv3.ProcessingRequest) *extprocv3.Processin
 
 // decide routes the request and returns its mutation. The table is read
 // once per stream, so a reload never splits one request across snapshots.
-func (s *Server) decide(ctx context.Context, st *streamState, hm *corev3.HeaderMap) *extprocv3.ProcessingResponse {
+func (s *Server) decide(ctx context.Context, st *streamState, hm *corev3.HeaderMap) *fastcodec.Encoded {
 	if !st.loaded {
 		st.table = s.src.Table()
 		st.loaded = true
@@ -298,7 +310,7 @@ func (s *Server) recovered(stream extprocv3.ExternalProcessor_ProcessServer, st 
 			err = internal
 		}
 	}()
-	if stream.Send(resp) != nil {
+	if stream.SendMsg(resp) != nil {
 		return internal
 	}
 	return nil

@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -11,9 +12,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -93,14 +97,16 @@ func (r *recorder) snapshot() (results, unexpected map[string]int, decided, star
 
 // step is one scripted Recv: a message or an error.
 type step struct {
-	req *extprocv3.ProcessingRequest
-	err error
+	req  *extprocv3.ProcessingRequest
+	err  error
+	wire mem.BufferSlice // req encoded, filled by RecvMsg
 }
 
 // fakeStream plays Envoy's side of one stream from a script; after the
 // script it reports io.EOF. Methods not listed panic (nil embedded stream).
 type fakeStream struct {
 	grpc.ServerStream
+	codec   *fastcodec.Codec
 	ctx     context.Context
 	script  []step
 	next    int
@@ -112,7 +118,7 @@ type fakeStream struct {
 }
 
 func newFakeStream(ctx context.Context, script ...step) *fakeStream {
-	return &fakeStream{ctx: ctx, script: script, keep: true}
+	return &fakeStream{codec: fastcodec.New(), ctx: ctx, script: script, keep: true}
 }
 
 func (f *fakeStream) Context() context.Context { return f.ctx }
@@ -124,6 +130,40 @@ func (f *fakeStream) Recv() (*extprocv3.ProcessingRequest, error) {
 	s := f.script[f.next]
 	f.next++
 	return s.req, s.err
+}
+
+// RecvMsg is what Process calls: the scripted message goes through the
+// sidecar's codec, as on the wire (encoded once per step, so benchmarks
+// measure the decoding and not the test's own marshalling).
+func (f *fakeStream) RecvMsg(m any) error {
+	if f.next >= len(f.script) {
+		return io.EOF
+	}
+	s := &f.script[f.next]
+	f.next++
+	if s.err != nil {
+		return s.err
+	}
+	if s.wire == nil {
+		b, err := proto.Marshal(s.req)
+		if err != nil {
+			return err
+		}
+		s.wire = mem.BufferSlice{mem.SliceBuffer(b)}
+	}
+	return f.codec.Unmarshal(s.wire, m)
+}
+
+// SendMsg is what Process calls: the answer is recorded as the
+// ProcessingResponse it carries.
+func (f *fakeStream) SendMsg(m any) error {
+	switch r := m.(type) {
+	case *fastcodec.Encoded:
+		return f.Send(r.Message.(*extprocv3.ProcessingResponse))
+	case *extprocv3.ProcessingResponse:
+		return f.Send(r)
+	}
+	return fmt.Errorf("fakeStream: SendMsg of %T", m)
 }
 
 func (f *fakeStream) Send(r *extprocv3.ProcessingResponse) error {

@@ -5,6 +5,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 
 	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -19,21 +20,23 @@ func setHeader(name, value string) *corev3.HeaderValueOption {
 	}
 }
 
-func headersResponse(m *extprocv3.HeaderMutation) *extprocv3.ProcessingResponse {
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+// headersResponse builds a request_headers answer, encoded once: it is
+// shared by every stream that gets it.
+func headersResponse(m *extprocv3.HeaderMutation) *fastcodec.Encoded {
+	return fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
 			HeaderMutation: m,
 			// Envoy ignores a clear without a header mutation; there
 			// always is one here.
 			ClearRouteCache: true,
 		}},
-	}}
+	}})
 }
 
 // buildUnmatched answers a request no service claims (or one that arrived
 // before any configuration): the client's own route header is removed, so
 // nobody can pin a version, and Envoy's default route applies.
-func (s *Server) buildUnmatched() *extprocv3.ProcessingResponse {
+func (s *Server) buildUnmatched() *fastcodec.Encoded {
 	m := &extprocv3.HeaderMutation{RemoveHeaders: []string{s.route}}
 	if r := split.ReasonUnmatched.String(); s.reason != "" && envoyhdr.ValidValue(r) {
 		m.SetHeaders = append(m.SetHeaders, setHeader(s.reason, r))
@@ -44,7 +47,7 @@ func (s *Server) buildUnmatched() *extprocv3.ProcessingResponse {
 // buildMatched builds the mutation for a decision with a version. It runs
 // once per distinct (version, reason, variants) combination; the result is
 // cached and shared, so it is never modified afterwards.
-func (s *Server) buildMatched(d *split.Decision) *extprocv3.ProcessingResponse {
+func (s *Server) buildMatched(d *split.Decision) *fastcodec.Encoded {
 	if !envoyhdr.ValidValue(d.Version) {
 		// Config validation should make this impossible; an invalid value
 		// would make Envoy fail the request, so fall back to the default route.

@@ -24,6 +24,7 @@ func ProcessKeys() []string {
 		"grpc_addr", "admin_addr", "admin_token", "admin_token_file",
 		"route_header", "reason_header", "state_file",
 		"log_level", "log_format", "shutdown_timeout", "reload_debounce", "reload_poll_interval",
+		"gc_percent", "pprof",
 	}
 }
 

@@ -42,7 +42,31 @@ type Settings struct {
 	ShutdownTimeout    time.Duration
 	ReloadDebounce     time.Duration
 	ReloadPollInterval time.Duration
+
+	// GCPercent is the garbage collector target applied at startup with
+	// debug.SetGCPercent; -1 turns the collector off. See GCPercentSource
+	// for where it came from.
+	GCPercent int
+	// GCPercentSource is GCSourceSetting, GCSourceGOGC or GCSourceDefault.
+	GCPercentSource string
+	// Pprof serves net/http/pprof on the admin port under /debug/pprof/.
+	Pprof bool
 }
+
+// Where Settings.GCPercent came from. An explicit gc_percent (flag,
+// SPLITTER_GC_PERCENT or the file) wins; else GOGC in the environment is
+// honoured as the Go runtime reads it; else DefaultGCPercent applies.
+const (
+	GCSourceSetting = "gc_percent"
+	GCSourceGOGC    = "GOGC"
+	GCSourceDefault = "default"
+)
+
+// DefaultGCPercent is the GC target when neither gc_percent nor GOGC is
+// set. The live heap of the sidecar is small (about 2 MB), so collecting
+// at 5x instead of 2x of it costs about 10 MiB of memory and saves a fifth
+// of the CPU spent per ext_proc stream.
+const DefaultGCPercent = 400
 
 // Defaults returns the settings used when nothing overrides them.
 func Defaults() Settings {
@@ -56,6 +80,8 @@ func Defaults() Settings {
 		ShutdownTimeout:    10 * time.Second,
 		ReloadDebounce:     200 * time.Millisecond,
 		ReloadPollInterval: 30 * time.Second,
+		GCPercent:          DefaultGCPercent,
+		GCPercentSource:    GCSourceDefault,
 	}
 }
 
@@ -87,6 +113,8 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.Duration(flagName("shutdown_timeout"), d.ShutdownTimeout, "how long open streams may take to finish on SIGTERM")
 	fs.Duration(flagName("reload_debounce"), d.ReloadDebounce, "quiet period after a file event before reloading")
 	fs.Duration(flagName("reload_poll_interval"), d.ReloadPollInterval, "how often the file is checked even without events")
+	fs.String(flagName("gc_percent"), "", fmt.Sprintf(`garbage collector target percent, or "off" (default: GOGC if set, else %d)`, DefaultGCPercent))
+	fs.Bool(flagName("pprof"), false, "serve net/http/pprof on the admin port under /debug/pprof/ (guarded like mutations)")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -113,10 +141,14 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"route_header": d.RouteHeader, "reason_header": d.ReasonHeader, "state_file": "",
 		"log_level": d.LogLevel, "log_format": d.LogFormat,
 		"shutdown_timeout": d.ShutdownTimeout.String(), "reload_debounce": d.ReloadDebounce.String(),
-		"reload_poll_interval": d.ReloadPollInterval.String(),
+		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
 	}
 	for _, k := range ProcessKeys() {
-		v.SetDefault(k, defaults[k])
+		// gc_percent has no default here: whether it was set at all
+		// decides between it, GOGC and DefaultGCPercent.
+		if k != "gc_percent" {
+			v.SetDefault(k, defaults[k])
+		}
 	}
 
 	if path != "" {
@@ -182,6 +214,13 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		ReloadDebounce:     dur("reload_debounce"),
 		ReloadPollInterval: dur("reload_poll_interval"),
 	}
+	var err error
+	if s.GCPercent, s.GCPercentSource, err = gcPercent(v.GetString("gc_percent"), env); err != nil {
+		errs = append(errs, fmt.Errorf("gc_percent: %w", err))
+	}
+	if s.Pprof, err = strconv.ParseBool(v.GetString("pprof")); err != nil {
+		errs = append(errs, fmt.Errorf("pprof: %q is not true or false", v.GetString("pprof")))
+	}
 	if len(errs) > 0 {
 		return Settings{}, errors.Join(errs...)
 	}
@@ -243,6 +282,38 @@ func (s Settings) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// gcPercent resolves the GC target from the gc_percent setting (empty:
+// not set), then GOGC, then the default.
+func gcPercent(setting string, env func(string) (string, bool)) (int, string, error) {
+	setting = strings.TrimSpace(setting)
+	if setting != "" {
+		if strings.EqualFold(setting, "off") {
+			return -1, GCSourceSetting, nil
+		}
+		n, err := strconv.Atoi(setting)
+		if err != nil || n <= 0 {
+			return 0, "", fmt.Errorf(`%q is not a positive integer or "off"`, setting)
+		}
+		return n, GCSourceSetting, nil
+	}
+	if g, ok := env("GOGC"); ok && g != "" {
+		return runtimeGOGC(g), GCSourceGOGC, nil
+	}
+	return DefaultGCPercent, GCSourceDefault, nil
+}
+
+// runtimeGOGC reads GOGC the way the Go runtime does ("off", an integer,
+// anything else 100), so that re-applying it changes nothing.
+func runtimeGOGC(s string) int {
+	if s == "off" {
+		return -1
+	}
+	if n, err := strconv.ParseInt(s, 10, 32); err == nil {
+		return int(n)
+	}
+	return 100
 }
 
 func checkAddr(addr string) error {

@@ -48,6 +48,8 @@ services:
 
 func TestLoadPrecedence(t *testing.T) {
 	file := writeFile(t, "c.yaml", "grpc_addr: 127.0.0.1:3001\nshutdown_timeout: 3s\nreason_header: x-file-reason\n"+routing)
+	gcFile := writeFile(t, "gc.yaml", "gc_percent: 250\npprof: true\n"+routing)
+	gcOffFile := writeFile(t, "gcoff.yaml", "gc_percent: off\n"+routing)
 	tests := []struct {
 		name string
 		args []string
@@ -123,6 +125,58 @@ func TestLoadPrecedence(t *testing.T) {
 				s.LogFormat = "json"
 			},
 		},
+		{
+			name: "GOGC beats the default gc_percent",
+			env:  map[string]string{"GOGC": "150"},
+			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = 150, config.GCSourceGOGC },
+		},
+		{
+			name: "GOGC off",
+			env:  map[string]string{"GOGC": "off"},
+			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = -1, config.GCSourceGOGC },
+		},
+		{
+			name: "invalid GOGC read as the runtime does",
+			env:  map[string]string{"GOGC": "lots"},
+			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = 100, config.GCSourceGOGC },
+		},
+		{
+			name: "empty GOGC is unset",
+			env:  map[string]string{"GOGC": ""},
+			want: func(*config.Settings) {},
+		},
+		{
+			name: "gc_percent in the file beats GOGC",
+			args: []string{"--config", gcFile},
+			env:  map[string]string{"GOGC": "150"},
+			want: func(s *config.Settings) {
+				s.ConfigPath = gcFile
+				s.GCPercent, s.GCPercentSource, s.Pprof = 250, config.GCSourceSetting, true
+			},
+		},
+		{
+			name: "gc_percent off in the file",
+			args: []string{"--config", gcOffFile},
+			want: func(s *config.Settings) {
+				s.ConfigPath, s.GCPercent, s.GCPercentSource = gcOffFile, -1, config.GCSourceSetting
+			},
+		},
+		{
+			name: "SPLITTER_GC_PERCENT beats GOGC",
+			env:  map[string]string{"GOGC": "150", "SPLITTER_GC_PERCENT": "off", "SPLITTER_PPROF": "1"},
+			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource, s.Pprof = -1, config.GCSourceSetting, true },
+		},
+		{
+			name: "empty SPLITTER_GC_PERCENT is unset",
+			env:  map[string]string{"SPLITTER_GC_PERCENT": ""},
+			want: func(*config.Settings) {},
+		},
+		{
+			name: "gc-percent flag beats SPLITTER_GC_PERCENT and GOGC",
+			args: []string{"--gc-percent", "800", "--pprof"},
+			env:  map[string]string{"GOGC": "150", "SPLITTER_GC_PERCENT": "300", "SPLITTER_PPROF": "false"},
+			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource, s.Pprof = 800, config.GCSourceSetting, true },
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,6 +218,11 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 		{name: "unreadable token file", args: []string{"--admin-token-file", "/nonexistent/token"}, wants: []string{"admin_token_file: ", "/nonexistent/token"}},
 		{name: "missing config file", args: []string{"--config", "/nonexistent/splitter.yaml"}, wants: []string{"/nonexistent/splitter.yaml"}},
 		{name: "broken yaml", file: "grpc_addr: [\n", wants: []string{"c.yaml"}},
+		{name: "gc_percent zero", args: []string{"--gc-percent", "0"}, wants: []string{"gc_percent: \"0\" is not a positive integer"}},
+		{name: "gc_percent negative", env: map[string]string{"SPLITTER_GC_PERCENT": "-5"}, wants: []string{"gc_percent: "}},
+		{name: "gc_percent not a number", file: "gc_percent: lots\n", wants: []string{"gc_percent: \"lots\""}},
+		{name: "gc_percent a map", file: "gc_percent: {a: 1}\n", wants: []string{"gc_percent: must be a scalar"}},
+		{name: "pprof not a bool", env: map[string]string{"SPLITTER_PPROF": "maybe"}, wants: []string{"pprof: \"maybe\""}},
 		{
 			name:  "several problems at once",
 			args:  []string{"--grpc-addr", "nope", "--log-level", "loud"},

@@ -15,8 +15,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+
+	"github.com/trafficsplit/splitter/internal/fastcodec"
 )
 
 // Defaults for Options.
@@ -47,6 +50,9 @@ type Options struct {
 	Logger               *slog.Logger
 	// OnPanic is called once per panic recovered by the interceptors.
 	OnPanic func()
+	// Codec encodes and decodes every message; nil: fastcodec.New(), which
+	// behaves as grpc-go's proto codec, only cheaper for ext_proc.
+	Codec encoding.CodecV2
 	// Extra is appended to the options New builds.
 	Extra []grpc.ServerOption
 }
@@ -95,7 +101,12 @@ func New(opts Options) *grpc.Server {
 	}
 	s := resolve(opts)
 	rec := recoverer{log: log, onPanic: opts.OnPanic}
+	codec := opts.Codec
+	if codec == nil {
+		codec = fastcodec.New()
+	}
 	so := []grpc.ServerOption{
+		grpc.ForceServerCodecV2(codec),
 		grpc.KeepaliveEnforcementPolicy(s.enforcement),
 		grpc.KeepaliveParams(s.params),
 		grpc.MaxRecvMsgSize(s.maxRecv),

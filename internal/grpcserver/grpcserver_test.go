@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -340,5 +342,74 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met before the deadline")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// countingCodec wraps the proto codec and counts its use.
+type countingCodec struct {
+	encoding.CodecV2
+	marshal, unmarshal atomic.Int64
+}
+
+func (c *countingCodec) Marshal(v any) (mem.BufferSlice, error) {
+	c.marshal.Add(1)
+	return c.CodecV2.Marshal(v)
+}
+
+func (c *countingCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	c.unmarshal.Add(1)
+	return c.CodecV2.Unmarshal(data, v)
+}
+
+// Every service on the server goes through the configured codec (by
+// default the fast one).
+func TestCodec(t *testing.T) {
+	tests := []struct {
+		name  string
+		codec *countingCodec // nil: the default
+	}{
+		{name: "default codec"},
+		{name: "custom codec", codec: &countingCodec{CodecV2: encoding.GetCodecV2("proto")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var opts Options
+			if tc.codec != nil {
+				opts.Codec = tc.codec
+			}
+			srv := New(opts)
+			srv.RegisterService(&testDesc, &testService{started: make(chan struct{})})
+			h := NewHealth()
+			h.Register(srv)
+			h.SetServing()
+			lis := listen(t)
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(lis) }()
+			t.Cleanup(func() {
+				srv.Stop()
+				if err := <-served; err != nil {
+					t.Errorf("Serve: %v", err)
+				}
+			})
+			conn := dial(t, lis.Addr().String())
+			resp, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
+			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health: %v, %v", resp, err)
+			}
+			st, err := conn.NewStream(t.Context(), &testDesc.Streams[1], "/splitter.test.Test/Echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := st.SendMsg(wrapperspb.String("hello")); err != nil {
+				t.Fatal(err)
+			}
+			got := new(wrapperspb.StringValue)
+			if err := st.RecvMsg(got); err != nil || got.GetValue() != "hello" {
+				t.Fatalf("echo: %q, %v", got.GetValue(), err)
+			}
+			if tc.codec != nil && (tc.codec.marshal.Load() < 2 || tc.codec.unmarshal.Load() < 2) {
+				t.Errorf("custom codec used for %d marshals and %d unmarshals, want 2 each", tc.codec.marshal.Load(), tc.codec.unmarshal.Load())
+			}
+		})
 	}
 }

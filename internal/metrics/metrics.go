@@ -61,6 +61,7 @@ type Metrics struct {
 	panics            prometheus.Counter
 	adminRequests     *prometheus.CounterVec
 	adminMutations    *prometheus.CounterVec
+	gcPercent         prometheus.Gauge
 
 	// decided maps a decision's labels to its counter; it is replaced, never
 	// modified, so readers need no lock.
@@ -161,11 +162,16 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "admin_mutations_total",
 			Help: "Admin API mutation attempts by result (success, rejected, unauthorized, error).",
 		}, []string{"result"}),
+		gcPercent: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "gc_percent",
+			Help: "Garbage collector target percent applied at startup (gc_percent, else GOGC, else the default); -1: off.",
+		}),
 	}
 	reg.MustRegister(
 		m.decisions, m.reloads, m.configInfo, m.lastReloadSuccess, m.lastReloadError,
 		m.generation, m.weightPercent, m.overrideActive, m.streams, m.streamsActive,
 		m.streamResults, m.unexpectedPhases, m.panics, m.adminRequests, m.adminMutations,
+		m.gcPercent,
 	)
 	empty := map[decisionKey]prometheus.Counter{}
 	m.decided.Store(&empty)
@@ -364,6 +370,9 @@ func (m *Metrics) ObserveSnapshot(snap *store.Snapshot) {
 	}
 	m.lastWeights, m.lastActive = weights, active
 }
+
+// GCPercent records the garbage collector target in force (-1: off).
+func (m *Metrics) GCPercent(percent int) { m.gcPercent.Set(float64(percent)) }
 
 // AdminRequest counts an admin API request; endpoint is the route pattern.
 func (m *Metrics) AdminRequest(endpoint string, code int) {

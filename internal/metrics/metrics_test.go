@@ -85,6 +85,7 @@ func TestNewRegistersOnInjectedRegistry(t *testing.T) {
 		"splitter_stream_results_total", "splitter_unexpected_phases_total", "splitter_panics_total",
 		"splitter_admin_mutations_total", "splitter_config_last_reload_error",
 		"splitter_config_generation", "splitter_config_last_reload_success_timestamp_seconds",
+		"splitter_gc_percent",
 	} {
 		if !slices.Contains(names, want) {
 			t.Errorf("%s not registered (have %v)", want, names)
@@ -348,4 +349,26 @@ func BenchmarkDecided(b *testing.B) {
 			i++
 		}
 	})
+}
+
+func TestGCPercent(t *testing.T) {
+	tests := []struct {
+		name    string
+		percent int
+		want    float64
+	}{
+		{name: "default", percent: 400, want: 400},
+		{name: "off", percent: -1, want: -1},
+		{name: "GOGC 100", percent: 100, want: 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, reg := newMetrics(t)
+			m.GCPercent(tc.percent)
+			got := series(t, reg, "splitter_gc_percent")
+			if diff := cmp.Diff(map[string]float64{"": tc.want}, got); diff != "" {
+				t.Errorf("splitter_gc_percent (-want +got):\n%s", diff)
+			}
+		})
+	}
 }

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -95,6 +96,7 @@ func Run(ctx context.Context, s config.Settings, logger *slog.Logger, opts ...Op
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
+	defer applyGCPercent(s, logger, m)()
 
 	st, err := store.New(store.Options{
 		Logger: logger, StateFile: s.StateFile, OnSwap: m.ObserveSnapshot,
@@ -161,6 +163,7 @@ func Run(ctx context.Context, s config.Settings, logger *slog.Logger, opts ...Op
 		Logger:   logger,
 		Audit:    logger.With("log", "audit"),
 		Recorder: m,
+		Pprof:    s.Pprof,
 	}))
 
 	// SIGHUP is taken over only while Run runs; outside, its default
@@ -270,6 +273,26 @@ func initialConfig(s config.Settings, logger *slog.Logger) (cfg *split.Config, s
 		return nil, "", "", nil, fmt.Errorf("%s: %w", s.ConfigPath, err)
 	}
 	return l.Config, l.SHA256, s.ConfigPath, fs, nil
+}
+
+// applyGCPercent sets the collector's target for the whole process and
+// returns the function that restores the previous one (Run may be called
+// more than once in a process, as tests do). With GOGC as the source this
+// re-applies what the runtime already read, so the log line and the gauge
+// are right whichever way the value came. A zero GCPercent (Settings not
+// built by config.Load or Defaults) leaves the runtime alone.
+func applyGCPercent(s config.Settings, logger *slog.Logger, m *metrics.Metrics) (restore func()) {
+	if s.GCPercent == 0 {
+		cur := debug.SetGCPercent(100)
+		debug.SetGCPercent(cur)
+		m.GCPercent(cur)
+		logger.Info("garbage collector target", "gc_percent", cur, "source", "runtime")
+		return func() {}
+	}
+	prev := debug.SetGCPercent(s.GCPercent)
+	m.GCPercent(s.GCPercent)
+	logger.Info("garbage collector target", "gc_percent", s.GCPercent, "source", s.GCPercentSource)
+	return func() { debug.SetGCPercent(prev) }
 }
 
 func orStopped(err error) error {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -444,6 +445,56 @@ func TestStartupErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q lacks %q", err, w)
 				}
+			}
+		})
+	}
+}
+
+// The GC target and the pprof routes are process settings: both show at
+// startup (log, gauge, admin routes), and the GC target is restored when
+// Run returns.
+func TestProcessTuning(t *testing.T) {
+	tests := []struct {
+		name       string
+		tune       func(*config.Settings)
+		wantGC     string
+		wantSource string
+		wantPprof  int
+	}{
+		{name: "defaults", tune: func(*config.Settings) {}, wantGC: "400", wantSource: "default", wantPprof: http.StatusNotFound},
+		{
+			name: "explicit setting and pprof",
+			tune: func(s *config.Settings) {
+				s.GCPercent, s.GCPercentSource, s.Pprof = 250, config.GCSourceSetting, true
+			},
+			wantGC: "250", wantSource: "gc_percent", wantPprof: http.StatusOK,
+		},
+		{
+			name:   "collector off",
+			tune:   func(s *config.Settings) { s.GCPercent, s.GCPercentSource = -1, config.GCSourceGOGC },
+			wantGC: "-1", wantSource: "GOGC", wantPprof: http.StatusNotFound,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := debug.SetGCPercent(123)
+			t.Cleanup(func() { debug.SetGCPercent(before) })
+			s := settings(newConfig(t, routing(20)))
+			tc.tune(&s)
+			r := startServe(t, s)
+			want := fmt.Sprintf("gc_percent=%s source=%s", tc.wantGC, tc.wantSource)
+			if !strings.Contains(r.logs.String(), want) {
+				t.Errorf("log lacks %q:\n%s", want, r.logs.String())
+			}
+			if _, body := r.get(t, "/metrics"); !strings.Contains(string(body), "\nsplitter_gc_percent "+tc.wantGC+"\n") {
+				t.Errorf("/metrics lacks splitter_gc_percent %s", tc.wantGC)
+			}
+			if code, body := r.get(t, "/debug/pprof/"); code != tc.wantPprof {
+				t.Errorf("GET /debug/pprof/ = %d, want %d: %.200s", code, tc.wantPprof, body)
+			}
+			r.stop(t)
+			if got := debug.SetGCPercent(before); got != 123 {
+				t.Errorf("GC percent after Run = %d, want the 123 from before", got)
 			}
 		})
 	}
