@@ -1,27 +1,15 @@
 package compare
 
-import "github.com/trafficsplit/splitter/bench/loadgen"
+import (
+	"github.com/trafficsplit/splitter/bench/loadgen"
+	"github.com/trafficsplit/splitter/split"
+)
 
-// SeedConfig is the seed's routing configuration (SPEC §4), written out so
-// that the benchmarks do not depend on the built-in default: service api
-// on every host, v1 80 / v2 20, x-beta: true pins v2, sticky on x-user-id,
-// and an A/B experiment on x-user-id written to x-variant.
-const SeedConfig = `services:
-  - name: api
-    hosts: ["*"]
-    stable: v1
-    weights: {v1: 80, v2: 20}
-    sticky: {header: x-user-id}
-    rules:
-      - name: beta-testers
-        when: [{header: x-beta, exact: "true"}]
-        version: v2
-experiments:
-  - name: default
-    key: {header: x-user-id}
-    variants: {A: 50, B: 50}
-    header: x-variant
-`
+// SeedConfig is the seed's routing configuration (SPEC §4), the same as
+// the built-in default but passed as a file, as an operator would: service
+// api on every host, v1 80 / v2 20, x-beta: true pins v2, sticky on
+// x-user-id, and an A/B experiment on x-user-id written to x-variant.
+const SeedConfig = split.DefaultYAML
 
 // SeedExpect is what every correct splitter answer looks like on
 // SeedConfig.

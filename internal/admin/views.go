@@ -32,39 +32,13 @@ type serviceView struct {
 	FileWeights     split.Weights `json:"file_weights"`
 	Override        bool          `json:"override"`
 	OverrideWeights split.Weights `json:"override_weights,omitempty"`
-	Sticky          *keyView      `json:"sticky"`
-	Rules           []ruleView    `json:"rules"`
-}
-
-type keyView struct {
-	Header string `json:"header,omitempty"`
-	Cookie string `json:"cookie,omitempty"`
-}
-
-type ruleView struct {
-	Name    string          `json:"name"`
-	Version string          `json:"version"`
-	When    []conditionView `json:"when"`
-}
-
-// conditionView is a condition with the configuration file's keys.
-type conditionView struct {
-	Header     string  `json:"header,omitempty"`
-	Cookie     string  `json:"cookie,omitempty"`
-	Query      string  `json:"query,omitempty"`
-	Exact      *string `json:"exact,omitempty"`
-	Prefix     *string `json:"prefix,omitempty"`
-	Suffix     *string `json:"suffix,omitempty"`
-	Contains   *string `json:"contains,omitempty"`
-	Regex      *string `json:"regex,omitempty"`
-	Present    bool    `json:"present,omitempty"`
-	Absent     bool    `json:"absent,omitempty"`
-	IgnoreCase bool    `json:"ignore_case,omitempty"`
+	Sticky          *split.Key    `json:"sticky"`
+	Rules           []split.Rule  `json:"rules"`
 }
 
 type experimentView struct {
 	Name     string        `json:"name"`
-	Key      *keyView      `json:"key"`
+	Key      *split.Key    `json:"key"`
 	Variants split.Weights `json:"variants"`
 	Header   string        `json:"header"`
 }
@@ -97,7 +71,7 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 		Weights:     eff.Weights,
 		FileWeights: file.Weights,
 		Sticky:      newKeyView(eff.Sticky),
-		Rules:       make([]ruleView, 0, len(eff.Rules)),
+		Rules:       eff.Rules,
 	}
 	if w, ok := snap.Overrides[name]; ok {
 		v.Override, v.OverrideWeights = true, w
@@ -105,25 +79,17 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
-	for _, r := range eff.Rules {
-		rv := ruleView{Name: r.Name, Version: r.Version, When: make([]conditionView, 0, len(r.When))}
-		for _, c := range r.When {
-			rv.When = append(rv.When, conditionView{
-				Header: c.Header, Cookie: c.Cookie, Query: c.Query,
-				Exact: c.Exact, Prefix: c.Prefix, Suffix: c.Suffix, Contains: c.Contains, Regex: c.Regex,
-				Present: c.Present, Absent: c.Absent, IgnoreCase: c.IgnoreCase,
-			})
-		}
-		v.Rules = append(v.Rules, rv)
+	if v.Rules == nil {
+		v.Rules = []split.Rule{}
 	}
 	return v
 }
 
-func newKeyView(k *split.Key) *keyView {
+func newKeyView(k *split.Key) *split.Key {
 	if k == nil || (k.Header == "" && k.Cookie == "") {
 		return nil
 	}
-	return &keyView{Header: k.Header, Cookie: k.Cookie}
+	return &split.Key{Header: k.Header, Cookie: k.Cookie}
 }
 
 // weightsAnswer is {"service":"api","v1":50,"v2":50}: the service, then

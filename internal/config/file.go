@@ -46,6 +46,23 @@ func Parse(data []byte) (*split.Config, error) {
 
 // ReadFile reads, hashes and parses path (it does not compile).
 func ReadFile(path string) (*Loaded, error) {
+	data, err := readCapped(path)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	l := &Loaded{Path: path, Bytes: data, SHA256: hex.EncodeToString(sum[:])}
+	cfg, err := Parse(data)
+	if err != nil {
+		return l, fmt.Errorf("%s: %w", path, err)
+	}
+	l.Config = cfg
+	return l, nil
+}
+
+// readCapped reads at most MaxFileBytes of path; a bigger file is an error
+// that says how big it is.
+func readCapped(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -56,17 +73,11 @@ func ReadFile(path string) (*Loaded, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if len(data) > MaxFileBytes {
-		// Only limit+1 bytes were read; say how big the file really is.
+		// Only limit+1 bytes were read: ask the file system for the size.
 		if fi, err := f.Stat(); err == nil {
 			return nil, fmt.Errorf("%s: file is %d bytes, more than the %d-byte limit", path, fi.Size(), MaxFileBytes)
 		}
+		return nil, fmt.Errorf("%s: file is larger than the %d-byte limit", path, MaxFileBytes)
 	}
-	sum := sha256.Sum256(data)
-	l := &Loaded{Path: path, Bytes: data, SHA256: hex.EncodeToString(sum[:])}
-	cfg, err := Parse(data)
-	if err != nil {
-		return l, fmt.Errorf("%s: %w", path, err)
-	}
-	l.Config = cfg
-	return l, nil
+	return data, nil
 }

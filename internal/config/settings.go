@@ -386,22 +386,6 @@ func FileSettings(data []byte) (map[string]string, error) {
 	return out, nil
 }
 
-func readCapped(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(data) > MaxFileBytes {
-		return nil, fmt.Errorf("%s: more than the %d-byte limit", path, MaxFileBytes)
-	}
-	return data, nil
-}
-
 // maxTokenBytes bounds a token file; a token is a short secret, anything
 // bigger is a mistake (a wrong path).
 const maxTokenBytes = 4096
