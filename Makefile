@@ -13,10 +13,10 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test unit lint fmt fuzz fuzz-short bench validate envoy demo e2e clean
+.PHONY: help build run test unit lint fmt fuzz fuzz-short bench validate envoy demo e2e generate clean
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build bin/splitter
 	$(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/splitter ./cmd/splitter
@@ -60,6 +60,9 @@ demo: build envoy ## Start Envoy, the splitter and two backends on loopback and 
 
 e2e: envoy ## End-to-end tests through a real Envoy
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./e2e/...
+
+generate: ## Re-render the Envoy bootstraps in envoy/ from envoy/bootstrap.yaml.tmpl
+	$(GO) generate ./envoy/...
 
 clean: ## Remove build output
 	rm -rf $(BIN)
