@@ -65,7 +65,7 @@ func ReadMachine() Machine {
 	}
 	m.Env = strings.Join(env, " ")
 	if m.Env == "" {
-		m.Env = "none of GOGC, GOMEMLIMIT, GODEBUG, GOMAXPROCS set (Go defaults)"
+		m.Env = "none of GOGC, GOMEMLIMIT, GODEBUG, GOMAXPROCS set (Go defaults; the splitter applies its own gc_percent default of 400)"
 	}
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(data))
