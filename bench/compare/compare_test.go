@@ -1,11 +1,7 @@
 package compare
 
 import (
-	"context"
-	"flag"
 	"os"
-	"os/signal"
-	"syscall"
 	"testing"
 	"time"
 
@@ -15,18 +11,7 @@ import (
 // TestMain lets the test binary double as both servers under test.
 func TestMain(m *testing.M) {
 	if os.Getenv("COMPARE_TEST_SERVE") == "1" {
-		fs := flag.NewFlagSet("serve", flag.ExitOnError)
-		g := fs.String("grpc-addr", "", "")
-		a := fs.String("admin-addr", "", "")
-		r := fs.String("ready-file", "", "")
-		_ = fs.Parse(os.Args[1:])
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		defer stop()
-		if err := noop.Serve(ctx, noop.Options{GRPCAddr: *g, AdminAddr: *a, ReadyFile: *r}); err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(noop.ChildMain(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

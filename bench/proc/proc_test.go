@@ -1,14 +1,10 @@
 package proc
 
 import (
-	"context"
-	"flag"
 	"os"
-	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,18 +16,7 @@ import (
 // PROC_TEST_SERVE=1 it runs the no-op baseline on the flags Start appends.
 func TestMain(m *testing.M) {
 	if os.Getenv("PROC_TEST_SERVE") == "1" {
-		fs := flag.NewFlagSet("serve", flag.ExitOnError)
-		g := fs.String("grpc-addr", "", "")
-		a := fs.String("admin-addr", "", "")
-		r := fs.String("ready-file", "", "")
-		_ = fs.Parse(os.Args[1:])
-		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-		defer stop()
-		if err := noop.Serve(ctx, noop.Options{GRPCAddr: *g, AdminAddr: *a, ReadyFile: *r}); err != nil {
-			os.Stderr.WriteString(err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
+		os.Exit(noop.ChildMain(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }
