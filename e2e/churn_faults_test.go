@@ -197,12 +197,7 @@ func TestStallPastMessageTimeoutUnderLoad(t *testing.T) {
 	tr.halt()
 
 	failures(t, "whole run", tr.since(t0))
-	var during []outcome
-	for _, o := range tr.since(paused) {
-		if o.end.Before(resumed) {
-			during = append(during, o)
-		}
-	}
+	during := tr.between(paused, resumed)
 	c, _ := count(during)
 	if c["v1"] != len(during) {
 		t.Errorf("during the stall: %v, want every request on v1", c)
@@ -249,12 +244,7 @@ func TestKillRestartHeavyLoad(t *testing.T) {
 	tr.halt()
 
 	failures(t, "whole run", tr.since(t0))
-	var down []outcome
-	for _, o := range tr.since(killed) {
-		if o.end.Before(restart) {
-			down = append(down, o)
-		}
-	}
+	down := tr.between(killed, restart)
 	c, _ := count(down)
 	if c["v1"] != len(down) {
 		t.Errorf("while down: %v, want every request on v1", c)

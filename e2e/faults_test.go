@@ -135,6 +135,18 @@ func (tr *traffic) since(t0 time.Time) []outcome {
 	return out
 }
 
+// between returns the outcomes of requests started after from that ended
+// before to.
+func (tr *traffic) between(from, to time.Time) []outcome {
+	var out []outcome
+	for _, o := range tr.since(from) {
+		if o.end.Before(to) {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
 func count(os []outcome) (testbed.Counts, []error) {
 	c := testbed.Counts{}
 	var errs []error
@@ -191,12 +203,7 @@ func TestSplitterKilledUnderLoad(t *testing.T) {
 	tr.halt()
 
 	before, errsBefore := count(tr.since(t0))
-	var down []outcome
-	for _, o := range tr.since(killed) {
-		if o.end.Before(restart) {
-			down = append(down, o)
-		}
-	}
+	down := tr.between(killed, restart)
 	downCounts, _ := count(down)
 	after, _ := count(tr.since(firstV2))
 	if len(errsBefore) > 0 {
