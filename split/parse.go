@@ -354,6 +354,22 @@ func (p *parser) seq(path string, n *yaml.Node) ([]*yaml.Node, bool) {
 	return n.Content, true
 }
 
+// list decodes the sequence n at path item by item with each, marking every
+// item's line; it returns nil when n is not a sequence (after reporting it).
+func list[T any](p *parser, path string, n *yaml.Node, each func(path string, item *yaml.Node) T) []T {
+	items, ok := p.seq(path, n)
+	if !ok {
+		return nil
+	}
+	out := make([]T, 0, len(items))
+	for i, item := range items {
+		ip := index(path, i)
+		p.mark(ip, item)
+		out = append(out, each(ip, item))
+	}
+	return out
+}
+
 func (p *parser) str(path string, n *yaml.Node) (string, bool) {
 	if n.Kind != yaml.ScalarNode {
 		p.errorf(path, n, "must be a string, not %s", kindName(n))
@@ -436,31 +452,13 @@ func (p *parser) config(root *yaml.Node) *Config {
 		switch {
 		case e.key == "services":
 			p.mark(e.key, e.k)
-			items, ok := p.seq(e.key, e.v)
-			if !ok {
-				continue
-			}
-			cfg.Services = make([]Service, 0, len(items))
-			for i, item := range items {
-				path := index("services", i)
-				p.mark(path, item)
-				cfg.Services = append(cfg.Services, p.service(path, item))
-			}
+			cfg.Services = list(p, e.key, e.v, p.service)
 		case e.key == "experiments":
 			p.mark(e.key, e.k)
 			if isNull(e.v) {
 				continue // "experiments:" with every entry commented out
 			}
-			items, ok := p.seq(e.key, e.v)
-			if !ok {
-				continue
-			}
-			cfg.Experiments = make([]Experiment, 0, len(items))
-			for i, item := range items {
-				path := index("experiments", i)
-				p.mark(path, item)
-				cfg.Experiments = append(cfg.Experiments, p.experiment(path, item))
-			}
+			cfg.Experiments = list(p, e.key, e.v, p.experiment)
 		case slices.Contains(p.opts.ExtraKeys, e.key):
 			if e.v.Kind != yaml.ScalarNode {
 				p.errorf(e.key, e.v, "must be a single value, not %s", kindName(e.v))
@@ -507,15 +505,7 @@ func (p *parser) service(path string, n *yaml.Node) Service {
 			if isNull(e.v) {
 				continue // "rules:" with every rule commented out
 			}
-			items, ok := p.seq(fp, e.v)
-			if !ok {
-				continue
-			}
-			s.Rules = make([]Rule, 0, len(items))
-			for i, item := range items {
-				p.mark(index(fp, i), item)
-				s.Rules = append(s.Rules, p.rule(index(fp, i), item))
-			}
+			s.Rules = list(p, fp, e.v, p.rule)
 		}
 	}
 	return s
@@ -544,15 +534,7 @@ func (p *parser) rule(path string, n *yaml.Node) Rule {
 		case "version":
 			r.Version, _ = p.name(fp, e.v, "version")
 		case "when":
-			items, ok := p.seq(fp, e.v)
-			if !ok {
-				continue
-			}
-			r.When = make([]Condition, 0, len(items))
-			for i, item := range items {
-				p.mark(index(fp, i), item)
-				r.When = append(r.When, p.condition(index(fp, i), item))
-			}
+			r.When = list(p, fp, e.v, p.condition)
 		}
 	}
 	return r
