@@ -20,6 +20,9 @@ type Table struct {
 	exps       []experiment
 	expByName  map[string]int
 	defaultExp int // -1 when there are no experiments
+	// outcomes is the number of distinct header outcomes (see
+	// Decision.Outcome), 0 when more than MaxOutcomes.
+	outcomes int
 }
 
 type hostEntry struct {
@@ -31,6 +34,7 @@ type hostEntry struct {
 type service struct {
 	name     string
 	versions []string
+	vids     []int // table-wide id of each version's name (1-based)
 	stable   int
 	// Sticky layout: order[i] owns buckets [upper[i-1], upper[i]). Non-stable
 	// versions come first in declared order and stable last, so for two
@@ -218,6 +222,7 @@ func compile(in *Config, prev *Table) (*Table, []*FieldError) {
 	if len(c.errs) > 0 {
 		return nil, c.errs
 	}
+	t.numberOutcomes()
 	for i, s := range t.services {
 		s.rr = newRoundRobin(cfg.Services[i].Weights)
 		if prev != nil {
@@ -668,4 +673,37 @@ func lowerASCII(s string) string {
 		}
 	}
 	return s
+}
+
+// MaxOutcomes bounds Table.Outcomes: a table with more distinct header
+// outcomes does not number them (Decision.Outcome is -1).
+const MaxOutcomes = 1 << 16
+
+// numberOutcomes gives every version name an id and counts the outcomes:
+// (version names + none) x reasons x every experiment's (variants + none).
+func (t *Table) numberOutcomes() {
+	ids := map[string]int{}
+	for _, s := range t.services {
+		s.vids = make([]int, len(s.versions))
+		for i, v := range s.versions {
+			id, ok := ids[v]
+			if !ok {
+				id = len(ids) + 1
+				ids[v] = id
+			}
+			s.vids[i] = id
+		}
+	}
+	n := (len(ids) + 1) * len(reasonNames)
+	for _, e := range t.exps {
+		n *= len(e.variants) + 1
+		if n > MaxOutcomes {
+			t.outcomes = 0
+			return
+		}
+	}
+	if n > MaxOutcomes {
+		n = 0
+	}
+	t.outcomes = n
 }

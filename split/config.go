@@ -11,7 +11,7 @@ const MaxExperiments = 16
 // Limits that keep a configuration (and the time to compile it) bounded. A
 // file that exceeds one is rejected with an error naming the place.
 const (
-	MaxConfigBytes   = 4 << 20 // size of a YAML document given to Parse
+	MaxConfigBytes   = 1 << 20 // size of a configuration document (file, etcd value) given to Parse
 	MaxServices      = 1000
 	MaxHosts         = 1000 // per service
 	MaxVersions      = 100  // per service, and variants per experiment

@@ -93,10 +93,20 @@ type Decision struct {
 	Bucket   int    // sticky bucket, -1 when none
 	variants [MaxExperiments]Variant
 	nv       int
+	vid      int // version name id in the table, 0 for none
+	outcome  int // Outcome()+1; 0 when not numbered
 }
 
 // Variants returns the experiments that applied, in declared order.
 func (d *Decision) Variants() []Variant { return d.variants[:d.nv] }
+
+// Outcome numbers what the decision writes into a request: its version
+// (by name), reason and the variant of every experiment (or none). Two
+// decisions of one table with the same Outcome set the same headers, so
+// adapters can keep one prebuilt answer per outcome. It is in [0,
+// Table.Outcomes()) of the table that made d, or -1 when that table has
+// too many outcomes to number.
+func (d *Decision) Outcome() int { return d.outcome - 1 }
 
 // Decide routes one request. It does not allocate and reads only the
 // immutable table (plus an atomic round-robin counter).
@@ -113,15 +123,22 @@ func (t *Table) decide(req *Request, d *Decision, peek bool) {
 		d.Service = s.name
 		t.route(s, req, d, peek)
 	}
+	outcome := d.vid*len(reasonNames) + int(d.Reason)
 	for i := range t.exps {
 		e := &t.exps[i]
+		outcome *= len(e.variants) + 1
 		key := keyValue(req, e.key)
 		if key == "" {
 			continue
 		}
 		b := Bucket(e.name, key)
-		d.variants[d.nv] = Variant{Experiment: e.name, Header: e.header, Variant: e.variants[pick(e.upper, b)], Bucket: b}
+		v := pick(e.upper, b)
+		outcome += v + 1
+		d.variants[d.nv] = Variant{Experiment: e.name, Header: e.header, Variant: e.variants[v], Bucket: b}
 		d.nv++
+	}
+	if t.outcomes > 0 {
+		d.outcome = outcome + 1
 	}
 }
 
@@ -130,13 +147,14 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 	for i := range s.rules {
 		r := &s.rules[i]
 		if r.matches(req, query) {
-			d.Version, d.Reason, d.Rule = s.versions[r.version], ReasonHeaderMatch, r.name
+			s.set(d, r.version, ReasonHeaderMatch)
+			d.Rule = r.name
 			return
 		}
 	}
 	if key := keyValue(req, s.sticky); key != "" {
 		d.Bucket = Bucket(s.name, key)
-		d.Version, d.Reason = s.versions[s.order[pick(s.upper, d.Bucket)]], ReasonStickyRouting
+		s.set(d, s.order[pick(s.upper, d.Bucket)], ReasonStickyRouting)
 		return
 	}
 	v := 0
@@ -145,7 +163,11 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 	} else {
 		v = s.rr.take()
 	}
-	d.Version, d.Reason = s.versions[v], ReasonWeightedRouting
+	s.set(d, v, ReasonWeightedRouting)
+}
+
+func (s *service) set(d *Decision, version int, reason Reason) {
+	d.Version, d.vid, d.Reason = s.versions[version], s.vids[version], reason
 }
 
 // pick returns the first range whose upper bound exceeds b. Empty ranges

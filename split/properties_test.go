@@ -166,3 +166,137 @@ func TestStickyCanaryGetsLowBuckets(t *testing.T) {
 		}
 	}
 }
+
+// TestOverridePermutationMovesNobody: the same shares listed in any order
+// keep every sticky user where it was (the layout follows the declared
+// order, not the override's), and a real change moves only the users the
+// layout says: here b trades share with stable, so only b <-> stable moves.
+func TestOverridePermutationMovesNobody(t *testing.T) {
+	keys := randomKeys(5000)
+	base := stickyTable(t, weights("v1", 7000, "v2", 2000, "v3", 1000), "v1")
+	assign := func(tb *split.Table) []string {
+		out := make([]string, len(keys))
+		for i, k := range keys {
+			out[i] = decide(tb, split.Request{Headers: headers("x-user-id", k)}).Version
+		}
+		return out
+	}
+	before := assign(base)
+	for _, perm := range []split.Weights{
+		weights("v3", 1000, "v2", 2000, "v1", 7000),
+		weights("v2", 2000, "v1", 7000, "v3", 1000),
+		weights("v1", 7000, "v3", 1000, "v2", 2000),
+	} {
+		tb, err := base.WithWeights("api", perm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if svc, _ := tb.Service("api"); !svc.Weights.Equal(weights("v1", 7000, "v2", 2000, "v3", 1000)) {
+			t.Errorf("WithWeights(%v) kept the order %v, want the declared order", perm, svc.Weights)
+		}
+		for i, v := range assign(tb) {
+			if v != before[i] {
+				t.Fatalf("WithWeights(%v): key %q moved from %s to %s", perm, keys[i], before[i], v)
+			}
+		}
+	}
+	// v3 (the last non-stable) 10 -> 15, stable 70 -> 65, listed reversed.
+	tb, err := base.WithWeights("api", weights("v3", 1500, "v2", 2000, "v1", 6500))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := 0
+	for i, v := range assign(tb) {
+		if v == before[i] {
+			continue
+		}
+		moved++
+		if before[i] != "v1" || v != "v3" {
+			t.Fatalf("key %q moved from %s to %s; only v1 -> v3 is allowed", keys[i], before[i], v)
+		}
+	}
+	// About 5 % of the keys ([3000, 3500) of 10,000 buckets).
+	if moved < 150 || moved > 350 {
+		t.Errorf("%d of %d keys moved, want about 250", moved, len(keys))
+	}
+}
+
+func TestOutcome(t *testing.T) {
+	tb := mustLoad(t, `services:
+  - name: api
+    hosts: [api]
+    weights: {v1: 50, v2: 50}
+    sticky: {header: x-user-id}
+    rules: [{name: pin, when: [{header: x-pin, present: true}], version: v2}]
+  - name: web
+    hosts: [web]
+    weights: {v1: 50, v3: 50}
+experiments:
+  - {name: e1, key: {header: x-user-id}, variants: {A: 50, B: 50}, header: x-e1}
+  - {name: e2, key: {header: x-other}, variants: {X: 30, Y: 30, Z: 40}, header: x-e2}
+`)
+	// versions v1 v2 v3 + none = 4, 4 reasons, (2+1) * (3+1) variants
+	if got, want := tb.Outcomes(), 4*4*3*4; got != want {
+		t.Fatalf("Outcomes = %d, want %d", got, want)
+	}
+	type shape struct {
+		version, reason string
+		variants        string
+	}
+	seen := map[int]shape{}
+	for i := 0; i < 3000; i++ {
+		h := []string{"x-user-id", fmt.Sprint("u", i%37)}
+		if i%3 == 0 {
+			h = append(h, "x-other", fmt.Sprint("o", i%11))
+		}
+		if i%5 == 0 {
+			h = append(h, "x-pin", "1")
+		}
+		if i%7 == 0 {
+			h = h[2:] // no user id: weighted, no e1
+		}
+		host := []string{"api", "web", "nowhere"}[i%3]
+		d := decide(tb, split.Request{Authority: host, Headers: headers(h...)})
+		o := d.Outcome()
+		if o < 0 || o >= tb.Outcomes() {
+			t.Fatalf("Outcome = %d, out of [0, %d)", o, tb.Outcomes())
+		}
+		var vs string
+		for _, v := range d.Variants() {
+			vs += v.Header + "=" + v.Variant + ";"
+		}
+		s := shape{d.Version, d.Reason.String(), vs}
+		if prev, ok := seen[o]; ok && prev != s {
+			t.Fatalf("outcome %d is both %+v and %+v", o, prev, s)
+		}
+		seen[o] = s
+	}
+	byShape := map[shape]int{}
+	for o, s := range seen {
+		if prev, ok := byShape[s]; ok {
+			t.Fatalf("%+v has two outcomes, %d and %d", s, prev, o)
+		}
+		byShape[s] = o
+	}
+	if len(seen) < 20 {
+		t.Errorf("only %d distinct outcomes seen; the test does not exercise the numbering", len(seen))
+	}
+}
+
+func TestOutcomesTooMany(t *testing.T) {
+	cfg := &split.Config{Services: []split.Service{{Name: "api", Weights: weights("v1", 5000, "v2", 5000)}}}
+	for i := range 10 { // 3 * 4 * 5^10 > MaxOutcomes
+		cfg.Experiments = append(cfg.Experiments, split.Experiment{
+			Name: fmt.Sprint("e", i), Key: split.Key{Header: fmt.Sprint("x-k", i)}, Header: fmt.Sprint("x-e", i),
+			Variants: weights("a", 2500, "b", 2500, "c", 2500, "d", 2500),
+		})
+	}
+	tb := mustCompile(t, cfg)
+	if tb.Outcomes() != 0 {
+		t.Fatalf("Outcomes = %d, want 0 (more than %d)", tb.Outcomes(), split.MaxOutcomes)
+	}
+	if d := decide(tb, split.Request{Headers: headers("x-k1", "u")}); d.Outcome() != -1 {
+		o := d.Outcome()
+		t.Errorf("Outcome = %d, want -1", o)
+	}
+}

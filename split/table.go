@@ -5,6 +5,10 @@ import (
 	"strings"
 )
 
+// Outcomes returns how many distinct header outcomes t's decisions can have
+// (see Decision.Outcome), or 0 when there are more than MaxOutcomes.
+func (t *Table) Outcomes() int { return t.outcomes }
+
 // Config returns a deep copy of the configuration the table was compiled
 // from, with defaults filled in (hosts, stable version, rule names) and
 // header names lower-cased.
@@ -45,13 +49,18 @@ func (t *Table) Assign(experiment, key string) (Variant, error) {
 // as in Compile, with error paths relative to the service, such as
 // "weights.v3" or "rules[0].version"). Round-robin counters of untouched
 // services carry over.
+//
+// When w names exactly the service's versions it is laid out in the
+// service's declared order, whatever order it lists them in: the sticky
+// bucket ranges follow the declared order, so the same shares listed in
+// another order must not move anyone.
 func (t *Table) WithWeights(service string, w Weights) (*Table, error) {
 	i, ok := t.byName[service]
 	if !ok {
 		return nil, fmt.Errorf("%w %q", ErrUnknownService, service)
 	}
 	cfg := t.cfg.Clone()
-	cfg.Services[i].Weights = w.Clone()
+	cfg.Services[i].Weights = InDeclaredOrder(w, t.cfg.Services[i].Weights)
 	nt, errs := compile(cfg, t)
 	if len(errs) > 0 {
 		prefix := index("services", i) + "."
@@ -88,4 +97,22 @@ func (t *Table) CanaryWeights(service string, basisPoints int) (Weights, error) 
 		}
 	}
 	return w, nil
+}
+
+// InDeclaredOrder returns a copy of w listed in the order of declared when
+// both name the same versions (declared's shares are ignored); otherwise a
+// plain copy of w, for validation to report what does not match.
+func InDeclaredOrder(w, declared Weights) Weights {
+	if len(w) != len(declared) {
+		return w.Clone()
+	}
+	out := make(Weights, 0, len(w))
+	for _, d := range declared {
+		bp, ok := w.Get(d.Version)
+		if !ok {
+			return w.Clone()
+		}
+		out = append(out, Weight{Version: d.Version, BasisPoints: bp})
+	}
+	return out
 }
