@@ -13,7 +13,7 @@ RUN go mod download
 COPY . .
 ARG VERSION=dev
 ENV CGO_ENABLED=0
-RUN go build -trimpath -tags vtprotobuf -ldflags "-s -w -X main.version=${VERSION}" -o /out/splitter ./cmd/splitter \
+RUN go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/splitter ./cmd/splitter \
  && go build -trimpath -ldflags "-s -w" -o /out/backend ./examples/backend
 
 FROM gcr.io/distroless/static-debian12:nonroot AS backend

@@ -3,9 +3,6 @@ GO          ?= go
 BIN         := bin
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
-# vtprotobuf: go-control-plane's generated marshalers (used by internal/fastcodec
-# for ext_authz answers); everything builds and passes without the tag too.
-TAGS        ?= vtprotobuf
 FUZZTIME    ?= 30s
 CI_FUZZTIME ?= 5s
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -19,7 +16,7 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build bin/splitter
-	$(GO) build -trimpath -tags "$(TAGS)" -ldflags "$(LDFLAGS)" -o $(BIN)/splitter ./cmd/splitter
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/splitter ./cmd/splitter
 
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
@@ -27,13 +24,13 @@ run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 test: envoy lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e tests with -race, short fuzz pass
 
 unit: ## go test -race on every package (e2e included: needs `make envoy`)
-	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m -tags "$(TAGS)" ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 lint: ## gofmt, go vet, staticcheck (pinned)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags "$(TAGS)" ./...
-	$(GO) run $(STATICCHECK) -tags "$(TAGS)" ./...
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')

@@ -1,8 +1,18 @@
 // Package extauthz answers Envoy's ext_authz Check
-// (envoy.service.auth.v3.Authorization/Check) with the same decision the
-// ext_proc adapter makes. It never denies: every answer is OK, carrying the
-// route header (in value, which is what ext_authz reads) or, for a request
-// no service claims, the removal of a client-sent route header.
+// (envoy.service.auth.v3.Authorization/Check) with the same decision and
+// the same headers as the other adapters. It never denies: every answer is
+// OK, carrying the route header (in value, which is what ext_authz reads)
+// or, for a request no service claims, the removal of a client-sent route
+// header.
+//
+// Repeated headers: by default Envoy sends ext_authz a map of headers in
+// which repeated ones are joined with commas, which would make a request
+// carrying two x-user-id headers hash "a,b" here and "a" through ext_proc.
+// The bootstraps therefore set encode_raw_headers: true, and Envoy sends
+// header_map, one entry per header line, which this adapter reads exactly
+// as ext_proc reads its headers. A request that arrives with only the
+// joined map is still decided, from the joined values, and a warning is
+// logged once.
 package extauthz
 
 import (
@@ -10,176 +20,180 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
-	"unicode/utf8"
+	"sync"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
 
-	"github.com/trafficsplit/splitter/extproc"
-	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/adapter"
+	"github.com/trafficsplit/splitter/internal/envoypb"
+	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
 
 // API is the api label this package reports to its Recorder.
-const API = "ext_authz"
+const API = adapter.APIExtAuthz
 
-// Options configures a Server; the fields mean what they mean for extproc.
+// Options configures a Server.
 type Options struct {
-	RouteHeader  string // default "x-route-version"
-	ReasonHeader string // "" disables
-	Logger       *slog.Logger
-	Recorder     extproc.Recorder // nil: no metrics
+	Headers  adapter.Headers // zero value: the defaults
+	Logger   *slog.Logger
+	Recorder adapter.Recorder // nil: no metrics
 }
 
-// Server implements authv3.AuthorizationServer.
+// Server implements authv3.AuthorizationServer. Register it with Register,
+// which sends its prebuilt answers without marshalling them per call.
 type Server struct {
-	src    extproc.TableSource
-	rec    extproc.Recorder
-	log    *slog.Logger
-	route  string
-	reason string
+	src     adapter.TableSource
+	rec     adapter.Recorder
+	log     *slog.Logger
+	headers adapter.Headers
 
-	unmatched *authv3.CheckResponse
-	cache     envoyhdr.Cache[*authv3.CheckResponse]
-	pool      envoyhdr.Pool
+	unrouted   *fastcodec.Encoded
+	responses  *adapter.Responses[fastcodec.Encoded]
+	pool       adapter.Pool
+	joinedOnce sync.Once
 }
 
 // New returns a Server deciding from src.
-func New(src extproc.TableSource, opts Options) *Server {
+func New(src adapter.TableSource, opts Options) *Server {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	rec := opts.Recorder
 	if rec == nil {
-		rec = nopRecorder{}
+		rec = adapter.NopRecorder{}
 	}
-	route, reason := envoyhdr.HeaderNames(log, opts.RouteHeader, opts.ReasonHeader)
-	s := &Server{src: src, rec: rec, log: log, route: route, reason: reason}
-	s.unmatched = s.buildUnmatched()
+	s := &Server{src: src, rec: rec, log: log, headers: opts.Headers}
+	var p adapter.Plan
+	s.headers.PlanFor(nil, &p)
+	s.unrouted = s.build(&p)
+	s.responses = adapter.NewResponses(src, s.headers, s.build)
 	return s
 }
 
-// Check decides one request. Each call is reported to the Recorder as a
+// CacheStats reports the response cache's hits and misses.
+func (s *Server) CacheStats() (hits, misses uint64) { return s.responses.Stats() }
+
+// Register adds the Authorization service to r. Its handler hands gRPC the
+// prebuilt, already encoded answer (the codec sends its bytes as they are;
+// any other codec marshals the CheckResponse it wraps).
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	r.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "envoy.service.auth.v3.Authorization",
+		HandlerType: (*authv3.AuthorizationServer)(nil),
+		Methods: []grpc.MethodDesc{{
+			MethodName: "Check",
+			Handler: func(srv any, ctx context.Context, dec func(any) error, ic grpc.UnaryServerInterceptor) (any, error) {
+				in := new(authv3.CheckRequest)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				if ic == nil {
+					return s.check(ctx, in), nil
+				}
+				info := &grpc.UnaryServerInfo{Server: srv, FullMethod: authv3.Authorization_Check_FullMethodName}
+				return ic(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+					return s.check(ctx, req.(*authv3.CheckRequest)), nil
+				})
+			},
+		}},
+		Metadata: "envoy/service/auth/v3/external_auth.proto",
+	}, s)
+}
+
+// Check decides one request (authv3.AuthorizationServer).
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.check(ctx, req).Message.(*authv3.CheckResponse), nil
+}
+
+// check decides one request. Each call is reported to the Recorder as a
 // stream of its own, so ext_proc and ext_authz read the same way.
-func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (resp *authv3.CheckResponse, err error) {
+func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (resp *fastcodec.Encoded) {
 	s.rec.StreamStarted(API)
-	result := extproc.ResultOK
+	result := adapter.ResultOK
 	defer func() {
 		if r := recover(); r != nil {
 			// A panic must not become a gRPC error: with
 			// failure_mode_allow false that would be a 403.
-			result = extproc.ResultPanic
+			result = adapter.ResultPanic
 			s.log.Error("ext_authz handler panic recovered", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			if p, ok := s.rec.(interface{ Panic() }); ok {
-				p.Panic()
-			}
-			resp, err = s.unmatched, nil
+			s.rec.Panic(API)
+			resp = s.unrouted
 		}
 		s.rec.StreamEnded(API, result)
 	}()
 	table := s.src.Table()
 	if table == nil {
-		result = extproc.ResultNoConfig
-		return s.unmatched, nil
+		result = adapter.ResultNoConfig
+		return s.unrouted
 	}
 	sc := s.pool.Get()
 	defer s.pool.Put(sc)
-	fromCheck(&sc.Req, req.GetAttributes().GetRequest().GetHttp())
+	s.fromCheck(&sc.Req, req.GetAttributes().GetRequest().GetHttp())
 	table.Decide(&sc.Req, &sc.Dec)
 	s.rec.Decided(API, &sc.Dec)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.DebugContext(ctx, "decided", "api", API, "authority", sc.Req.Authority,
 			"service", sc.Dec.Service, "version", sc.Dec.Version, "reason", sc.Dec.Reason.String(), "rule", sc.Dec.Rule)
 	}
-	if sc.Dec.Version == "" {
-		return s.unmatched, nil
-	}
-	sc.Key = envoyhdr.AppendKey(sc.Key[:0], &sc.Dec)
-	if r, ok := s.cache.Get(sc.Key); ok {
-		return r, nil
-	}
-	r := s.buildMatched(&sc.Dec)
-	s.cache.Put(sc.Key, r)
-	return r, nil
+	return s.responses.Get(table, &sc.Dec)
 }
 
-// fromCheck fills req from ext_authz attributes: the headers map (Envoy's
-// default; duplicates arrive comma-joined) or, with encode_raw_headers,
-// header_map. The dedicated host, path and method fields win over the
-// pseudo-headers.
-func fromCheck(req *split.Request, h *authv3.AttributeContext_HttpRequest) {
-	envoyhdr.Reset(req)
-	req.Authority, req.Path, req.Method = h.GetHost(), h.GetPath(), h.GetMethod()
-	if hm := h.GetHeaderMap(); len(hm.GetHeaders()) > 0 {
-		for _, kv := range hm.GetHeaders() {
-			envoyhdr.Add(req, kv.GetKey(), envoyhdr.Value(kv))
-		}
+// fromCheck fills req from ext_authz attributes: header_map (sent with
+// encode_raw_headers: one entry per header line, as ext_proc gets them) or
+// else the joined headers map. The dedicated host, path and method fields
+// win over the pseudo-headers.
+func (s *Server) fromCheck(req *split.Request, h *authv3.AttributeContext_HttpRequest) {
+	if hm := h.GetHeaderMap().GetHeaders(); len(hm) > 0 {
+		envoypb.FromHeaders(req, hm)
 	} else {
+		adapter.ResetRequest(req)
 		for k, v := range h.GetHeaders() {
-			envoyhdr.Add(req, k, v)
+			adapter.AddHeader(req, k, v)
+		}
+		if len(h.GetHeaders()) > 0 {
+			s.joinedOnce.Do(func() {
+				s.log.Warn("ext_authz sends joined headers: repeated headers arrive comma-joined and may decide differently than through ext_proc; set encode_raw_headers: true on the ext_authz filter")
+			})
 		}
 	}
-	envoyhdr.Finish(req)
-}
-
-// setHeader builds one header for ok_response. ext_authz reads value (not
-// raw_value), and an unset append_action would add a second copy next to
-// the client's, which breaks an exact route match.
-func setHeader(name, value string) *corev3.HeaderValueOption {
-	return &corev3.HeaderValueOption{
-		Header:       &corev3.HeaderValue{Key: name, Value: value},
-		AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+	if v := h.GetHost(); v != "" {
+		req.Authority = v
 	}
+	if v := h.GetPath(); v != "" {
+		req.Path = v
+	}
+	if v := h.GetMethod(); v != "" {
+		req.Method = v
+	}
+	adapter.FinishRequest(req)
 }
 
-// validValue also requires UTF-8: value is a proto string field, and an
-// unmarshalable response would turn into a gRPC error, i.e. a denial.
-func validValue(s string) bool { return envoyhdr.ValidValue(s) && utf8.ValidString(s) }
-
-func okResponse(r *authv3.OkHttpResponse) *authv3.CheckResponse {
-	return &authv3.CheckResponse{
+// build encodes a plan as an OK answer. It runs once per header outcome of
+// a table; the answer is shared, so it is never modified afterwards.
+// ext_authz reads value (not raw_value), and an unset append_action would
+// add a second copy next to the client's, which breaks an exact route
+// match.
+func (s *Server) build(p *adapter.Plan) *fastcodec.Encoded {
+	if p.Skipped > 0 {
+		s.log.Error("experiment headers not written: invalid or clashing name or value", "skipped", p.Skipped)
+	}
+	ok := &authv3.OkHttpResponse{}
+	if p.Remove != "" {
+		ok.HeadersToRemove = []string{p.Remove}
+	}
+	for _, h := range p.Set() {
+		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	return fastcodec.Encode(&authv3.CheckResponse{
 		Status:       &rpcstatus.Status{}, // code 0: OK
-		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: r},
-	}
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
+	})
 }
-
-func (s *Server) buildUnmatched() *authv3.CheckResponse {
-	ok := &authv3.OkHttpResponse{HeadersToRemove: []string{s.route}}
-	if r := split.ReasonUnmatched.String(); s.reason != "" && validValue(r) {
-		ok.Headers = append(ok.Headers, setHeader(s.reason, r))
-	}
-	return okResponse(ok)
-}
-
-// buildMatched runs once per distinct decision shape; the result is cached
-// and shared, so it is never modified afterwards.
-func (s *Server) buildMatched(d *split.Decision) *authv3.CheckResponse {
-	if !validValue(d.Version) {
-		s.log.Error("decided version is not a valid header value; answering as unmatched",
-			"service", d.Service, "version", d.Version)
-		return s.unmatched
-	}
-	ok := &authv3.OkHttpResponse{Headers: make([]*corev3.HeaderValueOption, 0, 2+len(d.Variants()))}
-	ok.Headers = append(ok.Headers, setHeader(s.route, d.Version))
-	if r := d.Reason.String(); s.reason != "" && validValue(r) {
-		ok.Headers = append(ok.Headers, setHeader(s.reason, r))
-	}
-	for _, v := range d.Variants() {
-		if !envoyhdr.ValidName(v.Header) || !validValue(v.Variant) || v.Header == s.route || v.Header == s.reason {
-			s.log.Error("experiment header not written: invalid or clashing name or value",
-				"experiment", v.Experiment, "header", v.Header, "variant", v.Variant)
-			continue
-		}
-		ok.Headers = append(ok.Headers, setHeader(v.Header, v.Variant))
-	}
-	return okResponse(ok)
-}
-
-type nopRecorder struct{}
-
-func (nopRecorder) Decided(string, *split.Decision) {}
-func (nopRecorder) StreamStarted(string)            {}
-func (nopRecorder) StreamEnded(string, string)      {}
-func (nopRecorder) PhaseUnexpected(string, string)  {}

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/trafficsplit/splitter/extproc"
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/grpcserver"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -53,6 +53,7 @@ func (r *recorder) StreamEnded(_ string, res string) {
 	r.results[res]++
 }
 func (r *recorder) PhaseUnexpected(string, string) {}
+func (r *recorder) Panic(string)                   {}
 
 func compile(t *testing.T, cfg *split.Config) *split.Table {
 	t.Helper()
@@ -120,7 +121,7 @@ func TestCheck(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rec := &recorder{}
-			s := New(source{compile(t, c.cfg())}, Options{RouteHeader: routeHdr, ReasonHeader: reasonHdr, Recorder: rec})
+			s := New(source{compile(t, c.cfg())}, Options{Headers: adapter.Headers{Route: routeHdr, Reason: reasonHdr}, Recorder: rec})
 			got, err := s.Check(t.Context(), c.req)
 			if err != nil {
 				t.Fatalf("Check: %v", err)
@@ -128,7 +129,7 @@ func TestCheck(t *testing.T) {
 			if d := cmp.Diff(c.want, got, protocmp.Transform()); d != "" {
 				t.Errorf("(-want +got):\n%s", d)
 			}
-			if rec.decided != 1 || rec.results[extproc.ResultOK] != 1 {
+			if rec.decided != 1 || rec.results[adapter.ResultOK] != 1 {
 				t.Errorf("decided=%d results=%v", rec.decided, rec.results)
 			}
 		})
@@ -137,7 +138,7 @@ func TestCheck(t *testing.T) {
 
 func TestCheckExperimentHeader(t *testing.T) {
 	tab := compile(t, split.Default())
-	s := New(source{tab}, Options{})
+	s := New(source{tab}, Options{Headers: adapter.Headers{Route: routeHdr}})
 	got, err := s.Check(t.Context(), check(&authv3.AttributeContext_HttpRequest{
 		Headers: map[string]string{"x-beta": "true", "x-user-id": "user-123"},
 	}))
@@ -159,15 +160,15 @@ func TestCheckExperimentHeader(t *testing.T) {
 func TestCheckNeverDenies(t *testing.T) {
 	for _, c := range []struct {
 		name       string
-		src        extproc.TableSource
+		src        adapter.TableSource
 		wantResult string
 	}{
-		{"no config", source{nil}, extproc.ResultNoConfig},
-		{"panicking source", panicSource{}, extproc.ResultPanic},
+		{"no config", source{nil}, adapter.ResultNoConfig},
+		{"panicking source", panicSource{}, adapter.ResultPanic},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rec := &recorder{}
-			s := New(c.src, Options{Recorder: rec})
+			s := New(c.src, Options{Headers: adapter.Headers{Route: routeHdr}, Recorder: rec})
 			got, err := s.Check(t.Context(), check(&authv3.AttributeContext_HttpRequest{Headers: map[string]string{routeHdr: "v2"}}))
 			if err != nil {
 				t.Fatalf("Check error %v: an error is a denial under failure_mode_allow false", err)
@@ -185,7 +186,7 @@ func TestCheckNeverDenies(t *testing.T) {
 func TestCheckOverGRPC(t *testing.T) {
 	lis := bufconn.Listen(1 << 20)
 	srv := grpcserver.New(grpcserver.Options{})
-	authv3.RegisterAuthorizationServer(srv, New(source{compile(t, split.Default())}, Options{}))
+	New(source{compile(t, split.Default())}, Options{Headers: adapter.Headers{Route: routeHdr}}).Register(srv)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 	conn, err := grpc.NewClient("passthrough:///bufconn",

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/test/bufconn"
 
-	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/internal/envoypb"
 	"github.com/trafficsplit/splitter/internal/grpcserver"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -52,7 +52,7 @@ func BenchmarkFromHeaderMap(b *testing.B) {
 	req := split.Request{Headers: make([]split.Header, 0, 32)}
 	b.ReportAllocs()
 	for b.Loop() {
-		envoyhdr.FromHeaderMap(&req, hm)
+		envoypb.FromHeaders(&req, hm.GetHeaders())
 	}
 	if req.Authority != "api.example.com" {
 		b.Fatalf("authority = %q", req.Authority)

@@ -20,71 +20,33 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/adapter"
+	"github.com/trafficsplit/splitter/internal/envoypb"
 	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
 
 // API is the api label this package reports to its Recorder.
-const API = "ext_proc"
-
-// DefaultRouteHeader is the request header the decided version is written to.
-const DefaultRouteHeader = envoyhdr.DefaultRouteHeader
-
-// Stream results reported to Recorder.StreamEnded.
-const (
-	ResultOK       = "ok"        // answered and ended by the peer
-	ResultCanceled = "canceled"  // ended by the peer before anything was answered
-	ResultError    = "error"     // Recv or Send failed
-	ResultPanic    = "panic"     // the handler panicked and recovered
-	ResultNoConfig = "no_config" // request_headers arrived before any table was loaded
-)
-
-// Phases reported to Recorder.PhaseUnexpected.
-const (
-	PhaseRequestBody             = "request_body"
-	PhaseRequestTrailers         = "request_trailers"
-	PhaseResponseHeaders         = "response_headers"
-	PhaseResponseBody            = "response_body"
-	PhaseResponseTrailers        = "response_trailers"
-	PhaseUnknown                 = "unknown"
-	PhaseDuplicateRequestHeaders = "duplicate_request_headers"
-)
-
-// TableSource gives the current compiled snapshot (nil before the first load).
-type TableSource interface{ Table() *split.Table }
-
-// Recorder receives metrics events; the metrics package implements it. Must
-// be cheap: it is called on every request. If it also has a Panic() method,
-// that is called once per recovered panic.
-type Recorder interface {
-	Decided(api string, d *split.Decision) // api: "ext_proc" | "ext_authz"
-	StreamStarted(api string)
-	StreamEnded(api string, result string) // one of the Result* constants
-	PhaseUnexpected(api string, phase string)
-}
+const API = adapter.APIExtProc
 
 // Options configures a Server.
 type Options struct {
-	RouteHeader  string // default "x-route-version"
-	ReasonHeader string // "" disables
-	Logger       *slog.Logger
-	Recorder     Recorder // nil: no metrics
+	Headers  adapter.Headers // zero value: the defaults
+	Logger   *slog.Logger
+	Recorder adapter.Recorder // nil: no metrics
 }
 
 // Server implements extprocv3.ExternalProcessorServer.
 type Server struct {
-	src   TableSource
-	rec   Recorder
-	log   *slog.Logger
-	route string
-	// reason is "" when the reason header is disabled or invalid.
-	reason string
+	src     adapter.TableSource
+	rec     adapter.Recorder
+	log     *slog.Logger
+	headers adapter.Headers
 
 	empty     emptyResponses
-	unmatched *fastcodec.Encoded
-	cache     envoyhdr.Cache[*fastcodec.Encoded]
-	pool      envoyhdr.Pool
+	unrouted  *fastcodec.Encoded
+	responses *adapter.Responses[fastcodec.Encoded]
+	pool      adapter.Pool
 	requests  fastcodec.RequestPool
 }
 
@@ -97,20 +59,18 @@ type emptyResponses struct {
 	requestTrailers, responseTrailers *fastcodec.Encoded
 }
 
-// New returns a Server deciding from src. Header names are expected to be
-// validated by the caller; an invalid reason header is disabled and an
-// invalid route header replaced by the default, with an error logged.
-func New(src TableSource, opts Options) *Server {
+// New returns a Server deciding from src. The header names are expected
+// to come from adapter.NewHeaders.
+func New(src adapter.TableSource, opts Options) *Server {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	rec := opts.Recorder
 	if rec == nil {
-		rec = nopRecorder{}
+		rec = adapter.NopRecorder{}
 	}
-	route, reason := envoyhdr.HeaderNames(log, opts.RouteHeader, opts.ReasonHeader)
-	s := &Server{src: src, rec: rec, log: log, route: route, reason: reason}
+	s := &Server{src: src, rec: rec, log: log, headers: opts.Headers}
 	s.empty = emptyResponses{
 		requestHeaders: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 			RequestHeaders: &extprocv3.HeadersResponse{}}}),
@@ -125,9 +85,15 @@ func New(src TableSource, opts Options) *Server {
 		responseTrailers: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
 			ResponseTrailers: &extprocv3.TrailersResponse{}}}),
 	}
-	s.unmatched = s.buildUnmatched()
+	var p adapter.Plan
+	s.headers.PlanFor(nil, &p)
+	s.unrouted = s.build(&p)
+	s.responses = adapter.NewResponses(src, s.headers, s.build)
 	return s
 }
+
+// CacheStats reports the response cache's hits and misses.
+func (s *Server) CacheStats() (hits, misses uint64) { return s.responses.Stats() }
 
 // streamState is what one stream (one HTTP request) remembers between
 // messages. It lives on the handler goroutine's stack.
@@ -153,7 +119,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 	in := s.requests.Get()
 	defer s.requests.Put(in)
 	s.rec.StreamStarted(API)
-	st := streamState{result: ResultOK}
+	st := streamState{result: adapter.ResultOK}
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.recovered(stream, &st, r)
@@ -164,12 +130,12 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 		rerr := stream.RecvMsg(in)
 		if rerr != nil {
 			if isStreamEnd(rerr) {
-				if !st.answered && st.result == ResultOK {
-					st.result = ResultCanceled
+				if !st.answered && st.result == adapter.ResultOK {
+					st.result = adapter.ResultCanceled
 				}
 				return nil
 			}
-			st.result = ResultError
+			st.result = adapter.ResultError
 			s.log.Debug("ext_proc receive failed", "error", rerr)
 			return rerr
 		}
@@ -179,7 +145,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 		if resp == nil {
 			// An empty oneof: nothing we know how to answer. Closing with
 			// OK lets Envoy carry on without us for this request.
-			s.rec.PhaseUnexpected(API, PhaseUnknown)
+			s.rec.PhaseUnexpected(API, adapter.PhaseUnknown)
 			st.pending = nil
 			return nil
 		}
@@ -188,7 +154,7 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 			// as spurious, so we decide (for metrics) but stay silent.
 			if serr := stream.SendMsg(resp); serr != nil {
 				st.pending = nil
-				st.result = ResultError
+				st.result = adapter.ResultError
 				s.log.Debug("ext_proc send failed", "error", serr)
 				return serr
 			}
@@ -209,25 +175,25 @@ func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.Pr
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
 		if st.sawHeaders {
-			s.rec.PhaseUnexpected(API, PhaseDuplicateRequestHeaders)
+			s.rec.PhaseUnexpected(API, adapter.PhaseDuplicateRequestHeaders)
 			return s.empty.requestHeaders
 		}
 		st.sawHeaders = true
 		return s.decide(ctx, st, r.RequestHeaders.GetHeaders())
 	case *extprocv3.ProcessingRequest_RequestBody:
-		s.rec.PhaseUnexpected(API, PhaseRequestBody)
+		s.rec.PhaseUnexpected(API, adapter.PhaseRequestBody)
 		return s.empty.requestBody
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		s.rec.PhaseUnexpected(API, PhaseRequestTrailers)
+		s.rec.PhaseUnexpected(API, adapter.PhaseRequestTrailers)
 		return s.empty.requestTrailers
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		s.rec.PhaseUnexpected(API, PhaseResponseHeaders)
+		s.rec.PhaseUnexpected(API, adapter.PhaseResponseHeaders)
 		return s.empty.responseHeaders
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		s.rec.PhaseUnexpected(API, PhaseResponseBody)
+		s.rec.PhaseUnexpected(API, adapter.PhaseResponseBody)
 		return s.empty.responseBody
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		s.rec.PhaseUnexpected(API, PhaseResponseTrailers)
+		s.rec.PhaseUnexpected(API, adapter.PhaseResponseTrailers)
 		return s.empty.responseTrailers
 	default:
 		return nil
@@ -262,39 +228,28 @@ func (s *Server) decide(ctx context.Context, st *streamState, hm *corev3.HeaderM
 		st.loaded = true
 	}
 	if st.table == nil {
-		st.result = ResultNoConfig
-		return s.unmatched
+		st.result = adapter.ResultNoConfig
+		return s.unrouted
 	}
 	sc := s.pool.Get()
 	defer s.pool.Put(sc)
-	envoyhdr.FromHeaderMap(&sc.Req, hm)
+	envoypb.FromHeaders(&sc.Req, hm.GetHeaders())
 	st.table.Decide(&sc.Req, &sc.Dec)
 	s.rec.Decided(API, &sc.Dec)
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.DebugContext(ctx, "decided", "api", API, "authority", sc.Req.Authority,
 			"service", sc.Dec.Service, "version", sc.Dec.Version, "reason", sc.Dec.Reason.String(), "rule", sc.Dec.Rule)
 	}
-	if sc.Dec.Version == "" {
-		return s.unmatched
-	}
-	sc.Key = envoyhdr.AppendKey(sc.Key[:0], &sc.Dec)
-	if resp, ok := s.cache.Get(sc.Key); ok {
-		return resp
-	}
-	resp := s.buildMatched(&sc.Dec)
-	s.cache.Put(sc.Key, resp)
-	return resp
+	return s.responses.Get(st.table, &sc.Dec)
 }
 
 // recovered turns a panic into the least disruptive answer: the pending
 // phase's empty response if it can still be sent (Envoy then continues
 // unchanged), else codes.Internal (Envoy applies its failure mode).
 func (s *Server) recovered(stream extprocv3.ExternalProcessor_ProcessServer, st *streamState, r any) (err error) {
-	st.result = ResultPanic
+	st.result = adapter.ResultPanic
 	s.log.Error("ext_proc handler panic recovered", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-	if p, ok := s.rec.(interface{ Panic() }); ok {
-		p.Panic()
-	}
+	s.rec.Panic(API)
 	internal := status.Error(codes.Internal, "ext_proc: internal error")
 	req := st.pending
 	if req == nil || req.GetObservabilityMode() {
@@ -315,10 +270,3 @@ func (s *Server) recovered(stream extprocv3.ExternalProcessor_ProcessServer, st 
 	}
 	return nil
 }
-
-type nopRecorder struct{}
-
-func (nopRecorder) Decided(string, *split.Decision) {}
-func (nopRecorder) StreamStarted(string)            {}
-func (nopRecorder) StreamEnded(string, string)      {}
-func (nopRecorder) PhaseUnexpected(string, string)  {}

@@ -13,11 +13,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/split"
 )
 
-func newTestServer(src TableSource, rec Recorder) *Server {
-	return New(src, Options{RouteHeader: routeHdr, ReasonHeader: reasonHdr, Recorder: rec})
+func newTestServer(src adapter.TableSource, rec adapter.Recorder) *Server {
+	return New(src, Options{Headers: adapter.Headers{Route: routeHdr, Reason: reasonHdr}, Recorder: rec})
 }
 
 // hostTable routes only api.example.com, so other authorities are unmatched.
@@ -101,7 +102,7 @@ func TestProcessRequestHeaders(t *testing.T) {
 				}
 			}
 			results, _, decided, started, _ := rec.snapshot()
-			if decided != 1 || started != 1 || results[ResultOK] != 1 {
+			if decided != 1 || started != 1 || results[adapter.ResultOK] != 1 {
 				t.Errorf("recorder: decided=%d started=%d results=%v, want 1/1/ok", decided, started, results)
 			}
 		})
@@ -155,7 +156,7 @@ func TestProcessExperimentHeader(t *testing.T) {
 }
 
 func TestProcessReasonHeaderDisabled(t *testing.T) {
-	s := New(fixedSource{defaultTable(t)}, Options{})
+	s := New(fixedSource{defaultTable(t)}, Options{Headers: adapter.Headers{Route: routeHdr}})
 	st := newFakeStream(t.Context(),
 		step{req: reqHeaders(raw("x-beta", "true"))})
 	if err := s.Process(st); err != nil {
@@ -172,19 +173,19 @@ func TestProcessOtherPhases(t *testing.T) {
 		req   *extprocv3.ProcessingRequest
 		want  *extprocv3.ProcessingResponse
 	}{
-		{PhaseRequestBody,
+		{adapter.PhaseRequestBody,
 			&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte("x")}}},
 			&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}}},
-		{PhaseRequestTrailers,
+		{adapter.PhaseRequestTrailers,
 			&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_RequestTrailers{RequestTrailers: &extprocv3.HttpTrailers{}}},
 			&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}}},
-		{PhaseResponseHeaders,
+		{adapter.PhaseResponseHeaders,
 			&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: raw(":status", "200")}}},
 			&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}}},
-		{PhaseResponseBody,
+		{adapter.PhaseResponseBody,
 			&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{EndOfStream: true}}},
 			&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}}},
-		{PhaseResponseTrailers,
+		{adapter.PhaseResponseTrailers,
 			&extprocv3.ProcessingRequest{Request: &extprocv3.ProcessingRequest_ResponseTrailers{ResponseTrailers: &extprocv3.HttpTrailers{}}},
 			&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}},
 	} {
@@ -202,7 +203,7 @@ func TestProcessOtherPhases(t *testing.T) {
 				t.Errorf("responses (-want +got):\n%s", d)
 			}
 			results, unexpected, _, _, _ := rec.snapshot()
-			if unexpected[c.phase] != 2 || results[ResultOK] != 1 {
+			if unexpected[c.phase] != 2 || results[adapter.ResultOK] != 1 {
 				t.Errorf("unexpected=%v results=%v, want %s counted twice and ok", unexpected, results, c.phase)
 			}
 		})
@@ -221,7 +222,7 @@ func TestProcessDuplicateRequestHeaders(t *testing.T) {
 		t.Errorf("responses (-want +got):\n%s", d)
 	}
 	_, unexpected, decided, _, _ := rec.snapshot()
-	if unexpected[PhaseDuplicateRequestHeaders] != 1 || decided != 1 {
+	if unexpected[adapter.PhaseDuplicateRequestHeaders] != 1 || decided != 1 {
 		t.Errorf("unexpected=%v decided=%d, want one duplicate and one decision", unexpected, decided)
 	}
 }
@@ -237,7 +238,7 @@ func TestProcessEmptyOneofClosesCleanly(t *testing.T) {
 		t.Errorf("sent %d responses after reading %d messages, want none after 1", len(st.sent), st.next)
 	}
 	_, unexpected, _, _, _ := rec.snapshot()
-	if unexpected[PhaseUnknown] != 1 {
+	if unexpected[adapter.PhaseUnknown] != 1 {
 		t.Errorf("unexpected = %v, want unknown counted", unexpected)
 	}
 }
@@ -260,7 +261,7 @@ func TestProcessObservabilityModeNeverReplies(t *testing.T) {
 		t.Errorf("sent %d responses in observability mode, want none", len(st.sent))
 	}
 	results, _, decided, _, _ := rec.snapshot()
-	if decided != 1 || results[ResultOK] != 1 {
+	if decided != 1 || results[adapter.ResultOK] != 1 {
 		t.Errorf("decided=%d results=%v, want the shadow decision counted and ok", decided, results)
 	}
 }
@@ -272,12 +273,12 @@ func TestProcessStreamEnd(t *testing.T) {
 		wantErr    bool
 		wantResult string
 	}{
-		{"EOF", io.EOF, false, ResultOK},
-		{"status Canceled", status.Error(codes.Canceled, "context canceled"), false, ResultOK},
-		{"context.Canceled", context.Canceled, false, ResultOK},
-		{"wrapped context.Canceled", fmt.Errorf("recv: %w", context.Canceled), false, ResultOK},
-		{"Unavailable", status.Error(codes.Unavailable, "transport closing"), true, ResultError},
-		{"ResourceExhausted", status.Error(codes.ResourceExhausted, "message too large"), true, ResultError},
+		{"EOF", io.EOF, false, adapter.ResultOK},
+		{"status Canceled", status.Error(codes.Canceled, "context canceled"), false, adapter.ResultOK},
+		{"context.Canceled", context.Canceled, false, adapter.ResultOK},
+		{"wrapped context.Canceled", fmt.Errorf("recv: %w", context.Canceled), false, adapter.ResultOK},
+		{"Unavailable", status.Error(codes.Unavailable, "transport closing"), true, adapter.ResultError},
+		{"ResourceExhausted", status.Error(codes.ResourceExhausted, "message too large"), true, adapter.ResultError},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			rec := newRecorder()
@@ -302,7 +303,7 @@ func TestProcessStreamEnd(t *testing.T) {
 		if err := s.Process(newFakeStream(t.Context(), step{err: context.Canceled})); err != nil {
 			t.Fatalf("Process: %v", err)
 		}
-		if results, _, _, _, _ := rec.snapshot(); results[ResultCanceled] != 1 {
+		if results, _, _, _, _ := rec.snapshot(); results[adapter.ResultCanceled] != 1 {
 			t.Errorf("results = %v, want canceled", results)
 		}
 	})
@@ -320,7 +321,7 @@ func TestProcessSendError(t *testing.T) {
 	if st.next != 1 {
 		t.Errorf("read %d messages, want to stop after the failed Send", st.next)
 	}
-	if results, _, _, _, _ := rec.snapshot(); results[ResultError] != 1 {
+	if results, _, _, _, _ := rec.snapshot(); results[adapter.ResultError] != 1 {
 		t.Errorf("results = %v, want error", results)
 	}
 }
@@ -335,7 +336,7 @@ func TestProcessNoConfig(t *testing.T) {
 	if d := diffResponses([]*extprocv3.ProcessingResponse{wantUnmatched()}, st.sent); d != "" {
 		t.Errorf("responses (-want +got):\n%s", d)
 	}
-	if results, _, decided, _, _ := rec.snapshot(); results[ResultNoConfig] != 1 || decided != 0 {
+	if results, _, decided, _, _ := rec.snapshot(); results[adapter.ResultNoConfig] != 1 || decided != 0 {
 		t.Errorf("results=%v decided=%d, want no_config and no decision", results, decided)
 	}
 }
@@ -352,7 +353,7 @@ func TestProcessPanicRecovered(t *testing.T) {
 			t.Errorf("responses (-want +got):\n%s", d)
 		}
 		results, _, _, _, panics := rec.snapshot()
-		if results[ResultPanic] != 1 || panics != 1 {
+		if results[adapter.ResultPanic] != 1 || panics != 1 {
 			t.Errorf("results=%v panics=%d, want one panic", results, panics)
 		}
 	})
@@ -365,7 +366,7 @@ func TestProcessPanicRecovered(t *testing.T) {
 		if status.Code(err) != codes.Internal {
 			t.Fatalf("Process = %v, want codes.Internal", err)
 		}
-		if results, _, _, _, _ := rec.snapshot(); results[ResultPanic] != 1 {
+		if results, _, _, _, _ := rec.snapshot(); results[adapter.ResultPanic] != 1 {
 			t.Errorf("results = %v, want panic", results)
 		}
 	})

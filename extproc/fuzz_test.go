@@ -7,6 +7,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -64,7 +65,7 @@ func FuzzProcess(f *testing.F) {
 		if err := s.Process(st); err != nil {
 			t.Fatalf("Process: %v", err)
 		}
-		if results, _, _, _, panics := rec.snapshot(); panics != 0 || results[ResultPanic] != 0 {
+		if results, _, _, _, panics := rec.snapshot(); panics != 0 || results[adapter.ResultPanic] != 0 {
 			t.Fatalf("handler panicked on %v", &req)
 		}
 		want := requestPhase(&req)

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/grpcserver"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -112,7 +113,7 @@ func TestGRPCEnvoyLikeStreams(t *testing.T) {
 			}
 			stop()
 			results, _, decided, started, _ := rec.snapshot()
-			if started != n || decided != n || results[ResultOK] != n {
+			if started != n || decided != n || results[adapter.ResultOK] != n {
 				t.Errorf("started=%d decided=%d results=%v, want %d ok streams", started, decided, results, n)
 			}
 		})

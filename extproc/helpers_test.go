@@ -16,7 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/trafficsplit/splitter/internal/envoyhdr"
+	"github.com/trafficsplit/splitter/internal/envoypb"
 	"github.com/trafficsplit/splitter/internal/fastcodec"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -76,7 +76,7 @@ func (r *recorder) PhaseUnexpected(_ string, phase string) {
 	r.unexpected[phase]++
 }
 
-func (r *recorder) Panic() {
+func (r *recorder) Panic(string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.panics++
@@ -223,7 +223,7 @@ func defaultTable(t testing.TB) *split.Table {
 func reference(tab *split.Table, hm *corev3.HeaderMap) split.Decision {
 	var req split.Request
 	var d split.Decision
-	envoyhdr.FromHeaderMap(&req, hm)
+	envoypb.FromHeaders(&req, hm.GetHeaders())
 	tab.Decide(&req, &d)
 	return d
 }

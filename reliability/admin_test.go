@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/trafficsplit/splitter/internal/admin"
-	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 const testToken = "reliability-token-7f3a"
@@ -147,7 +147,7 @@ func adminCases() []adminCase {
 // sidecar: the status and the error (field and reason) are right, exactly
 // one audit line records each mutation attempt, and nothing served moves.
 func TestBadAdminRequest(t *testing.T) {
-	st := startStack(t, baseConfig(t), func(s *config.Settings) { s.AdminToken = testToken })
+	st := startStack(t, baseConfig(t), func(s *settings.Settings) { s.AdminToken = testToken })
 	before := st.serving(t)
 
 	for _, tc := range adminCases() {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/split"
 )
 
 // configCase is one bad configuration file. Exactly one of fixture, gen
@@ -46,7 +46,7 @@ func configCases() []configCase {
 		{name: "root is a scalar", fixture: "root-scalar.yaml", want: []string{"must be a mapping", `"just a string"`, "line 1"}},
 		{name: "multi-document", fixture: "multi-document.yaml", want: []string{"more than one YAML document", "line 19"}},
 		{name: "alias bomb", fixture: "alias-bomb.yaml", want: []string{"anchors (&a)", "aliases (*a)", "line 1"}},
-		{name: "over 1 MiB", gen: oversized, want: []string{fmt.Sprintf("more than the %d-byte limit", config.MaxFileBytes)}},
+		{name: "over 1 MiB", gen: oversized, want: []string{fmt.Sprintf("more than the %d-byte limit", split.MaxConfigBytes)}},
 		{name: "deeply nested", fixture: "deeply-nested.yaml", want: []string{"services[0].hosts[0]", "must be a string", "line 4"}},
 		{name: "unknown key", fixture: "unknown-key.yaml", want: []string{"services[0].stickey", "unknown key", `did you mean "sticky"`, "line 6"}},
 		{name: "case-only duplicate key", fixture: "case-duplicate-key.yaml", want: []string{"services[0].Weights", "differs only in case", "line 6"}},
@@ -100,7 +100,7 @@ func oversized(base []byte) []byte {
 	var b bytes.Buffer
 	b.Write(base)
 	line := "# " + strings.Repeat("x", 77) + "\n"
-	for b.Len() <= config.MaxFileBytes {
+	for b.Len() <= split.MaxConfigBytes {
 		b.WriteString(line)
 	}
 	return b.Bytes()

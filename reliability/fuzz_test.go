@@ -41,7 +41,7 @@ func FuzzAdminMutation(f *testing.F) {
 	}
 	// Reload re-reads nothing here: the fuzzer is after the request
 	// handling, and a reload that changes nothing must not move the state.
-	h := admin.New(admin.Options{Store: st, Reload: func(context.Context) error { return nil }})
+	h := admin.New(admin.Options{Store: st, Reload: func(context.Context) (string, error) { return "unchanged", nil }})
 
 	f.Fuzz(func(t *testing.T, method, path string, body []byte) {
 		req, err := http.NewRequest(method, "http://127.0.0.1"+path, bytes.NewReader(body))

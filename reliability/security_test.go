@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/trafficsplit/splitter/internal/admin"
-	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 func TestCheckBindAddress(t *testing.T) {
@@ -63,7 +63,7 @@ func TestTokenFileRotation(t *testing.T) {
 		}
 	}
 	writeToken("first-token")
-	st := startStack(t, baseConfig(t), func(s *config.Settings) { s.AdminTokenFile = tokenPath })
+	st := startStack(t, baseConfig(t), func(s *settings.Settings) { s.AdminTokenFile = tokenPath })
 	put := func(tok string) int {
 		t.Helper()
 		return st.do(t, request{
@@ -105,7 +105,7 @@ func TestTokenFileRotation(t *testing.T) {
 // TestAuditEveryMutation: accepted and refused mutations each write
 // exactly one audit line with their result; reads write none.
 func TestAuditEveryMutation(t *testing.T) {
-	st := startStack(t, baseConfig(t), func(s *config.Settings) { s.AdminToken = testToken })
+	st := startStack(t, baseConfig(t), func(s *settings.Settings) { s.AdminToken = testToken })
 	tests := []struct {
 		name   string
 		req    request

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/extproc"
 	"github.com/trafficsplit/splitter/internal/admin"
 	"github.com/trafficsplit/splitter/internal/config"
@@ -147,7 +148,7 @@ func startSoakStack(t *testing.T, initial []byte) *soakStack {
 		Debounce:     2 * time.Millisecond,
 		PollInterval: 250 * time.Millisecond,
 	})
-	gs := grpcserver.New(grpcserver.Options{OnPanic: m.Panic})
+	gs := grpcserver.New(grpcserver.Options{OnPanic: func() { m.Panic("") }})
 	extprocv3.RegisterExternalProcessorServer(gs, extproc.New(st, extproc.Options{Recorder: m}))
 	glis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -439,7 +440,7 @@ func oneStream(ctx context.Context, c extprocv3.ExternalProcessorClient, req *ex
 		return "", fmt.Errorf("end of stream: %w", err)
 	}
 	for _, h := range resp.GetRequestHeaders().GetResponse().GetHeaderMutation().GetSetHeaders() {
-		if h.GetHeader().GetKey() == extproc.DefaultRouteHeader {
+		if h.GetHeader().GetKey() == adapter.DefaultRouteHeader {
 			return string(bytes.Clone(h.GetHeader().GetRawValue())), nil
 		}
 	}

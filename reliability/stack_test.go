@@ -24,8 +24,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/trafficsplit/splitter/internal/config"
 	"github.com/trafficsplit/splitter/internal/serve"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -75,13 +75,13 @@ type stack struct {
 // startStack runs serve.Run on a copy of content. Watcher and poll are
 // parked (an hour) so that only the requests a test makes reload the file:
 // POST /v1/reload is the same path the watcher takes.
-func startStack(t *testing.T, content []byte, mod func(*config.Settings)) *stack {
+func startStack(t *testing.T, content []byte, mod func(*settings.Settings)) *stack {
 	t.Helper()
 	st := &stack{path: filepath.Join(t.TempDir(), "config.yaml"), logs: &syncBuffer{}}
 	if err := os.WriteFile(st.path, content, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s := config.Defaults()
+	s := settings.Defaults()
 	s.ConfigPath = st.path
 	s.GRPCAddr = "127.0.0.1:0"
 	s.AdminAddr = "127.0.0.1:0"

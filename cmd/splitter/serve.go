@@ -5,8 +5,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/trafficsplit/splitter/internal/config"
 	"github.com/trafficsplit/splitter/internal/serve"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 func newServeCmd() *cobra.Command {
@@ -21,11 +21,13 @@ top-level keys, then defaults. They are read once: a reload (file change,
 SIGHUP, POST /v1/reload) swaps only the routing part (services and
 experiments); a changed grpc_addr or other process setting needs a restart.
 
-SIGTERM or SIGINT drains (health NOT_SERVING, open streams get
---shutdown-timeout) and exits 0. SIGHUP reloads the configuration file.`,
+SIGTERM or SIGINT drains: health goes NOT_SERVING and /readyz fails, new
+requests are still decided for --drain-delay, then open streams get
+--shutdown-timeout, and the process exits 0. SIGHUP reloads the
+configuration file.`,
 		Args: rejectArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := config.Load(cmd.Flags(), os.LookupEnv)
+			s, err := settings.Load(cmd.Flags(), os.LookupEnv)
 			if err != nil {
 				return err
 			}
@@ -37,7 +39,7 @@ SIGTERM or SIGINT drains (health NOT_SERVING, open streams get
 			return serve.Run(cmd.Context(), s, logger, serve.WithReadyFile(readyFile))
 		},
 	}
-	config.BindFlags(cmd.Flags())
+	settings.BindFlags(cmd.Flags())
 	cmd.Flags().String("ready-file", "", `once listening, write {"grpc_addr":...,"admin_addr":...} to this file (atomically)`)
 	return cmd
 }

@@ -7,7 +7,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -53,7 +55,10 @@ func validateFile(out, errOut io.Writer, path string, quiet bool) bool {
 		_, err = split.Compile(l.Config)
 	}
 	if err == nil {
-		err = config.CheckFileHeaders(l.Config, l.Bytes)
+		var h adapter.Headers
+		if h, err = settings.FileHeaders(l.Bytes); err == nil {
+			err = h.CheckConfig(l.Config)
+		}
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
 )
 
 // MaxBodyBytes caps a request body.
@@ -52,12 +53,25 @@ type Recorder interface {
 	AdminMutation(result string) // success, rejected, unauthorized, error
 }
 
+// Mutator applies the admin API's changes. The store does it directly (the
+// file mode); a fleet-wide store writes them somewhere every replica reads
+// them from. Change.Old is read at the moment of the change.
+type Mutator interface {
+	SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error)
+	SetCanary(ctx context.Context, service string, basisPoints int, actor string) (store.Change, error)
+	ClearOverride(ctx context.Context, service string, actor string) (store.Change, error)
+}
+
 // Options configures the admin handler.
 type Options struct {
+	// Store is read for every view; nil answers 503.
 	Store *store.Store
-	// Reload runs the same reload as the file watcher; nil disables
-	// POST /v1/reload (501).
-	Reload func(ctx context.Context) error
+	// Mutator applies canary, weights and override changes; nil: Store.
+	Mutator Mutator
+	// Reload runs the same reload as the file watcher and returns its
+	// result (success, unchanged) or its error; nil disables POST
+	// /v1/reload (501).
+	Reload func(ctx context.Context) (string, error)
 	// Token returns the admin token, read on every request so that a
 	// rotated token file takes effect at once; nil or "" disables auth.
 	Token func() string
@@ -77,6 +91,9 @@ type Options struct {
 
 // New returns the admin API handler.
 func New(opts Options) http.Handler {
+	if opts.Mutator == nil && opts.Store != nil {
+		opts.Mutator = opts.Store
+	}
 	a := &api{opts: opts, log: opts.Logger, audit: opts.Audit, mux: http.NewServeMux()}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
@@ -138,6 +155,15 @@ type auditEvent struct {
 	service    string
 	old, new   string
 	generation uint64
+}
+
+// change records a mutation's effect: the weights it replaced and set, as
+// the store saw them under its lock.
+func (ev *auditEvent) change(ch store.Change) {
+	ev.old, ev.new = ch.Old.String(), ch.New.String()
+	if ch.Snapshot != nil {
+		ev.generation = ch.Snapshot.Generation
+	}
 }
 
 // apiError is an error answer.

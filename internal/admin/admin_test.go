@@ -54,7 +54,7 @@ type env struct {
 	rec     *recorder
 	tokenMu sync.Mutex
 	token   string
-	reload  func(ctx context.Context) error
+	reload  func(ctx context.Context) (string, error)
 	ready   bool
 }
 
@@ -98,8 +98,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Recorder: e.rec,
 	}
 	if !o.noReload {
-		opts.Reload = func(ctx context.Context) error { return e.reload(ctx) }
-		e.reload = func(context.Context) error { return nil }
+		opts.Reload = func(ctx context.Context) (string, error) { return e.reload(ctx) }
+		e.reload = func(context.Context) (string, error) { return "unchanged", nil }
 	}
 	e.h = admin.New(opts)
 	return e
@@ -204,7 +204,7 @@ func TestServicesView(t *testing.T) {
 
 	// An override shows as such, with the file's weights beside it; a
 	// reload error shows in config.
-	if _, _, err := e.store.SetCanary(t.Context(), "api", 5000, "t"); err != nil {
+	if _, err := e.store.SetCanary(t.Context(), "api", 5000, "t"); err != nil {
 		t.Fatal(err)
 	}
 	e.store.RecordReloadError(errors.New("services[0].weights: sum is 90"))
@@ -403,7 +403,8 @@ func TestWeights(t *testing.T) {
 		wantField  string
 	}{
 		{name: "two versions", body: `{"v1": 70, "v2": 30}`, wantStatus: 200, wantBody: `{"service":"api","v1":70,"v2":30}`},
-		{name: "order kept", body: `{"v2": 30, "v1": 70}`, wantStatus: 200, wantBody: `{"service":"api","v2":30,"v1":70}`},
+		{name: "answered in the declared order", body: `{"v2": 30, "v1": 70}`, wantStatus: 200, wantBody: `{"service":"api","v1":70,"v2":30}`},
+		{name: "three versions reordered", service: "three", body: `{"c": 10, "b": 20, "a": 70}`, wantStatus: 200, wantBody: `{"service":"three","a":70,"b":20,"c":10}`},
 		{name: "three versions", service: "three", body: `{"a": 70, "b": 20, "c": 10}`, wantStatus: 200, wantBody: `{"service":"three","a":70,"b":20,"c":10}`},
 		{name: "sum not 100", body: `{"v1": 70, "v2": 20}`, wantStatus: 400, wantField: "weights"},
 		{name: "unknown version", body: `{"v1": 70, "v2": 20, "v3": 10}`, wantStatus: 400, wantField: "weights.v3"},
@@ -641,9 +642,13 @@ func TestExplain(t *testing.T) {
 func TestReload(t *testing.T) {
 	edited := testConfig()
 	edited.Services[0].Weights = split.Weights{{Version: "v1", BasisPoints: 5000}, {Version: "v2", BasisPoints: 5000}}
+	type reloadFunc = func(context.Context) (string, error)
+	unchanged := func(*store.Store) reloadFunc {
+		return func(context.Context) (string, error) { return "unchanged", nil }
+	}
 	tests := []struct {
 		name       string
-		reload     func(s *store.Store) func(context.Context) error
+		reload     func(s *store.Store) reloadFunc
 		noReload   bool
 		r          req
 		wantStatus int
@@ -652,29 +657,36 @@ func TestReload(t *testing.T) {
 	}{
 		{
 			name: "file changed",
-			reload: func(s *store.Store) func(context.Context) error {
-				return func(context.Context) error { _, err := s.ApplyFile(edited, "sha-2", "config.yaml"); return err }
+			reload: func(s *store.Store) reloadFunc {
+				return func(context.Context) (string, error) {
+					_, err := s.ApplyFile(edited, "sha-2", "config.yaml")
+					return "success", err
+				}
 			},
 			wantStatus: 200, wantResult: "success",
 		},
+		{name: "file unchanged", reload: unchanged, wantStatus: 200, wantResult: "unchanged"},
 		{
-			name:       "file unchanged",
-			reload:     func(*store.Store) func(context.Context) error { return func(context.Context) error { return nil } },
+			// The watcher applied a new file just before this reload ran,
+			// which then found nothing new: the answer is this reload's own
+			// result, not a comparison of snapshots.
+			name: "another reload applied a file meanwhile",
+			reload: func(s *store.Store) reloadFunc {
+				return func(context.Context) (string, error) {
+					_, err := s.ApplyFile(edited, "sha-2", "config.yaml")
+					return "unchanged", err
+				}
+			},
 			wantStatus: 200, wantResult: "unchanged",
 		},
-		{
-			name:       "empty JSON object body",
-			reload:     func(*store.Store) func(context.Context) error { return func(context.Context) error { return nil } },
-			r:          req{body: `{}`},
-			wantStatus: 200, wantResult: "unchanged",
-		},
+		{name: "empty JSON object body", reload: unchanged, r: req{body: `{}`}, wantStatus: 200, wantResult: "unchanged"},
 		{
 			name: "invalid file",
-			reload: func(s *store.Store) func(context.Context) error {
-				return func(context.Context) error {
+			reload: func(s *store.Store) reloadFunc {
+				return func(context.Context) (string, error) {
 					err := errors.New("config.yaml: services[0].weights: sum is 90, want 100")
 					s.RecordReloadError(err)
-					return err
+					return "error", err
 				}
 			},
 			wantStatus: 422, wantError: "services[0].weights: sum is 90",
@@ -703,6 +715,10 @@ func TestReload(t *testing.T) {
 				}
 				if e.store.Load() != before {
 					t.Fatal("a failed reload changed the snapshot")
+				}
+			} else if tc.name == "another reload applied a file meanwhile" {
+				if body["result"] != tc.wantResult {
+					t.Fatalf("reload answer: %s", w.Body)
 				}
 			} else if body["result"] != tc.wantResult || body["sha256"] != e.store.Load().SHA256 {
 				t.Fatalf("reload answer: %s", w.Body)
@@ -858,5 +874,42 @@ func TestConcurrentPuts(t *testing.T) {
 	canary := snap.Overrides["api"][1].BasisPoints
 	if canary%1000 != 0 || canary < 1000 || canary > 1000*n {
 		t.Fatalf("final canary share %d bp is none of the requests", canary)
+	}
+}
+
+// TestAuditOldIsWhatTheChangeReplaced: with concurrent mutations, every
+// audit line's "old" is exactly the "new" of the change before it (by
+// generation): the old value is read under the store's lock, not before.
+func TestAuditOldIsWhatTheChangeReplaced(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	const writers, each = 4, 40
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				// Distinct shares: 0.5, 1, 1.5, ... 80.
+				body := `{"percentage": ` + strconv.FormatFloat(float64(1+w*each+i)/2, 'f', -1, 64) + `}`
+				if code := e.do(req{method: "PUT", path: "/v1/services/api/canary", body: body}).Code; code != 200 {
+					t.Errorf("PUT %s: %d", body, code)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	byGen := map[int]map[string]any{}
+	for _, line := range e.auditLines() {
+		byGen[int(line["generation"].(float64))] = line
+	}
+	if len(byGen) != writers*each {
+		t.Fatalf("%d audit lines with distinct generations, want %d", len(byGen), writers*each)
+	}
+	for g, line := range byGen {
+		prev, ok := byGen[g-1]
+		if !ok {
+			continue
+		}
+		if line["old"] != prev["new"] {
+			t.Fatalf("generation %d: old %q, but generation %d set %q", g, line["old"], g-1, prev["new"])
+		}
 	}
 }

@@ -73,13 +73,12 @@ func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any,
 	if aerr != nil {
 		return 0, nil, aerr
 	}
-	before := a.effectiveWeights(name)
-	w, snap, err := a.opts.Store.SetCanary(r.Context(), name, bp, ev.actor)
+	ch, err := a.opts.Mutator.SetCanary(r.Context(), name, bp, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "percentage")
 	}
-	ev.old, ev.new, ev.generation = before, w.String(), snap.Generation
-	return http.StatusOK, weightsAnswer{service: name, weights: w}, nil
+	ev.change(ch)
+	return http.StatusOK, weightsAnswer{service: name, weights: ch.New}, nil
 }
 
 // parsePercentage accepts a JSON number 0..100 with at most two decimals;
@@ -113,13 +112,12 @@ func (a *api) putWeights(r *http.Request, body []byte, ev *auditEvent) (int, any
 		}
 		return 0, nil, errorf(http.StatusBadRequest, "", "invalid JSON: %v", err)
 	}
-	before := a.effectiveWeights(name)
-	snap, err := a.opts.Store.SetWeights(r.Context(), name, w, ev.actor)
+	ch, err := a.opts.Mutator.SetWeights(r.Context(), name, w, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "weights")
 	}
-	ev.old, ev.new, ev.generation = before, w.String(), snap.Generation
-	return http.StatusOK, weightsAnswer{service: name, weights: w}, nil
+	ev.change(ch)
+	return http.StatusOK, weightsAnswer{service: name, weights: ch.New}, nil
 }
 
 // weightsField names a weights error's field: the version, prefixed so it
@@ -140,14 +138,12 @@ func (a *api) deleteOverride(r *http.Request, _ []byte, ev *auditEvent) (int, an
 	}
 	name := r.PathValue("name")
 	ev.service = name
-	before := a.effectiveWeights(name)
-	snap, err := a.opts.Store.ClearOverride(r.Context(), name, ev.actor)
+	ch, err := a.opts.Mutator.ClearOverride(r.Context(), name, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "")
 	}
-	view := newServiceView(snap, name)
-	ev.old, ev.new, ev.generation = before, view.Weights.String(), snap.Generation
-	return http.StatusOK, serviceDetail{serviceView: view, Config: a.configView(snap)}, nil
+	ev.change(ch)
+	return http.StatusOK, serviceDetail{serviceView: newServiceView(ch.Snapshot, name), Config: a.configView(ch.Snapshot)}, nil
 }
 
 type assignRequest struct {
@@ -284,17 +280,13 @@ func (a *api) reload(r *http.Request, body []byte, ev *auditEvent) (int, any, er
 		return 0, nil, errorf(http.StatusNotImplemented, "", "reload is not available")
 	}
 	before := a.opts.Store.Load()
-	if err := a.opts.Reload(r.Context()); err != nil {
+	result, err := a.opts.Reload(r.Context())
+	if err != nil {
 		return 0, nil, errorf(http.StatusUnprocessableEntity, "", "%v", err)
 	}
 	after, err := a.snapshot()
 	if err != nil {
 		return 0, nil, err
-	}
-	// A reload that read the same bytes publishes no new file state.
-	result := "unchanged"
-	if before == nil || after.File != before.File || after.SHA256 != before.SHA256 || !after.LoadedAt.Equal(before.LoadedAt) {
-		result = "success"
 	}
 	if before != nil {
 		ev.old = before.SHA256
@@ -324,16 +316,6 @@ func (a *api) readyz(*http.Request, []byte, *auditEvent) (int, any, error) {
 		return 0, nil, errorf(http.StatusServiceUnavailable, "", "not ready (draining)")
 	}
 	return http.StatusOK, statusAnswer{Status: "ready"}, nil
-}
-
-// effectiveWeights renders a service's current weights for the audit log.
-func (a *api) effectiveWeights(name string) string {
-	if snap := a.opts.Store.Load(); snap != nil {
-		if svc, ok := snap.Table.Service(name); ok {
-			return svc.Weights.String()
-		}
-	}
-	return ""
 }
 
 // storeError maps a store error to its answer.

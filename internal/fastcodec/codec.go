@@ -5,13 +5,9 @@
 //     into a few allocations, or none with a pooled Request, instead of
 //     three per header; every other message, and any request_headers
 //     message with something unusual in it, goes to proto.Unmarshal.
-//   - Responses built once and sent many times are marshalled once
-//     (Encoded) and their bytes handed to gRPC as they are.
-//   - Other messages are marshalled with the vtprotobuf code that
-//     go-control-plane generates under the build tag `vtprotobuf`, when
-//     the binary is built with it; without the tag, proto.Marshal. Unlike
-//     proto.Marshal, that code does not check that string fields are
-//     UTF-8; everything the sidecar writes is validated before.
+//   - Responses built once and sent many times (every ext_proc and
+//     ext_authz answer) are marshalled once (Encoded) and their bytes
+//     handed to gRPC as they are.
 //
 // Install it with grpc.ForceServerCodecV2(fastcodec.New()). It keeps the
 // name "proto", so it serves every service on the server (ext_proc,
@@ -88,13 +84,6 @@ func withBytes(data mem.BufferSlice, fn func([]byte) error) error {
 	return fn(buf.ReadOnlyData())
 }
 
-// vtMarshaler is what go-control-plane's vtprotobuf code adds to its
-// messages when built with the tag `vtprotobuf`.
-type vtMarshaler interface {
-	SizeVT() int
-	MarshalToSizedBufferVTStrict(dAtA []byte) (int, error)
-}
-
 // Marshal encodes v.
 func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
@@ -106,28 +95,8 @@ func (c *Codec) Marshal(v any) (mem.BufferSlice, error) {
 			return nil, errors.New("fastcodec: marshal of an Encoded without a message")
 		}
 		return c.fallback.Marshal(m.Message)
-	case vtMarshaler:
-		return marshalVT(m)
 	}
 	return c.fallback.Marshal(v)
-}
-
-func marshalVT(m vtMarshaler) (mem.BufferSlice, error) {
-	size := m.SizeVT()
-	if mem.IsBelowBufferPoolingThreshold(size) {
-		buf := make([]byte, size)
-		if _, err := m.MarshalToSizedBufferVTStrict(buf); err != nil {
-			return nil, err
-		}
-		return mem.BufferSlice{mem.SliceBuffer(buf)}, nil
-	}
-	pool := mem.DefaultBufferPool()
-	buf := pool.Get(size)
-	if _, err := m.MarshalToSizedBufferVTStrict((*buf)[:size]); err != nil {
-		pool.Put(buf)
-		return nil, err
-	}
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
 // Encoded is a message marshalled once, to be sent any number of times,
@@ -148,14 +117,7 @@ func Encode(m proto.Message) *Encoded {
 	if m == nil {
 		return e
 	}
-	var b []byte
-	var err error
-	if vt, ok := m.(vtMarshaler); ok {
-		b = make([]byte, vt.SizeVT())
-		_, err = vt.MarshalToSizedBufferVTStrict(b)
-	} else {
-		b, err = proto.Marshal(m)
-	}
+	b, err := proto.Marshal(m)
 	if err == nil {
 		e.data = mem.BufferSlice{mem.SliceBuffer(b)}
 	}

@@ -52,7 +52,7 @@ func TestMarshal(t *testing.T) {
 			into: func() proto.Message { return new(authv3.CheckResponse) },
 		},
 		{
-			name: "health (no vtprotobuf code)",
+			name: "health",
 			msg:  &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING},
 			want: &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING},
 			into: func() proto.Message { return new(healthpb.HealthCheckResponse) },
@@ -95,8 +95,7 @@ func TestMarshal(t *testing.T) {
 		}
 	})
 	t.Run("unmarshallable message is reported at send", func(t *testing.T) {
-		// A type without vtprotobuf code, so proto.Marshal checks UTF-8
-		// with or without the build tag (vtprotobuf does not check).
+		// proto.Marshal checks that string fields are UTF-8.
 		e := Encode(&healthpb.HealthCheckRequest{Service: "\xff"})
 		if e.Bytes() != nil {
 			t.Fatal("invalid UTF-8 in a string field was encoded")

@@ -1,7 +1,7 @@
 package metrics_test
 
 import (
-	"github.com/trafficsplit/splitter/extproc"
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/admin"
 	"github.com/trafficsplit/splitter/internal/metrics"
 )
@@ -9,6 +9,6 @@ import (
 // The adapters and the admin API take *Metrics through their own
 // interfaces; this breaks the build if one of them drifts.
 var (
-	_ extproc.Recorder = (*metrics.Metrics)(nil)
+	_ adapter.Recorder = (*metrics.Metrics)(nil)
 	_ admin.Recorder   = (*metrics.Metrics)(nil)
 )

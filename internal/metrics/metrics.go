@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -30,17 +31,9 @@ const other = "other"
 
 // Closed label sets, as functions so that no package-level slice can be
 // modified.
-func apis() []string          { return []string{"ext_proc", "ext_authz"} }
-func streamResults() []string { return []string{"ok", "canceled", "error", "panic", "no_config"} }
 func reloadResults() []string { return []string{"success", "error", "unchanged"} }
 func mutationResults() []string {
 	return []string{"success", "rejected", "unauthorized", "error"}
-}
-func phases() []string {
-	return []string{
-		"request_body", "request_trailers", "response_headers", "response_body",
-		"response_trailers", "unknown", "duplicate_request_headers",
-	}
 }
 
 // Metrics holds splitter's collectors. Its methods are safe for concurrent
@@ -62,6 +55,7 @@ type Metrics struct {
 	adminRequests     *prometheus.CounterVec
 	adminMutations    *prometheus.CounterVec
 	gcPercent         prometheus.Gauge
+	reg               prometheus.Registerer
 
 	// decided maps a decision's labels to its counter; it is replaced, never
 	// modified, so readers need no lock.
@@ -102,6 +96,7 @@ type streamChildren struct {
 // them is already registered there, which is a programming error.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		reg: reg,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "decisions_total",
 			Help: "Routing decisions by adapter, service, version and reason.",
@@ -181,15 +176,15 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.streamChildren = map[string]streamChildren{}
 	m.resultChildren = map[[2]string]prometheus.Counter{}
 	m.phaseChildren = map[[2]string]prometheus.Counter{}
-	for _, api := range append(apis(), other) {
+	for _, api := range append(adapter.APIs(), other) {
 		m.streamChildren[api] = streamChildren{
 			total:  m.streams.WithLabelValues(api),
 			active: m.streamsActive.WithLabelValues(api),
 		}
-		for _, r := range append(streamResults(), other) {
+		for _, r := range append(adapter.Results(), other) {
 			m.resultChildren[[2]string{api, r}] = m.streamResults.WithLabelValues(api, r)
 		}
-		for _, p := range append(phases(), other) {
+		for _, p := range append(adapter.Phases(), other) {
 			m.phaseChildren[[2]string{api, p}] = m.unexpectedPhases.WithLabelValues(api, p)
 		}
 	}
@@ -288,8 +283,9 @@ func (m *Metrics) closedAPI(api string) string {
 	return other
 }
 
-// Panic counts a recovered panic.
-func (m *Metrics) Panic() { m.panics.Inc() }
+// Panic counts a recovered panic; api is the adapter it happened in ("" for
+// none), which the counter does not label.
+func (m *Metrics) Panic(api string) { m.panics.Inc() }
 
 // ReloadResult counts a reload attempt: "success", "error" or "unchanged".
 // An unchanged file is a good one, so it clears the error gauge like a
@@ -371,6 +367,11 @@ func (m *Metrics) ObserveSnapshot(snap *store.Snapshot) {
 	m.lastWeights, m.lastActive = weights, active
 }
 
+// Register adds collectors to the registry the metrics were created on
+// (for example an adapter's NewCacheCollector); it panics on a duplicate,
+// a programming error.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // GCPercent records the garbage collector target in force (-1: off).
 func (m *Metrics) GCPercent(percent int) { m.gcPercent.Set(float64(percent)) }
 
@@ -402,4 +403,32 @@ func reasonNames() []string {
 		names = append(names, r.String())
 	}
 	return names
+}
+
+// cacheCollector exports an adapter's response cache statistics.
+type cacheCollector struct {
+	desc  *prometheus.Desc
+	api   string
+	stats func() (hits, misses uint64)
+}
+
+// NewCacheCollector returns a collector of splitter_response_cache_total
+// {api, result="hit"|"miss"}: how often an adapter found its prebuilt
+// answer for a decision (adapter.Responses) and how often it built one.
+// In steady state misses stop growing.
+func NewCacheCollector(api string, stats func() (hits, misses uint64)) prometheus.Collector {
+	return &cacheCollector{
+		desc: prometheus.NewDesc(namespace+"_response_cache_total",
+			"Answers taken from the adapter's per-configuration cache (hit) or built (miss).",
+			[]string{"result"}, prometheus.Labels{"api": api}),
+		api: api, stats: stats,
+	}
+}
+
+func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	hits, misses := c.stats()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(hits), "hit")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(misses), "miss")
 }

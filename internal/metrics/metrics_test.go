@@ -212,8 +212,8 @@ func TestStreams(t *testing.T) {
 	m.StreamEnded("bogus", "weird")
 	m.PhaseUnexpected("ext_proc", "response_headers")
 	m.PhaseUnexpected("ext_proc", "attack-"+fmt.Sprint(rand.Int()))
-	m.Panic()
-	m.Panic()
+	m.Panic("ext_proc")
+	m.Panic("module")
 
 	tests := []struct {
 		name   string
@@ -238,8 +238,8 @@ func TestStreams(t *testing.T) {
 		})
 	}
 	// Closed sets are pre-created, so cardinality is fixed from the start.
-	if n := len(series(t, reg, "splitter_stream_results_total")); n != 3*6 {
-		t.Fatalf("stream_results_total has %d series, want 18 (3 apis x 6 results)", n)
+	if n := len(series(t, reg, "splitter_stream_results_total")); n != 4*6 {
+		t.Fatalf("stream_results_total has %d series, want 24 (4 apis x 6 results)", n)
 	}
 }
 
@@ -288,7 +288,7 @@ func TestObserveSnapshot(t *testing.T) {
 	check(t, "splitter_weight_percent", map[string]float64{"service=api,version=v1": 80, "service=api,version=v2": 20})
 	check(t, "splitter_override_active", map[string]float64{"service=api": 0})
 
-	if _, _, err := s.SetCanary(t.Context(), "api", 5, "t"); err != nil {
+	if _, err := s.SetCanary(t.Context(), "api", 5, "t"); err != nil {
 		t.Fatal(err)
 	}
 	check(t, "splitter_weight_percent", map[string]float64{"service=api,version=v1": 99.95, "service=api,version=v2": 0.05})
@@ -370,5 +370,15 @@ func TestGCPercent(t *testing.T) {
 				t.Errorf("splitter_gc_percent (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestCacheCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var hits, misses uint64 = 41, 3
+	reg.MustRegister(metrics.NewCacheCollector("ext_proc", func() (uint64, uint64) { return hits, misses }))
+	want := map[string]float64{"api=ext_proc,result=hit": 41, "api=ext_proc,result=miss": 3}
+	if diff := cmp.Diff(want, series(t, reg, "splitter_response_cache_total")); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 	"github.com/trafficsplit/splitter/internal/store"
 )
 
@@ -62,7 +63,7 @@ type Options struct {
 	PollInterval time.Duration // backstop check; default 30s
 
 	// FileSettings are the process settings the file held at startup
-	// (config.FileSettings). A reload that finds them changed logs a
+	// (settings.FileSettings). A reload that finds them changed logs a
 	// warning: they only apply at the next restart.
 	FileSettings map[string]string
 
@@ -214,12 +215,12 @@ func (r *Reloader) fail(key, trigger string, err error) string {
 // the file do not apply until a restart. Values are not logged: one of the
 // keys is the admin token.
 func (r *Reloader) warnProcessSettings(data []byte) {
-	now, err := config.FileSettings(data)
+	now, err := settings.FileSettings(data)
 	if err != nil {
 		return
 	}
 	var changed []string
-	for _, k := range config.ProcessKeys() {
+	for _, k := range settings.Keys() {
 		if now[k] != r.fileSettings[k] {
 			changed = append(changed, k)
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/trafficsplit/splitter/internal/config"
 	"github.com/trafficsplit/splitter/internal/reload"
+	"github.com/trafficsplit/splitter/internal/settings"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -109,7 +110,7 @@ func start(t *testing.T, path string, o fixtureOpts) *fixture {
 	if _, err := st.ApplyFile(l.Config, l.SHA256, path); err != nil {
 		t.Fatal(err)
 	}
-	fs, err := config.FileSettings(l.Bytes)
+	fs, err := settings.FileSettings(l.Bytes)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,8 +26,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/trafficsplit/splitter/internal/config"
 	"github.com/trafficsplit/splitter/internal/serve"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -77,8 +77,8 @@ type running struct {
 // settings returns loopback, port-0 settings. The watcher's debounce and
 // the poll are long so that only an explicit reload (SIGHUP, POST) can
 // change the configuration during a test.
-func settings(path string) config.Settings {
-	s := config.Defaults()
+func testSettings(path string) settings.Settings {
+	s := settings.Defaults()
 	s.ConfigPath = path
 	s.GRPCAddr = "127.0.0.1:0"
 	s.AdminAddr = "127.0.0.1:0"
@@ -88,7 +88,7 @@ func settings(path string) config.Settings {
 	return s
 }
 
-func startServe(t *testing.T, s config.Settings, opts ...serve.Option) *running {
+func startServe(t *testing.T, s settings.Settings, opts ...serve.Option) *running {
 	t.Helper()
 	r := &running{done: make(chan error, 1), logs: &syncBuffer{}, path: s.ConfigPath}
 	ready := make(chan serve.Addrs, 1)
@@ -219,7 +219,7 @@ func newConfig(t *testing.T, content string) string {
 func TestServe(t *testing.T) {
 	path := newConfig(t, routing(20))
 	readyFile := filepath.Join(t.TempDir(), "ready.json")
-	r := startServe(t, settings(path), serve.WithReadyFile(readyFile))
+	r := startServe(t, testSettings(path), serve.WithReadyFile(readyFile))
 
 	t.Run("logs the bound addresses", func(t *testing.T) {
 		for _, want := range []string{"grpc listening on " + r.addrs.GRPC, "admin listening on " + r.addrs.Admin} {
@@ -328,7 +328,7 @@ func TestServe(t *testing.T) {
 // While a stream is open, cancelling Run makes the process unready at once
 // and keeps the stream alive until it ends by itself.
 func TestDrainOrder(t *testing.T) {
-	r := startServe(t, settings(newConfig(t, routing(20))))
+	r := startServe(t, testSettings(newConfig(t, routing(20))))
 	cc := dial(t, r.addrs.GRPC)
 	stream, err := extprocv3.NewExternalProcessorClient(cc).Process(t.Context())
 	if err != nil {
@@ -389,7 +389,7 @@ func TestDrainOrder(t *testing.T) {
 }
 
 func TestBuiltinDefault(t *testing.T) {
-	r := startServe(t, settings(""))
+	r := startServe(t, testSettings(""))
 	if !strings.Contains(r.logs.String(), "built-in default") || !strings.Contains(r.logs.String(), "--config") {
 		t.Errorf("no warning naming --config:\n%s", r.logs.String())
 	}
@@ -412,30 +412,30 @@ func TestStartupErrors(t *testing.T) {
 	writeFile(t, good, routing(20))
 	tests := []struct {
 		name        string
-		mod         func(*config.Settings)
+		mod         func(*settings.Settings)
 		occupyAdmin bool // admin_addr is a port another server holds
 		want        []string
 	}{
-		{name: "invalid config", mod: func(s *config.Settings) { s.ConfigPath = bad }, want: []string{bad}},
-		{name: "missing config", mod: func(s *config.Settings) { s.ConfigPath = filepath.Join(dir, "none.yaml") }, want: []string{"none.yaml"}},
+		{name: "invalid config", mod: func(s *settings.Settings) { s.ConfigPath = bad }, want: []string{bad}},
+		{name: "missing config", mod: func(s *settings.Settings) { s.ConfigPath = filepath.Join(dir, "none.yaml") }, want: []string{"none.yaml"}},
 		{
 			name: "non-loopback admin without token",
-			mod:  func(s *config.Settings) { s.ConfigPath = good; s.AdminAddr = "0.0.0.0:0" },
+			mod:  func(s *settings.Settings) { s.ConfigPath = good; s.AdminAddr = "0.0.0.0:0" },
 			want: []string{"admin_addr", "token"},
 		},
 		{
 			name:        "port in use",
-			mod:         func(s *config.Settings) { s.ConfigPath = good },
+			mod:         func(s *settings.Settings) { s.ConfigPath = good },
 			occupyAdmin: true,
 			want:        []string{"admin_addr"},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := settings("")
+			s := testSettings("")
 			tc.mod(&s)
 			if tc.occupyAdmin {
-				s.AdminAddr = startServe(t, settings(good)).addrs.GRPC
+				s.AdminAddr = startServe(t, testSettings(good)).addrs.GRPC
 			}
 			err := serve.Run(t.Context(), s, nil)
 			if err == nil {
@@ -456,22 +456,22 @@ func TestStartupErrors(t *testing.T) {
 func TestProcessTuning(t *testing.T) {
 	tests := []struct {
 		name       string
-		tune       func(*config.Settings)
+		tune       func(*settings.Settings)
 		wantGC     string
 		wantSource string
 		wantPprof  int
 	}{
-		{name: "defaults", tune: func(*config.Settings) {}, wantGC: "400", wantSource: "default", wantPprof: http.StatusNotFound},
+		{name: "defaults", tune: func(*settings.Settings) {}, wantGC: "400", wantSource: "default", wantPprof: http.StatusNotFound},
 		{
 			name: "explicit setting and pprof",
-			tune: func(s *config.Settings) {
-				s.GCPercent, s.GCPercentSource, s.Pprof = 250, config.GCSourceSetting, true
+			tune: func(s *settings.Settings) {
+				s.GCPercent, s.GCPercentSource, s.Pprof = 250, settings.GCSourceSetting, true
 			},
 			wantGC: "250", wantSource: "gc_percent", wantPprof: http.StatusOK,
 		},
 		{
 			name:   "collector off",
-			tune:   func(s *config.Settings) { s.GCPercent, s.GCPercentSource = -1, config.GCSourceGOGC },
+			tune:   func(s *settings.Settings) { s.GCPercent, s.GCPercentSource = -1, settings.GCSourceGOGC },
 			wantGC: "-1", wantSource: "GOGC", wantPprof: http.StatusNotFound,
 		},
 	}
@@ -479,7 +479,7 @@ func TestProcessTuning(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := debug.SetGCPercent(123)
 			t.Cleanup(func() { debug.SetGCPercent(before) })
-			s := settings(newConfig(t, routing(20)))
+			s := testSettings(newConfig(t, routing(20)))
 			tc.tune(&s)
 			r := startServe(t, s)
 			want := fmt.Sprintf("gc_percent=%s source=%s", tc.wantGC, tc.wantSource)

@@ -8,9 +8,9 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 
+	"github.com/trafficsplit/splitter/internal/fsutil"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -130,50 +130,11 @@ func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha 
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.stateFile, err)
 	}
-	if err := writeAtomic(s.stateFile, data, s.rename); err != nil {
+	if err := fsutil.WriteAtomic(s.stateFile, data, 0o600, s.rename); err != nil {
 		return fmt.Errorf("state file %s: %w", s.stateFile, err)
 	}
 	return nil
 }
-
-func writeAtomic(path string, data []byte, rename func(string, string) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	// CreateTemp already uses 0600; Chmod makes it independent of that detail.
-	if err = tmp.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err = tmp.Write(data); err != nil {
-		return err
-	}
-	if err = tmp.Sync(); err != nil {
-		return err
-	}
-	if err = tmp.Close(); err != nil {
-		return err
-	}
-	if err = rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	// Persist the rename itself; not every file system supports syncing a
-	// directory, and the data is already safe, so a failure here is ignored.
-	if d, derr := os.Open(dir); derr == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
-func osRename(oldpath, newpath string) error { return os.Rename(oldpath, newpath) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))

@@ -26,7 +26,7 @@ func TestWriteStateFailedRename(t *testing.T) {
 	if _, err := s.ApplyFile(cfg, "sha", "test.yaml"); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.SetCanary(t.Context(), "api", 1000, "t"); err != nil {
+	if _, err := s.SetCanary(t.Context(), "api", 1000, "t"); err != nil {
 		t.Fatal(err)
 	}
 	good, err := os.ReadFile(path)
@@ -36,7 +36,7 @@ func TestWriteStateFailedRename(t *testing.T) {
 	before := s.Load()
 
 	s.rename = func(string, string) error { return errors.New("injected rename failure") }
-	if _, _, err := s.SetCanary(t.Context(), "api", 4000, "t"); err == nil {
+	if _, err := s.SetCanary(t.Context(), "api", 4000, "t"); err == nil {
 		t.Fatal("SetCanary with a failing rename: want an error")
 	}
 	if s.Load() != before {

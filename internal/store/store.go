@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +110,7 @@ func New(opts Options) (*Store, error) {
 		onSwap:      opts.OnSwap,
 		check:       opts.Check,
 		fileWeights: map[string]split.Weights{},
-		rename:      osRename,
+		rename:      os.Rename,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -175,16 +176,6 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 		return old, nil
 	}
 
-	// Services the file leaves alone keep their round-robin position.
-	var prev *split.Table
-	if old != nil {
-		prev = old.Table
-	}
-	table, err := split.CompileNext(prev, cfg)
-	if err != nil {
-		return nil, err
-	}
-
 	// Candidates: the live overrides, or at the first load the persisted ones.
 	candidates := map[string]split.Weights{}
 	against := map[string]split.Weights{}
@@ -198,40 +189,62 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 		persistedSHA = s.pending.fileSHA
 	}
 
+	// The effective configuration is the file's with every surviving
+	// override in place of its service's weights, compiled once: services
+	// whose effective weights did not change (overridden or not) keep their
+	// round-robin position.
+	effective := cfg.Clone()
 	kept := map[string]split.Weights{}
 	keptAgainst := map[string]split.Weights{}
-	dropped := 0
+	type drop struct{ name, reason string }
+	var drops []drop
 	for _, name := range sortedKeys(candidates) {
 		w := candidates[name]
+		i := serviceIndex(effective, name)
 		reason := ""
-		svc, ok := findService(cfg, name)
 		switch fw, known := against[name]; {
-		case !ok:
+		case i < 0:
 			reason = "service no longer in the file"
-		case known && !sameWeights(fw, svc.Weights):
+		case known && !sameWeights(fw, effective.Services[i].Weights):
 			reason = "file changed the service's weights"
 		case !known && (persistedSHA == "" || persistedSHA != sha):
 			// A hand-written state file without file weights can only be
 			// trusted against the exact file it names.
 			reason = "file weights at the time of the override are unknown"
-		}
-		if reason == "" {
-			t, err := table.WithWeights(name, w)
-			if err != nil {
+		default:
+			if err := sameVersions(w, effective.Services[i].Weights); err != nil {
 				reason = "override no longer valid: " + err.Error()
-			} else {
-				table = t
+			} else if w.Sum() != split.Buckets {
+				reason = "override no longer valid: weights sum to " + split.FormatPercent(w.Sum()) + ", not 100"
 			}
 		}
 		if reason != "" {
-			dropped++
-			s.log.Warn("runtime override cleared by the configuration file",
-				"service", name, "override", formatWeights(w), "file_weights", formatWeights(svc.Weights),
-				"reason", reason, "source", source)
+			drops = append(drops, drop{name, reason})
 			continue
 		}
+		fileWeights := effective.Services[i].Weights
+		w = split.InDeclaredOrder(w, fileWeights)
+		effective.Services[i].Weights = w
 		kept[name] = w
-		keptAgainst[name] = svc.Weights
+		keptAgainst[name] = fileWeights
+	}
+	var prev *split.Table
+	if old != nil {
+		prev = old.Table
+	}
+	table, err := split.CompileNext(prev, effective)
+	if err != nil {
+		return nil, err
+	}
+	dropped := len(drops)
+	for _, d := range drops {
+		fileW := split.Weights(nil)
+		if svc, ok := findService(cfg, d.name); ok {
+			fileW = svc.Weights
+		}
+		s.log.Warn("runtime override cleared by the configuration file",
+			"service", d.name, "override", formatWeights(candidates[d.name]), "file_weights", formatWeights(fileW),
+			"reason", d.reason, "source", source)
 	}
 
 	if s.stateFile != "" && (dropped > 0 || len(kept) > 0) {
@@ -277,10 +290,21 @@ func (s *Store) LastReloadError() (msg string, at time.Time) {
 	return "", time.Time{}
 }
 
-// SetWeights overrides service's weights. Errors wrap
-// split.ErrUnknownService for an unknown service; invalid weights give the
-// engine's *split.FieldError. actor is recorded in the log.
-func (s *Store) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (*Snapshot, error) {
+// Change is what an override mutation did to one service: its effective
+// weights before and after (read under the store's lock, so Old is what
+// this mutation replaced, not what a concurrent one left) and the snapshot
+// published.
+type Change struct {
+	Service  string
+	Old, New split.Weights
+	Snapshot *Snapshot
+}
+
+// SetWeights overrides service's weights (in any order; they are kept in
+// the file's declared order). Errors wrap split.ErrUnknownService for an
+// unknown service; invalid weights give the engine's *split.FieldError.
+// actor is recorded in the log.
+func (s *Store) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (Change, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.setLocked(ctx, service, w, actor)
@@ -289,47 +313,44 @@ func (s *Store) SetWeights(ctx context.Context, service string, w split.Weights,
 // SetCanary gives the canary (non-stable) version of a two-version service
 // basisPoints of the traffic and the stable version the rest. Errors wrap
 // split.ErrUnknownService or split.ErrNotTwoVersions.
-func (s *Store) SetCanary(ctx context.Context, service string, basisPoints int, actor string) (split.Weights, *Snapshot, error) {
+func (s *Store) SetCanary(ctx context.Context, service string, basisPoints int, actor string) (Change, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.cur.Load()
 	if cur == nil {
-		return nil, nil, ErrNoConfig
+		return Change{}, ErrNoConfig
 	}
 	w, err := cur.Table.CanaryWeights(service, basisPoints)
 	if err != nil {
-		return nil, nil, fmt.Errorf("service %q: %w", service, err)
+		return Change{}, fmt.Errorf("service %q: %w", service, err)
 	}
-	snap, err := s.setLocked(ctx, service, w, actor)
-	if err != nil {
-		return nil, nil, err
-	}
-	return w, snap, nil
+	return s.setLocked(ctx, service, w, actor)
 }
 
 // ClearOverride removes service's override, restoring the file's weights.
 // Clearing a service that has no override changes nothing and returns the
 // current snapshot.
-func (s *Store) ClearOverride(ctx context.Context, service string, actor string) (*Snapshot, error) {
+func (s *Store) ClearOverride(ctx context.Context, service string, actor string) (Change, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cur := s.cur.Load()
 	if cur == nil {
-		return nil, ErrNoConfig
+		return Change{}, ErrNoConfig
 	}
 	fileSvc, ok := cur.FileService(service)
 	if !ok {
-		return nil, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+		return Change{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
 	}
+	old := effectiveWeights(cur, service)
 	if _, ok := cur.Overrides[service]; !ok {
-		return cur, nil
+		return Change{Service: service, Old: old, New: old, Snapshot: cur}, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return Change{}, err
 	}
 	table, err := cur.Table.WithWeights(service, fileSvc.Weights)
 	if err != nil {
-		return nil, fmt.Errorf("service %q: restore file weights: %w", service, err)
+		return Change{}, fmt.Errorf("service %q: restore file weights: %w", service, err)
 	}
 	overrides := maps.Clone(cur.Overrides)
 	delete(overrides, service)
@@ -337,7 +358,7 @@ func (s *Store) ClearOverride(ctx context.Context, service string, actor string)
 	delete(against, service)
 	if s.stateFile != "" {
 		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
-			return nil, fmt.Errorf("service %q: %w", service, err)
+			return Change{}, fmt.Errorf("service %q: %w", service, err)
 		}
 	}
 	snap := &Snapshot{
@@ -346,33 +367,34 @@ func (s *Store) ClearOverride(ctx context.Context, service string, actor string)
 	}
 	s.fileWeights = against
 	s.log.Info("runtime override cleared", "service", service, "actor", actor,
-		"old", formatWeights(cur.Overrides[service]), "new", formatWeights(fileSvc.Weights))
+		"old", formatWeights(old), "new", formatWeights(fileSvc.Weights))
 	s.publish(cur, snap)
-	return snap, nil
+	return Change{Service: service, Old: old, New: fileSvc.Weights, Snapshot: snap}, nil
 }
 
 // setLocked applies an override; s.mu is held.
-func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, actor string) (*Snapshot, error) {
+func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, actor string) (Change, error) {
 	cur := s.cur.Load()
 	if cur == nil {
-		return nil, ErrNoConfig
+		return Change{}, ErrNoConfig
 	}
 	fileSvc, ok := cur.FileService(service)
 	if !ok {
-		return nil, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+		return Change{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
 	}
 	if err := sameVersions(w, fileSvc.Weights); err != nil {
-		return nil, fmt.Errorf("service %q: %w", service, err)
+		return Change{}, fmt.Errorf("service %q: %w", service, err)
 	}
 	table, err := cur.Table.WithWeights(service, w)
 	if err != nil {
-		return nil, fmt.Errorf("service %q: %w", service, err)
+		return Change{}, fmt.Errorf("service %q: %w", service, err)
 	}
-	// The table owns its copy; keep ours independent of the caller's slice.
-	w = append(split.Weights(nil), w...)
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return Change{}, err
 	}
+	// The table laid w out in the declared order; keep that order, so the
+	// override reads (and persists) the way the file does.
+	w = effectiveWeights(&Snapshot{Table: table}, service)
 	overrides := maps.Clone(cur.Overrides)
 	if overrides == nil {
 		overrides = map[string]split.Weights{}
@@ -382,13 +404,10 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	against[service] = fileSvc.Weights
 	if s.stateFile != "" {
 		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
-			return nil, fmt.Errorf("service %q: %w", service, err)
+			return Change{}, fmt.Errorf("service %q: %w", service, err)
 		}
 	}
-	old, had := cur.Overrides[service]
-	if !had {
-		old = fileSvc.Weights
-	}
+	old := effectiveWeights(cur, service)
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: overrides,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt,
@@ -397,7 +416,15 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	s.log.Info("runtime override set", "service", service, "actor", actor,
 		"old", formatWeights(old), "new", formatWeights(w))
 	s.publish(cur, snap)
-	return snap, nil
+	return Change{Service: service, Old: old, New: w, Snapshot: snap}, nil
+}
+
+// effectiveWeights returns the weights service decides with in snap.
+func effectiveWeights(snap *Snapshot, service string) split.Weights {
+	if svc, ok := snap.Table.Service(service); ok {
+		return svc.Weights
+	}
+	return nil
 }
 
 // publish numbers snap after old and swaps it in; s.mu is held.
@@ -411,6 +438,15 @@ func (s *Store) publish(old, snap *Snapshot) {
 	if s.onSwap != nil {
 		s.onSwap(snap)
 	}
+}
+
+func serviceIndex(cfg *split.Config, name string) int {
+	for i := range cfg.Services {
+		if cfg.Services[i].Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func findService(cfg *split.Config, name string) (split.Service, bool) {

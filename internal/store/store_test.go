@@ -83,7 +83,7 @@ func TestLoadBeforeApply(t *testing.T) {
 	if nilStore.Table() != nil || nilStore.Load() != nil {
 		t.Fatal("nil store: want nil table and snapshot")
 	}
-	_, _, err := s.SetCanary(t.Context(), "api", 5000, "test")
+	_, err := s.SetCanary(t.Context(), "api", 5000, "test")
 	if !errors.Is(err, store.ErrNoConfig) {
 		t.Fatalf("SetCanary before load: got %v, want ErrNoConfig", err)
 	}
@@ -97,7 +97,7 @@ func TestGenerationAndSwaps(t *testing.T) {
 	if first.Generation != 1 || s.Load() != first || first.Source != "test.yaml" || first.SHA256 != "sha-1" {
 		t.Fatalf("first snapshot: %+v", first)
 	}
-	if _, _, err := s.SetCanary(t.Context(), "api", 5000, "test"); err != nil {
+	if _, err := s.SetCanary(t.Context(), "api", 5000, "test"); err != nil {
 		t.Fatal(err)
 	}
 	if got := s.Load().Generation; got != 2 {
@@ -205,8 +205,10 @@ func TestOverrideSurvival(t *testing.T) {
 				t.Fatalf("override kept = %v, want %v (overrides %v)", kept, tc.wantKept, snap.Overrides)
 			}
 			if tc.wantKept {
-				if got := effective(t, snap, "api"); !got.Equal(override) {
-					t.Fatalf("effective api weights = %v, want the override %v", got, override)
+				// Kept in the file's declared order.
+				file, _ := snap.FileService("api")
+				if got := effective(t, snap, "api"); !got.Equal(split.InDeclaredOrder(override, file.Weights)) {
+					t.Fatalf("effective api weights = %v, want the override %v in the file's order", got, override)
 				}
 				if strings.Contains(logs.String(), "override cleared") {
 					t.Fatalf("kept override logged as cleared:\n%s", logs)
@@ -229,7 +231,7 @@ func TestOverrideSurvival(t *testing.T) {
 func TestOverrideSurvivesTwoReloads(t *testing.T) {
 	s, _ := newStore(t, store.Options{})
 	mustApply(t, s, twoServices(nil, nil), "1")
-	if _, _, err := s.SetCanary(t.Context(), "api", 3000, "tester"); err != nil {
+	if _, err := s.SetCanary(t.Context(), "api", 3000, "tester"); err != nil {
 		t.Fatal(err)
 	}
 	mustApply(t, s, twoServices(nil, weights("a", 1000, "b", 9000)), "2")
@@ -253,7 +255,7 @@ func TestMutations(t *testing.T) {
 		{
 			name: "canary on an unknown service",
 			do: func(ctx context.Context, s *store.Store) error {
-				_, _, err := s.SetCanary(ctx, "nope", 5000, "t")
+				_, err := s.SetCanary(ctx, "nope", 5000, "t")
 				return err
 			},
 			wantErr: split.ErrUnknownService,
@@ -261,7 +263,7 @@ func TestMutations(t *testing.T) {
 		{
 			name: "canary on a three-version service",
 			do: func(ctx context.Context, s *store.Store) error {
-				_, _, err := s.SetCanary(ctx, "three", 5000, "t")
+				_, err := s.SetCanary(ctx, "three", 5000, "t")
 				return err
 			},
 			wantErr: split.ErrNotTwoVersions,
@@ -342,7 +344,8 @@ func TestSetAndClearOverride(t *testing.T) {
 	s, logs := newStore(t, store.Options{})
 	mustApply(t, s, twoServices(nil, nil), "x")
 
-	w, snap, err := s.SetCanary(t.Context(), "api", 5, "alice")
+	ch, err := s.SetCanary(t.Context(), "api", 5, "alice")
+	w, snap := ch.New, ch.Snapshot
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +356,8 @@ func TestSetAndClearOverride(t *testing.T) {
 		t.Fatalf("override not logged with its actor:\n%s", logs)
 	}
 
-	snap, err = s.ClearOverride(t.Context(), "api", "alice")
+	ch, err = s.ClearOverride(t.Context(), "api", "alice")
+	snap = ch.Snapshot
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,8 +365,8 @@ func TestSetAndClearOverride(t *testing.T) {
 		t.Fatalf("after ClearOverride: overrides %v, api %v", snap.Overrides, effective(t, snap, "api"))
 	}
 	again, err := s.ClearOverride(t.Context(), "api", "alice")
-	if err != nil || again != snap {
-		t.Fatalf("clearing a service without override: %v, same snapshot %v", err, again == snap)
+	if err != nil || again.Snapshot != snap {
+		t.Fatalf("clearing a service without override: %v, same snapshot %v", err, again.Snapshot == snap)
 	}
 }
 
@@ -370,10 +374,11 @@ func TestSetWeightsCopiesInput(t *testing.T) {
 	s, _ := newStore(t, store.Options{})
 	mustApply(t, s, twoServices(nil, nil), "x")
 	w := weights("v1", 6000, "v2", 4000)
-	snap, err := s.SetWeights(t.Context(), "api", w, "t")
+	ch, err := s.SetWeights(t.Context(), "api", w, "t")
 	if err != nil {
 		t.Fatal(err)
 	}
+	snap := ch.Snapshot
 	w[0].BasisPoints = 1
 	if got := snap.Overrides["api"]; got[0].BasisPoints != 6000 {
 		t.Fatalf("snapshot shares the caller's slice: %v", got)
@@ -399,7 +404,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 
 	s1, _ := newStore(t, store.Options{StateFile: path})
 	mustApply(t, s1, twoServices(nil, nil), "sha-1")
-	if _, _, err := s1.SetCanary(t.Context(), "api", 1250, "t"); err != nil {
+	if _, err := s1.SetCanary(t.Context(), "api", 1250, "t"); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(path)
@@ -517,7 +522,7 @@ func TestStateFileUnwritable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "missing", "state.json")
 	s, _ := newStore(t, store.Options{StateFile: path})
 	before := mustApply(t, s, twoServices(nil, nil), "x")
-	_, _, err := s.SetCanary(t.Context(), "api", 5000, "t")
+	_, err := s.SetCanary(t.Context(), "api", 5000, "t")
 	if err == nil || !strings.Contains(err.Error(), path) {
 		t.Fatalf("SetCanary with an unwritable state file: %v, want an error naming it", err)
 	}
@@ -566,7 +571,7 @@ func TestConcurrentMutationsAndReads(t *testing.T) {
 	for i := range writers {
 		wg.Go(func() {
 			for j := range perWriter {
-				if _, _, err := s.SetCanary(t.Context(), "api", (i*perWriter+j)*100, "t"); err != nil {
+				if _, err := s.SetCanary(t.Context(), "api", (i*perWriter+j)*100, "t"); err != nil {
 					errs <- err
 					return
 				}

@@ -55,10 +55,10 @@ func FindEnvoy(root string) (string, error) {
 }
 
 // BuildSplitter builds ./cmd/splitter of the module at root into dir, with
-// the build tags `make build` uses, and returns the binary's path.
+// the flags that matter to `make build`, and returns the binary's path.
 func BuildSplitter(ctx context.Context, root, dir string) (string, error) {
 	out := filepath.Join(dir, "splitter")
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "vtprotobuf", "-o", out, "./cmd/splitter")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/splitter")
 	cmd.Dir = root
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/splitter: %w\n%s", err, msg)

@@ -1,4 +1,8 @@
-package config
+// Package settings reads splitter's process settings (addresses, tokens,
+// header names, timeouts) from flags, SPLITTER_* environment variables and
+// the configuration file's top-level scalars, once, at startup. The
+// routing configuration is not read here: see package config.
+package settings
 
 import (
 	"bytes"
@@ -16,6 +20,10 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/trafficsplit/splitter/adapter"
+	"github.com/trafficsplit/splitter/internal/fsutil"
+	"github.com/trafficsplit/splitter/split"
 )
 
 // EnvPrefix starts the name of every environment variable splitter reads:
@@ -39,7 +47,12 @@ type Settings struct {
 	LogLevel       string // debug, info, warn, error
 	LogFormat      string // text, json
 
-	ShutdownTimeout    time.Duration
+	ShutdownTimeout time.Duration
+	// DrainDelay is how long the sidecar keeps deciding new requests after
+	// SIGTERM, with gRPC health NOT_SERVING and /readyz failing, before it
+	// stops accepting streams: time for Envoy to be stopped or to stop
+	// sending, so the tail of traffic is decided rather than failed open.
+	DrainDelay         time.Duration
 	ReloadDebounce     time.Duration
 	ReloadPollInterval time.Duration
 
@@ -78,10 +91,22 @@ func Defaults() Settings {
 		LogLevel:           "info",
 		LogFormat:          "text",
 		ShutdownTimeout:    10 * time.Second,
+		DrainDelay:         5 * time.Second,
 		ReloadDebounce:     200 * time.Millisecond,
 		ReloadPollInterval: 30 * time.Second,
 		GCPercent:          DefaultGCPercent,
 		GCPercentSource:    GCSourceDefault,
+	}
+}
+
+// Keys are the top-level scalar keys of a configuration file that hold
+// process settings rather than routing configuration.
+func Keys() []string {
+	return []string{
+		"grpc_addr", "admin_addr", "admin_token", "admin_token_file",
+		"route_header", "reason_header", "state_file",
+		"log_level", "log_format", "shutdown_timeout", "drain_delay", "reload_debounce", "reload_poll_interval",
+		"gc_percent", "pprof",
 	}
 }
 
@@ -110,7 +135,8 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.String(flagName("state_file"), "", "file where admin overrides persist across restarts (\"\": not persisted)")
 	fs.String(flagName("log_level"), d.LogLevel, "log level: debug, info, warn, error")
 	fs.String(flagName("log_format"), d.LogFormat, "log format: text or json")
-	fs.Duration(flagName("shutdown_timeout"), d.ShutdownTimeout, "how long open streams may take to finish on SIGTERM")
+	fs.Duration(flagName("shutdown_timeout"), d.ShutdownTimeout, "how long open streams may take to finish on SIGTERM, after the drain delay")
+	fs.Duration(flagName("drain_delay"), d.DrainDelay, "how long new requests are still decided after SIGTERM (health NOT_SERVING) before streams are refused; 0 disables")
 	fs.Duration(flagName("reload_debounce"), d.ReloadDebounce, "quiet period after a file event before reloading")
 	fs.Duration(flagName("reload_poll_interval"), d.ReloadPollInterval, "how often the file is checked even without events")
 	fs.String(flagName("gc_percent"), "", fmt.Sprintf(`garbage collector target percent, or "off" (default: GOGC if set, else %d)`, DefaultGCPercent))
@@ -140,10 +166,10 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"grpc_addr": d.GRPCAddr, "admin_addr": d.AdminAddr, "admin_token": "", "admin_token_file": "",
 		"route_header": d.RouteHeader, "reason_header": d.ReasonHeader, "state_file": "",
 		"log_level": d.LogLevel, "log_format": d.LogFormat,
-		"shutdown_timeout": d.ShutdownTimeout.String(), "reload_debounce": d.ReloadDebounce.String(),
+		"shutdown_timeout": d.ShutdownTimeout.String(), "drain_delay": d.DrainDelay.String(), "reload_debounce": d.ReloadDebounce.String(),
 		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
 	}
-	for _, k := range ProcessKeys() {
+	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
 		// decides between it, GOGC and DefaultGCPercent.
 		if k != "gc_percent" {
@@ -152,7 +178,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 	}
 
 	if path != "" {
-		data, err := readCapped(path)
+		data, err := fsutil.ReadCapped(path, split.MaxConfigBytes)
 		if err != nil {
 			return Settings{}, fmt.Errorf("config: %w", err)
 		}
@@ -171,7 +197,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 	// value (SPLITTER_REASON_HEADER= to disable) counts as set. Flags still
 	// win because viper consults changed flags before the file layer.
 	overlay := map[string]any{}
-	for _, k := range ProcessKeys() {
+	for _, k := range Keys() {
 		if val, ok := env(EnvName(k)); ok {
 			overlay[k] = val
 		}
@@ -181,7 +207,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 			return Settings{}, fmt.Errorf("environment: %w", err)
 		}
 	}
-	for _, k := range ProcessKeys() {
+	for _, k := range Keys() {
 		if f := fs.Lookup(flagName(k)); f != nil {
 			if err := v.BindPFlag(k, f); err != nil {
 				return Settings{}, fmt.Errorf("%s: %w", k, err)
@@ -200,17 +226,19 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		return d
 	}
 	s := Settings{
-		ConfigPath:         path,
-		GRPCAddr:           v.GetString("grpc_addr"),
-		AdminAddr:          v.GetString("admin_addr"),
-		AdminToken:         v.GetString("admin_token"),
-		AdminTokenFile:     v.GetString("admin_token_file"),
-		RouteHeader:        v.GetString("route_header"),
-		ReasonHeader:       v.GetString("reason_header"),
+		ConfigPath:     path,
+		GRPCAddr:       v.GetString("grpc_addr"),
+		AdminAddr:      v.GetString("admin_addr"),
+		AdminToken:     v.GetString("admin_token"),
+		AdminTokenFile: v.GetString("admin_token_file"),
+		// Header names are case-insensitive; Envoy carries them lower-cased.
+		RouteHeader:        strings.ToLower(v.GetString("route_header")),
+		ReasonHeader:       strings.ToLower(v.GetString("reason_header")),
 		StateFile:          v.GetString("state_file"),
 		LogLevel:           strings.ToLower(v.GetString("log_level")),
 		LogFormat:          strings.ToLower(v.GetString("log_format")),
 		ShutdownTimeout:    dur("shutdown_timeout"),
+		DrainDelay:         dur("drain_delay"),
 		ReloadDebounce:     dur("reload_debounce"),
 		ReloadPollInterval: dur("reload_poll_interval"),
 	}
@@ -246,12 +274,8 @@ func (s Settings) Validate() error {
 	}
 	add("grpc_addr", checkAddr(s.GRPCAddr))
 	add("admin_addr", checkAddr(s.AdminAddr))
-	add("route_header", checkHeaderName(s.RouteHeader))
-	if s.ReasonHeader != "" {
-		add("reason_header", checkHeaderName(s.ReasonHeader))
-		if s.ReasonHeader == s.RouteHeader {
-			add("reason_header", errors.New("must differ from route_header"))
-		}
+	if _, err := adapter.NewHeaders(s.RouteHeader, s.ReasonHeader); err != nil {
+		errs = append(errs, err)
 	}
 	if s.AdminToken != "" && s.AdminTokenFile != "" {
 		add("admin_token", errors.New("set either admin_token or admin_token_file, not both"))
@@ -280,6 +304,9 @@ func (s Settings) Validate() error {
 		if d.val <= 0 {
 			add(d.key, fmt.Errorf("%s must be positive", d.val))
 		}
+	}
+	if s.DrainDelay < 0 {
+		add("drain_delay", fmt.Errorf("%s must not be negative", s.DrainDelay))
 	}
 	return errors.Join(errs...)
 }
@@ -327,27 +354,6 @@ func checkAddr(addr string) error {
 	return nil
 }
 
-// checkHeaderName accepts an HTTP token (RFC 9110 tchar) in lower case:
-// Envoy and HTTP/2 carry header names lower-cased, and a pseudo-header or
-// an upper-case name would never match what Envoy sends.
-func checkHeaderName(name string) error {
-	if name == "" {
-		return errors.New("must not be empty")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		case c >= 'A' && c <= 'Z':
-			return fmt.Errorf("%q must be lower case", name)
-		default:
-			return fmt.Errorf("%q is not a valid header name (byte %q at %d)", name, c, i)
-		}
-	}
-	return nil
-}
-
 // FileSettings returns the process keys present at the top level of a
 // configuration file, as strings. It fails when one of them is not a
 // scalar. The reloader compares these across reloads to warn that a
@@ -366,7 +372,7 @@ func FileSettings(data []byte) (map[string]string, error) {
 		return out, nil // not a mapping: the routing parser reports it
 	}
 	keys := map[string]bool{}
-	for _, k := range ProcessKeys() {
+	for _, k := range Keys() {
 		keys[k] = true
 	}
 	for i := 0; i+1 < len(root.Content); i += 2 {
@@ -461,4 +467,32 @@ func (s Settings) NewLogger(w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// Headers returns the route and reason header names, lower-cased (the
+// settings were validated by Load).
+func (s Settings) Headers() adapter.Headers {
+	h, err := adapter.NewHeaders(s.RouteHeader, s.ReasonHeader)
+	if err != nil {
+		return adapter.DefaultHeaders()
+	}
+	return h
+}
+
+// FileHeaders returns the route and reason headers a configuration file
+// sets for itself (route_header, reason_header), or the defaults: what
+// `splitter validate` checks experiments against, where no flags or
+// environment apply.
+func FileHeaders(data []byte) (adapter.Headers, error) {
+	d := Defaults()
+	route, reason := d.RouteHeader, d.ReasonHeader
+	if fs, err := FileSettings(data); err == nil {
+		if v, ok := fs["route_header"]; ok {
+			route = v
+		}
+		if v, ok := fs["reason_header"]; ok {
+			reason = v
+		}
+	}
+	return adapter.NewHeaders(route, reason)
 }

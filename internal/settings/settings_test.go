@@ -1,4 +1,4 @@
-package config_test
+package settings_test
 
 import (
 	"log/slog"
@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 )
 
 func writeFile(t *testing.T, name, content string) string {
@@ -33,7 +34,7 @@ func envMap(m map[string]string) func(string) (string, bool) {
 func newFlags(t *testing.T, args ...string) *pflag.FlagSet {
 	t.Helper()
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	config.BindFlags(fs)
+	settings.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
@@ -54,16 +55,16 @@ func TestLoadPrecedence(t *testing.T) {
 		name string
 		args []string
 		env  map[string]string
-		want func(*config.Settings)
+		want func(*settings.Settings)
 	}{
 		{
 			name: "defaults",
-			want: func(*config.Settings) {},
+			want: func(*settings.Settings) {},
 		},
 		{
 			name: "file beats default",
 			args: []string{"--config", file},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = file
 				s.GRPCAddr = "127.0.0.1:3001"
 				s.ShutdownTimeout = 3 * time.Second
@@ -73,7 +74,7 @@ func TestLoadPrecedence(t *testing.T) {
 		{
 			name: "file named by SPLITTER_CONFIG",
 			env:  map[string]string{"SPLITTER_CONFIG": file},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = file
 				s.GRPCAddr = "127.0.0.1:3001"
 				s.ShutdownTimeout = 3 * time.Second
@@ -88,7 +89,7 @@ func TestLoadPrecedence(t *testing.T) {
 				"SPLITTER_SHUTDOWN_TIMEOUT": "4s",
 				"SPLITTER_REASON_HEADER":    "", // set but empty: disables the header
 			},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = file
 				s.GRPCAddr = "127.0.0.1:4001"
 				s.ShutdownTimeout = 4 * time.Second
@@ -99,7 +100,7 @@ func TestLoadPrecedence(t *testing.T) {
 			name: "flag beats env and file",
 			args: []string{"--config", file, "--grpc-addr", "127.0.0.1:5001", "--shutdown-timeout", "5s", "--reason-header", "x-flag"},
 			env:  map[string]string{"SPLITTER_GRPC_ADDR": "127.0.0.1:4001", "SPLITTER_SHUTDOWN_TIMEOUT": "4s"},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = file
 				s.GRPCAddr = "127.0.0.1:5001"
 				s.ShutdownTimeout = 5 * time.Second
@@ -110,7 +111,7 @@ func TestLoadPrecedence(t *testing.T) {
 			name: "config flag beats SPLITTER_CONFIG",
 			args: []string{"--config", file},
 			env:  map[string]string{"SPLITTER_CONFIG": "/nonexistent.yaml"},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = file
 				s.GRPCAddr = "127.0.0.1:3001"
 				s.ShutdownTimeout = 3 * time.Second
@@ -120,71 +121,80 @@ func TestLoadPrecedence(t *testing.T) {
 		{
 			name: "env without file beats default",
 			env:  map[string]string{"SPLITTER_ADMIN_ADDR": "127.0.0.1:0", "SPLITTER_LOG_FORMAT": "JSON"},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.AdminAddr = "127.0.0.1:0"
 				s.LogFormat = "json"
 			},
 		},
 		{
+			name: "header names are lower-cased, drain delay set",
+			args: []string{"--route-header", "X-Route", "--drain-delay", "0s"},
+			want: func(s *settings.Settings) { s.RouteHeader, s.DrainDelay = "x-route", 0 },
+		},
+		{
 			name: "GOGC beats the default gc_percent",
 			env:  map[string]string{"GOGC": "150"},
-			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = 150, config.GCSourceGOGC },
+			want: func(s *settings.Settings) { s.GCPercent, s.GCPercentSource = 150, settings.GCSourceGOGC },
 		},
 		{
 			name: "GOGC off",
 			env:  map[string]string{"GOGC": "off"},
-			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = -1, config.GCSourceGOGC },
+			want: func(s *settings.Settings) { s.GCPercent, s.GCPercentSource = -1, settings.GCSourceGOGC },
 		},
 		{
 			name: "invalid GOGC read as the runtime does",
 			env:  map[string]string{"GOGC": "lots"},
-			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource = 100, config.GCSourceGOGC },
+			want: func(s *settings.Settings) { s.GCPercent, s.GCPercentSource = 100, settings.GCSourceGOGC },
 		},
 		{
 			name: "empty GOGC is unset",
 			env:  map[string]string{"GOGC": ""},
-			want: func(*config.Settings) {},
+			want: func(*settings.Settings) {},
 		},
 		{
 			name: "gc_percent in the file beats GOGC",
 			args: []string{"--config", gcFile},
 			env:  map[string]string{"GOGC": "150"},
-			want: func(s *config.Settings) {
+			want: func(s *settings.Settings) {
 				s.ConfigPath = gcFile
-				s.GCPercent, s.GCPercentSource, s.Pprof = 250, config.GCSourceSetting, true
+				s.GCPercent, s.GCPercentSource, s.Pprof = 250, settings.GCSourceSetting, true
 			},
 		},
 		{
 			name: "gc_percent off in the file",
 			args: []string{"--config", gcOffFile},
-			want: func(s *config.Settings) {
-				s.ConfigPath, s.GCPercent, s.GCPercentSource = gcOffFile, -1, config.GCSourceSetting
+			want: func(s *settings.Settings) {
+				s.ConfigPath, s.GCPercent, s.GCPercentSource = gcOffFile, -1, settings.GCSourceSetting
 			},
 		},
 		{
 			name: "SPLITTER_GC_PERCENT beats GOGC",
 			env:  map[string]string{"GOGC": "150", "SPLITTER_GC_PERCENT": "off", "SPLITTER_PPROF": "1"},
-			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource, s.Pprof = -1, config.GCSourceSetting, true },
+			want: func(s *settings.Settings) {
+				s.GCPercent, s.GCPercentSource, s.Pprof = -1, settings.GCSourceSetting, true
+			},
 		},
 		{
 			name: "empty SPLITTER_GC_PERCENT is unset",
 			env:  map[string]string{"SPLITTER_GC_PERCENT": ""},
-			want: func(*config.Settings) {},
+			want: func(*settings.Settings) {},
 		},
 		{
 			name: "gc-percent flag beats SPLITTER_GC_PERCENT and GOGC",
 			args: []string{"--gc-percent", "800", "--pprof"},
 			env:  map[string]string{"GOGC": "150", "SPLITTER_GC_PERCENT": "300", "SPLITTER_PPROF": "false"},
-			want: func(s *config.Settings) { s.GCPercent, s.GCPercentSource, s.Pprof = 800, config.GCSourceSetting, true },
+			want: func(s *settings.Settings) {
+				s.GCPercent, s.GCPercentSource, s.Pprof = 800, settings.GCSourceSetting, true
+			},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := config.Load(newFlags(t, tc.args...), envMap(tc.env))
+			got, err := settings.Load(newFlags(t, tc.args...), envMap(tc.env))
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := config.Defaults()
+			want := settings.Defaults()
 			tc.want(&want)
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("settings (-want +got):\n%s", diff)
@@ -203,7 +213,8 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 	}{
 		{name: "address without port", args: []string{"--grpc-addr", "localhost"}, wants: []string{"grpc_addr: "}},
 		{name: "port out of range", env: map[string]string{"SPLITTER_ADMIN_ADDR": "127.0.0.1:70000"}, wants: []string{"admin_addr: "}},
-		{name: "upper-case header", args: []string{"--route-header", "X-Route"}, wants: []string{"route_header: ", "lower case"}},
+		{name: "reason header is the route header in another case", args: []string{"--route-header", "x-route", "--reason-header", "X-Route"}, wants: []string{"reason_header: must differ from route_header"}},
+		{name: "negative drain delay", args: []string{"--drain-delay", "-1s"}, wants: []string{"drain_delay: -1s must not be negative"}},
 		{name: "header with a space", file: "reason_header: \"x reason\"\n", wants: []string{"reason_header: "}},
 		{name: "empty route header", env: map[string]string{"SPLITTER_ROUTE_HEADER": ""}, wants: []string{"route_header: must not be empty"}},
 		{name: "pseudo header", args: []string{"--route-header", ":path"}, wants: []string{"route_header: "}},
@@ -235,7 +246,7 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 			if tc.file != "" {
 				args = append(args, "--config", writeFile(t, "c.yaml", tc.file))
 			}
-			_, err := config.Load(newFlags(t, args...), envMap(tc.env))
+			_, err := settings.Load(newFlags(t, args...), envMap(tc.env))
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
 			}
@@ -250,7 +261,7 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 
 func TestTokenSource(t *testing.T) {
 	t.Run("inline token", func(t *testing.T) {
-		s, err := config.Load(newFlags(t, "--admin-token", "s3cret"), nil)
+		s, err := settings.Load(newFlags(t, "--admin-token", "s3cret"), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -264,7 +275,7 @@ func TestTokenSource(t *testing.T) {
 	})
 	t.Run("file is trimmed and re-read", func(t *testing.T) {
 		path := writeFile(t, "token", "first\n")
-		s, err := config.Load(newFlags(t), envMap(map[string]string{"SPLITTER_ADMIN_TOKEN_FILE": path}))
+		s, err := settings.Load(newFlags(t), envMap(map[string]string{"SPLITTER_ADMIN_TOKEN_FILE": path}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -290,7 +301,7 @@ func TestTokenSource(t *testing.T) {
 	})
 	t.Run("empty file is refused at startup", func(t *testing.T) {
 		path := writeFile(t, "token", " \n")
-		_, err := config.Load(newFlags(t, "--admin-token-file", path), nil)
+		_, err := settings.Load(newFlags(t, "--admin-token-file", path), nil)
 		if err == nil || !strings.Contains(err.Error(), "admin_token_file: ") {
 			t.Fatalf("err = %v, want an admin_token_file error", err)
 		}
@@ -298,7 +309,7 @@ func TestTokenSource(t *testing.T) {
 }
 
 func TestFileSettings(t *testing.T) {
-	got, err := config.FileSettings([]byte("grpc_addr: 127.0.0.1:1\nreason_header:\nservices: []\n"))
+	got, err := settings.FileSettings([]byte("grpc_addr: 127.0.0.1:1\nreason_header:\nservices: []\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +328,7 @@ services:
     stable: Blue
     weights: {Blue: 90, GreenCanary: 10}
 `)
-	s, err := config.Load(newFlags(t, "--config", file), nil)
+	s, err := settings.Load(newFlags(t, "--config", file), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,238 @@
+// Package control is everything one splitter process runs besides Envoy's
+// wire format: the routing configuration and where it comes from (the
+// file, watched and reloaded), runtime overrides and the state file,
+// metrics, and the admin API. The sidecar (package serve) puts the gRPC
+// adapters in front of a Plane; the in-process module puts Envoy's filter
+// hooks in front of one. Both read decisions from Plane.Table and report
+// to Plane.Recorder.
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trafficsplit/splitter/adapter"
+	"github.com/trafficsplit/splitter/internal/admin"
+	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/metrics"
+	"github.com/trafficsplit/splitter/internal/reload"
+	"github.com/trafficsplit/splitter/internal/settings"
+	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// BuiltinSource is the snapshot source reported when no file is given.
+const BuiltinSource = "built-in default"
+
+// adminShutdownTimeout bounds the admin server's own shutdown: its
+// requests are short.
+const adminShutdownTimeout = 2 * time.Second
+
+// Options tune a Plane beyond what Settings say.
+type Options struct {
+	// Logger receives every log line; nil discards.
+	Logger *slog.Logger
+	// TolerateBadConfig starts without a configuration when the initial one
+	// is missing or invalid, instead of failing: Table stays nil (the
+	// adapters then send everything to the stable route), the error is
+	// recorded for the admin API, and a later reload can fix it. The
+	// in-process module wants this: it must never take Envoy down.
+	TolerateBadConfig bool
+}
+
+// Plane is one process's control state. Build it with New, serve it with
+// Run.
+type Plane struct {
+	settings settings.Settings
+	headers  adapter.Headers
+	log      *slog.Logger
+
+	store    *store.Store
+	metrics  *metrics.Metrics
+	registry *prometheus.Registry
+	reloader *reload.Reloader
+	admin    *http.Server
+	adminLis net.Listener
+	draining atomic.Bool
+}
+
+// New loads the initial configuration (an error names the file, unless
+// TolerateBadConfig), builds the store, metrics and reloader, and binds
+// the admin listener (refusing a non-loopback address without a token).
+// Nothing runs until Run.
+func New(s settings.Settings, opts Options) (*Plane, error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	headers := s.Headers()
+	p := &Plane{settings: s, headers: headers, log: logger, registry: prometheus.NewRegistry()}
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.metrics = metrics.New(p.registry)
+
+	st, err := store.New(store.Options{
+		Logger: logger, StateFile: s.StateFile, OnSwap: p.metrics.ObserveSnapshot,
+		Check: headers.CheckConfig,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state_file: %w", err)
+	}
+	p.store = st
+
+	fileSettings, err := p.loadInitial()
+	if err != nil {
+		if !opts.TolerateBadConfig {
+			return nil, err
+		}
+		st.RecordReloadError(err)
+		p.metrics.ReloadResult(reload.ResultError)
+		logger.Error("no valid configuration: every request goes to the stable route until a reload succeeds", "error", err)
+	}
+
+	token, err := s.TokenSource(logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := admin.CheckBindAddress(s.AdminAddr, token()); err != nil {
+		return nil, err
+	}
+
+	p.reloader = reload.New(reload.Options{
+		Path:         s.ConfigPath,
+		Store:        st,
+		Logger:       logger,
+		Metrics:      p.metrics,
+		Debounce:     s.ReloadDebounce,
+		PollInterval: s.ReloadPollInterval,
+		FileSettings: fileSettings,
+	})
+	p.admin = admin.NewServer(s.AdminAddr, admin.New(admin.Options{
+		Store:    st,
+		Mutator:  st,
+		Reload:   p.reloader.Reload,
+		Token:    token,
+		Metrics:  promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}),
+		Ready:    func() bool { return !p.draining.Load() && st.Load() != nil },
+		Logger:   logger,
+		Audit:    logger.With("log", "audit"),
+		Recorder: p.metrics,
+		Pprof:    s.Pprof,
+	}))
+	lis, err := net.Listen("tcp", s.AdminAddr)
+	if err != nil {
+		return nil, fmt.Errorf("admin_addr: %w", err)
+	}
+	p.adminLis = lis
+	return p, nil
+}
+
+// loadInitial reads the file named by the settings (or takes the built-in
+// default) and applies it. There is no last good configuration yet, so any
+// problem is returned.
+func (p *Plane) loadInitial() (fileSettings map[string]string, err error) {
+	s := p.settings
+	if s.ConfigPath == "" {
+		cfg := split.Default()
+		// The built-in configuration has no bytes; hash its JSON form so
+		// that the reported sha256 still identifies it.
+		b, err := json.Marshal(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("built-in default: %w", err)
+		}
+		sum := sha256.Sum256(b)
+		if _, err := p.store.ApplyFile(cfg, hex.EncodeToString(sum[:]), BuiltinSource); err != nil {
+			return nil, fmt.Errorf("%s: %w", BuiltinSource, err)
+		}
+		p.log.Warn("running on the built-in default configuration; pass --config FILE or set SPLITTER_CONFIG to use your own")
+		return nil, nil
+	}
+	l, err := config.ReadFile(s.ConfigPath)
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	fileSettings, err = settings.FileSettings(l.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.ConfigPath, err)
+	}
+	snap, err := p.store.ApplyFile(l.Config, l.SHA256, s.ConfigPath)
+	if err != nil {
+		return fileSettings, fmt.Errorf("%s: %w", s.ConfigPath, err)
+	}
+	p.log.Info("configuration loaded", "source", s.ConfigPath, "sha256", snap.SHA256, "services", len(l.Config.Services))
+	return fileSettings, nil
+}
+
+// Table returns the compiled table in force, nil when none is loaded.
+func (p *Plane) Table() *split.Table { return p.store.Table() }
+
+// Store returns the runtime state.
+func (p *Plane) Store() *store.Store { return p.store }
+
+// Recorder returns what the adapters report to.
+func (p *Plane) Recorder() adapter.Recorder { return p.metrics }
+
+// Metrics returns the process's metrics.
+func (p *Plane) Metrics() *metrics.Metrics { return p.metrics }
+
+// Headers returns the route and reason header names in force.
+func (p *Plane) Headers() adapter.Headers { return p.headers }
+
+// AdminAddr returns the address the admin API listens on.
+func (p *Plane) AdminAddr() string { return p.adminLis.Addr().String() }
+
+// Reload re-reads the configuration now (SIGHUP, tests).
+func (p *Plane) Reload(ctx context.Context) (string, error) { return p.reloader.Reload(ctx) }
+
+// Drain makes /readyz answer 503 from now on; decisions go on.
+func (p *Plane) Drain() { p.draining.Store(true) }
+
+// Run serves the admin API and keeps the configuration in step with its
+// file until ctx ends, then stops the admin server (after its in-flight
+// requests, bounded) and returns nil; it returns an error if the admin
+// server fails on its own. Call it once.
+func (p *Plane) Run(ctx context.Context) error {
+	bg, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = p.reloader.Run(bg) })
+	served := make(chan error, 1)
+	go func() { served <- p.admin.Serve(p.adminLis) }()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+		err = fmt.Errorf("admin server stopped unexpectedly: %w", err)
+	}
+	stop()
+	wg.Wait()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adminShutdownTimeout)
+	defer cancel()
+	if serr := p.admin.Shutdown(sctx); serr != nil {
+		p.log.Warn("admin server did not stop in time; closing it", "error", serr)
+		p.admin.Close()
+	}
+	if err == nil {
+		if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+			err = fmt.Errorf("admin server: %w", serr)
+		}
+	}
+	return err
+}
+
+// Close releases what New acquired when Run is never called.
+func (p *Plane) Close() error { return p.adminLis.Close() }
