@@ -12,12 +12,12 @@
 //
 // "KLG" means: refused, last good configuration kept, error shown in
 // last_reload_error until a later reload succeeds. The number in brackets
-// is the case count; RELIABILITY.md §5 case numbers are given where they
-// map.
+// is the case count. docs/reliability.md summarises this catalogue for
+// operators.
 //
 // Configuration file, rewritten then reloaded through the watcher's path
 // (POST /v1/reload answers 422 with the error): TestBadConfigFile [40],
-// fixtures in testdata/config, all KLG (§5 cases 1-7, 11, 15):
+// fixtures in testdata/config, all KLG:
 //
 //	empty file                        "file is empty"
 //	comments only, null document      "no services ... empty" / "... null (line 1)"
@@ -45,11 +45,11 @@
 //	  symlink loop                      "too many levels of symbolic links"
 //	UTF-8 BOM + valid file            accepted: new sha256, generation+1, same weights
 //
-// Admin API on a token-protected sidecar: TestBadAdminRequest [33] (§5
-// cases 35-37). Each answer is a JSON {"error","field"}; every request that
-// reaches a mutation route writes exactly one audit line (result
-// "rejected" or "unauthorized"); the token never appears in an answer or
-// the log:
+// Admin API on a token-protected sidecar: TestBadAdminRequest [33]
+// (docs/admin-api.md). Each answer is a JSON {"error","field"}; every
+// request that reaches a mutation route writes exactly one audit line
+// (result "rejected" or "unauthorized"); the token never appears in an
+// answer or the log:
 //
 //	bad JSON, trailing garbage, empty body      400
 //	unknown field                               400 field "percent"
@@ -68,9 +68,9 @@
 //	explain bad header name, assign without     400 field "headers.x bad" / "user_id",
 //	  user_id or to an unknown experiment         404 field "experiment"
 //
-// ext_proc protocol through the gRPC server: TestExtProcProtocol [23] (§5
-// cases 18-25). After each stream the server still decides and the
-// configuration has not moved:
+// ext_proc protocol through the gRPC server: TestExtProcProtocol [23].
+// After each stream the server still decides and the configuration has
+// not moved:
 //
 //	no :authority, empty or nil HeaderMap       decided (the "*" service)
 //	non-UTF-8, CR/LF/NUL in raw_value           decided (sticky)
@@ -97,21 +97,21 @@
 // not an object or with a number value, assign_variant without user_id,
 // and a line over node.MaxLineBytes (error reply, next line answered).
 //
-// Security (§4, §5 cases 35-36, 42): TestCheckBindAddress [14] (0.0.0.0,
-// [::], ":port", LAN IPs and hostnames refused without a token; 127.0.0.1,
-// 127.0.0.2, [::1], localhost accepted; anything with a token);
-// TestTokenFileRotation [6] (token file re-read per request; an emptied
-// file keeps the last token); TestAuditEveryMutation [9] (accepted and
-// refused mutations: one audit line each with result, endpoint, remote
-// and actor; reads: none); TestMutationNeedsLoopbackHost [3] (no token
-// and a non-loopback Host: 403, audited); TestMetricLabelsClosed (2,000
-// requests with random authorities, methods, paths, header and cookie
-// values plus random admin paths: no request data in any label, no new
-// series in the second 1,000, decision series within the configuration's
-// set; config_info keeps exactly one series and changes only on a good
-// reload). The Envoy bootstrap's removal of client-sent route headers is
-// tested through a real Envoy in e2e (TestSplitterDownFailsOpen, with
-// TestSpoofNegativeControl as the negative control).
+// Security (docs/admin-api.md, docs/metrics.md): TestCheckBindAddress [14]
+// (0.0.0.0, [::], ":port", LAN IPs and hostnames refused without a token;
+// 127.0.0.1, 127.0.0.2, [::1], localhost accepted; anything with a token);
+// TestTokenFileRotation [6] (token file re-read per request; an emptied file
+// keeps the last token); TestAuditEveryMutation [9] (accepted and refused
+// mutations: one audit line each with result, endpoint, remote and actor;
+// reads: none); TestMutationNeedsLoopbackHost [3] (no token and a
+// non-loopback Host: 403, audited); TestMetricLabelsClosed (2,000 requests
+// with random authorities, methods, paths, header and cookie values plus
+// random admin paths: no request data in any label, no new series in the
+// second 1,000, decision series within the configuration's set; config_info
+// keeps exactly one series and changes only on a good reload). The Envoy
+// bootstrap's removal of client-sent route headers is tested through a real
+// Envoy in e2e (TestSplitterDownFailsOpen, with TestSpoofNegativeControl as
+// the negative control).
 //
 // Churn soak: TestChurnSoak sends -soak.requests ext_proc requests (default
 // 200,000; 50,000 under -race) from 64 goroutines over 4 connections while

@@ -6,7 +6,7 @@
 //
 // # Decisions
 //
-// Decide looks at a Request in this order (SPEC §1):
+// Decide looks at a Request in this order (docs/decisions.md):
 //
 //  1. Service: the service whose hosts match the authority, in Envoy's
 //     virtual-host order: an exact host, then the longest matching

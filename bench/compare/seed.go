@@ -5,8 +5,8 @@ import (
 	"github.com/trafficsplit/splitter/split"
 )
 
-// SeedConfig is the seed's routing configuration (SPEC §4), the same as
-// the built-in default but passed as a file, as an operator would: service
+// SeedConfig is the seed's routing configuration (the built-in default of
+// docs/configuration.md) passed as a file, as an operator would: service
 // api on every host, v1 80 / v2 20, x-beta: true pins v2, sticky on
 // x-user-id, and an A/B experiment on x-user-id written to x-variant.
 const SeedConfig = split.DefaultYAML

@@ -1,6 +1,6 @@
 // Package reload keeps the routing configuration in step with its file.
 //
-// It does not use viper's WatchConfig (see RELIABILITY.md §1: it races,
+// It does not use viper's WatchConfig (see docs/live-changes.md: it races,
 // stops for good after a remove, exits the process when inotify is
 // exhausted and cannot be stopped). Instead a Reloader watches the file's
 // parent directory with fsnotify and treats any event there as "maybe
