@@ -20,6 +20,7 @@ import (
 
 	"github.com/trafficsplit/splitter/envoy"
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/settings"
 	"github.com/trafficsplit/splitter/internal/testbed"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -238,27 +239,39 @@ func TestKubernetesManifests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	type container struct {
+		Name           string `yaml:"name"`
+		Image          string `yaml:"image"`
+		RestartPolicy  string `yaml:"restartPolicy"`
+		ReadinessProbe any    `yaml:"readinessProbe"`
+		LivenessProbe  any    `yaml:"livenessProbe"`
+		StartupProbe   any    `yaml:"startupProbe"`
+		Resources      any    `yaml:"resources"`
+		Lifecycle      struct {
+			PreStop struct {
+				Sleep struct {
+					Seconds int `yaml:"seconds"`
+				} `yaml:"sleep"`
+			} `yaml:"preStop"`
+		} `yaml:"lifecycle"`
+		Security struct {
+			ReadOnlyRoot bool `yaml:"readOnlyRootFilesystem"`
+		} `yaml:"securityContext"`
+		VolumeMounts []struct {
+			Name      string `yaml:"name"`
+			MountPath string `yaml:"mountPath"`
+			SubPath   string `yaml:"subPath"`
+		} `yaml:"volumeMounts"`
+	}
 	var dep struct {
 		Kind string `yaml:"kind"`
 		Spec struct {
 			Template struct {
 				Spec struct {
-					Containers []struct {
-						Name           string `yaml:"name"`
-						Image          string `yaml:"image"`
-						ReadinessProbe any    `yaml:"readinessProbe"`
-						LivenessProbe  any    `yaml:"livenessProbe"`
-						Resources      any    `yaml:"resources"`
-						Security       struct {
-							ReadOnlyRoot bool `yaml:"readOnlyRootFilesystem"`
-						} `yaml:"securityContext"`
-						VolumeMounts []struct {
-							Name      string `yaml:"name"`
-							MountPath string `yaml:"mountPath"`
-							SubPath   string `yaml:"subPath"`
-						} `yaml:"volumeMounts"`
-					} `yaml:"containers"`
-					Volumes []struct {
+					TerminationGrace int         `yaml:"terminationGracePeriodSeconds"`
+					InitContainers   []container `yaml:"initContainers"`
+					Containers       []container `yaml:"containers"`
+					Volumes          []struct {
 						Name      string         `yaml:"name"`
 						ConfigMap map[string]any `yaml:"configMap"`
 						Secret    map[string]any `yaml:"secret"`
@@ -273,10 +286,25 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := dep.Spec.Template.Spec
-	if dep.Kind != "Deployment" || len(pod.Containers) != 2 {
-		t.Fatalf("want a Deployment with the envoy and splitter containers, got %s with %d", dep.Kind, len(pod.Containers))
+	// Envoy's traffic stops before the splitter's: the splitter is a native
+	// sidecar (an init container that keeps running), which the kubelet
+	// starts before Envoy and stops only after Envoy has exited; Envoy
+	// pauses in preStop while endpoints are withdrawn.
+	if dep.Kind != "Deployment" || len(pod.Containers) != 1 || pod.Containers[0].Name != "envoy" ||
+		len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "splitter" || pod.InitContainers[0].RestartPolicy != "Always" {
+		t.Fatalf("want a Deployment with envoy as its container and splitter as a native sidecar (init container, restartPolicy Always)")
 	}
-	for _, c := range pod.Containers {
+	if pod.InitContainers[0].StartupProbe == nil {
+		t.Error("the splitter sidecar has no startup probe: Envoy could start before it is ready")
+	}
+	preStop := pod.Containers[0].Lifecycle.PreStop.Sleep.Seconds
+	d := settings.Defaults()
+	drain := int((d.DrainDelay + d.ShutdownTimeout).Seconds())
+	if preStop == 0 || pod.TerminationGrace < preStop+drain {
+		t.Errorf("envoy preStop sleep %ds and grace period %ds: want a pause, and a grace period covering it plus the splitter's drain (%ds)",
+			preStop, pod.TerminationGrace, drain)
+	}
+	for _, c := range append(pod.InitContainers, pod.Containers...) {
 		if c.ReadinessProbe == nil || c.LivenessProbe == nil || c.Resources == nil || !c.Security.ReadOnlyRoot {
 			t.Errorf("container %s lacks probes, resources or a read-only root", c.Name)
 		}

@@ -85,6 +85,12 @@ type bed struct {
 // newBed starts a bed for mode with config as the splitter's file.
 func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *bed {
 	t.Helper()
+	return newBedArgs(t, mode, config, nil, versions...)
+}
+
+// newBedArgs is newBed with extra command-line arguments for the splitter.
+func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, versions ...string) *bed {
+	t.Helper()
 	requireEnvoy(t)
 	if len(versions) == 0 {
 		versions = []string{"v1", "v2"}
@@ -97,7 +103,7 @@ func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *b
 	}
 	b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
 	writeFile(t, b.cfgPath, config)
-	b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath)
+	b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath, args...)
 	if err != nil {
 		t.Fatal(err)
 	}

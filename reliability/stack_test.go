@@ -87,6 +87,7 @@ func startStack(t *testing.T, content []byte, mod func(*settings.Settings)) *sta
 	s.AdminAddr = "127.0.0.1:0"
 	s.ReloadDebounce = time.Hour
 	s.ReloadPollInterval = time.Hour
+	s.DrainDelay = 0
 	s.ShutdownTimeout = 10 * time.Second
 	if mod != nil {
 		mod(&s)

@@ -508,8 +508,18 @@ func TestChangedProcessSettingIsWarned(t *testing.T) {
 	next := "grpc_addr: 127.0.0.1:9999\nadmin_token: new-secret\n" + routing(30)
 	write(t, path, next)
 	f.waitSHA(t, next)
+	// The warning is logged right after the new snapshot is published, so
+	// wait for it rather than read the log at once.
+	warned := func() bool {
+		logs := f.logs.String()
+		return strings.Contains(logs, "restart") && strings.Contains(logs, "grpc_addr") && strings.Contains(logs, "admin_token")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !warned() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	logs := f.logs.String()
-	if !strings.Contains(logs, "restart") || !strings.Contains(logs, "grpc_addr") || !strings.Contains(logs, "admin_token") {
+	if !warned() {
 		t.Errorf("no restart warning naming grpc_addr and admin_token:\n%s", logs)
 	}
 	if strings.Contains(logs, "secret") {

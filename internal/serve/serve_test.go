@@ -84,6 +84,7 @@ func testSettings(path string) settings.Settings {
 	s.AdminAddr = "127.0.0.1:0"
 	s.ReloadDebounce = time.Hour
 	s.ReloadPollInterval = time.Hour
+	s.DrainDelay = 0 // TestDrainDelay sets its own
 	s.ShutdownTimeout = 30 * time.Second
 	return s
 }

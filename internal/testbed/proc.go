@@ -235,6 +235,13 @@ func (p *Proc) Kill() error {
 	return nil
 }
 
+// Terminate sends SIGTERM and returns at once; Exited tells when the
+// process is gone.
+func (p *Proc) Terminate() error {
+	_ = p.signal(syscall.SIGCONT) // a paused process cannot handle SIGTERM
+	return p.signal(syscall.SIGTERM)
+}
+
 // Stop sends SIGTERM and waits for the exit; when ctx ends first, it kills.
 // It returns the exit error of a process that did not exit cleanly.
 func (p *Proc) Stop(ctx context.Context) error {

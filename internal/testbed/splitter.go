@@ -81,6 +81,9 @@ func (s *Splitter) start(ctx context.Context, grpcAddr, adminAddr string) error 
 		"--grpc-addr", grpcAddr,
 		"--admin-addr", adminAddr,
 		"--ready-file", s.readyFile,
+		// Stopping a test's splitter need not wait; tests of the drain
+		// pass their own --drain-delay, which wins (it comes later).
+		"--drain-delay", "0s",
 	}, s.extra...)
 	if err := s.Proc.Start(); err != nil {
 		return err
