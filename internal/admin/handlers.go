@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -225,23 +226,10 @@ func (e *explainRequest) toRequest() (*split.Request, *apiError) {
 			return nil, errorf(http.StatusBadRequest, field, "%s must be a string or a list of strings", field)
 		}
 		for _, v := range values {
-			switch lname {
-			case ":authority", "host":
-				if req.Authority == "" {
-					req.Authority = v
-				}
-			case ":method":
-				if req.Method == "" {
-					req.Method = v
-				}
-			case ":path":
-				if req.Path == "" {
-					req.Path = v
-				}
-			}
-			req.Headers = append(req.Headers, split.Header{Name: lname, Value: v})
+			adapter.AddHeader(req, lname, v)
 		}
 	}
+	adapter.FinishRequest(req)
 	if len(e.Cookies) > 0 {
 		parts := make([]string, 0, len(e.Cookies))
 		for _, name := range sortedKeys(e.Cookies) {

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -128,16 +127,7 @@ func (r *running) stop(t *testing.T) {
 
 func (r *running) get(t *testing.T, path string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get("http://" + r.addrs.Admin + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, b
+	return r.send(t, http.MethodGet, path, "")
 }
 
 func (r *running) servingSHA(t *testing.T) string {
