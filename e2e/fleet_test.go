@@ -36,7 +36,7 @@ const fleetConfig = `services:
 // sharing backends v1 and v2.
 type fleetBed struct {
 	*testbed.Bed
-	etcd     *testbed.Etcd
+	etcd *testbed.Etcd
 	// proxy sits between replica B and etcd, to partition B alone.
 	proxy    *testbed.Proxy
 	replicas []*testbed.Splitter
