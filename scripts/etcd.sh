@@ -14,7 +14,10 @@ bin="$root/.venv/bin/etcd"
 go=${GO:-go}
 
 have_version() {
-  [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "etcd Version: $want\$"
+  # Captured first: grep -q stops reading at the first line, and etcd
+  # writing the rest into a closed pipe would fail the pipeline.
+  local out
+  [ -x "$bin" ] && out=$("$bin" --version 2>/dev/null) && grep -q "^etcd Version: $want\$" <<<"$out"
 }
 
 if ! have_version; then
