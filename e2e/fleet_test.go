@@ -522,3 +522,52 @@ func TestFleetEndpointInFileMode(t *testing.T) {
 		t.Fatalf("GET /v1/fleet in file mode: %v", err)
 	}
 }
+
+// splitter config push and get, as an operator runs them.
+func TestFleetConfigCLI(t *testing.T) {
+	fb := newFleet(t, 0, false) // etcd with the document pushed by newFleet
+	dir := t.TempDir()
+	exitCode := func(err error) int {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	}
+
+	cmd := exec.CommandContext(t.Context(), found.splitterBin, "config", "get", "--etcd-endpoints", fb.etcd.Endpoint)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("config get: %v\n%s", err, stderr.String())
+	}
+	var rev int64
+	if _, err := fmt.Sscanf(stderr.String(), "revision %d", &rev); err != nil || stdout.String() != fleetConfig {
+		t.Fatalf("config get: stdout %q stderr %q", stdout.String(), stderr.String())
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	writeFile(t, bad, strings.Replace(fleetConfig, "v2: 20", "v2: 30", 1))
+	out, err := fb.cli(t, "config", "push", bad)
+	if exitCode(err) != 1 || !strings.Contains(out, "not 100") || !strings.Contains(out, "nothing written") {
+		t.Fatalf("push of an invalid file: %v\n%s", err, out)
+	}
+
+	next := filepath.Join(dir, "next.yaml")
+	writeFile(t, next, strings.Replace(fleetConfig, "{v1: 80, v2: 20}", "{v1: 70, v2: 30}", 1))
+	out, err = fb.cli(t, "config", "push", "--expect-revision", strconv.FormatInt(rev+100, 10), next)
+	if exitCode(err) != 1 || !strings.Contains(out, "not the expected one") {
+		t.Fatalf("push with a stale revision: %v\n%s", err, out)
+	}
+	out, err = fb.cli(t, "config", "push", "--expect-revision", strconv.FormatInt(rev, 10), next)
+	if err != nil || !strings.Contains(out, "written to /splitter/config at revision") {
+		t.Fatalf("push with the right revision: %v\n%s", err, out)
+	}
+
+	raw, err := exec.CommandContext(t.Context(), found.splitterBin, "config", "get").CombinedOutput()
+	if exitCode(err) != 2 || !strings.Contains(string(raw), "etcd_endpoints is not set") {
+		t.Fatalf("get without endpoints: %v\n%s", err, raw)
+	}
+}
