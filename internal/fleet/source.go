@@ -605,7 +605,15 @@ func (s *Source) watch(ctx context.Context) (needRead bool, why string) {
 		}
 		s.mu.Lock()
 		var setAts []time.Time
+		newer := false
 		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision <= s.rev {
+				// Already in a full read (POST /v1/reload) that ran while
+				// this response was on its way: applying it again would
+				// move keys, and the revision, backwards.
+				continue
+			}
+			newer = true
 			key := string(ev.Kv.Key)
 			switch ev.Type {
 			case mvccpb.PUT:
@@ -618,6 +626,10 @@ func (s *Source) watch(ctx context.Context) (needRead bool, why string) {
 			case mvccpb.DELETE:
 				delete(s.kvs, key)
 			}
+		}
+		if !newer {
+			s.mu.Unlock()
+			continue
 		}
 		rev := resp.Events[len(resp.Events)-1].Kv.ModRevision
 		if err := s.applyLocked(rev, setAts); err != nil {
