@@ -269,6 +269,11 @@ func TestFleetCanaryThroughEnvoy(t *testing.T) {
 	for i, c := range fb.clients {
 		assertSplitVia(t, c, 100, map[string]int{"v1": 50, "v2": 50}, fmt.Sprintf("envoy %d after", i))
 	}
+	for _, s := range fb.replicas {
+		if n := metric(t, s, "splitter_etcd_propagation_seconds_count"); n < 1 {
+			t.Fatalf("%s: propagation not measured (%v)", s.Name, n)
+		}
+	}
 
 	// The same sticky answer everywhere, for 10,000 keys.
 	const keys = 10000
