@@ -146,7 +146,9 @@ func New(o Options) *Source {
 	if s.m == nil {
 		s.m = NewMetrics(nil)
 	}
-	s.conn.Store(&connState{since: s.now()})
+	start := &connState{since: s.now()}
+	s.conn.Store(start)
+	s.m.setConnected(false, start.since) // until the first answer from etcd
 	s.startedFrom.Store("")
 	return s
 }
@@ -520,9 +522,7 @@ func (s *Source) Run(ctx context.Context) error {
 
 func (s *Source) watchLoop(ctx context.Context) {
 	backoff := minBackoff
-	s.mu.Lock()
 	needRead := s.startedFrom.Load() != "etcd" || s.store.Load() == nil
-	s.mu.Unlock()
 	for ctx.Err() == nil {
 		if err := s.connect(ctx); err != nil {
 			s.setConnected(false, err)
