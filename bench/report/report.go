@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/trafficsplit/splitter/bench/compare"
+	"github.com/trafficsplit/splitter/bench/fleetprop"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
 )
 
@@ -151,6 +152,9 @@ type Results struct {
 	ExtProc *compare.Result  `json:"ext_proc,omitempty"`
 	Micro   []Micro          `json:"micro,omitempty"`
 	Envoy   *viaenvoy.Result `json:"envoy,omitempty"`
+	// Fleet is measured on its own (make bench-fleet) and names its
+	// machine itself.
+	Fleet *fleetprop.Result `json:"fleet,omitempty"`
 }
 
 const (
@@ -158,6 +162,7 @@ const (
 	extprocFile = "extproc.json"
 	microFile   = "micro.json"
 	envoyFile   = "envoy.json"
+	fleetFile   = "fleet.json"
 )
 
 // Save writes the non-nil parts of r as JSON files in dir.
@@ -174,6 +179,7 @@ func Save(dir string, r *Results) error {
 		{extprocFile, r.ExtProc, r.ExtProc != nil},
 		{microFile, r.Micro, r.Micro != nil},
 		{envoyFile, r.Envoy, r.Envoy != nil},
+		{fleetFile, r.Fleet, r.Fleet != nil},
 	}
 	for _, p := range parts {
 		if !p.set {
@@ -198,6 +204,7 @@ func Load(dir string) (*Results, error) {
 		v    any
 	}{
 		{machineFile, &r.Machine}, {extprocFile, &r.ExtProc}, {microFile, &r.Micro}, {envoyFile, &r.Envoy},
+		{fleetFile, &r.Fleet},
 	}
 	for _, p := range parts {
 		data, err := os.ReadFile(filepath.Join(dir, p.name))
@@ -235,6 +242,9 @@ func Render(w io.Writer, r *Results) error {
 	}
 	if r.Envoy != nil {
 		viaenvoy.Render(&b, r.Envoy)
+	}
+	if r.Fleet != nil {
+		fleetprop.Render(&b, r.Fleet)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

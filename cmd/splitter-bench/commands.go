@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trafficsplit/splitter/bench/compare"
+	"github.com/trafficsplit/splitter/bench/fleetprop"
 	"github.com/trafficsplit/splitter/bench/loadgen"
 	"github.com/trafficsplit/splitter/bench/noop"
 	"github.com/trafficsplit/splitter/bench/proc"
@@ -394,5 +395,41 @@ func newAllCmd() *cobra.Command {
 	cmd.PreRun = func(*cobra.Command, []string) { v.Splitter = e.splitter }
 	o.register(cmd)
 	cmd.Flags().BoolVar(&skipEnvoy, "skip-envoy", false, "leave out the runs through Envoy")
+	return cmd
+}
+
+func newFleetCmd() *cobra.Command {
+	var (
+		cfg fleetprop.Config
+		out outFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "fleet",
+		Short: "Fleet propagation through a real etcd: admin change on one replica until applied on all N",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Logger = logger()
+			m := report.ReadMachine()
+			res, err := fleetprop.Run(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			res.Machine = fmt.Sprintf("%s, %d cores, %s, kernel %s, %s, load average at start %s",
+				m.Model, m.Cores, m.Go, m.Kernel, m.Date, m.Load)
+			for _, s := range res.Setups {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-9s N=%-3d writer p50 %.1f ms p99 %.1f ms; all applied p50 %.1f ms p99 %.1f ms max %.1f ms\n",
+					s.Name, s.Replicas, s.WriterP50ms, s.WriterP99ms, s.AllP50ms, s.AllP99ms, s.AllMaxms)
+			}
+			return out.save(&report.Results{Fleet: res})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.SplitterBin, "splitter", "bin/splitter", "the splitter binary")
+	f.StringVar(&cfg.EtcdBin, "etcd", ".venv/bin/etcd", "the etcd binary (scripts/etcd.sh)")
+	f.IntVar(&cfg.Changes, "changes", 100, "changes per setup")
+	f.IntVar(&cfg.Processes, "processes", 3, "splitter processes of the processes setup")
+	f.IntVar(&cfg.Watchers, "watchers", 100, "fleet sources of the watchers setup")
+	f.DurationVar(&cfg.PollInterval, "poll", time.Millisecond, "admin API poll interval of the processes setup")
+	out.register(cmd)
 	return cmd
 }

@@ -12,6 +12,7 @@
 //	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
 //	POST   /v1/explain                    {"authority", "path", "method", "headers", "cookies"}
 //	POST   /v1/reload                     same path as the file watcher; 422 keeps the old config
+//	GET    /v1/fleet                      fleet mode: every replica's applied revision (404 otherwise)
 //	GET    /metrics, /healthz (liveness), /readyz (config loaded and not draining)
 //
 // Every answer is JSON; errors are {"error": "...", "field": "..."} with the
@@ -87,6 +88,12 @@ type Options struct {
 	// Pprof serves net/http/pprof under /debug/pprof/ (same authorisation
 	// as mutations); false: the routes do not exist.
 	Pprof bool
+	// Fleet answers GET /v1/fleet in fleet mode (etcd); an error is a 503.
+	// nil: 404, not in fleet mode.
+	Fleet func(ctx context.Context) (any, error)
+	// FleetStatus, when set, is shown as "fleet" in the config section of
+	// the services views.
+	FleetStatus func() any
 }
 
 // New returns the admin API handler.
@@ -110,6 +117,7 @@ func New(opts Options) http.Handler {
 		{pattern: "POST /v1/assign", fn: a.assign, body: true},
 		{pattern: "POST /v1/explain", fn: a.explain, body: true},
 		{pattern: "POST /v1/reload", fn: a.reload, mutation: true, body: true, emptyBodyOK: true},
+		{pattern: "GET /v1/fleet", fn: a.fleet},
 		{pattern: "GET /healthz", fn: a.healthz},
 		{pattern: "GET /readyz", fn: a.readyz},
 	}
@@ -155,6 +163,7 @@ type auditEvent struct {
 	service    string
 	old, new   string
 	generation uint64
+	revision   int64 // etcd revision of the commit (fleet mode)
 }
 
 // change records a mutation's effect: the weights it replaced and set, as
@@ -164,6 +173,7 @@ func (ev *auditEvent) change(ch store.Change) {
 	if ch.Snapshot != nil {
 		ev.generation = ch.Snapshot.Generation
 	}
+	ev.revision = ch.Revision
 }
 
 // apiError is an error answer.
@@ -256,6 +266,9 @@ func (a *api) auditLine(r *http.Request, endpoint, actor string, status int, err
 	}
 	if ev.generation != 0 {
 		attrs = append(attrs, slog.Uint64("generation", ev.generation))
+	}
+	if ev.revision != 0 {
+		attrs = append(attrs, slog.Int64("revision", ev.revision))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))

@@ -79,7 +79,7 @@ func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any,
 		return 0, nil, storeError(err, "percentage")
 	}
 	ev.change(ch)
-	return http.StatusOK, weightsAnswer{service: name, weights: ch.New}, nil
+	return http.StatusOK, weightsAnswer{service: name, weights: ch.New, revision: ch.Revision}, nil
 }
 
 // parsePercentage accepts a JSON number 0..100 with at most two decimals;
@@ -118,7 +118,7 @@ func (a *api) putWeights(r *http.Request, body []byte, ev *auditEvent) (int, any
 		return 0, nil, storeError(err, "weights")
 	}
 	ev.change(ch)
-	return http.StatusOK, weightsAnswer{service: name, weights: ch.New}, nil
+	return http.StatusOK, weightsAnswer{service: name, weights: ch.New, revision: ch.Revision}, nil
 }
 
 // weightsField names a weights error's field: the version, prefixed so it
@@ -286,6 +286,19 @@ func (a *api) reload(r *http.Request, body []byte, ev *auditEvent) (int, any, er
 	}, nil
 }
 
+// fleet is GET /v1/fleet: the replicas and their applied revisions, read
+// from etcd.
+func (a *api) fleet(r *http.Request, _ []byte, _ *auditEvent) (int, any, error) {
+	if a.opts.Fleet == nil {
+		return 0, nil, errorf(http.StatusNotFound, "", "not in fleet mode: etcd_endpoints is not set")
+	}
+	v, err := a.opts.Fleet(r.Context())
+	if err != nil {
+		return 0, nil, errorf(http.StatusServiceUnavailable, "", "%v", err)
+	}
+	return http.StatusOK, v, nil
+}
+
 type statusAnswer struct {
 	Status string `json:"status"`
 }
@@ -314,7 +327,7 @@ func storeError(err error, field string) error {
 		return errorf(http.StatusNotFound, "name", "%v", err)
 	case errors.Is(err, split.ErrNotTwoVersions):
 		return errorf(http.StatusConflict, "name", "%v", err)
-	case errors.Is(err, store.ErrNoConfig):
+	case errors.Is(err, store.ErrNoConfig), errors.Is(err, store.ErrUnavailable):
 		return errorf(http.StatusServiceUnavailable, "", "%v", err)
 	case errors.As(err, &fe):
 		if field == "weights" {

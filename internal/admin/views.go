@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"github.com/trafficsplit/splitter/internal/store"
@@ -50,10 +51,17 @@ type configView struct {
 	Generation        uint64     `json:"generation"`
 	LastReloadError   *string    `json:"last_reload_error"`
 	LastReloadErrorAt *time.Time `json:"last_reload_error_at"`
+	// Revision and Fleet are set in fleet mode only: the etcd revision of
+	// the state in force, and this replica's connection to etcd.
+	Revision int64 `json:"revision,omitempty"`
+	Fleet    any   `json:"fleet,omitempty"`
 }
 
 func (a *api) configView(snap *store.Snapshot) configView {
-	v := configView{SHA256: snap.SHA256, Source: snap.Source, LoadedAt: snap.LoadedAt, Generation: snap.Generation}
+	v := configView{SHA256: snap.SHA256, Source: snap.Source, LoadedAt: snap.LoadedAt, Generation: snap.Generation, Revision: snap.Revision}
+	if a.opts.FleetStatus != nil {
+		v.Fleet = a.opts.FleetStatus()
+	}
 	if msg, at := a.opts.Store.LastReloadError(); msg != "" {
 		v.LastReloadError, v.LastReloadErrorAt = &msg, &at
 	}
@@ -95,8 +103,9 @@ func newKeyView(k *split.Key) *split.Key {
 // weightsAnswer is {"service":"api","v1":50,"v2":50}: the service, then
 // each version in declared order.
 type weightsAnswer struct {
-	service string
-	weights split.Weights
+	service  string
+	weights  split.Weights
+	revision int64 // etcd revision of the commit; 0: not shown
 }
 
 func (w weightsAnswer) MarshalJSON() ([]byte, error) {
@@ -114,6 +123,9 @@ func (w weightsAnswer) MarshalJSON() ([]byte, error) {
 	if inner := bytes.TrimSuffix(bytes.TrimPrefix(ws, []byte("{")), []byte("}")); len(inner) > 0 {
 		b.WriteByte(',')
 		b.Write(inner)
+	}
+	if w.revision != 0 {
+		fmt.Fprintf(&b, `,"revision":%d`, w.revision)
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil

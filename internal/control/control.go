@@ -1,7 +1,7 @@
 // Package control is everything one splitter process runs besides Envoy's
 // wire format: the routing configuration and where it comes from (the
-// file, watched and reloaded), runtime overrides and the state file,
-// metrics, and the admin API. The sidecar (package serve) puts the gRPC
+// file, watched and reloaded, or etcd in fleet mode: package fleet),
+// runtime overrides and the state file, metrics, and the admin API. The sidecar (package serve) puts the gRPC
 // adapters in front of a Plane; the in-process module puts Envoy's filter
 // hooks in front of one. Both read decisions from Plane.Table and report
 // to Plane.Recorder.
@@ -28,6 +28,7 @@ import (
 	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/admin"
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/fleet"
 	"github.com/trafficsplit/splitter/internal/metrics"
 	"github.com/trafficsplit/splitter/internal/reload"
 	"github.com/trafficsplit/splitter/internal/settings"
@@ -65,6 +66,7 @@ type Plane struct {
 	metrics  *metrics.Metrics
 	registry *prometheus.Registry
 	reloader *reload.Reloader
+	fleet    *fleet.Source // fleet mode only; then reloader is nil
 	admin    *http.Server
 	adminLis net.Listener
 	draining atomic.Bool
@@ -93,9 +95,16 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	}
 	p.store = st
 
-	fileSettings, err := p.loadInitial()
+	var fileSettings map[string]string
+	if s.FleetMode() {
+		err = p.startFleet(opts)
+	} else {
+		fileSettings, err = p.loadInitial()
+	}
 	if err != nil {
-		if !opts.TolerateBadConfig {
+		// Without a source (fleet settings unusable) there is nothing to
+		// recover from, tolerated or not.
+		if !opts.TolerateBadConfig || (s.FleetMode() && p.fleet == nil) {
 			return nil, err
 		}
 		st.RecordReloadError(err)
@@ -111,19 +120,9 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		return nil, err
 	}
 
-	p.reloader = reload.New(reload.Options{
-		Path:         s.ConfigPath,
-		Store:        st,
-		Logger:       logger,
-		Metrics:      p.metrics,
-		Debounce:     s.ReloadDebounce,
-		PollInterval: s.ReloadPollInterval,
-		FileSettings: fileSettings,
-	})
-	p.admin = admin.NewServer(s.AdminAddr, admin.New(admin.Options{
+	adminOpts := admin.Options{
 		Store:    st,
 		Mutator:  st,
-		Reload:   p.reloader.Reload,
 		Token:    token,
 		Metrics:  promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}),
 		Ready:    func() bool { return !p.draining.Load() && st.Load() != nil },
@@ -131,9 +130,28 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		Audit:    logger.With("log", "audit"),
 		Recorder: p.metrics,
 		Pprof:    s.Pprof,
-	}))
+	}
+	if p.fleet != nil {
+		adminOpts.Mutator = p.fleet
+		adminOpts.Reload = p.fleet.Reload
+		adminOpts.Fleet = func(ctx context.Context) (any, error) { return p.fleet.Fleet(ctx) }
+		adminOpts.FleetStatus = func() any { return p.fleet.Status() }
+	} else {
+		p.reloader = reload.New(reload.Options{
+			Path:         s.ConfigPath,
+			Store:        st,
+			Logger:       logger,
+			Metrics:      p.metrics,
+			Debounce:     s.ReloadDebounce,
+			PollInterval: s.ReloadPollInterval,
+			FileSettings: fileSettings,
+		})
+		adminOpts.Reload = p.reloader.Reload
+	}
+	p.admin = admin.NewServer(s.AdminAddr, admin.New(adminOpts))
 	lis, err := net.Listen("tcp", s.AdminAddr)
 	if err != nil {
+		p.closeFleet()
 		return nil, fmt.Errorf("admin_addr: %w", err)
 	}
 	p.adminLis = lis
@@ -194,8 +212,17 @@ func (p *Plane) Headers() adapter.Headers { return p.headers }
 // AdminAddr returns the address the admin API listens on.
 func (p *Plane) AdminAddr() string { return p.adminLis.Addr().String() }
 
-// Reload re-reads the configuration now (SIGHUP, tests).
-func (p *Plane) Reload(ctx context.Context) (string, error) { return p.reloader.Reload(ctx) }
+// Reload re-reads the configuration now (SIGHUP, tests): the file, or in
+// fleet mode everything from etcd.
+func (p *Plane) Reload(ctx context.Context) (string, error) {
+	if p.fleet != nil {
+		return p.fleet.Reload(ctx)
+	}
+	return p.reloader.Reload(ctx)
+}
+
+// Fleet returns the etcd source in fleet mode, else nil.
+func (p *Plane) Fleet() *fleet.Source { return p.fleet }
 
 // Drain makes /readyz answer 503 from now on; decisions go on.
 func (p *Plane) Drain() { p.draining.Store(true) }
@@ -208,7 +235,12 @@ func (p *Plane) Run(ctx context.Context) error {
 	bg, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = p.reloader.Run(bg) })
+	if p.fleet != nil {
+		defer p.closeFleet()
+		wg.Go(func() { _ = p.fleet.Run(bg) })
+	} else {
+		wg.Go(func() { _ = p.reloader.Run(bg) })
+	}
 	served := make(chan error, 1)
 	go func() { served <- p.admin.Serve(p.adminLis) }()
 
@@ -235,4 +267,49 @@ func (p *Plane) Run(ctx context.Context) error {
 }
 
 // Close releases what New acquired when Run is never called.
-func (p *Plane) Close() error { return p.adminLis.Close() }
+func (p *Plane) Close() error {
+	p.closeFleet()
+	return p.adminLis.Close()
+}
+
+// startFleet builds the etcd source and loads the first state from etcd
+// or the cache file. The routing part of a configuration file is not used
+// in fleet mode (the file may still hold process settings).
+func (p *Plane) startFleet(opts Options) error {
+	s := p.settings
+	if s.ConfigPath != "" {
+		if l, err := config.ReadFile(s.ConfigPath); err == nil && len(l.Config.Services) > 0 {
+			p.log.Warn("fleet mode: the services in the configuration file are ignored; the routing configuration comes from etcd",
+				"path", s.ConfigPath, "etcd_prefix", s.EtcdPrefix)
+		}
+	}
+	co, err := fleet.ClientOptionsFrom(s)
+	if err != nil {
+		return err
+	}
+	p.fleet = fleet.New(fleet.Options{
+		Client:    co,
+		Prefix:    s.EtcdPrefix,
+		NodeID:    s.NodeID,
+		CacheFile: s.EtcdCacheFile,
+		Store:     p.store,
+		Logger:    p.log.With("component", "fleet"),
+		Metrics:   fleet.NewMetrics(p.registry),
+	})
+	if err := p.fleet.Start(context.Background()); err != nil {
+		if !opts.TolerateBadConfig {
+			p.closeFleet()
+		}
+		return err
+	}
+	snap := p.store.Load()
+	p.log.Info("fleet configuration loaded", "node_id", s.NodeID, "revision", snap.Revision, "sha256", snap.SHA256,
+		"services", len(snap.File.Services), "from", p.fleet.Status().StartedFrom)
+	return nil
+}
+
+func (p *Plane) closeFleet() {
+	if p.fleet != nil {
+		p.fleet.Close()
+	}
+}

@@ -64,7 +64,23 @@ type Settings struct {
 	GCPercentSource string
 	// Pprof serves net/http/pprof on the admin port under /debug/pprof/.
 	Pprof bool
+
+	// Fleet mode (docs/fleet.md): with EtcdEndpoints set, the routing
+	// configuration and the overrides come from etcd, not the file.
+	EtcdEndpoints    []string // client URLs; empty: file mode
+	EtcdPrefix       string   // key prefix, ends with "/"
+	NodeID           string   // this replica's name under replicas/
+	EtcdCAFile       string
+	EtcdCertFile     string
+	EtcdKeyFile      string
+	EtcdUsername     string
+	EtcdPasswordFile string
+	EtcdCacheFile    string        // last applied state, for starting while etcd is down
+	EtcdDialTimeout  time.Duration // bound on one connection attempt or request at start
 }
+
+// FleetMode reports whether the routing configuration comes from etcd.
+func (s Settings) FleetMode() bool { return len(s.EtcdEndpoints) > 0 }
 
 // Where Settings.GCPercent came from. An explicit gc_percent (flag,
 // SPLITTER_GC_PERCENT or the file) wins; else GOGC in the environment is
@@ -96,8 +112,14 @@ func Defaults() Settings {
 		ReloadPollInterval: 30 * time.Second,
 		GCPercent:          DefaultGCPercent,
 		GCPercentSource:    GCSourceDefault,
+		EtcdPrefix:         DefaultEtcdPrefix,
+		EtcdDialTimeout:    5 * time.Second,
 	}
 }
+
+// DefaultEtcdPrefix is where the fleet's keys live unless etcd_prefix says
+// otherwise.
+const DefaultEtcdPrefix = "/splitter/"
 
 // Keys are the top-level scalar keys of a configuration file that hold
 // process settings rather than routing configuration.
@@ -107,6 +129,8 @@ func Keys() []string {
 		"route_header", "reason_header", "state_file",
 		"log_level", "log_format", "shutdown_timeout", "drain_delay", "reload_debounce", "reload_poll_interval",
 		"gc_percent", "pprof",
+		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
+		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout",
 	}
 }
 
@@ -141,6 +165,16 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.Duration(flagName("reload_poll_interval"), d.ReloadPollInterval, "how often the file is checked even without events")
 	fs.String(flagName("gc_percent"), "", fmt.Sprintf(`garbage collector target percent, or "off" (default: GOGC if set, else %d)`, DefaultGCPercent))
 	fs.Bool(flagName("pprof"), false, "serve net/http/pprof on the admin port under /debug/pprof/ (guarded like mutations)")
+	fs.String(flagName("etcd_endpoints"), "", "comma-separated etcd client URLs; set, the routing configuration and overrides come from etcd (fleet mode)")
+	fs.String(flagName("etcd_prefix"), d.EtcdPrefix, "etcd key prefix of the fleet (ends with /)")
+	fs.String(flagName("node_id"), "", "this replica's name in the fleet (default: the host name)")
+	fs.String(flagName("etcd_ca_file"), "", "CA bundle to verify etcd's server certificate (TLS)")
+	fs.String(flagName("etcd_cert_file"), "", "client certificate for etcd (TLS client auth; with --etcd-key-file)")
+	fs.String(flagName("etcd_key_file"), "", "client key for etcd (with --etcd-cert-file)")
+	fs.String(flagName("etcd_username"), "", "etcd user (with --etcd-password-file)")
+	fs.String(flagName("etcd_password_file"), "", "file holding the etcd user's password")
+	fs.String(flagName("etcd_cache_file"), "", "file keeping the last applied fleet state, to start from while etcd is down (\"\": none)")
+	fs.Duration(flagName("etcd_dial_timeout"), d.EtcdDialTimeout, "how long one attempt to reach etcd may take at start (then the cache file is used)")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -168,6 +202,9 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"log_level": d.LogLevel, "log_format": d.LogFormat,
 		"shutdown_timeout": d.ShutdownTimeout.String(), "drain_delay": d.DrainDelay.String(), "reload_debounce": d.ReloadDebounce.String(),
 		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
+		"etcd_endpoints": "", "etcd_prefix": d.EtcdPrefix, "node_id": "", "etcd_ca_file": "", "etcd_cert_file": "",
+		"etcd_key_file": "", "etcd_username": "", "etcd_password_file": "", "etcd_cache_file": "",
+		"etcd_dial_timeout": d.EtcdDialTimeout.String(),
 	}
 	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
@@ -241,6 +278,23 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		DrainDelay:         dur("drain_delay"),
 		ReloadDebounce:     dur("reload_debounce"),
 		ReloadPollInterval: dur("reload_poll_interval"),
+		EtcdEndpoints:      splitList(v.GetString("etcd_endpoints")),
+		EtcdPrefix:         v.GetString("etcd_prefix"),
+		NodeID:             v.GetString("node_id"),
+		EtcdCAFile:         v.GetString("etcd_ca_file"),
+		EtcdCertFile:       v.GetString("etcd_cert_file"),
+		EtcdKeyFile:        v.GetString("etcd_key_file"),
+		EtcdUsername:       v.GetString("etcd_username"),
+		EtcdPasswordFile:   v.GetString("etcd_password_file"),
+		EtcdCacheFile:      v.GetString("etcd_cache_file"),
+		EtcdDialTimeout:    dur("etcd_dial_timeout"),
+	}
+	if s.FleetMode() && s.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			errs = append(errs, fmt.Errorf("node_id: not set and the host name is unknown (%v); set --node-id", err))
+		}
+		s.NodeID = host
 	}
 	var err error
 	if s.GCPercent, s.GCPercentSource, err = gcPercent(v.GetString("gc_percent"), env); err != nil {
@@ -308,7 +362,82 @@ func (s Settings) Validate() error {
 	if s.DrainDelay < 0 {
 		add("drain_delay", fmt.Errorf("%s must not be negative", s.DrainDelay))
 	}
+	errs = append(errs, s.validateFleet()...)
 	return errors.Join(errs...)
+}
+
+// validateFleet checks the etcd settings; they are only looked at when
+// etcd_endpoints is set, except that they must not be set without it
+// (a forgotten etcd_endpoints would silently run on the file).
+func (s Settings) validateFleet() []error {
+	var errs []error
+	add := func(key string, err error) { errs = append(errs, fmt.Errorf("%s: %w", key, err)) }
+	if !s.FleetMode() {
+		for _, kv := range [][2]string{
+			{"etcd_ca_file", s.EtcdCAFile}, {"etcd_cert_file", s.EtcdCertFile}, {"etcd_key_file", s.EtcdKeyFile},
+			{"etcd_username", s.EtcdUsername}, {"etcd_password_file", s.EtcdPasswordFile}, {"etcd_cache_file", s.EtcdCacheFile},
+		} {
+			if kv[1] != "" {
+				add(kv[0], errors.New("set without etcd_endpoints (fleet mode is off)"))
+			}
+		}
+		return errs
+	}
+	for _, ep := range s.EtcdEndpoints {
+		host := ep
+		if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+			if scheme != "http" && scheme != "https" {
+				add("etcd_endpoints", fmt.Errorf("%q: scheme must be http or https", ep))
+				continue
+			}
+			host = rest
+		}
+		if err := checkAddr(strings.TrimSuffix(host, "/")); err != nil {
+			add("etcd_endpoints", err)
+		}
+	}
+	if !strings.HasPrefix(s.EtcdPrefix, "/") || !strings.HasSuffix(s.EtcdPrefix, "/") {
+		add("etcd_prefix", fmt.Errorf("%q must start and end with / (such as /splitter/)", s.EtcdPrefix))
+	}
+	if s.NodeID == "" || strings.ContainsAny(s.NodeID, "/ \t\r\n") || len(s.NodeID) > 253 {
+		add("node_id", fmt.Errorf("%q must be 1 to 253 characters without / or white space", s.NodeID))
+	}
+	if (s.EtcdCertFile == "") != (s.EtcdKeyFile == "") {
+		add("etcd_cert_file", errors.New("etcd_cert_file and etcd_key_file go together"))
+	}
+	if (s.EtcdUsername == "") != (s.EtcdPasswordFile == "") {
+		add("etcd_username", errors.New("etcd_username and etcd_password_file go together"))
+	}
+	if s.StateFile != "" {
+		add("state_file", errors.New("not used with etcd_endpoints: overrides live in etcd (etcd_cache_file keeps a local copy)"))
+	}
+	if s.EtcdDialTimeout <= 0 {
+		add("etcd_dial_timeout", fmt.Errorf("%s must be positive", s.EtcdDialTimeout))
+	}
+	return errs
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// EtcdPassword reads etcd_password_file (trimmed, like a token file).
+func (s Settings) EtcdPassword() (string, error) {
+	if s.EtcdPasswordFile == "" {
+		return "", nil
+	}
+	pw, err := readToken(s.EtcdPasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("etcd_password_file: %w", err)
+	}
+	return pw, nil
 }
 
 // gcPercent resolves the GC target from the gc_percent setting (empty:

@@ -41,6 +41,9 @@ type Snapshot struct {
 	Source     string                   // file path, or "built-in default"
 	LoadedAt   time.Time                // when the file config was (re)loaded
 	Generation uint64                   // +1 on every swap (file or override)
+	// Revision is the etcd revision the state is as of, in fleet mode
+	// (ApplyShared); 0 for a file.
+	Revision int64
 }
 
 // FileService returns the service as written in the file, before
@@ -298,6 +301,9 @@ type Change struct {
 	Service  string
 	Old, New split.Weights
 	Snapshot *Snapshot
+	// Revision is the etcd revision that committed the change (fleet
+	// mode); 0 when the change was made in this process only.
+	Revision int64
 }
 
 // SetWeights overrides service's weights (in any order; they are kept in

@@ -75,16 +75,19 @@ func (s *Splitter) start(ctx context.Context, grpcAddr, adminAddr string) error 
 	if err := os.Remove(s.readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	s.Args = append([]string{
-		"serve",
-		"--config", s.ConfigPath,
+	s.Args = []string{"serve"}
+	if s.ConfigPath != "" {
+		// Without one (fleet mode) the routing configuration comes from etcd.
+		s.Args = append(s.Args, "--config", s.ConfigPath)
+	}
+	s.Args = append(append(s.Args,
 		"--grpc-addr", grpcAddr,
 		"--admin-addr", adminAddr,
 		"--ready-file", s.readyFile,
 		// Stopping a test's splitter need not wait; tests of the drain
 		// pass their own --drain-delay, which wins (it comes later).
 		"--drain-delay", "0s",
-	}, s.extra...)
+	), s.extra...)
 	if err := s.Proc.Start(); err != nil {
 		return err
 	}

@@ -1,0 +1,27 @@
+// Package fleet makes etcd the source of splitter's routing state, so that
+// one change reaches every replica of a mesh (docs/fleet.md).
+//
+// Keys live under a prefix (default /splitter/):
+//
+//	config               the routing document (YAML, as the file's services and experiments)
+//	overrides/<service>  an admin override: {"weights", "against", "set_at", "node", "actor"}
+//	rollouts/<service>   reserved for guarded rollouts
+//	replicas/<node_id>   each replica's record, bound to its lease
+//
+// A Source keeps a mirror of config and overrides/ (one range read, then
+// one watch from the next revision), and after every watch response applies
+// the whole state as one snapshot with the last-good rule: a document that
+// does not parse or compile is rejected (logged, counted, reported in the
+// admin API and in the replica record) and the last good one keeps serving,
+// with the current overrides on top where they still fit. A watch that ends
+// is resumed from the applied revision; after a compaction (or a new
+// cluster) everything is read again. While etcd is unreachable the last
+// snapshot keeps serving and the Source says since when it is disconnected;
+// a cache file lets a replica start from the last applied state when etcd
+// is down at its start.
+//
+// Admin mutations are written to etcd in compare-and-swap transactions on
+// the revisions of the config and override keys they read, so concurrent
+// writers on different replicas serialise with no lost update; the writing
+// replica answers once its own watch has applied the commit.
+package fleet

@@ -1,0 +1,41 @@
+package fleet
+
+import "strings"
+
+// Keys is the key layout under one prefix.
+type Keys struct {
+	Prefix string // ends with "/"
+}
+
+// Config is the routing document's key.
+func (k Keys) Config() string { return k.Prefix + "config" }
+
+// Overrides is the prefix of the override keys.
+func (k Keys) Overrides() string { return k.Prefix + "overrides/" }
+
+// Override is service's override key.
+func (k Keys) Override(service string) string { return k.Overrides() + service }
+
+// Replicas is the prefix of the replica records.
+func (k Keys) Replicas() string { return k.Prefix + "replicas/" }
+
+// Replica is node's record key.
+func (k Keys) Replica(node string) string { return k.Replicas() + node }
+
+// Rollouts is the prefix reserved for guarded rollouts' state.
+func (k Keys) Rollouts() string { return k.Prefix + "rollouts/" }
+
+// stateRange is the key range a replica reads and watches: [Prefix,
+// Prefix+"replicas/"), which holds config and overrides/ but not the
+// replica records, so that N replicas reporting their progress after a
+// change do not wake N watchers each (N² events per change).
+func (k Keys) stateRange() (start, end string) { return k.Prefix, k.Replicas() }
+
+// service returns the service an override key names, or "".
+func (k Keys) service(key string) string {
+	name, ok := strings.CutPrefix(key, k.Overrides())
+	if !ok || name == "" || strings.Contains(name, "/") {
+		return ""
+	}
+	return name
+}

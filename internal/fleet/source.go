@@ -1,0 +1,874 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/fsutil"
+	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// Timing of the background loops.
+const (
+	// probeInterval is how often a replica checks that etcd answers a
+	// linearizable read (a leader and a quorum), which is what
+	// "connected" means.
+	probeInterval = time.Second
+	// requestTimeout bounds one request to etcd (probe, read, write).
+	requestTimeout = 3 * time.Second
+	// replicaTTL is the lease of a replica record: a replica that dies
+	// leaves /v1/fleet within it.
+	replicaTTL = 10
+	// minBackoff and maxBackoff bound the retry delay of the watch loop.
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// applyWait bounds how long a mutation waits for its own replica to
+	// apply the revision it committed (read-your-writes).
+	applyWait = 10 * time.Second
+)
+
+// Options configure a Source.
+type Options struct {
+	Client    ClientOptions
+	Prefix    string
+	NodeID    string
+	CacheFile string // "": no cache
+	Store     *store.Store
+	Logger    *slog.Logger // nil: discard
+	// Metrics receives the fleet metrics; nil: none.
+	Metrics *Metrics
+	// Now is the clock (tests); nil: time.Now.
+	Now func() time.Time
+}
+
+// Source keeps a store in step with etcd. Build it with New, Start it,
+// then Run it; its mutation methods implement admin.Mutator.
+type Source struct {
+	opts    Options
+	keys    Keys
+	store   *store.Store
+	log     *slog.Logger
+	m       *Metrics
+	now     func() time.Time
+	version string
+
+	client atomic.Pointer[clientv3.Client]
+
+	// mu guards the mirror and the apply state: the watch loop and Reload
+	// both apply.
+	mu        sync.Mutex
+	kvs       map[string]*mvccpb.KeyValue // config and overrides/, as of rev
+	rev       int64                       // revision of the state in force
+	clusterID uint64
+	good      *goodConfig // last configuration that compiled
+	rejected  *rejection  // the document in etcd, when it is not in force
+	dropped   map[string]int64
+	cleanup   map[string]cleanupOp
+
+	// applied is closed and replaced after every apply; appliedRev is the
+	// revision then in force. Waiters read both under amu.
+	amu        sync.Mutex
+	applied    chan struct{}
+	appliedRev int64
+	appliedAt  time.Time
+
+	conn atomic.Pointer[connState]
+	// report wakes the reporter (replica record, cache file, cleanup).
+	report chan struct{}
+	// startedFrom says where the first state came from: etcd or cache.
+	startedFrom atomic.Value
+}
+
+type goodConfig struct {
+	cfg *split.Config
+	raw []byte
+	sha string
+}
+
+type rejection struct {
+	sha string
+	err error
+	at  time.Time
+}
+
+// cleanupOp deletes an override that the configuration made stale, if
+// neither the override nor the configuration changed since.
+type cleanupOp struct {
+	overrideRev, configRev int64
+}
+
+type connState struct {
+	connected bool
+	since     time.Time
+}
+
+// New returns a Source; nothing talks to etcd before Start.
+func New(o Options) *Source {
+	s := &Source{
+		opts:    o,
+		keys:    Keys{Prefix: o.Prefix},
+		store:   o.Store,
+		log:     o.Logger,
+		m:       o.Metrics,
+		now:     o.Now,
+		version: buildVersion(),
+		kvs:     map[string]*mvccpb.KeyValue{},
+		dropped: map[string]int64{},
+		cleanup: map[string]cleanupOp{},
+		applied: make(chan struct{}),
+		report:  make(chan struct{}, 1),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.m == nil {
+		s.m = NewMetrics(nil)
+	}
+	start := &connState{since: s.now()}
+	s.conn.Store(start)
+	s.m.setConnected(false, start.since) // until the first answer from etcd
+	s.startedFrom.Store("")
+	return s
+}
+
+// Start loads the first state: from etcd (one attempt, bounded by the
+// dial timeout), else from the cache file. It returns an error when
+// neither gives a valid configuration; the Source can still Run, and
+// applies one as soon as etcd has it.
+func (s *Source) Start(ctx context.Context) error {
+	timeout := s.opts.Client.DialTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	cached, cacheErr := s.readCache()
+	if cacheErr != nil {
+		s.log.Warn("etcd_cache_file unusable; ignoring it", "path", s.opts.CacheFile, "error", cacheErr)
+	}
+	if cached != nil {
+		// The cached document is the last good one, whatever etcd holds
+		// now: if etcd's is invalid, it is what keeps serving.
+		if err := s.adoptGood([]byte(cached.Config)); err != nil {
+			s.log.Warn("etcd_cache_file holds an invalid document; ignoring it", "path", s.opts.CacheFile, "error", err)
+			cached = nil
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	err := s.connect(sctx)
+	if err == nil {
+		err = s.fullRead(sctx, "start")
+	}
+	cancel()
+	if err == nil {
+		s.startedFrom.Store("etcd")
+		if s.store.Load() == nil {
+			return s.noConfigError()
+		}
+		return nil
+	}
+	s.setConnected(false, err)
+	if cached == nil {
+		return fmt.Errorf("etcd_endpoints: cannot read the fleet state from %s (%w), and no etcd_cache_file to start from",
+			strings.Join(s.opts.Client.Endpoints, ","), err)
+	}
+	s.mu.Lock()
+	s.kvs[s.keys.Config()] = &mvccpb.KeyValue{Key: []byte(s.keys.Config()), Value: []byte(cached.Config)}
+	for key, raw := range cached.Overrides {
+		s.kvs[key] = &mvccpb.KeyValue{Key: []byte(key), Value: []byte(raw)}
+	}
+	s.clusterID = cached.ClusterID
+	applyErr := s.applyLocked(cached.Revision, nil)
+	s.mu.Unlock()
+	if applyErr != nil {
+		return fmt.Errorf("etcd_cache_file %s: %w", s.opts.CacheFile, applyErr)
+	}
+	s.startedFrom.Store("cache")
+	s.log.Warn("etcd unreachable at start: serving the cached fleet state until it is back",
+		"cache_file", s.opts.CacheFile, "revision", cached.Revision, "written_at", cached.WrittenAt, "error", err)
+	return nil
+}
+
+func (s *Source) noConfigError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.rejected != nil {
+		return s.rejected.err
+	}
+	return fmt.Errorf("etcd %s: no configuration (push one with `splitter config push FILE`)", s.keys.Config())
+}
+
+// connect creates the client if there is none. With auth this talks to
+// etcd, so it may fail; the run loop retries.
+func (s *Source) connect(ctx context.Context) error {
+	if s.client.Load() != nil {
+		return nil
+	}
+	c, err := NewClient(s.opts.Client)
+	if err != nil {
+		return err
+	}
+	if !s.client.CompareAndSwap(nil, c) {
+		c.Close()
+	}
+	return ctx.Err()
+}
+
+// Close releases the client.
+func (s *Source) Close() error {
+	if c := s.client.Swap(nil); c != nil {
+		return c.Close()
+	}
+	return nil
+}
+
+// fullRead reads config and overrides/ at one revision and applies them.
+func (s *Source) fullRead(ctx context.Context, reason string) error {
+	c := s.client.Load()
+	if c == nil {
+		return errUnavailable("not connected")
+	}
+	start, end := s.keys.stateRange()
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+	defer cancel()
+	resp, err := c.Get(rctx, start, clientv3.WithRange(end))
+	if err != nil {
+		return fmt.Errorf("etcd: read %s: %w", start, err)
+	}
+	s.m.resync(reason)
+	s.setConnected(true, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kvs = make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		s.kvs[string(kv.Key)] = kv
+	}
+	s.clusterID = resp.Header.ClusterId
+	s.log.Info("fleet state read from etcd", "reason", reason, "revision", resp.Header.Revision, "keys", len(resp.Kvs))
+	return s.applyLocked(resp.Header.Revision, nil)
+}
+
+// Reload re-reads everything from etcd (SIGHUP, POST /v1/reload).
+func (s *Source) Reload(ctx context.Context) (string, error) {
+	before := s.store.Load()
+	if err := s.connect(ctx); err != nil {
+		return "error", err
+	}
+	if err := s.fullRead(ctx, "reload"); err != nil {
+		return "error", err
+	}
+	s.mu.Lock()
+	rej := s.rejected
+	s.mu.Unlock()
+	if rej != nil {
+		return "error", rej.err
+	}
+	after := s.store.Load()
+	if before != nil && after != nil && before.SHA256 == after.SHA256 && store.OverridesEqual(toOverrides(before), toOverrides(after)) {
+		return "unchanged", nil
+	}
+	return "success", nil
+}
+
+func toOverrides(snap *store.Snapshot) map[string]store.Override {
+	out := map[string]store.Override{}
+	for k, w := range snap.Overrides {
+		out[k] = store.Override{Weights: w}
+	}
+	return out
+}
+
+// adoptGood parses and compiles raw and makes it the last good document.
+func (s *Source) adoptGood(raw []byte) error {
+	cfg, err := config.Parse(raw)
+	if err != nil {
+		return err
+	}
+	if _, err := split.Compile(cfg); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.good = &goodConfig{cfg: cfg, raw: raw, sha: config.SHA256(raw)}
+	s.mu.Unlock()
+	return nil
+}
+
+// applyLocked applies the mirror as of rev; s.mu is held. setAts are the
+// write times of the override records this revision brought, for the
+// propagation histogram. It returns an error only when nothing could be
+// applied (no valid configuration ever).
+func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
+	cfgKey := s.keys.Config()
+	kv := s.kvs[cfgKey]
+	var docErr error
+	var docSHA string
+	cfgModRev := int64(0)
+	switch {
+	case kv == nil:
+		docErr = fmt.Errorf("etcd %s: no configuration (push one with `splitter config push FILE`)", cfgKey)
+		docSHA = "absent"
+	default:
+		cfgModRev = kv.ModRevision
+		docSHA = config.SHA256(kv.Value)
+	}
+
+	overrides := map[string]store.Override{}
+	badRecords := map[string]string{}
+	for key, okv := range s.kvs {
+		svc := s.keys.service(key)
+		if svc == "" {
+			continue
+		}
+		rec, err := decodeOverride(okv.Value)
+		if err != nil {
+			badRecords[svc] = "invalid override record: " + err.Error()
+			continue
+		}
+		overrides[svc] = rec.override()
+	}
+
+	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
+		return s.store.ApplyShared(g.cfg, g.sha, "etcd "+cfgKey, rev, overrides)
+	}
+	var snap *store.Snapshot
+	var dropped map[string]string
+	inForce := false // etcd's document is the one applied
+	if docErr == nil {
+		if s.good != nil && s.good.sha == docSHA {
+			var err error
+			if snap, dropped, err = apply(s.good); err != nil {
+				docErr = fmt.Errorf("etcd %s (revision %d): %w", cfgKey, cfgModRev, err)
+			} else {
+				inForce = true
+			}
+		} else if s.rejected != nil && s.rejected.sha == docSHA {
+			docErr = s.rejected.err // known bad: not parsed again
+		} else if cfg, err := config.Parse(kv.Value); err != nil {
+			docErr = fmt.Errorf("etcd %s (revision %d): %w", cfgKey, cfgModRev, err)
+		} else {
+			g := &goodConfig{cfg: cfg, raw: kv.Value, sha: docSHA}
+			if snap, dropped, err = apply(g); err != nil {
+				docErr = fmt.Errorf("etcd %s (revision %d): %w", cfgKey, cfgModRev, err)
+			} else {
+				s.good, inForce = g, true
+			}
+		}
+	}
+	if docErr != nil {
+		if s.rejected == nil || s.rejected.sha != docSHA {
+			s.rejected = &rejection{sha: docSHA, err: docErr, at: s.now()}
+			s.m.rejectedDocs.Inc()
+			s.log.Error("fleet configuration rejected; the last good one keeps serving", "revision", rev, "error", docErr)
+		}
+		s.m.rejectedNow.Set(1)
+		s.store.RecordReloadError(docErr)
+		if s.good != nil {
+			var err error
+			if snap, dropped, err = apply(s.good); err != nil {
+				// The last good document compiled before; only a changed
+				// header setting could fail it now. Keep what serves.
+				s.log.Error("last good fleet configuration no longer applies", "error", err)
+			}
+		}
+	} else {
+		if s.rejected != nil {
+			s.log.Info("fleet configuration in force again", "revision", rev, "sha256", docSHA)
+		}
+		s.rejected = nil
+		s.m.rejectedNow.Set(0)
+		s.store.RecordReloadError(nil)
+	}
+	for svc, reason := range badRecords {
+		if dropped == nil {
+			dropped = map[string]string{}
+		}
+		dropped[svc] = reason
+	}
+	s.noteDropped(dropped, inForce, cfgModRev)
+	if snap == nil && s.store.Load() == nil {
+		return docErr
+	}
+
+	s.rev = rev
+	s.m.appliedRevision.Set(float64(rev))
+	now := s.now()
+	for _, at := range setAts {
+		if !at.IsZero() {
+			s.m.propagation.Observe(max(now.Sub(at).Seconds(), 0))
+		}
+	}
+	s.amu.Lock()
+	s.appliedRev, s.appliedAt = rev, now
+	close(s.applied)
+	s.applied = make(chan struct{})
+	s.amu.Unlock()
+	s.wake()
+	return nil
+}
+
+// noteDropped logs overrides that do not apply (once per record version)
+// and schedules the deletion of those the configuration in force made
+// stale; s.mu is held.
+func (s *Source) noteDropped(dropped map[string]string, inForce bool, cfgModRev int64) {
+	for svc := range s.dropped {
+		if _, ok := dropped[svc]; !ok {
+			delete(s.dropped, svc)
+		}
+	}
+	for svc, reason := range dropped {
+		key := s.keys.Override(svc)
+		kv := s.kvs[key]
+		if kv == nil {
+			continue
+		}
+		if s.dropped[svc] != kv.ModRevision {
+			s.dropped[svc] = kv.ModRevision
+			s.log.Warn("override in etcd does not apply", "service", svc, "key", key, "reason", reason)
+		}
+		// Only etcd's own document may retire an override; one that is
+		// stale against the last good document (etcd's is rejected) may
+		// apply again once the document is fixed.
+		if inForce && !strings.HasPrefix(reason, "invalid override record") {
+			s.cleanup[key] = cleanupOp{overrideRev: kv.ModRevision, configRev: cfgModRev}
+		}
+	}
+}
+
+// wake asks the reporter to write the replica record and the cache.
+func (s *Source) wake() {
+	select {
+	case s.report <- struct{}{}:
+	default:
+	}
+}
+
+// waitApplied blocks until the state in force is as of rev or later.
+func (s *Source) waitApplied(ctx context.Context, rev int64) error {
+	for {
+		s.amu.Lock()
+		cur, ch := s.appliedRev, s.applied
+		s.amu.Unlock()
+		if cur >= rev {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// AppliedRevision is the revision of the state in force.
+func (s *Source) AppliedRevision() int64 {
+	s.amu.Lock()
+	defer s.amu.Unlock()
+	return s.appliedRev
+}
+
+// setConnected records the connection state; a change is logged and
+// exported with its time.
+func (s *Source) setConnected(up bool, cause error) {
+	cur := s.conn.Load()
+	if cur.connected == up {
+		return
+	}
+	next := &connState{connected: up, since: s.now()}
+	if !s.conn.CompareAndSwap(cur, next) {
+		return
+	}
+	s.m.setConnected(up, next.since)
+	if up {
+		s.log.Info("etcd connected", "endpoints", s.opts.Client.Endpoints)
+	} else {
+		s.log.Warn("etcd disconnected: deciding from the last good state until it is back",
+			"endpoints", s.opts.Client.Endpoints, "error", cause)
+	}
+}
+
+// Run keeps the store in step with etcd until ctx ends: it watches
+// (resuming from the applied revision, reading everything again after a
+// compaction), probes the connection, and keeps the replica record and the
+// cache file current. It never gives up on etcd and returns nil when ctx
+// ends.
+func (s *Source) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { s.probeLoop(ctx) })
+	wg.Go(func() { s.reportLoop(ctx) })
+	s.watchLoop(ctx)
+	wg.Wait()
+	return nil
+}
+
+func (s *Source) watchLoop(ctx context.Context) {
+	backoff := minBackoff
+	needRead := s.startedFrom.Load() != "etcd" || s.store.Load() == nil
+	for ctx.Err() == nil {
+		if err := s.connect(ctx); err != nil {
+			s.setConnected(false, err)
+			s.log.Debug("etcd: cannot connect yet", "error", err)
+			backoff = sleep(ctx, backoff)
+			continue
+		}
+		if needRead {
+			// After a start from the cache, always a full read: the
+			// cluster may be another one, whose revisions mean nothing
+			// against the cached one.
+			if err := s.fullRead(ctx, "resync"); err != nil {
+				s.setConnected(false, err)
+				s.log.Debug("etcd: full read failed", "error", err)
+				backoff = sleep(ctx, backoff)
+				continue
+			}
+			needRead = false
+		}
+		var ended string
+		needRead, ended = s.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.m.watchRestarts.Inc()
+		s.log.Info("etcd watch ended; starting again", "reason", ended, "full_read", needRead, "applied_revision", s.AppliedRevision())
+		backoff = sleep(ctx, backoff)
+		if !needRead {
+			backoff = minBackoff
+		}
+	}
+}
+
+// sleep waits d (with jitter) or until ctx ends, and returns the next
+// backoff.
+func sleep(ctx context.Context, d time.Duration) time.Duration {
+	j := d/2 + rand.N(d/2+1)
+	t := time.NewTimer(j)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return min(d*2, maxBackoff)
+}
+
+// watch follows the state range from the applied revision + 1 until the
+// watch ends; it says whether everything must be read again and why it
+// ended.
+func (s *Source) watch(ctx context.Context) (needRead bool, why string) {
+	c := s.client.Load()
+	start, end := s.keys.stateRange()
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	s.mu.Lock()
+	from := s.rev + 1
+	cluster := s.clusterID
+	s.mu.Unlock()
+	for resp := range c.Watch(wctx, start, clientv3.WithRange(end), clientv3.WithRev(from)) {
+		if resp.CompactRevision != 0 {
+			s.m.compactions.Inc()
+			s.log.Warn("etcd compacted past the applied revision; reading everything again",
+				"applied_revision", from-1, "compact_revision", resp.CompactRevision)
+			return true, "compacted"
+		}
+		if err := resp.Err(); err != nil {
+			s.setConnected(false, err)
+			return false, err.Error()
+		}
+		if resp.Canceled {
+			return false, "canceled"
+		}
+		if cluster != 0 && resp.Header.ClusterId != 0 && resp.Header.ClusterId != cluster {
+			s.log.Warn("etcd cluster changed; reading everything again", "was", cluster, "now", resp.Header.ClusterId)
+			return true, "cluster changed"
+		}
+		s.setConnected(true, nil)
+		if len(resp.Events) == 0 {
+			continue // progress notification
+		}
+		s.mu.Lock()
+		var setAts []time.Time
+		newer := false
+		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision <= s.rev {
+				// Already in a full read (POST /v1/reload) that ran while
+				// this response was on its way: applying it again would
+				// move keys, and the revision, backwards.
+				continue
+			}
+			newer = true
+			key := string(ev.Kv.Key)
+			switch ev.Type {
+			case mvccpb.PUT:
+				s.kvs[key] = ev.Kv
+				if s.keys.service(key) != "" {
+					if rec, err := decodeOverride(ev.Kv.Value); err == nil {
+						setAts = append(setAts, rec.SetAt)
+					}
+				}
+			case mvccpb.DELETE:
+				delete(s.kvs, key)
+			}
+		}
+		if !newer {
+			s.mu.Unlock()
+			continue
+		}
+		rev := resp.Events[len(resp.Events)-1].Kv.ModRevision
+		if err := s.applyLocked(rev, setAts); err != nil {
+			s.log.Debug("nothing to apply yet", "revision", rev, "error", err)
+		}
+		s.mu.Unlock()
+	}
+	if ctx.Err() != nil {
+		return false, "stopped"
+	}
+	// A closed channel without a cancel (older servers, a lost leader):
+	// start over, as after a compaction.
+	return true, "watch channel closed"
+}
+
+// probeLoop checks every probeInterval that etcd answers a linearizable
+// read; that, and a working watch, is "connected".
+func (s *Source) probeLoop(ctx context.Context) {
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c := s.client.Load()
+		if c == nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), min(requestTimeout, 2*probeInterval))
+		_, err := c.Get(pctx, s.keys.Config(), clientv3.WithCountOnly())
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		s.setConnected(err == nil, err)
+	}
+}
+
+// reportLoop writes the replica record (under a lease) and the cache file
+// after changes, deletes stale overrides, and renews the record when the
+// lease was lost.
+func (s *Source) reportLoop(ctx context.Context) {
+	var sess *concurrency.Session
+	defer func() {
+		if sess != nil {
+			// Revoke, so the record leaves /v1/fleet at once; bounded,
+			// etcd may be gone.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			if c := s.client.Load(); c != nil {
+				_, _ = c.Revoke(rctx, sess.Lease())
+			}
+			cancel()
+			sess.Orphan()
+		}
+	}()
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	var written int64 = -1 // revision of the record written
+	var cached int64 = -1  // revision of the cache file written
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.report:
+		case <-t.C:
+		}
+		rev := s.AppliedRevision()
+		if rev > 0 && rev != cached && s.opts.CacheFile != "" {
+			if err := s.writeCache(); err != nil {
+				s.log.Error("cannot write etcd_cache_file", "path", s.opts.CacheFile, "error", err)
+			} else {
+				cached = rev
+			}
+		}
+		c := s.client.Load()
+		if c == nil || !s.conn.Load().connected {
+			continue
+		}
+		s.runCleanup(ctx, c)
+		if sess != nil {
+			select {
+			case <-sess.Done():
+				s.log.Warn("replica lease lost; registering again", "node_id", s.opts.NodeID)
+				sess, written = nil, -1
+			default:
+			}
+		}
+		if sess == nil {
+			// The grant is bounded here; NewSession would wait as long as
+			// ctx for an etcd that went away meanwhile.
+			gctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			lease, err := c.Grant(gctx, replicaTTL)
+			cancel()
+			if err != nil {
+				s.log.Debug("cannot create the replica lease yet", "error", err)
+				continue
+			}
+			if sess, err = concurrency.NewSession(c, concurrency.WithLease(lease.ID), concurrency.WithContext(ctx)); err != nil {
+				s.log.Debug("cannot keep the replica lease alive", "error", err)
+				sess = nil
+				continue
+			}
+		}
+		if rev == written && written >= 0 {
+			continue
+		}
+		rec, err := json.Marshal(s.Record())
+		if err != nil {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		_, err = c.Put(pctx, s.keys.Replica(s.opts.NodeID), string(rec), clientv3.WithLease(sess.Lease()))
+		cancel()
+		if err != nil {
+			s.log.Debug("cannot write the replica record yet", "error", err)
+			continue
+		}
+		written = rev
+	}
+}
+
+// runCleanup deletes overrides that the configuration in force made
+// stale, each only if neither it nor the configuration changed since (so
+// a replica that lags never deletes a newer override).
+func (s *Source) runCleanup(ctx context.Context, c *clientv3.Client) {
+	s.mu.Lock()
+	ops := s.cleanup
+	s.cleanup = map[string]cleanupOp{}
+	s.mu.Unlock()
+	for key, op := range ops {
+		cctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := c.Txn(cctx).If(
+			clientv3.Compare(clientv3.ModRevision(key), "=", op.overrideRev),
+			clientv3.Compare(clientv3.ModRevision(s.keys.Config()), "=", op.configRev),
+		).Then(clientv3.OpDelete(key)).Commit()
+		cancel()
+		if err == nil && resp.Succeeded {
+			s.log.Info("stale override deleted from etcd: the configuration changed the service's weights", "key", key)
+		}
+	}
+}
+
+// Record is this replica's record as it would be written now.
+func (s *Source) Record() ReplicaRecord {
+	snap := s.store.Load()
+	r := ReplicaRecord{NodeID: s.opts.NodeID, Version: s.version}
+	if snap != nil {
+		r.Revision, r.SHA256, r.StateSHA256 = snap.Revision, snap.SHA256, StateSHA256(snap)
+	}
+	s.amu.Lock()
+	r.AppliedAt = s.appliedAt
+	s.amu.Unlock()
+	s.mu.Lock()
+	if s.rejected != nil {
+		at := s.rejected.at
+		r.Error, r.ErrorAt = s.rejected.err.Error(), &at
+	}
+	s.mu.Unlock()
+	return r
+}
+
+// StateSHA256 identifies what a replica decides with: the document's
+// sha256 and the overrides in force.
+func StateSHA256(snap *store.Snapshot) string {
+	h := sha256.New()
+	h.Write([]byte(snap.SHA256))
+	names := make([]string, 0, len(snap.Overrides))
+	for n := range snap.Overrides {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		fmt.Fprintf(h, "\n%s=%s", n, snap.Overrides[n].String())
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// readCache reads the cache file; a missing one is (nil, nil).
+func (s *Source) readCache() (*cacheDoc, error) {
+	if s.opts.CacheFile == "" {
+		return nil, nil
+	}
+	data, err := fsutil.ReadCapped(s.opts.CacheFile, 4*split.MaxConfigBytes)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc cacheDoc
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.opts.CacheFile, err)
+	}
+	if doc.Config == "" {
+		return nil, fmt.Errorf("%s: no configuration", s.opts.CacheFile)
+	}
+	return &doc, nil
+}
+
+// writeCache writes the state in force (the last good document and the
+// override records) atomically.
+func (s *Source) writeCache() error {
+	s.mu.Lock()
+	if s.good == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	doc := cacheDoc{
+		Revision: s.rev, ClusterID: s.clusterID, Config: string(s.good.raw), SHA256: s.good.sha,
+		Overrides: map[string]string{}, WrittenAt: s.now().UTC(),
+	}
+	for key, kv := range s.kvs {
+		if s.keys.service(key) != "" {
+			doc.Overrides[key] = string(kv.Value)
+		}
+	}
+	s.mu.Unlock()
+	data, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteAtomic(s.opts.CacheFile, append(data, '\n'), 0o600, nil)
+}
+
+// buildVersion names the running build for the replica record.
+func buildVersion() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := info.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, st := range info.Settings {
+		if st.Key == "vcs.revision" && len(st.Value) >= 12 {
+			return st.Value[:12]
+		}
+	}
+	return "devel"
+}

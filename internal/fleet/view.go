@@ -1,0 +1,101 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Status is this replica's view of the fleet, shown in GET /v1/services
+// (config.fleet) and GET /v1/fleet (self).
+type Status struct {
+	NodeID    string   `json:"node_id"`
+	Endpoints []string `json:"endpoints"`
+	Prefix    string   `json:"prefix"`
+	Connected bool     `json:"connected"`
+	// Since is when the connection state last changed;
+	// DisconnectedSince repeats it while disconnected.
+	Since             time.Time  `json:"since"`
+	DisconnectedSince *time.Time `json:"disconnected_since,omitempty"`
+	AppliedRevision   int64      `json:"applied_revision"`
+	AppliedAt         *time.Time `json:"applied_at,omitempty"`
+	// StartedFrom is "etcd" or "cache" (etcd_cache_file, etcd was down).
+	StartedFrom string `json:"started_from,omitempty"`
+	// RejectedError is why etcd's document is not in force, if it is not.
+	RejectedError *string    `json:"rejected_error,omitempty"`
+	RejectedAt    *time.Time `json:"rejected_at,omitempty"`
+}
+
+// Status returns this replica's fleet status.
+func (s *Source) Status() Status {
+	c := s.conn.Load()
+	st := Status{
+		NodeID: s.opts.NodeID, Endpoints: s.opts.Client.Endpoints, Prefix: s.keys.Prefix,
+		Connected: c.connected, Since: c.since,
+	}
+	if !c.connected {
+		since := c.since
+		st.DisconnectedSince = &since
+	}
+	s.amu.Lock()
+	st.AppliedRevision = s.appliedRev
+	if !s.appliedAt.IsZero() {
+		at := s.appliedAt
+		st.AppliedAt = &at
+	}
+	s.amu.Unlock()
+	st.StartedFrom, _ = s.startedFrom.Load().(string)
+	s.mu.Lock()
+	if s.rejected != nil {
+		msg, at := s.rejected.err.Error(), s.rejected.at
+		st.RejectedError, st.RejectedAt = &msg, &at
+	}
+	s.mu.Unlock()
+	return st
+}
+
+// FleetView is GET /v1/fleet.
+type FleetView struct {
+	// Revision is etcd's current revision: a replica whose revision is
+	// lower may still have the same state (revision counts every write,
+	// replica records included); state_sha256 says whether it decides alike.
+	Revision int64           `json:"revision"`
+	Replicas []ReplicaRecord `json:"replicas"`
+	Self     Status          `json:"self"`
+}
+
+// Fleet lists the replicas holding a lease, read from etcd now.
+func (s *Source) Fleet(ctx context.Context) (FleetView, error) {
+	c := s.client.Load()
+	if c == nil {
+		return FleetView{}, errUnavailable("not connected")
+	}
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+	defer cancel()
+	resp, err := c.Get(rctx, s.keys.Replicas(), clientv3.WithPrefix())
+	if err != nil {
+		return FleetView{}, errUnavailable("read " + s.keys.Replicas() + ": " + trimErr(err))
+	}
+	v := FleetView{Revision: resp.Header.Revision, Replicas: []ReplicaRecord{}, Self: s.Status()}
+	for _, kv := range resp.Kvs {
+		var r ReplicaRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			r = ReplicaRecord{NodeID: string(kv.Key[len(s.keys.Replicas()):]), Error: fmt.Sprintf("unreadable record: %v", err)}
+		}
+		v.Replicas = append(v.Replicas, r)
+	}
+	slices.SortFunc(v.Replicas, func(a, b ReplicaRecord) int {
+		switch {
+		case a.NodeID < b.NodeID:
+			return -1
+		case a.NodeID > b.NodeID:
+			return 1
+		}
+		return 0
+	})
+	return v, nil
+}

@@ -1,0 +1,285 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// maxWriteAttempts bounds the compare-and-swap retries of one admin
+// mutation against concurrent writers.
+const maxWriteAttempts = 16
+
+func errUnavailable(reason string) error {
+	return fmt.Errorf("etcd: %s: %w", reason, store.ErrUnavailable)
+}
+
+// SetWeights writes an override of service's weights to etcd.
+func (s *Source) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error) {
+	return s.mutate(ctx, service, actor, func(base *split.Table, _ split.Weights) (split.Weights, error) {
+		svc, _ := base.Service(service)
+		if err := store.CheckVersions(w, svc.Weights); err != nil {
+			return nil, err
+		}
+		t, err := base.WithWeights(service, w)
+		if err != nil {
+			return nil, err
+		}
+		svc, _ = t.Service(service)
+		return svc.Weights, nil
+	})
+}
+
+// SetCanary writes an override giving a two-version service's canary
+// basisPoints.
+func (s *Source) SetCanary(ctx context.Context, service string, basisPoints int, actor string) (store.Change, error) {
+	return s.mutate(ctx, service, actor, func(base *split.Table, _ split.Weights) (split.Weights, error) {
+		return base.CanaryWeights(service, basisPoints)
+	})
+}
+
+// ClearOverride deletes service's override from etcd.
+func (s *Source) ClearOverride(ctx context.Context, service string, actor string) (store.Change, error) {
+	return s.mutate(ctx, service, actor, nil)
+}
+
+// mutate is the write-through path: read the document and the override at
+// one revision, compute the new weights against that document, and write
+// them if neither key changed meanwhile (else read again). compute nil
+// deletes the override. It answers once this replica applied the commit.
+func (s *Source) mutate(ctx context.Context, service, actor string, compute func(base *split.Table, current split.Weights) (split.Weights, error)) (store.Change, error) {
+	c := s.client.Load()
+	if c == nil || !s.conn.Load().connected {
+		return store.Change{}, errUnavailable("not connected; the change was not made")
+	}
+	cfgKey, ovKey := s.keys.Config(), s.keys.Override(service)
+	for range maxWriteAttempts {
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+		read, err := c.Txn(rctx).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(ovKey)).Commit()
+		cancel()
+		if err != nil {
+			return store.Change{}, errUnavailable("read: " + err.Error())
+		}
+		cfgKV := firstKV(read.Responses[0].GetResponseRange().Kvs)
+		ovKV := firstKV(read.Responses[1].GetResponseRange().Kvs)
+		base, err := s.baseTable(cfgKV)
+		if err != nil {
+			return store.Change{}, err
+		}
+		fileSvc, ok := base.Service(service)
+		if !ok {
+			return store.Change{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+		}
+		current := fileSvc.Weights
+		if ovKV != nil {
+			if rec, err := decodeOverride(ovKV.Value); err == nil && sameShares(rec.Against, fileSvc.Weights) {
+				current = split.InDeclaredOrder(rec.Weights, fileSvc.Weights)
+			}
+		}
+		var op clientv3.Op
+		var next split.Weights
+		if compute == nil {
+			if ovKV == nil {
+				return store.Change{Service: service, Old: current, New: current, Snapshot: s.store.Load(), Revision: read.Header.Revision}, nil
+			}
+			next = fileSvc.Weights
+			op = clientv3.OpDelete(ovKey)
+		} else {
+			if next, err = compute(base, current); err != nil {
+				return store.Change{}, fmt.Errorf("service %q: %w", service, err)
+			}
+			rec := overrideRecord{Weights: next, Against: fileSvc.Weights, SetAt: s.now().UTC(), Node: s.opts.NodeID, Actor: actor}
+			val, err := rec.encode()
+			if err != nil {
+				return store.Change{}, err
+			}
+			op = clientv3.OpPut(ovKey, string(val))
+		}
+		wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+		resp, err := c.Txn(wctx).If(
+			clientv3.Compare(clientv3.ModRevision(cfgKey), "=", modRev(cfgKV)),
+			clientv3.Compare(clientv3.ModRevision(ovKey), "=", modRev(ovKV)),
+		).Then(op).Commit()
+		cancel()
+		if err != nil {
+			// The outcome is unknown (the commit may have happened): say
+			// so rather than retry a write that may be in.
+			return store.Change{}, errUnavailable("write (outcome unknown; GET the service to see): " + err.Error())
+		}
+		if !resp.Succeeded {
+			s.m.conflicts.Inc()
+			continue
+		}
+		rev := resp.Header.Revision
+		verb := "set"
+		if compute == nil {
+			verb = "cleared"
+		}
+		s.log.Info("runtime override "+verb+" in etcd", "service", service, "actor", actor,
+			"old", current.String(), "new", next.String(), "revision", rev)
+		wctx, cancel = context.WithTimeout(ctx, applyWait)
+		werr := s.waitApplied(wctx, rev)
+		cancel()
+		if werr != nil {
+			s.log.Warn("committed to etcd but not yet applied here", "service", service, "revision", rev, "error", werr)
+		}
+		return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: rev}, nil
+	}
+	return store.Change{}, errUnavailable(fmt.Sprintf("%d concurrent writes in a row won over this one; try again", maxWriteAttempts))
+}
+
+// baseTable compiles the document a mutation is computed against: etcd's
+// when it is valid, else the last good one in force (where the override
+// will apply).
+func (s *Source) baseTable(cfgKV *mvccpb.KeyValue) (*split.Table, error) {
+	snap := s.store.Load()
+	if cfgKV != nil {
+		sha := config.SHA256(cfgKV.Value)
+		if snap != nil && snap.SHA256 == sha {
+			return split.Compile(snap.File)
+		}
+		if cfg, err := config.Parse(cfgKV.Value); err == nil {
+			if t, err := split.Compile(cfg); err == nil {
+				return t, nil
+			}
+		}
+	}
+	if snap == nil {
+		return nil, store.ErrNoConfig
+	}
+	return split.Compile(snap.File)
+}
+
+func firstKV(kvs []*mvccpb.KeyValue) *mvccpb.KeyValue {
+	if len(kvs) == 0 {
+		return nil
+	}
+	return kvs[0]
+}
+
+func modRev(kv *mvccpb.KeyValue) int64 {
+	if kv == nil {
+		return 0
+	}
+	return kv.ModRevision
+}
+
+// ErrRevisionMismatch is returned by PushConfig when the document's
+// revision is not the expected one.
+var ErrRevisionMismatch = errors.New("the configuration's revision is not the expected one")
+
+// PushResult is what PushConfig wrote.
+type PushResult struct {
+	Revision int64
+	// Cleared are the overrides deleted with the push because the new
+	// document changes their service's weights (or drops the service).
+	Cleared []string
+}
+
+// PushConfig writes a validated document to the config key. With
+// expectRevision >= 0 it is a compare-and-swap: the key's current
+// ModRevision must be expectRevision (0: the key must not exist). In the
+// same transaction it deletes the overrides the new document makes stale,
+// as a file reload would.
+func PushConfig(ctx context.Context, c *clientv3.Client, keys Keys, data []byte, expectRevision int64) (PushResult, error) {
+	cfg, err := config.Parse(data)
+	if err != nil {
+		return PushResult{}, err
+	}
+	for range maxWriteAttempts {
+		read, err := c.Txn(ctx).Then(
+			clientv3.OpGet(keys.Config()),
+			clientv3.OpGet(keys.Overrides(), clientv3.WithPrefix()),
+		).Commit()
+		if err != nil {
+			return PushResult{}, fmt.Errorf("etcd: read %s: %w", keys.Config(), err)
+		}
+		cur := firstKV(read.Responses[0].GetResponseRange().Kvs)
+		if expectRevision >= 0 && modRev(cur) != expectRevision {
+			return PushResult{}, fmt.Errorf("%w: %s is at revision %d, not %d", ErrRevisionMismatch, keys.Config(), modRev(cur), expectRevision)
+		}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(keys.Config()), "=", modRev(cur))}
+		ops := []clientv3.Op{clientv3.OpPut(keys.Config(), string(data))}
+		var cleared []string
+		for _, kv := range read.Responses[1].GetResponseRange().Kvs {
+			svc := keys.service(string(kv.Key))
+			if svc == "" || !staleAgainst(kv.Value, cfg, svc) {
+				continue
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+			ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			cleared = append(cleared, svc)
+		}
+		resp, err := c.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return PushResult{}, fmt.Errorf("etcd: write %s: %w", keys.Config(), err)
+		}
+		if resp.Succeeded {
+			return PushResult{Revision: resp.Header.Revision, Cleared: cleared}, nil
+		}
+		if expectRevision >= 0 {
+			return PushResult{}, fmt.Errorf("%w: %s changed during the push", ErrRevisionMismatch, keys.Config())
+		}
+	}
+	return PushResult{}, fmt.Errorf("etcd: %s: %d concurrent writes in a row won over this one", keys.Config(), maxWriteAttempts)
+}
+
+// staleAgainst says whether an override record no longer applies to cfg:
+// the service is gone or its weights differ from those the override was
+// set against. An unreadable record is left alone.
+func staleAgainst(raw []byte, cfg *split.Config, service string) bool {
+	rec, err := decodeOverride(raw)
+	if err != nil {
+		return false
+	}
+	for _, svc := range cfg.Services {
+		if svc.Name == service {
+			return !sameShares(rec.Against, svc.Weights)
+		}
+	}
+	return true
+}
+
+// sameShares compares weights as version -> share, in any order.
+func sameShares(a, b split.Weights) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for _, x := range a {
+		if bp, ok := b.Get(x.Version); !ok || bp != x.BasisPoints {
+			return false
+		}
+	}
+	return true
+}
+
+// Document is the config key as GetConfig read it.
+type Document struct {
+	Data     []byte
+	Revision int64 // the key's ModRevision (what --expect-revision compares)
+	SHA256   string
+}
+
+// GetConfig reads the config key; a missing key is an error naming it.
+func GetConfig(ctx context.Context, c *clientv3.Client, keys Keys) (Document, error) {
+	resp, err := c.Get(ctx, keys.Config())
+	if err != nil {
+		return Document{}, fmt.Errorf("etcd: read %s: %w", keys.Config(), err)
+	}
+	kv := firstKV(resp.Kvs)
+	if kv == nil {
+		return Document{}, fmt.Errorf("etcd %s: no configuration (push one with `splitter config push FILE`)", keys.Config())
+	}
+	return Document{Data: kv.Value, Revision: kv.ModRevision, SHA256: config.SHA256(kv.Value)}, nil
+}
+
+// trimErr shortens an etcd error for an answer.
+func trimErr(err error) string { return strings.TrimPrefix(err.Error(), "etcdserver: ") }

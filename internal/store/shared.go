@@ -1,0 +1,125 @@
+package store
+
+import (
+	"errors"
+	"maps"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// Override is an override as a shared store (etcd) holds it: the weights
+// and the configuration's weights for the service when it was set, which
+// decide whether it still applies (the same survival rule as the state
+// file's).
+type Override struct {
+	Weights split.Weights
+	// Against are the configuration's weights the override was set
+	// against; nil means unknown, and such an override never applies.
+	Against split.Weights
+}
+
+// ApplyShared publishes cfg with exactly the given overrides in force, for
+// a configuration that lives in a shared store rather than a file: the
+// store holds no overrides of its own and writes no state file; the caller
+// passes the whole state (configuration and overrides) as of revision.
+//
+// An override applies only when the configuration still has the weights
+// it was set against, names the same versions and sums to 100; the others
+// are left out and returned in dropped (service -> reason), so the caller
+// can report them. The configuration is compiled once with the applying
+// overrides in place (services whose effective weights did not change keep
+// their round-robin position). An error means the configuration itself is
+// invalid: nothing changes.
+func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int64, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
+	if cfg == nil {
+		return nil, nil, errors.New("apply: nil configuration")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.check != nil {
+		if err := s.check(cfg); err != nil {
+			return nil, nil, err
+		}
+	}
+	cfg = cfg.Clone()
+	effective := cfg.Clone()
+	kept := map[string]split.Weights{}
+	against := map[string]split.Weights{}
+	dropped = map[string]string{}
+	for _, name := range sortedKeys(overrides) {
+		o := overrides[name]
+		i := serviceIndex(effective, name)
+		reason := ""
+		switch {
+		case i < 0:
+			reason = "service not in the configuration"
+		case o.Against == nil:
+			reason = "configuration weights at the time of the override are unknown"
+		case !sameWeights(o.Against, effective.Services[i].Weights):
+			reason = "the configuration changed the service's weights"
+		default:
+			if err := sameVersions(o.Weights, effective.Services[i].Weights); err != nil {
+				reason = "override not valid: " + err.Error()
+			} else if o.Weights.Sum() != split.Buckets {
+				reason = "override not valid: weights sum to " + split.FormatPercent(o.Weights.Sum()) + ", not 100"
+			}
+		}
+		if reason != "" {
+			dropped[name] = reason
+			continue
+		}
+		w := split.InDeclaredOrder(o.Weights, effective.Services[i].Weights)
+		against[name] = effective.Services[i].Weights
+		effective.Services[i].Weights = w
+		kept[name] = w
+	}
+	old := s.cur.Load()
+	var prev *split.Table
+	if old != nil {
+		prev = old.Table
+	}
+	table, err := split.CompileNext(prev, effective)
+	if err != nil {
+		return nil, nil, err
+	}
+	loadedAt := s.now()
+	if old != nil && old.SHA256 == sha && old.Source == source {
+		loadedAt = old.LoadedAt // the configuration did not change, only overrides
+	}
+	snap = &Snapshot{
+		Table:     table,
+		File:      cfg,
+		Overrides: nilIfEmpty(kept),
+		SHA256:    sha,
+		Source:    source,
+		LoadedAt:  loadedAt,
+		Revision:  revision,
+	}
+	// The last error is the caller's to keep or clear: a rejected
+	// configuration stays reported while overrides apply on the last good.
+	s.fileWeights = against
+	s.pending = nil
+	s.publish(old, snap)
+	if len(dropped) == 0 {
+		dropped = nil
+	}
+	return snap, dropped, nil
+}
+
+// OverridesEqual reports whether two override sets are the same (service,
+// weights and the weights they were set against).
+func OverridesEqual(a, b map[string]Override) bool {
+	return maps.EqualFunc(a, b, func(x, y Override) bool {
+		return x.Weights.Equal(y.Weights) && x.Against.Equal(y.Against)
+	})
+}
+
+// ErrUnavailable wraps errors of a shared store that cannot be reached
+// (or kept losing to concurrent writers): the change was not made, and
+// trying again later may succeed.
+var ErrUnavailable = errors.New("shared store unavailable")
+
+// CheckVersions checks that override weights w name exactly the versions
+// of the configuration's weights file: an override moves shares, the
+// configuration decides which versions exist (Envoy has a route for each).
+func CheckVersions(w, file split.Weights) error { return sameVersions(w, file) }
