@@ -120,6 +120,16 @@ type Percent int
 // MarshalJSON writes p as a percentage number.
 func (p Percent) MarshalJSON() ([]byte, error) { return []byte(FormatPercent(int(p))), nil }
 
+// UnmarshalJSON reads a percentage number (at most two decimals).
+func (p *Percent) UnmarshalJSON(data []byte) error {
+	bp, reason := parseBasisPoints(strings.TrimSpace(string(data)))
+	if reason != "" {
+		return fmt.Errorf("percentage %s: %s", data, reason)
+	}
+	*p = Percent(bp)
+	return nil
+}
+
 // Percents is a list of basis points that marshals as percentages.
 type Percents []int
 
