@@ -20,7 +20,9 @@ func testRollout() *split.Rollout {
 	return &r
 }
 
-func verdict(res rollout.Result) rollout.Verdict { return rollout.Verdict{Result: res, Reason: string(res)} }
+func verdict(res rollout.Result) rollout.Verdict {
+	return rollout.Verdict{Result: res, Reason: string(res)}
+}
 
 func TestActions(t *testing.T) {
 	r := testRollout()
