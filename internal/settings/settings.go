@@ -64,6 +64,14 @@ type Settings struct {
 	GCPercentSource string
 	// Pprof serves net/http/pprof on the admin port under /debug/pprof/.
 	Pprof bool
+
+	// EnvoyAdmin is Envoy's admin address (host:port), where the rollout
+	// guard reads the per-cluster statistics; "" leaves rollouts without a
+	// signal source (they cannot be started).
+	EnvoyAdmin string
+	// SignalsInterval is how often, while a rollout is active, the signals
+	// are read and the guard decides.
+	SignalsInterval time.Duration
 }
 
 // Where Settings.GCPercent came from. An explicit gc_percent (flag,
@@ -96,6 +104,8 @@ func Defaults() Settings {
 		ReloadPollInterval: 30 * time.Second,
 		GCPercent:          DefaultGCPercent,
 		GCPercentSource:    GCSourceDefault,
+		EnvoyAdmin:         "127.0.0.1:9901",
+		SignalsInterval:    250 * time.Millisecond,
 	}
 }
 
@@ -107,6 +117,7 @@ func Keys() []string {
 		"route_header", "reason_header", "state_file",
 		"log_level", "log_format", "shutdown_timeout", "drain_delay", "reload_debounce", "reload_poll_interval",
 		"gc_percent", "pprof",
+		"envoy_admin", "signals_interval",
 	}
 }
 
@@ -141,6 +152,8 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.Duration(flagName("reload_poll_interval"), d.ReloadPollInterval, "how often the file is checked even without events")
 	fs.String(flagName("gc_percent"), "", fmt.Sprintf(`garbage collector target percent, or "off" (default: GOGC if set, else %d)`, DefaultGCPercent))
 	fs.Bool(flagName("pprof"), false, "serve net/http/pprof on the admin port under /debug/pprof/ (guarded like mutations)")
+	fs.String(flagName("envoy_admin"), d.EnvoyAdmin, `Envoy's admin address, where rollouts read per-cluster statistics ("": no rollouts)`)
+	fs.Duration(flagName("signals_interval"), d.SignalsInterval, "how often an active rollout's signals are read and judged")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -168,6 +181,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"log_level": d.LogLevel, "log_format": d.LogFormat,
 		"shutdown_timeout": d.ShutdownTimeout.String(), "drain_delay": d.DrainDelay.String(), "reload_debounce": d.ReloadDebounce.String(),
 		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
+		"envoy_admin": d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
 	}
 	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
@@ -241,6 +255,8 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		DrainDelay:         dur("drain_delay"),
 		ReloadDebounce:     dur("reload_debounce"),
 		ReloadPollInterval: dur("reload_poll_interval"),
+		EnvoyAdmin:         v.GetString("envoy_admin"),
+		SignalsInterval:    dur("signals_interval"),
 	}
 	var err error
 	if s.GCPercent, s.GCPercentSource, err = gcPercent(v.GetString("gc_percent"), env); err != nil {
@@ -307,6 +323,12 @@ func (s Settings) Validate() error {
 	}
 	if s.DrainDelay < 0 {
 		add("drain_delay", fmt.Errorf("%s must not be negative", s.DrainDelay))
+	}
+	if s.EnvoyAdmin != "" {
+		add("envoy_admin", checkAddr(s.EnvoyAdmin))
+	}
+	if s.SignalsInterval < 10*time.Millisecond || s.SignalsInterval > 10*time.Second {
+		add("signals_interval", fmt.Errorf("%s must be between 10ms and 10s", s.SignalsInterval))
 	}
 	return errors.Join(errs...)
 }
