@@ -39,6 +39,6 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
-	root.AddCommand(newServeCmd(), newNodeCmd(), newValidateCmd(), newExplainCmd(), newVersionCmd())
+	root.AddCommand(newServeCmd(), newNodeCmd(), newValidateCmd(), newExplainCmd(), newRolloutCmd(), newVersionCmd())
 	return root
 }
