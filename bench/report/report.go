@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/trafficsplit/splitter/bench/compare"
+	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
 )
 
@@ -151,13 +152,16 @@ type Results struct {
 	ExtProc *compare.Result  `json:"ext_proc,omitempty"`
 	Micro   []Micro          `json:"micro,omitempty"`
 	Envoy   *viaenvoy.Result `json:"envoy,omitempty"`
+	// Rollback is the rollout guard's time to take a failing canary to 0.
+	Rollback *rollback.Result `json:"rollback,omitempty"`
 }
 
 const (
-	machineFile = "machine.json"
-	extprocFile = "extproc.json"
-	microFile   = "micro.json"
-	envoyFile   = "envoy.json"
+	machineFile  = "machine.json"
+	extprocFile  = "extproc.json"
+	microFile    = "micro.json"
+	envoyFile    = "envoy.json"
+	rollbackFile = "rollback.json"
 )
 
 // Save writes the non-nil parts of r as JSON files in dir.
@@ -174,6 +178,7 @@ func Save(dir string, r *Results) error {
 		{extprocFile, r.ExtProc, r.ExtProc != nil},
 		{microFile, r.Micro, r.Micro != nil},
 		{envoyFile, r.Envoy, r.Envoy != nil},
+		{rollbackFile, r.Rollback, r.Rollback != nil},
 	}
 	for _, p := range parts {
 		if !p.set {
@@ -198,6 +203,7 @@ func Load(dir string) (*Results, error) {
 		v    any
 	}{
 		{machineFile, &r.Machine}, {extprocFile, &r.ExtProc}, {microFile, &r.Micro}, {envoyFile, &r.Envoy},
+		{rollbackFile, &r.Rollback},
 	}
 	for _, p := range parts {
 		data, err := os.ReadFile(filepath.Join(dir, p.name))
@@ -235,6 +241,9 @@ func Render(w io.Writer, r *Results) error {
 	}
 	if r.Envoy != nil {
 		viaenvoy.Render(&b, r.Envoy)
+	}
+	if r.Rollback != nil {
+		rollback.Render(&b, r.Rollback)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -6,6 +6,7 @@
 //	splitter-bench extproc --splitter bin/splitter  # the ext_proc comparison only
 //	splitter-bench load --addr 127.0.0.1:9001       # one run against any server
 //	splitter-bench noop                              # the baseline server
+//	splitter-bench rollout --splitter bin/splitter  # the rollout guard's rollback time
 package main
 
 import (
@@ -35,7 +36,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newReportCmd(), newAllCmd())
+	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newReportCmd(), newRolloutCmd(), newAllCmd())
 	return root
 }
 
