@@ -10,6 +10,8 @@ import (
 
 	"github.com/trafficsplit/splitter/envoy"
 	"github.com/trafficsplit/splitter/internal/rollout"
+	"github.com/trafficsplit/splitter/internal/signals"
+	"github.com/trafficsplit/splitter/internal/testbed"
 )
 
 // rolloutConfig has a rollout through 5, 25, 50 and 100 % with the hold
@@ -209,4 +211,67 @@ func TestRolloutRestartResumes(t *testing.T) {
 	}
 	b.waitRollout(t, 30*time.Second, "the next step after the restart", func(s rollout.Status) bool { return s.Step == 3 })
 	tr.halt()
+}
+
+// TestStatsListener: the compose bootstrap's stats listener (rendered on
+// loopback) lets a splitter in another container read Envoy's counters
+// with GET /stats?filter=..., and nothing else of the admin interface.
+func TestStatsListener(t *testing.T) {
+	requireEnvoy(t)
+	b := testbed.ForTest(t)
+	backends, err := b.StartBackends("v1", "v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := testbed.LoopbackParams(envoy.ModeWeighted, "", backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminPort, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	statsPort, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Admin.Port, p.Stats = adminPort, envoy.Addr{Host: "127.0.0.1", Port: statsPort}
+	e, err := b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.Client()
+	defer c.Close()
+	if _, err := c.Count(t.Context(), 10, 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	statsAddr := fmt.Sprintf("127.0.0.1:%d", statsPort)
+	src := signals.NewEnvoyAdmin(statsAddr, time.Second)
+	out := make([]signals.Counts, 2)
+	targets := []signals.Target{{Service: "api", Version: "v1", Cluster: "v1"}, {Service: "api", Version: "v2", Cluster: "v2"}}
+	if err := src.Read(t.Context(), targets, out); err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Requests+out[1].Requests != 10 {
+		t.Fatalf("counters through the stats listener: %+v, want 10 requests in all", out)
+	}
+	for _, r := range []struct{ method, path string }{
+		{http.MethodPost, "/quitquitquit"}, {http.MethodGet, "/config_dump"}, {http.MethodPost, "/stats"}, {http.MethodGet, "/stats/prometheus"},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), r.method, "http://"+statsAddr+r.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s %s through the stats listener: %d, want 404", r.method, r.path, resp.StatusCode)
+		}
+	}
+	if !e.Running() {
+		t.Fatal("Envoy stopped")
+	}
 }
