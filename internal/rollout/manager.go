@@ -170,7 +170,7 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 	for _, name := range slices.Sorted(maps.Keys(m.current)) {
 		st := m.current[name]
 		if st.Applying {
-			_ = m.apply(ctx, snap, name)
+			_ = m.apply(ctx, name)
 			st = m.current[name]
 		}
 		if !st.Phase.active() {
@@ -188,7 +188,7 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 				svc.Rollout.Canary, svc.Stable, st.Canary, st.Stable)
 		}
 		if reason != "" {
-			_ = m.commit(ctx, snap, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil))
+			_ = m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil))
 			continue
 		}
 		watches = append(watches, Watch{
@@ -218,7 +218,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
 			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
-				_ = m.commit(ctx, snap, next)
+				_ = m.commit(ctx, next)
 				continue
 			}
 		}
@@ -228,7 +228,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		if st.Phase == Progressing && !m.weightsInForce(snap, st) {
 			m.log.Warn("the service's weights changed outside the rollout; restoring the step's weights",
 				"service", w.Service, "step", st.Step, "weight", split.FormatPercent(int(st.Weight)))
-			_ = m.apply(ctx, snap, w.Service)
+			_ = m.apply(ctx, w.Service)
 		}
 	}
 }
@@ -260,7 +260,7 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 // commit persists next, then applies its weights. The state is saved with
 // Applying set first, so a crash between the two is finished at the next
 // start; m.mu is held.
-func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) error {
+func (m *Manager) commit(ctx context.Context, next State) error {
 	next.Applying = true
 	if err := m.states.Save(ctx, next); err != nil {
 		m.log.Error("cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
@@ -269,19 +269,21 @@ func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) 
 	m.current[next.Service] = next
 	m.countsOf(next.Service).transitions[next.Phase]++
 	m.logTransition(ctx, next)
-	return m.apply(ctx, snap, next.Service)
+	return m.apply(ctx, next.Service)
 }
 
-// apply sets the weights of service's state and clears Applying; m.mu is
-// held. On failure Applying stays set and the next tick tries again.
-func (m *Manager) apply(ctx context.Context, snap *store.Snapshot, service string) error {
+// apply sets the weights of service's state (unless they are in force
+// already) and clears Applying; m.mu is held. On failure Applying stays
+// set and the next tick tries again.
+func (m *Manager) apply(ctx context.Context, service string) error {
 	st := m.current[service]
-	if w, err := rolloutWeights(snap, st); err == nil {
+	snap := m.store.Load() // the latest: an earlier apply may have changed it
+	if w, err := rolloutWeights(snap, st); err == nil && !m.weightsInForce(snap, st) {
 		if _, err := m.mut.SetWeights(ctx, service, w, Actor); err != nil {
 			m.log.Error("cannot apply the rollout's weights; retrying at the next tick", "service", service, "weights", w.String(), "error", err)
 			return fmt.Errorf("applying the rollout's weights: %w", err)
 		}
-	} else if !errors.Is(err, split.ErrUnknownService) {
+	} else if err != nil && !errors.Is(err, split.ErrUnknownService) {
 		m.log.Error("cannot compute the rollout's weights", "service", service, "error", err)
 		return err
 	}
@@ -411,7 +413,7 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 		m.evidence.Forget(service)
 		delete(m.verdicts, service)
 	}
-	if err := m.commit(ctx, snap, next); err != nil {
+	if err := m.commit(ctx, next); err != nil {
 		return Status{}, fmt.Errorf("service %q: %w", service, err)
 	}
 	return m.statusLocked(svc), nil
