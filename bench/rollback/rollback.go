@@ -378,9 +378,11 @@ func Render(b *strings.Builder, r *Result) {
 	}
 	b.WriteString("\nThe anchors, as documented (not measured here): **Flagger** checks its metrics once per analysis `interval` " +
 		"and rolls back after `threshold` failed checks, so detection takes interval x threshold: its docs' example, " +
-		"`interval: 1m` with `threshold: 10`, is 10 minutes (one minute at the least, with a threshold of 1). " +
-		"**Argo Rollouts** takes one analysis measurement per `interval` (its docs' examples use `5m`) over a Prometheus " +
-		"query window; `failureLimit` is 0 by default, so the first failed measurement aborts: up to one interval. " +
-		"Both read a metrics store that itself scrapes every 15-60 s. The guard reads Envoy's counters directly, " +
-		"every signals interval, so detection is bounded by that interval and by how fast min_requests canary requests arrive.\n\n")
+		"`interval: 1m` with `threshold: 10`, is 10 minutes (a minute at the least, with a threshold of 1). " +
+		"**Argo Rollouts** takes one analysis measurement per `interval` over a Prometheus query window and fails the " +
+		"analysis after more than `failureLimit` failed measurements: its docs' example measures every `5m` with " +
+		"`failureLimit: 3`, 15 to 20 minutes; with the default `failureLimit` of 0 the first failed measurement aborts, " +
+		"up to one interval. Both read a metrics store that itself scrapes every 15-60 s. The guard reads Envoy's counters " +
+		"directly every signals interval, so detection is bounded by that interval and by how fast min_requests canary " +
+		"requests arrive.\n\n")
 }
