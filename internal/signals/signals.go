@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 )
@@ -89,10 +90,7 @@ func (c *Counters) pair(k pairKey) *pairCounts {
 		}
 		cur = *m
 	}
-	next := make(map[pairKey]*pairCounts, len(cur)+1)
-	for kk, v := range cur {
-		next[kk] = v
-	}
+	next := maps.Clone(cur)
 	p := &pairCounts{}
 	next[k] = p
 	c.pairs.Store(&next)
