@@ -81,13 +81,13 @@ func TestRolloutHealthyCanaryStepsToPromotion(t *testing.T) {
 			return s.State == rollout.Progressing && s.Step == i+1
 		})
 		b.act(t, rollout.Pause)
-		tr.halt()
+		tr.Halt()
 		assertExactSplit(t, b, 200, 100-pct, nil)
 		b.act(t, rollout.Resume)
 		tr = startTraffic(t, b.client, 2)
 	}
 	s := b.waitRollout(t, 30*time.Second, "promotion", func(s rollout.Status) bool { return s.State == rollout.Promoted })
-	tr.halt()
+	tr.Halt()
 	allOn(t, b, 50, "v2", nil)
 
 	var steps []string
@@ -131,15 +131,15 @@ func TestRolloutBadCanaryRollsBack(t *testing.T) {
 			}
 			// Traffic goes on for a second after the rollback.
 			time.Sleep(time.Second)
-			tr.halt()
+			tr.Halt()
 
 			first, _ := b.backends[1].Faults.FirstFailure()
 			settled := rb.At.Add(100 * time.Millisecond) // requests decided before the rollback may still be in flight
-			after, afterErrs := count(tr.since(settled))
+			after, afterErrs := testbed.Tally(tr.Since(settled))
 			if len(afterErrs) > 0 || after["v2"] > 0 || after["v1"] == 0 {
 				t.Errorf("requests started after the rollback: %v and %d errors (first %v), want all on v1", after, len(afterErrs), afterErrs)
 			}
-			_, errs := count(tr.between(first.Add(-time.Second), settled))
+			_, errs := testbed.Tally(tr.Between(first.Add(-time.Second), settled))
 			t.Logf("%s: first bad answer -> canary at 0: %v; %d client-visible errors meanwhile; verdict: %s",
 				mode, rb.At.Sub(first).Round(time.Millisecond), len(errs), rb.Verdict.Reason)
 		})
@@ -210,7 +210,7 @@ func TestRolloutRestartResumes(t *testing.T) {
 		t.Fatalf("weights after the restart: %+v, %v", svc, err)
 	}
 	b.waitRollout(t, 30*time.Second, "the next step after the restart", func(s rollout.Status) bool { return s.Step == 3 })
-	tr.halt()
+	tr.Halt()
 }
 
 // TestStatsListener: the compose bootstrap's stats listener (rendered on

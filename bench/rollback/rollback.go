@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
@@ -64,8 +63,6 @@ type Run struct {
 	// ClientErrors: requests that failed at the client between the first
 	// bad answer and the rollback (plus 100 ms for requests in flight).
 	ClientErrors int `json:"client_errors"`
-	// Requests: requests clients completed in that time.
-	Requests int `json:"requests"`
 	// Verdict is the rule's explanation of the rollback.
 	Verdict string `json:"verdict"`
 }
@@ -201,8 +198,8 @@ func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ 
 	client := e.Client()
 	defer client.Close()
 
-	tr := startTraffic(ctx, client, cfg.Workers)
-	defer tr.halt()
+	tr := client.StartTraffic(ctx, cfg.Workers)
+	defer tr.Halt()
 	s := &Series{Window: window.String(), Interval: interval.String()}
 	start := time.Now()
 	for i := range cfg.Runs {
@@ -213,7 +210,7 @@ func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ 
 		cfg.Logger.Info("rollback", "window", window, "signals_interval", interval, "run", i+1, "detect_ms", r.DetectMs, "client_errors", r.ClientErrors)
 		s.Runs = append(s.Runs, *r)
 	}
-	s.RPS = float64(tr.count()) / time.Since(start).Seconds()
+	s.RPS = float64(tr.Len()) / time.Since(start).Seconds()
 	var detect, errs []float64
 	for _, r := range s.Runs {
 		detect = append(detect, r.DetectMs)
@@ -225,7 +222,7 @@ func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ 
 
 // one starts the rollout with a healthy canary, waits for a healthy
 // verdict, makes the canary fail and waits for the rollback.
-func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr *traffic, failPercent float64) (*Run, error) {
+func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr *testbed.Traffic, failPercent float64) (*Run, error) {
 	canary.Fail(0)
 	var s rollout.Status
 	if err := sp.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]string{"action": "start"}, &s); err != nil {
@@ -257,12 +254,15 @@ func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr 
 	}
 	// Requests in flight at the rollback may still fail: let them finish.
 	time.Sleep(200 * time.Millisecond)
-	done, failed := tr.between(first, rb.At.Add(100*time.Millisecond))
+	// Every failure is in the requests that ended by then; none started
+	// more than a second before the first bad answer.
+	outs := tr.Between(first.Add(-time.Second), rb.At.Add(100*time.Millisecond))
+	_, errs := testbed.Tally(outs)
 	reason := ""
 	if rb.Verdict != nil {
 		reason = rb.Verdict.Reason
 	}
-	return &Run{DetectMs: float64(rb.At.Sub(first).Microseconds()) / 1000, ClientErrors: failed, Requests: done, Verdict: reason}, nil
+	return &Run{DetectMs: float64(rb.At.Sub(first).Microseconds()) / 1000, ClientErrors: len(errs), Verdict: reason}, nil
 }
 
 func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
@@ -285,64 +285,6 @@ func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// traffic sends requests through Envoy from a few goroutines and keeps
-// when each ended and whether it failed.
-type traffic struct {
-	mu   sync.Mutex
-	ends []outcome
-	stop context.CancelFunc
-	wg   sync.WaitGroup
-}
-
-type outcome struct {
-	start, end time.Time
-	failed     bool
-}
-
-func startTraffic(ctx context.Context, c *testbed.Client, workers int) *traffic {
-	ctx, cancel := context.WithCancel(ctx)
-	tr := &traffic{stop: cancel}
-	for range workers {
-		tr.wg.Go(func() {
-			for ctx.Err() == nil {
-				start := time.Now()
-				_, err := c.Get(ctx, "/", nil)
-				if ctx.Err() != nil {
-					return
-				}
-				tr.mu.Lock()
-				tr.ends = append(tr.ends, outcome{start, time.Now(), err != nil})
-				tr.mu.Unlock()
-			}
-		})
-	}
-	return tr
-}
-
-func (tr *traffic) halt() { tr.stop(); tr.wg.Wait() }
-
-func (tr *traffic) count() int {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	return len(tr.ends)
-}
-
-// between counts the requests that ended in [from, to] and how many failed.
-func (tr *traffic) between(from, to time.Time) (done, failed int) {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	for _, o := range tr.ends {
-		if o.end.Before(from) || o.end.After(to) {
-			continue
-		}
-		done++
-		if o.failed {
-			failed++
-		}
-	}
-	return done, failed
 }
 
 func dist(v []float64) Dist {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/trafficsplit/splitter/internal/rollout"
@@ -27,49 +26,25 @@ const rolloutConfig = `services:
       guard: {window: 1s, min_requests: 20, max_error_rate: 1, max_error_ratio: 2}
 `
 
-// traffic sends requests through Envoy until stopped, counting the
-// versions that answered and the failures since the last take.
+// traffic is a run of requests through Envoy, read in takes: the
+// outcomes since the previous take.
 type traffic struct {
-	mu     sync.Mutex
-	counts testbed.Counts
-	errors int
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
+	*testbed.Traffic
+	last time.Time
 }
 
 func (d *demo) startTraffic(ctx context.Context) *traffic {
-	ctx, cancel := context.WithCancel(ctx)
-	tr := &traffic{counts: testbed.Counts{}, stop: cancel}
-	for range 4 {
-		tr.wg.Go(func() {
-			for ctx.Err() == nil {
-				rep, err := d.client.Get(ctx, "/", nil)
-				if ctx.Err() != nil {
-					return
-				}
-				tr.mu.Lock()
-				if err != nil {
-					tr.errors++
-				} else {
-					tr.counts[rep.Version]++
-				}
-				tr.mu.Unlock()
-			}
-		})
-	}
-	return tr
+	return &traffic{Traffic: d.client.StartTraffic(ctx, 4), last: time.Now()}
 }
 
-// take returns the counts and errors since the last take.
+// take returns the versions that answered and the failures since the
+// last take.
 func (tr *traffic) take() (testbed.Counts, int) {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	c, e := tr.counts, tr.errors
-	tr.counts, tr.errors = testbed.Counts{}, 0
-	return c, e
+	now := time.Now()
+	counts, errs := testbed.Tally(tr.Since(tr.last))
+	tr.last = now
+	return counts, len(errs)
 }
-
-func (tr *traffic) halt() { tr.stop(); tr.wg.Wait() }
 
 func (d *demo) rolloutStatus(ctx context.Context) (rollout.Status, error) {
 	var s rollout.Status
@@ -105,7 +80,7 @@ func (d *demo) follow(ctx context.Context, tr *traffic, timeout time.Duration, d
 			continue
 		}
 		counts, errs := tr.take()
-		fmt.Fprintf(d.out, "  step %d, canary at %s%%: %d requests, %d failed\n", last.Step, split.FormatPercent(int(last.Weight)), counts.Total(), errs)
+		fmt.Fprintf(d.out, "  step %d, canary at %s%%: %d answered, %d failed\n", last.Step, split.FormatPercent(int(last.Weight)), counts.Total(), errs)
 		d.bars(counts)
 		last = s
 		if done(s) {
@@ -120,7 +95,7 @@ func (d *demo) rollout(ctx context.Context) error {
 		return err
 	}
 	tr := d.startTraffic(ctx)
-	defer tr.halt()
+	defer tr.Halt()
 	if err := d.rolloutAction(ctx, rollout.Start); err != nil {
 		return err
 	}
@@ -133,7 +108,7 @@ func (d *demo) rollout(ctx context.Context) error {
 	}
 	time.Sleep(time.Second)
 	counts, errs := tr.take()
-	fmt.Fprintf(d.out, "  promoted, the second after: %d requests, %d failed\n", counts.Total(), errs)
+	fmt.Fprintf(d.out, "  promoted, the second after: %d answered, %d failed\n", counts.Total(), errs)
 	d.bars(counts)
 	if counts["v1"] > 0 || errs > 0 {
 		return errors.New("a promoted canary does not serve everything")
@@ -146,7 +121,7 @@ func (d *demo) badCanary(ctx context.Context) error {
 	fmt.Fprintln(d.out, "\n9. A bad canary: started again, v2 begins answering 500 to half its requests at the 25 % step")
 	d.backends[1].Fail(0)
 	tr := d.startTraffic(ctx)
-	defer tr.halt()
+	defer tr.Halt()
 	if err := d.rolloutAction(ctx, rollout.Start); err != nil {
 		return err
 	}
@@ -166,7 +141,7 @@ func (d *demo) badCanary(ctx context.Context) error {
 	fmt.Fprintf(d.out, "  ✓ rolled back %v after v2's first bad answer: %s\n", rb.At.Sub(first).Round(time.Millisecond), rb.Reason)
 	time.Sleep(time.Second)
 	counts, errs := tr.take()
-	fmt.Fprintf(d.out, "  the second after: %d requests, %d failed\n", counts.Total(), errs)
+	fmt.Fprintf(d.out, "  the second after: %d answered, %d failed\n", counts.Total(), errs)
 	d.bars(counts)
 	if counts["v2"] > 0 || errs > 0 {
 		return errors.New("traffic still reaches the failing v2 after the rollback")
