@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet validate envoy etcd demo demo-fleet e2e generate clean
+.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd demo demo-fleet e2e generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ bench: build envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through 
 bench-fleet: build etcd ## Fleet propagation: admin call on one replica to applied on N (3 processes, 100 watchers); writes BENCH.md's fleet section
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench fleet --splitter $(BIN)/splitter --etcd "$$(scripts/etcd.sh)" --results bench/results --out BENCH.md
+bench-rollout: build envoy ## Time the rollout guard's rollback of a failing canary (20 runs per window); updates BENCH.md
+	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
+	./$(BIN)/splitter-bench rollout --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
 
 validate: build ## Validate every example configuration
 	./$(BIN)/splitter validate examples/config/*.yaml

@@ -99,19 +99,19 @@ func bedAt(t *testing.T, cfgPath string) *bed {
 
 // firstOn returns the end time of the first successful request started
 // after t0 that reached version.
-func firstOn(tr *traffic, t0 time.Time, version string) (time.Time, bool) {
-	for _, o := range tr.since(t0) {
-		if o.err == nil && o.version == version {
-			return o.end, true
+func firstOn(tr *testbed.Traffic, t0 time.Time, version string) (time.Time, bool) {
+	for _, o := range tr.Since(t0) {
+		if o.Err == nil && o.Version == version {
+			return o.End, true
 		}
 	}
 	return time.Time{}, false
 }
 
 // failures reports the failed requests among outcomes.
-func failures(t *testing.T, what string, outs []outcome) {
+func failures(t *testing.T, what string, outs []testbed.Outcome) {
 	t.Helper()
-	counts, errs := count(outs)
+	counts, errs := testbed.Tally(outs)
 	if len(errs) > 0 {
 		t.Errorf("%s: %d of %d requests failed, first: %v", what, len(errs), len(outs), errs[0])
 	}
@@ -128,7 +128,7 @@ func TestConfigMapSwapUnderLoad(t *testing.T) {
 	b := bedAt(t, cm.path())
 	tr := startTraffic(t, b.client, 4)
 	t0 := time.Now()
-	waitFor(t, 10*time.Second, "100 requests on the first split", func() bool { return len(tr.since(t0)) >= 100 })
+	waitFor(t, 10*time.Second, "100 requests on the first split", func() bool { return len(tr.Since(t0)) >= 100 })
 
 	for _, step := range []struct {
 		v1, v2 int
@@ -141,9 +141,9 @@ func TestConfigMapSwapUnderLoad(t *testing.T) {
 			first, ok = firstOn(tr, swapped, step.want)
 			return ok
 		})
-		waitFor(t, 20*time.Second, "200 requests on the new split", func() bool { return len(tr.since(first)) >= 200 })
+		waitFor(t, 20*time.Second, "200 requests on the new split", func() bool { return len(tr.Since(first)) >= 200 })
 		// Requests that started once the new split answered must all use it.
-		if c, _ := count(tr.since(first)); c[step.want] != c.Total() {
+		if c, _ := testbed.Tally(tr.Since(first)); c[step.want] != c.Total() {
 			t.Errorf("after the swap to %s only: %v", step.want, c)
 		}
 		var svc struct {
@@ -157,8 +157,8 @@ func TestConfigMapSwapUnderLoad(t *testing.T) {
 		}
 		t.Logf("recovery: ConfigMap swap to %s -> first request on the new split %v", step.want, first.Sub(swapped).Round(time.Millisecond))
 	}
-	tr.halt()
-	failures(t, "whole run", tr.since(t0))
+	tr.Halt()
+	failures(t, "whole run", tr.Since(t0))
 }
 
 // TestStallPastMessageTimeoutUnderLoad: the splitter is stopped (SIGSTOP)
@@ -170,7 +170,7 @@ func TestStallPastMessageTimeoutUnderLoad(t *testing.T) {
 	tr := startTraffic(t, b.client, 4)
 	t0 := time.Now()
 	waitFor(t, 10*time.Second, "v2 answers before the stall", func() bool {
-		c, _ := count(tr.since(t0))
+		c, _ := testbed.Tally(tr.Since(t0))
 		return c["v2"] >= 5
 	})
 
@@ -181,7 +181,7 @@ func TestStallPastMessageTimeoutUnderLoad(t *testing.T) {
 	// Ten message timeouts per worker at least.
 	stall := 10 * envoy.DefaultMessageTimeout
 	waitFor(t, 20*time.Second, "requests during the stall", func() bool {
-		return time.Since(paused) >= stall && len(tr.since(paused)) >= 20
+		return time.Since(paused) >= stall && len(tr.Since(paused)) >= 20
 	})
 	// Taken before SIGCONT: a request the splitter answers right after it
 	// can end before a timestamp taken afterwards.
@@ -195,16 +195,16 @@ func TestStallPastMessageTimeoutUnderLoad(t *testing.T) {
 		first, ok = firstOn(tr, resumed, "v2")
 		return ok
 	})
-	waitFor(t, 20*time.Second, "100 requests after recovery", func() bool { return len(tr.since(first)) >= 100 })
-	tr.halt()
+	waitFor(t, 20*time.Second, "100 requests after recovery", func() bool { return len(tr.Since(first)) >= 100 })
+	tr.Halt()
 
-	failures(t, "whole run", tr.since(t0))
-	during := tr.between(paused, resumed)
-	c, _ := count(during)
+	failures(t, "whole run", tr.Since(t0))
+	during := tr.Between(paused, resumed)
+	c, _ := testbed.Tally(during)
 	if c["v1"] != len(during) {
 		t.Errorf("during the stall: %v, want every request on v1", c)
 	}
-	after, _ := count(tr.since(first))
+	after, _ := testbed.Tally(tr.Since(first))
 	if after["v1"] == 0 || after["v2"] == 0 {
 		t.Errorf("after recovery: %v, want both versions", after)
 	}
@@ -225,12 +225,12 @@ func TestKillRestartHeavyLoad(t *testing.T) {
 	b := newBed(t, envoy.ModeExtProc, baseConfig)
 	tr := startTraffic(t, b.client, 8)
 	t0 := time.Now()
-	waitFor(t, 10*time.Second, "200 requests before the kill", func() bool { return len(tr.since(t0)) >= 200 })
+	waitFor(t, 10*time.Second, "200 requests before the kill", func() bool { return len(tr.Since(t0)) >= 200 })
 	if err := b.splitter.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	waitFor(t, 20*time.Second, "200 requests while down", func() bool { return len(tr.since(killed)) >= 200 })
+	waitFor(t, 20*time.Second, "200 requests while down", func() bool { return len(tr.Since(killed)) >= 200 })
 	restart := time.Now()
 	if err := b.splitter.Restart(t.Context()); err != nil {
 		t.Fatal(err)
@@ -242,12 +242,12 @@ func TestKillRestartHeavyLoad(t *testing.T) {
 		first, ok = firstOn(tr, restart, "v2")
 		return ok
 	})
-	waitFor(t, 20*time.Second, "400 requests after recovery", func() bool { return len(tr.since(first)) >= 400 })
-	tr.halt()
+	waitFor(t, 20*time.Second, "400 requests after recovery", func() bool { return len(tr.Since(first)) >= 400 })
+	tr.Halt()
 
-	failures(t, "whole run", tr.since(t0))
-	down := tr.between(killed, restart)
-	c, _ := count(down)
+	failures(t, "whole run", tr.Since(t0))
+	down := tr.Between(killed, restart)
+	c, _ := testbed.Tally(down)
 	if c["v1"] != len(down) {
 		t.Errorf("while down: %v, want every request on v1", c)
 	}

@@ -178,7 +178,8 @@ func TestComposeFile(t *testing.T) {
 				env[k] = *v
 			}
 		}
-		if env["SPLITTER_CONFIG"] != "/etc/splitter/config.yaml" || env["SPLITTER_GRPC_ADDR"] != "0.0.0.0:9001" {
+		if env["SPLITTER_CONFIG"] != "/etc/splitter/config.yaml" || env["SPLITTER_GRPC_ADDR"] != "0.0.0.0:9001" ||
+			env["SPLITTER_ENVOY_ADMIN"] != "envoy:9902" {
 			t.Errorf("splitter environment %v", env)
 		}
 		if env["SPLITTER_ADMIN_ADDR"] != "" && !strings.HasPrefix(env["SPLITTER_ADMIN_ADDR"], "127.0.0.1:") && env["SPLITTER_ADMIN_TOKEN_FILE"] == "" {

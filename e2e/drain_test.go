@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/trafficsplit/splitter/envoy"
+	"github.com/trafficsplit/splitter/internal/testbed"
 )
 
 // TestDrainDelayKeepsDeciding: after SIGTERM the splitter keeps deciding
@@ -26,7 +27,7 @@ func TestDrainDelayKeepsDeciding(t *testing.T) {
 			tr := startTraffic(t, b.client, 2)
 			t0 := time.Now()
 			waitFor(t, 10*time.Second, "traffic on both versions", func() bool {
-				c, _ := count(tr.since(t0))
+				c, _ := testbed.Tally(tr.Since(t0))
 				return c["v1"] >= 20 && c["v2"] >= 5
 			})
 			openBefore := failedOpen(t, b)
@@ -37,7 +38,7 @@ func TestDrainDelayKeepsDeciding(t *testing.T) {
 			}
 			time.Sleep(window)
 			openDuring := failedOpen(t, b) - openBefore
-			c, errs := count(tr.between(term, term.Add(window)))
+			c, errs := testbed.Tally(tr.Between(term, term.Add(window)))
 			if len(errs) > 0 {
 				t.Fatalf("%d client errors during the drain: %v", len(errs), errs[0])
 			}

@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -81,83 +79,12 @@ func TestAdminCanaryChange(t *testing.T) {
 	}
 }
 
-// outcome is one request of a traffic run.
-type outcome struct {
-	start, end time.Time
-	version    string
-	err        error
-}
-
-// traffic sends requests continuously from a few goroutines until stopped.
-type traffic struct {
-	mu       sync.Mutex
-	outcomes []outcome
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-}
-
-func startTraffic(t *testing.T, c *testbed.Client, workers int) *traffic {
-	ctx, cancel := context.WithCancel(t.Context())
-	tr := &traffic{stop: cancel}
-	for range workers {
-		tr.wg.Go(func() {
-			for ctx.Err() == nil {
-				start := time.Now()
-				rep, err := c.Get(ctx, "/", nil)
-				if ctx.Err() != nil {
-					return // the run was stopped mid-request: not an outcome
-				}
-				tr.mu.Lock()
-				tr.outcomes = append(tr.outcomes, outcome{start, time.Now(), rep.Version, err})
-				tr.mu.Unlock()
-			}
-		})
-	}
-	t.Cleanup(tr.halt)
+// startTraffic sends requests through c from workers goroutines until the
+// test ends or the run is halted.
+func startTraffic(t *testing.T, c *testbed.Client, workers int) *testbed.Traffic {
+	tr := c.StartTraffic(t.Context(), workers)
+	t.Cleanup(tr.Halt)
 	return tr
-}
-
-func (tr *traffic) halt() {
-	tr.stop()
-	tr.wg.Wait()
-}
-
-// since returns the outcomes of requests started after t0.
-func (tr *traffic) since(t0 time.Time) []outcome {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var out []outcome
-	for _, o := range tr.outcomes {
-		if o.start.After(t0) {
-			out = append(out, o)
-		}
-	}
-	return out
-}
-
-// between returns the outcomes of requests started after from that ended
-// before to.
-func (tr *traffic) between(from, to time.Time) []outcome {
-	var out []outcome
-	for _, o := range tr.since(from) {
-		if o.end.Before(to) {
-			out = append(out, o)
-		}
-	}
-	return out
-}
-
-func count(os []outcome) (testbed.Counts, []error) {
-	c := testbed.Counts{}
-	var errs []error
-	for _, o := range os {
-		if o.err != nil {
-			errs = append(errs, o.err)
-			continue
-		}
-		c[o.version]++
-	}
-	return c, errs
 }
 
 // TestSplitterKilledUnderLoad: SIGKILL the splitter while requests flow.
@@ -168,7 +95,7 @@ func TestSplitterKilledUnderLoad(t *testing.T) {
 	tr := startTraffic(t, b.client, 2)
 	t0 := time.Now()
 	waitFor(t, 10*time.Second, "v2 answers before the kill", func() bool {
-		c, _ := count(tr.since(t0))
+		c, _ := testbed.Tally(tr.Since(t0))
 		return c["v2"] >= 5
 	})
 
@@ -177,7 +104,7 @@ func TestSplitterKilledUnderLoad(t *testing.T) {
 	}
 	killed := time.Now()
 	waitFor(t, 20*time.Second, "100 requests while the splitter is down", func() bool {
-		return len(tr.since(killed)) >= 100
+		return len(tr.Since(killed)) >= 100
 	})
 	// While it is down, a client-sent route header must not pick v2 either.
 	allOn(t, b, 20, "v1", hdr("x-route-version", "v2"))
@@ -189,23 +116,23 @@ func TestSplitterKilledUnderLoad(t *testing.T) {
 	ready := time.Now()
 	var firstV2 time.Time
 	waitFor(t, 10*time.Second, "v2 answers after the restart", func() bool {
-		for _, o := range tr.since(restart) {
-			if o.err == nil && o.version == "v2" {
-				firstV2 = o.end
+		for _, o := range tr.Since(restart) {
+			if o.Err == nil && o.Version == "v2" {
+				firstV2 = o.End
 				return true
 			}
 		}
 		return false
 	})
 	waitFor(t, 20*time.Second, "200 requests after the restart", func() bool {
-		return len(tr.since(ready)) >= 200
+		return len(tr.Since(ready)) >= 200
 	})
-	tr.halt()
+	tr.Halt()
 
-	before, errsBefore := count(tr.since(t0))
-	down := tr.between(killed, restart)
-	downCounts, _ := count(down)
-	after, _ := count(tr.since(firstV2))
+	before, errsBefore := testbed.Tally(tr.Since(t0))
+	down := tr.Between(killed, restart)
+	downCounts, _ := testbed.Tally(down)
+	after, _ := testbed.Tally(tr.Since(firstV2))
 	if len(errsBefore) > 0 {
 		t.Errorf("%d of %d requests failed, first: %v", len(errsBefore), before.Total()+len(errsBefore), errsBefore[0])
 	}

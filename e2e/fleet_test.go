@@ -428,7 +428,7 @@ func TestFleetFaults(t *testing.T) {
 		t.Fatalf("C after its restart: %+v", v)
 	}
 	time.Sleep(time.Second) // traffic keeps flowing during the outage
-	outage := tr.between(down, time.Now())
+	outage := tr.Between(down, time.Now())
 
 	t.Log("etcd back")
 	if err := fb.etcd.Restart(t.Context()); err != nil {
@@ -488,15 +488,15 @@ func TestFleetFaults(t *testing.T) {
 		t.Error("B: the compaction is not counted")
 	}
 
-	tr.halt()
-	total, errs := count(tr.since(time.Time{}))
+	tr.Halt()
+	total, errs := testbed.Tally(tr.Since(time.Time{}))
 	if len(errs) > 0 {
 		t.Fatalf("%d failed requests, first: %v", len(errs), errs[0])
 	}
 	if n := failureModeAllowed(t, fb.envoys[0]) - allowedBefore; n != 0 {
 		t.Fatalf("%d requests went on without a decision", n)
 	}
-	during, _ := count(outage)
+	during, _ := testbed.Tally(outage)
 	if during["v2"] == 0 || during.Total() < 20 {
 		t.Fatalf("during the outage: %s; want the split to go on", during)
 	}

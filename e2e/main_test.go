@@ -96,6 +96,13 @@ func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *b
 // newBedArgs is newBed with extra command-line arguments for the splitter.
 func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, versions ...string) *bed {
 	t.Helper()
+	return startBed(t, mode, config, args, false, versions...)
+}
+
+// startBed is newBedArgs; with envoyAdmin, Envoy's admin port is chosen
+// first and given to the splitter (--envoy-admin), for rollout signals.
+func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoyAdmin bool, versions ...string) *bed {
+	t.Helper()
 	requireEnvoy(t)
 	if len(versions) == 0 {
 		versions = []string{"v1", "v2"}
@@ -108,6 +115,13 @@ func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, ver
 	}
 	b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
 	writeFile(t, b.cfgPath, config)
+	adminPort := 0
+	if envoyAdmin {
+		if adminPort, err = testbed.FreePort(); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", adminPort)}, args...)
+	}
 	b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +130,7 @@ func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, ver
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.Admin.Port = adminPort
 	b.envoy, err = b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -72,10 +72,14 @@ type Backend struct {
 // does not answer.
 type Params struct {
 	// Name appears in the generated file's header comment.
-	Name     string
-	Mode     Mode
-	Listen   Addr
-	Admin    Addr
+	Name   string
+	Mode   Mode
+	Listen Addr
+	Admin  Addr
+	// Stats, when its port is set, is a listener that passes GET /stats
+	// (only) to the admin interface: the rollout guard's signals for a
+	// splitter that cannot reach Envoy's loopback (another container).
+	Stats    Addr
 	Splitter Addr // unused in ModeWeighted
 	Backends []Backend
 	// DNS makes clusters STRICT_DNS (compose service names) instead of STATIC.
@@ -167,6 +171,12 @@ func newView(p Params) (view, error) {
 	}
 	checkAddr("listen", p.Listen)
 	checkAddr("admin", p.Admin)
+	if p.Stats.Port != 0 {
+		checkAddr("stats", p.Stats)
+		if p.Admin.Port == 0 {
+			bad("stats", "needs a fixed admin port to forward to")
+		}
+	}
 	if p.Mode != ModeWeighted {
 		checkAddr("splitter", p.Splitter)
 		if p.Splitter.Port == 0 {
@@ -180,7 +190,7 @@ func newView(p Params) (view, error) {
 	total := 0
 	for i, b := range p.Backends {
 		field := fmt.Sprintf("backends[%d]", i)
-		if !plainName.MatchString(b.Version) || b.Version == "splitter" {
+		if !plainName.MatchString(b.Version) || b.Version == "splitter" || b.Version == "envoy_admin" {
 			bad(field+".version", "%q is not usable as a cluster name", b.Version)
 		}
 		if seen[b.Version] {
@@ -261,10 +271,13 @@ func Compose(mode Mode) Params {
 		name = "envoy-extauthz.yaml"
 	}
 	return Params{
-		Name:     name,
-		Mode:     mode,
-		Listen:   Addr{Host: "0.0.0.0", Port: 10000},
-		Admin:    Addr{Host: "127.0.0.1", Port: 9901},
+		Name:   name,
+		Mode:   mode,
+		Listen: Addr{Host: "0.0.0.0", Port: 10000},
+		Admin:  Addr{Host: "127.0.0.1", Port: 9901},
+		// The splitter's container reads the statistics here
+		// (SPLITTER_ENVOY_ADMIN=envoy:9902); not published.
+		Stats:    Addr{Host: "0.0.0.0", Port: 9902},
 		Splitter: Addr{Host: "splitter", Port: 9001},
 		Backends: []Backend{
 			{Version: "v1", Addr: Addr{Host: "backend-v1", Port: 8080}, Weight: 80},
@@ -287,6 +300,9 @@ func Kubernetes() Params {
 	p.Name = "examples/kubernetes/envoy.yaml"
 	p.Listen.Port = 8080
 	p.Splitter = Addr{Host: "127.0.0.1", Port: 9001}
+	// The splitter shares the pod's loopback: it reads the admin
+	// interface itself (envoy_admin's default, 127.0.0.1:9901).
+	p.Stats = Addr{}
 	p.Backends = []Backend{
 		{Version: "v1", Addr: Addr{Host: "api-v1", Port: 80}},
 		{Version: "v2", Addr: Addr{Host: "api-v2", Port: 80}},

@@ -251,6 +251,26 @@ func TestRenderedBootstrap(t *testing.T) {
 				if !d.has(hcm + ".access_log") {
 					t.Error("no access log")
 				}
+				// The stats listener passes GET /stats only, to the admin
+				// interface on loopback.
+				stats := "static_resources.listeners.1.filter_chains.0.filters.0.typed_config.route_config.virtual_hosts.0.routes"
+				if d.get("static_resources.listeners.1.name") != "stats" || d.get(stats+".0.match.path") != "/stats" ||
+					d.get(stats+".0.route.cluster") != "envoy_admin" || d.get(stats+".1.direct_response.status") != float64(404) {
+					t.Errorf("stats listener routes: %v", d.get(stats))
+				}
+				admin := "static_resources.clusters.3.load_assignment.endpoints.0.lb_endpoints.0.endpoint.address.socket_address"
+				if d.get("static_resources.clusters.3.name") != "envoy_admin" || d.get(admin+".address") != "127.0.0.1" || d.get(admin+".port_value") != float64(9901) {
+					t.Errorf("envoy_admin cluster: %v", d.get("static_resources.clusters.3"))
+				}
+			},
+		},
+		{
+			name: "kubernetes: the splitter reads the admin interface itself, no stats listener",
+			p:    Kubernetes(),
+			checks: func(t *testing.T, d doc) {
+				if d.has("static_resources.listeners.1") {
+					t.Error("a second listener in the pod's bootstrap")
+				}
 			},
 		},
 	}
@@ -275,6 +295,8 @@ func TestRenderRejectsBadParams(t *testing.T) {
 		{"upper-case header", func(p *Params) { p.MutableHeaders = []string{"X-Variant"} }, "mutable_headers[1]"},
 		{"sub-millisecond timeout", func(p *Params) { p.MessageTimeout = 1500 * time.Microsecond }, "message_timeout"},
 		{"splitter port unknown", func(p *Params) { p.Splitter.Port = 0 }, "splitter"},
+		{"admin cluster name clash", func(p *Params) { p.Backends[1].Version = "envoy_admin" }, "cluster name"},
+		{"stats without a fixed admin port", func(p *Params) { p.Stats = Addr{Host: "127.0.0.1", Port: 9902}; p.Admin.Port = 0 }, "stats"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

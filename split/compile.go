@@ -290,6 +290,8 @@ func (c *checker) service(path string, s *Service) *service {
 	if s.Sticky != nil {
 		cs.sticky = c.key(path+".sticky", s.Sticky)
 	}
+	c.clusters(path, s, versions)
+	c.rollout(path, s, versions)
 
 	if len(s.Rules) > MaxRules {
 		c.add(path+".rules", "too many rules (%d, at most %d)", len(s.Rules), MaxRules)

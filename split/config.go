@@ -1,5 +1,7 @@
 package split
 
+import "maps"
+
 // Buckets is the number of sticky/experiment buckets; weights are kept in
 // basis points (1 bp = 0.01 %), so one bucket is one basis point.
 const Buckets = 10000
@@ -38,6 +40,11 @@ type Service struct {
 	Weights Weights  `json:"weights"`          // declared order is kept
 	Sticky  *Key     `json:"sticky,omitempty"` // nil: no sticky routing
 	Rules   []Rule   `json:"rules,omitempty"`
+	// Clusters maps a version to the Envoy cluster that serves it, where
+	// its signals are read (rollouts); a version not listed is served by
+	// the cluster of its own name.
+	Clusters map[string]string `json:"clusters,omitempty"`
+	Rollout  *Rollout          `json:"rollout,omitempty"` // nil: no rollout
 }
 
 // Weight is one version's share in basis points (0..10000).
@@ -166,6 +173,8 @@ func (s Service) Clone() Service {
 		k := *s.Sticky
 		out.Sticky = &k
 	}
+	out.Clusters = maps.Clone(s.Clusters)
+	out.Rollout = s.Rollout.Clone()
 	if s.Rules != nil {
 		out.Rules = make([]Rule, len(s.Rules))
 		for i, r := range s.Rules {

@@ -15,6 +15,8 @@ func FuzzParseCompile(f *testing.F) {
 	f.Add([]byte("services: [{name: a, weights: {v1: 99.99, v2: 0.01}}]"))
 	f.Add([]byte("a: &a [1]\nb: [*a, *a]\n"))
 	f.Add([]byte("services:\n- name: x\n  weights: {v1: 1e3}\n"))
+	f.Add([]byte("services:\n- name: x\n  weights: {v1: 100, v2: 0}\n  clusters: {v2: c2}\n" +
+		"  rollout: {steps: [5, 100], hold: 1s, guard: {window: 2s, min_requests: 3, max_error_rate: 0.5, max_error_ratio: 1.5}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := split.Parse(data, processKeys)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -473,7 +474,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 
 func (p *parser) service(path string, n *yaml.Node) Service {
 	var s Service
-	for _, e := range p.fields(path, n, "name", "hosts", "stable", "weights", "sticky", "rules") {
+	for _, e := range p.fields(path, n, "name", "hosts", "stable", "weights", "sticky", "rules", "clusters", "rollout") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "name":
@@ -506,9 +507,125 @@ func (p *parser) service(path string, n *yaml.Node) Service {
 				continue // "rules:" with every rule commented out
 			}
 			s.Rules = list(p, fp, e.v, p.rule)
+		case "clusters":
+			s.Clusters = p.names(fp, e.v, "cluster name")
+		case "rollout":
+			if isNull(e.v) {
+				continue // "rollout:" with every field commented out
+			}
+			r := p.rollout(fp, e.v)
+			s.Rollout = &r
 		}
 	}
 	return s
+}
+
+// names reads a mapping of name -> non-empty string.
+func (p *parser) names(path string, n *yaml.Node, what string) map[string]string {
+	all, ok := p.entries(path, n)
+	if !ok {
+		return nil
+	}
+	out := make(map[string]string, len(all))
+	for _, e := range all {
+		p.mark(join(path, e.key), e.k)
+		if v, ok := p.name(join(path, e.key), e.v, what); ok {
+			out[e.key] = v
+		}
+	}
+	return out
+}
+
+// rollout reads a rollout block over DefaultRollout: a key left out keeps
+// its default.
+func (p *parser) rollout(path string, n *yaml.Node) Rollout {
+	r := DefaultRollout()
+	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "canary":
+			r.Canary, _ = p.name(fp, e.v, "canary version")
+		case "steps":
+			r.Steps = list(p, fp, e.v, func(ip string, item *yaml.Node) int {
+				bp, _ := p.percent(ip, item)
+				return bp
+			})
+		case "hold":
+			r.Hold = p.duration(fp, e.v, r.Hold)
+		case "guard":
+			r.Guard = p.guard(fp, e.v, r.Guard)
+		case "on_failure":
+			r.OnFailure, _ = p.name(fp, e.v, "on_failure")
+		}
+	}
+	return r
+}
+
+func (p *parser) guard(path string, n *yaml.Node, g Guard) Guard {
+	for _, e := range p.fields(path, n, "window", "min_requests", "max_error_rate", "max_error_ratio") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "window":
+			g.Window = p.duration(fp, e.v, g.Window)
+		case "min_requests":
+			if v, ok := p.decimal(fp, e.v, 0, "a whole number"); ok {
+				g.MinRequests = v
+			}
+		case "max_error_rate":
+			if bp, ok := p.percent(fp, e.v); ok {
+				g.MaxErrorRate = Percent(bp)
+			}
+		case "max_error_ratio":
+			if h, ok := p.decimal(fp, e.v, 2, "a number such as 2 or 1.5"); ok {
+				g.MaxErrorRatio = Hundredths(h)
+			}
+		}
+	}
+	return g
+}
+
+// duration reads Go duration text ("60s", "1m30s", "500ms") from the
+// scalar; on error it reports and returns def.
+func (p *parser) duration(path string, n *yaml.Node, def Duration) Duration {
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		p.errorf(path, n, "must be a duration such as 60s or 500ms, not %s", kindName(n))
+		return def
+	}
+	if tag := n.ShortTag(); tag == "!!int" || tag == "!!float" {
+		p.errorf(path, n, "must be a duration with a unit, such as %ss (got %s)", n.Value, n.Value)
+		return def
+	}
+	d, err := time.ParseDuration(n.Value)
+	if err != nil {
+		p.errorf(path, n, "must be a duration such as 60s or 500ms (got %q)", n.Value)
+		return def
+	}
+	return Duration(d)
+}
+
+// decimal reads a non-negative number with at most decimals decimals
+// (0 or 2) from the scalar's text: a whole number, or hundredths.
+func (p *parser) decimal(path string, n *yaml.Node, decimals int, what string) (int, bool) {
+	tag := n.ShortTag()
+	if n.Kind != yaml.ScalarNode || n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle) != 0 ||
+		(tag != "!!int" && (decimals == 0 || tag != "!!float")) {
+		p.errorf(path, n, "must be %s, not %s", what, kindName(n))
+		return 0, false
+	}
+	if decimals == 0 {
+		v, err := strconv.Atoi(strings.TrimPrefix(n.Value, "+"))
+		if err != nil || v < 0 || !allDigits(strings.TrimPrefix(n.Value, "+")) {
+			p.errorf(path, n, "must be a plain non-negative whole number (got %s)", n.Value)
+			return 0, false
+		}
+		return v, true
+	}
+	v, reason := parseHundredths(n.Value, MaxErrorRatio)
+	if reason != "" {
+		p.errorf(path, n, "%s (got %s)", reason, n.Value)
+		return 0, false
+	}
+	return v, true
 }
 
 func (p *parser) key(path string, n *yaml.Node) Key {

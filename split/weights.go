@@ -23,7 +23,12 @@ func ParsePercent(s string) (int, error) {
 
 // parseBasisPoints reads a plain decimal percentage from its text, exactly:
 // 0.07 is 7 bp with no float in between. It returns a reason on failure.
-func parseBasisPoints(s string) (int, string) {
+func parseBasisPoints(s string) (int, string) { return parseHundredths(s, Buckets) }
+
+// parseHundredths reads a plain non-negative decimal with at most two
+// decimals as a count of hundredths (12.5 is 1250), at most limit. It
+// returns a reason on failure.
+func parseHundredths(s string, limit int) (int, string) {
 	switch strings.ToLower(strings.TrimLeft(s, "+-")) {
 	case ".nan", "nan", ".inf", "inf", "infinity":
 		return 0, "NaN and infinities are not allowed"
@@ -48,8 +53,9 @@ func parseBasisPoints(s string) (int, string) {
 	if len(frac) > 2 {
 		return 0, "has more than two decimals (the resolution is 0.01)"
 	}
-	if len(intPart) > 3 {
-		return 0, "must be between 0 and 100"
+	outOfRange := "must be between 0 and " + FormatPercent(limit)
+	if len(intPart) > len(strconv.Itoa(limit/100)) {
+		return 0, outOfRange
 	}
 	n := 0
 	for _, c := range intPart {
@@ -62,11 +68,11 @@ func parseBasisPoints(s string) (int, string) {
 			f += int(frac[i] - '0')
 		}
 	}
-	bp := n*100 + f
-	if bp > Buckets {
-		return 0, "must be between 0 and 100"
+	v := n*100 + f
+	if v > limit {
+		return 0, outOfRange
 	}
-	return bp, ""
+	return v, ""
 }
 
 func allDigits(s string) bool {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/trafficsplit/splitter/bench/compare"
 	"github.com/trafficsplit/splitter/bench/fleetprop"
+	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
 )
 
@@ -155,14 +156,17 @@ type Results struct {
 	// Fleet is measured on its own (make bench-fleet) and names its
 	// machine itself.
 	Fleet *fleetprop.Result `json:"fleet,omitempty"`
+	// Rollback is the rollout guard's time to take a failing canary to 0.
+	Rollback *rollback.Result `json:"rollback,omitempty"`
 }
 
 const (
-	machineFile = "machine.json"
-	extprocFile = "extproc.json"
-	microFile   = "micro.json"
-	envoyFile   = "envoy.json"
-	fleetFile   = "fleet.json"
+	machineFile  = "machine.json"
+	extprocFile  = "extproc.json"
+	microFile    = "micro.json"
+	envoyFile    = "envoy.json"
+	fleetFile    = "fleet.json"
+	rollbackFile = "rollback.json"
 )
 
 // Save writes the non-nil parts of r as JSON files in dir.
@@ -180,6 +184,7 @@ func Save(dir string, r *Results) error {
 		{microFile, r.Micro, r.Micro != nil},
 		{envoyFile, r.Envoy, r.Envoy != nil},
 		{fleetFile, r.Fleet, r.Fleet != nil},
+		{rollbackFile, r.Rollback, r.Rollback != nil},
 	}
 	for _, p := range parts {
 		if !p.set {
@@ -205,6 +210,7 @@ func Load(dir string) (*Results, error) {
 	}{
 		{machineFile, &r.Machine}, {extprocFile, &r.ExtProc}, {microFile, &r.Micro}, {envoyFile, &r.Envoy},
 		{fleetFile, &r.Fleet},
+		{rollbackFile, &r.Rollback},
 	}
 	for _, p := range parts {
 		data, err := os.ReadFile(filepath.Join(dir, p.name))
@@ -245,6 +251,9 @@ func Render(w io.Writer, r *Results) error {
 	}
 	if r.Fleet != nil {
 		fleetprop.Render(&b, r.Fleet)
+	}
+	if r.Rollback != nil {
+		rollback.Render(&b, r.Rollback)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

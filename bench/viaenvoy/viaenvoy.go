@@ -283,7 +283,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	res := &Result{
-		Started: time.Now().UTC(), EnvoyBin: envoyBin, EnvoyVer: envoyVersion(ctx, envoyBin), Tool: wrkVersion(ctx, wrk),
+		Started: time.Now().UTC(), EnvoyBin: envoyBin, EnvoyVer: EnvoyVersion(ctx, envoyBin), Tool: wrkVersion(ctx, wrk),
 		Rounds: cfg.Rounds, Duration: cfg.Duration.String(), Connections: cfg.Connections, Threads: cfg.Threads,
 		Workers: cfg.Workers, ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU, SplitterCPU: splitterCPU,
 		SplitterProcs: cmp.Or(strings.TrimPrefix(strings.Join(env, ""), "GOMAXPROCS="), os.Getenv("GOMAXPROCS")),
@@ -668,7 +668,8 @@ func notes(r *Result) []string {
 	return out
 }
 
-func envoyVersion(ctx context.Context, bin string) string {
+// EnvoyVersion is what `bin --version` says after "version: ".
+func EnvoyVersion(ctx context.Context, bin string) string {
 	out, err := exec.CommandContext(ctx, bin, "--version").Output()
 	if err != nil {
 		return "unknown"

@@ -17,6 +17,7 @@ import (
 	"github.com/trafficsplit/splitter/bench/noop"
 	"github.com/trafficsplit/splitter/bench/proc"
 	"github.com/trafficsplit/splitter/bench/report"
+	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
 )
 
@@ -431,5 +432,42 @@ func newFleetCmd() *cobra.Command {
 	f.IntVar(&cfg.Watchers, "watchers", 100, "fleet sources of the watchers setup")
 	f.DurationVar(&cfg.PollInterval, "poll", time.Millisecond, "admin API poll interval of the processes setup")
 	out.register(cmd)
+	return cmd
+}
+
+func newRolloutCmd() *cobra.Command {
+	var (
+		c rollback.Config
+		o outFlags
+	)
+	d := rollback.Defaults()
+	cmd := &cobra.Command{
+		Use:   "rollout",
+		Short: "Time the rollout guard's rollback of a failing canary through a real Envoy (runs per window)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c.Logger = logger()
+			m := report.ReadMachine()
+			res, err := rollback.Execute(cmd.Context(), c)
+			if err != nil {
+				return err
+			}
+			// This section is measured on its own: it names its machine
+			// and leaves the report's machine facts to the other runs.
+			res.Machine = fmt.Sprintf("%s, %d cores; %s; %s; load average at start %s", m.Model, m.Cores, m.Go, m.Date, m.Load)
+			return o.save(&report.Results{Rollback: res})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.Splitter, "splitter", "bin/splitter", "splitter binary")
+	f.StringVar(&c.Envoy, "envoy", "", "Envoy binary (default: $ENVOY_BIN, .venv/bin/envoy, PATH)")
+	f.IntVar(&c.Runs, "runs", d.Runs, "rollbacks measured per window")
+	f.DurationSliceVar(&c.Windows, "windows", d.Windows, "guard windows, one series each")
+	f.DurationSliceVar(&c.Intervals, "signals-intervals", d.Intervals, "the splitter's signals_interval values, one series each with every window")
+	f.Float64Var(&c.FailPercent, "fail-percent", d.FailPercent, "share of the canary's requests answered 500")
+	f.IntVar(&c.Canary, "canary", d.Canary, "the canary's step, in percent")
+	f.IntVar(&c.MinRequests, "min-requests", d.MinRequests, "the guard's min_requests")
+	f.IntVar(&c.Workers, "workers", d.Workers, "concurrent clients sending through Envoy")
+	o.register(cmd)
 	return cmd
 }

@@ -7,6 +7,7 @@
 //	splitter-bench load --addr 127.0.0.1:9001       # one run against any server
 //	splitter-bench noop                              # the baseline server
 //	splitter-bench fleet --splitter bin/splitter --etcd .venv/bin/etcd  # fleet propagation
+//	splitter-bench rollout --splitter bin/splitter  # the rollout guard's rollback time
 package main
 
 import (
@@ -36,7 +37,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newReportCmd(), newAllCmd(), newFleetCmd())
+	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newReportCmd(), newAllCmd(), newFleetCmd(), newRolloutCmd())
 	return root
 }
 

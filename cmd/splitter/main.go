@@ -39,6 +39,6 @@ func newRootCmd() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})
-	root.AddCommand(newServeCmd(), newNodeCmd(), newValidateCmd(), newExplainCmd(), newVersionCmd(), newConfigCmd())
+	root.AddCommand(newServeCmd(), newNodeCmd(), newValidateCmd(), newExplainCmd(), newConfigCmd(), newRolloutCmd(), newVersionCmd())
 	return root
 }

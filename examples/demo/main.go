@@ -1,7 +1,8 @@
 // Command demo shows the whole loop from nothing: it starts two example
 // backends, the splitter and a real Envoy on loopback, sends traffic
 // through Envoy and draws the split as it changes (admin API, config file
-// edit). Everything is stopped and the temporary directory removed at the
+// edit, a guarded rollout stepping up, a failing canary rolled back).
+// Everything is stopped and the temporary directory removed at the
 // end, also on Ctrl-C. It exits non-zero when anything looks wrong.
 //
 //	make demo   (or: go run ./examples/demo --splitter bin/splitter --envoy .venv/bin/envoy)
@@ -51,6 +52,7 @@ type demo struct {
 	bed      *testbed.Bed
 	splitter *testbed.Splitter
 	envoy    *testbed.Envoy
+	backends []*testbed.Backend
 	client   *testbed.Client
 	cfgPath  string
 	n        int
@@ -106,7 +108,7 @@ func run(ctx context.Context, out io.Writer, splitterBin, envoyBin string, n int
 		return err
 	}
 	for _, step := range []func(context.Context) error{
-		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit,
+		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit, d.rollout, d.badCanary,
 	} {
 		if err := step(ctx); err != nil {
 			return err
@@ -124,7 +126,15 @@ func (d *demo) start(ctx context.Context, splitterBin, envoyBin string, seed []b
 	if err != nil {
 		return err
 	}
-	d.splitter, err = d.bed.StartSplitter(ctx, splitterBin, d.cfgPath, "--log-level", "warn")
+	d.backends = backends
+	// Envoy's admin port is chosen first: the splitter reads the rollout
+	// guard's signals there.
+	adminPort, err := testbed.FreePort()
+	if err != nil {
+		return err
+	}
+	d.splitter, err = d.bed.StartSplitter(ctx, splitterBin, d.cfgPath, "--log-level", "warn",
+		"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--signals-interval", "100ms")
 	if err != nil {
 		return err
 	}
@@ -132,6 +142,7 @@ func (d *demo) start(ctx context.Context, splitterBin, envoyBin string, seed []b
 	if err != nil {
 		return err
 	}
+	p.Admin.Port = adminPort
 	d.envoy, err = d.bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{Concurrency: 1})
 	if err != nil {
 		return err
@@ -149,13 +160,18 @@ func (d *demo) measure(ctx context.Context, h http.Header) (testbed.Counts, erro
 	if err != nil {
 		return counts, err
 	}
+	d.bars(counts)
+	return counts, nil
+}
+
+// bars draws one bar per version.
+func (d *demo) bars(counts testbed.Counts) {
 	for _, v := range []string{"v1", "v2"} {
 		c := counts[v]
 		const width = 40
-		full := (c*width + counts.Total()/2) / counts.Total()
-		fmt.Fprintf(d.out, "  %s %s%s %4d  %5.1f%%\n", v, strings.Repeat("█", full), strings.Repeat("░", width-full), c, 100*float64(c)/float64(counts.Total()))
+		full := (c*width + counts.Total()/2) / max(counts.Total(), 1)
+		fmt.Fprintf(d.out, "  %s %s%s %4d  %5.1f%%\n", v, strings.Repeat("█", full), strings.Repeat("░", width-full), c, 100*float64(c)/float64(max(counts.Total(), 1)))
 	}
-	return counts, nil
 }
 
 // expectSplit checks v1:v2 against p1:100-p1 within one request.

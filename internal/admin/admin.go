@@ -9,6 +9,8 @@
 //	PUT    /v1/services/{name}/canary     {"percentage": 12.5} on a two-version service
 //	PUT    /v1/services/{name}/weights    {"v1": 70, "v2": 20, "v3": 10} (every version)
 //	DELETE /v1/services/{name}/override   back to the file's weights
+//	GET    /v1/services/{name}/rollout    the rollout: state, step, weight, last verdict, history
+//	POST   /v1/services/{name}/rollout    {"action": "start" | "pause" | "resume" | "abort" | "promote"}
 //	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
 //	POST   /v1/explain                    {"authority", "path", "method", "headers", "cookies"}
 //	POST   /v1/reload                     same path as the file watcher; 422 keeps the old config
@@ -21,7 +23,8 @@
 // in the query string), "Content-Type: application/json", and, when no
 // token is configured, a loopback Host header (a page in a browser cannot
 // reach the API through DNS rebinding). Every mutation attempt, allowed or
-// not, is written to the audit log.
+// not, is written to the audit log. While a service's rollout is
+// progressing, its canary, weights and override calls answer 409.
 package admin
 
 import (
@@ -85,6 +88,9 @@ type Options struct {
 	Logger   *slog.Logger // nil: discard
 	Audit    *slog.Logger // one line per mutation attempt; nil: Logger
 	Recorder Recorder     // nil: no metrics
+	// Rollouts runs the guarded rollouts; nil: the rollout routes answer
+	// 501 and no service is owned by one.
+	Rollouts Rollouts
 	// Pprof serves net/http/pprof under /debug/pprof/ (same authorisation
 	// as mutations); false: the routes do not exist.
 	Pprof bool
@@ -114,6 +120,8 @@ func New(opts Options) http.Handler {
 		{pattern: "PUT /v1/services/{name}/canary", fn: a.putCanary, mutation: true, body: true},
 		{pattern: "PUT /v1/services/{name}/weights", fn: a.putWeights, mutation: true, body: true},
 		{pattern: "DELETE /v1/services/{name}/override", fn: a.deleteOverride, mutation: true},
+		{pattern: "GET /v1/services/{name}/rollout", fn: a.getRollout},
+		{pattern: "POST /v1/services/{name}/rollout", fn: a.postRollout, mutation: true, body: true},
 		{pattern: "POST /v1/assign", fn: a.assign, body: true},
 		{pattern: "POST /v1/explain", fn: a.explain, body: true},
 		{pattern: "POST /v1/reload", fn: a.reload, mutation: true, body: true, emptyBodyOK: true},

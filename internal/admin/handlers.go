@@ -74,6 +74,9 @@ func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any,
 	if aerr != nil {
 		return 0, nil, aerr
 	}
+	if err := a.refuseOwned(name); err != nil {
+		return 0, nil, err
+	}
 	ch, err := a.opts.Mutator.SetCanary(r.Context(), name, bp, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "percentage")
@@ -113,6 +116,9 @@ func (a *api) putWeights(r *http.Request, body []byte, ev *auditEvent) (int, any
 		}
 		return 0, nil, errorf(http.StatusBadRequest, "", "invalid JSON: %v", err)
 	}
+	if err := a.refuseOwned(name); err != nil {
+		return 0, nil, err
+	}
 	ch, err := a.opts.Mutator.SetWeights(r.Context(), name, w, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "weights")
@@ -139,6 +145,9 @@ func (a *api) deleteOverride(r *http.Request, _ []byte, ev *auditEvent) (int, an
 	}
 	name := r.PathValue("name")
 	ev.service = name
+	if err := a.refuseOwned(name); err != nil {
+		return 0, nil, err
+	}
 	ch, err := a.opts.Mutator.ClearOverride(r.Context(), name, ev.actor)
 	if err != nil {
 		return 0, nil, storeError(err, "")

@@ -31,7 +31,9 @@ import (
 	"github.com/trafficsplit/splitter/internal/fleet"
 	"github.com/trafficsplit/splitter/internal/metrics"
 	"github.com/trafficsplit/splitter/internal/reload"
+	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/settings"
+	"github.com/trafficsplit/splitter/internal/signals"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -53,6 +55,11 @@ type Options struct {
 	// recorded for the admin API, and a later reload can fix it. The
 	// in-process module wants this: it must never take Envoy down.
 	TolerateBadConfig bool
+	// Signals is where rollouts read each version's requests and errors;
+	// nil: Envoy's admin statistics at the envoy_admin setting (none when
+	// it is ""). The in-process module passes the counters it keeps from
+	// the responses it sees.
+	Signals signals.Source
 }
 
 // Plane is one process's control state. Build it with New, serve it with
@@ -67,6 +74,7 @@ type Plane struct {
 	registry *prometheus.Registry
 	reloader *reload.Reloader
 	fleet    *fleet.Source // fleet mode only; then reloader is nil
+	rollouts *rollout.Manager
 	admin    *http.Server
 	adminLis net.Listener
 	draining atomic.Bool
@@ -120,19 +128,31 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		return nil, err
 	}
 
+	// Every change of weights, the admin API's and the rollouts', goes
+	// through one Mutator: the store, or in fleet mode etcd.
+	var mutator admin.Mutator = st
+	if p.fleet != nil {
+		mutator = p.fleet
+	}
+	audit := logger.With("log", "audit")
+	if p.rollouts, err = newRollouts(s, opts, st, mutator, logger, audit); err != nil {
+		p.closeFleet()
+		return nil, err
+	}
+	p.metrics.Register(p.rollouts.Collector())
 	adminOpts := admin.Options{
 		Store:    st,
-		Mutator:  st,
+		Mutator:  mutator,
+		Rollouts: p.rollouts,
 		Token:    token,
 		Metrics:  promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}),
 		Ready:    func() bool { return !p.draining.Load() && st.Load() != nil },
 		Logger:   logger,
-		Audit:    logger.With("log", "audit"),
+		Audit:    audit,
 		Recorder: p.metrics,
 		Pprof:    s.Pprof,
 	}
 	if p.fleet != nil {
-		adminOpts.Mutator = p.fleet
 		adminOpts.Reload = p.fleet.Reload
 		adminOpts.Fleet = func(ctx context.Context) (any, error) { return p.fleet.Fleet(ctx) }
 		adminOpts.FleetStatus = func() any { return p.fleet.Status() }
@@ -156,6 +176,29 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	}
 	p.adminLis = lis
 	return p, nil
+}
+
+// envoyAdminTimeout bounds one read of Envoy's statistics.
+const envoyAdminTimeout = time.Second
+
+// newRollouts builds the rollout manager on the signals the settings (or
+// the options) name; without any, rollouts exist but cannot be started.
+func newRollouts(s settings.Settings, opts Options, st *store.Store, mut admin.Mutator, logger, audit *slog.Logger) (*rollout.Manager, error) {
+	src := opts.Signals
+	if src == nil && s.EnvoyAdmin != "" {
+		src = signals.NewEnvoyAdmin(s.EnvoyAdmin, envoyAdminTimeout)
+	}
+	var evidence rollout.Evidence
+	if src != nil {
+		evidence = rollout.NewLocal(src, s.SignalsInterval)
+	}
+	m, err := rollout.New(context.Background(), rollout.Options{
+		Store: st, Mutator: mut, Evidence: evidence, Interval: s.SignalsInterval, Logger: logger, Audit: audit,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state_file: %w", err)
+	}
+	return m, nil
 }
 
 // loadInitial reads the file named by the settings (or takes the built-in
@@ -224,6 +267,9 @@ func (p *Plane) Reload(ctx context.Context) (string, error) {
 // Fleet returns the etcd source in fleet mode, else nil.
 func (p *Plane) Fleet() *fleet.Source { return p.fleet }
 
+// Rollouts returns the rollout manager.
+func (p *Plane) Rollouts() *rollout.Manager { return p.rollouts }
+
 // Drain makes /readyz answer 503 from now on; decisions go on.
 func (p *Plane) Drain() { p.draining.Store(true) }
 
@@ -241,6 +287,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	} else {
 		wg.Go(func() { _ = p.reloader.Run(bg) })
 	}
+	wg.Go(func() { _ = p.rollouts.Run(bg) })
 	served := make(chan error, 1)
 	go func() { served <- p.admin.Serve(p.adminLis) }()
 

@@ -77,6 +77,13 @@ type Settings struct {
 	EtcdPasswordFile string
 	EtcdCacheFile    string        // last applied state, for starting while etcd is down
 	EtcdDialTimeout  time.Duration // bound on one connection attempt or request at start
+	// EnvoyAdmin is Envoy's admin address (host:port), where the rollout
+	// guard reads the per-cluster statistics; "" leaves rollouts without a
+	// signal source (they cannot be started).
+	EnvoyAdmin string
+	// SignalsInterval is how often, while a rollout is active, the signals
+	// are read and the guard decides.
+	SignalsInterval time.Duration
 }
 
 // FleetMode reports whether the routing configuration comes from etcd.
@@ -114,6 +121,8 @@ func Defaults() Settings {
 		GCPercentSource:    GCSourceDefault,
 		EtcdPrefix:         DefaultEtcdPrefix,
 		EtcdDialTimeout:    5 * time.Second,
+		EnvoyAdmin:         "127.0.0.1:9901",
+		SignalsInterval:    250 * time.Millisecond,
 	}
 }
 
@@ -131,6 +140,7 @@ func Keys() []string {
 		"gc_percent", "pprof",
 		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
 		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout",
+		"envoy_admin", "signals_interval",
 	}
 }
 
@@ -175,6 +185,8 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.String(flagName("etcd_password_file"), "", "file holding the etcd user's password")
 	fs.String(flagName("etcd_cache_file"), "", "file keeping the last applied fleet state, to start from while etcd is down (\"\": none)")
 	fs.Duration(flagName("etcd_dial_timeout"), d.EtcdDialTimeout, "how long one attempt to reach etcd may take at start (then the cache file is used)")
+	fs.String(flagName("envoy_admin"), d.EnvoyAdmin, `Envoy's admin address, where rollouts read per-cluster statistics ("": no rollouts)`)
+	fs.Duration(flagName("signals_interval"), d.SignalsInterval, "how often an active rollout's signals are read and judged")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -205,6 +217,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"etcd_endpoints": "", "etcd_prefix": d.EtcdPrefix, "node_id": "", "etcd_ca_file": "", "etcd_cert_file": "",
 		"etcd_key_file": "", "etcd_username": "", "etcd_password_file": "", "etcd_cache_file": "",
 		"etcd_dial_timeout": d.EtcdDialTimeout.String(),
+		"envoy_admin":       d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
 	}
 	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
@@ -288,6 +301,8 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		EtcdPasswordFile:   v.GetString("etcd_password_file"),
 		EtcdCacheFile:      v.GetString("etcd_cache_file"),
 		EtcdDialTimeout:    dur("etcd_dial_timeout"),
+		EnvoyAdmin:         v.GetString("envoy_admin"),
+		SignalsInterval:    dur("signals_interval"),
 	}
 	if s.FleetMode() && s.NodeID == "" {
 		host, err := os.Hostname()
@@ -363,6 +378,12 @@ func (s Settings) Validate() error {
 		add("drain_delay", fmt.Errorf("%s must not be negative", s.DrainDelay))
 	}
 	errs = append(errs, s.validateFleet()...)
+	if s.EnvoyAdmin != "" {
+		add("envoy_admin", checkAddr(s.EnvoyAdmin))
+	}
+	if s.SignalsInterval < 10*time.Millisecond || s.SignalsInterval > 10*time.Second {
+		add("signals_interval", fmt.Errorf("%s must be between 10ms and 10s", s.SignalsInterval))
+	}
 	return errors.Join(errs...)
 }
 

@@ -51,6 +51,7 @@ func TestLoadPrecedence(t *testing.T) {
 	file := writeFile(t, "c.yaml", "grpc_addr: 127.0.0.1:3001\nshutdown_timeout: 3s\nreason_header: x-file-reason\n"+routing)
 	gcFile := writeFile(t, "gc.yaml", "gc_percent: 250\npprof: true\n"+routing)
 	gcOffFile := writeFile(t, "gcoff.yaml", "gc_percent: off\n"+routing)
+	rolloutFile := writeFile(t, "rollout.yaml", "envoy_admin: 127.0.0.1:19901\nsignals_interval: 1s\n"+routing)
 	tests := []struct {
 		name string
 		args []string
@@ -187,6 +188,19 @@ func TestLoadPrecedence(t *testing.T) {
 				s.GCPercent, s.GCPercentSource, s.Pprof = 800, settings.GCSourceSetting, true
 			},
 		},
+		{
+			name: "envoy_admin from the file, signals_interval from the environment",
+			args: []string{"--config", rolloutFile},
+			env:  map[string]string{"SPLITTER_SIGNALS_INTERVAL": "100ms"},
+			want: func(s *settings.Settings) {
+				s.ConfigPath, s.EnvoyAdmin, s.SignalsInterval = rolloutFile, "127.0.0.1:19901", 100*time.Millisecond
+			},
+		},
+		{
+			name: "empty envoy_admin: no signal source",
+			env:  map[string]string{"SPLITTER_ENVOY_ADMIN": ""},
+			want: func(s *settings.Settings) { s.EnvoyAdmin = "" },
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -234,6 +248,8 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 		{name: "gc_percent not a number", file: "gc_percent: lots\n", wants: []string{"gc_percent: \"lots\""}},
 		{name: "gc_percent a map", file: "gc_percent: {a: 1}\n", wants: []string{"gc_percent: must be a scalar"}},
 		{name: "pprof not a bool", env: map[string]string{"SPLITTER_PPROF": "maybe"}, wants: []string{"pprof: \"maybe\""}},
+		{name: "envoy_admin without a port", args: []string{"--envoy-admin", "localhost"}, wants: []string{"envoy_admin: "}},
+		{name: "signals_interval too short", file: "signals_interval: 1ms\n", wants: []string{"signals_interval: 1ms must be between 10ms and 10s"}},
 		{
 			name:  "several problems at once",
 			args:  []string{"--grpc-addr", "nope", "--log-level", "loud"},

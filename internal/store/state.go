@@ -21,15 +21,18 @@ const maxStateBytes = 1 << 20
 //
 //	{"file_sha256": "...",
 //	 "overrides":    {"api": {"v1": 50, "v2": 50}},
-//	 "file_weights": {"api": {"v1": 80, "v2": 20}}}
+//	 "file_weights": {"api": {"v1": 80, "v2": 20}},
+//	 "rollouts":     {"api": {...}}}
 //
 // file_weights are the file's weights for each overridden service when the
 // override was set; they decide whether the override survives the file it
-// meets at the next start.
+// meets at the next start. rollouts are the rollout states, kept here for
+// package rollout and opaque to the store (SaveRollout).
 type stateDoc struct {
 	FileSHA256  string                     `json:"file_sha256"`
 	Overrides   map[string]json.RawMessage `json:"overrides"`
 	FileWeights map[string]json.RawMessage `json:"file_weights,omitempty"`
+	Rollouts    map[string]json.RawMessage `json:"rollouts,omitempty"`
 }
 
 // state is a decoded state file.
@@ -37,6 +40,7 @@ type state struct {
 	fileSHA     string
 	overrides   map[string]split.Weights
 	fileWeights map[string]split.Weights
+	rollouts    map[string]json.RawMessage
 }
 
 // readState reads path; a missing file is an empty state.
@@ -77,6 +81,7 @@ func decodeState(data []byte) (*state, error) {
 		fileSHA:     doc.FileSHA256,
 		overrides:   make(map[string]split.Weights, len(doc.Overrides)),
 		fileWeights: make(map[string]split.Weights, len(doc.FileWeights)),
+		rollouts:    doc.Rollouts,
 	}
 	for _, name := range sortedKeys(doc.Overrides) {
 		w, err := split.ParseWeightsJSON(doc.Overrides[name])
@@ -95,11 +100,12 @@ func decodeState(data []byte) (*state, error) {
 	return st, nil
 }
 
-func encodeState(overrides, fileWeights map[string]split.Weights, sha string) ([]byte, error) {
+func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[string]json.RawMessage, sha string) ([]byte, error) {
 	doc := stateDoc{
 		FileSHA256:  sha,
 		Overrides:   make(map[string]json.RawMessage, len(overrides)),
 		FileWeights: make(map[string]json.RawMessage, len(fileWeights)),
+		Rollouts:    rollouts,
 	}
 	for name, w := range overrides {
 		b, err := json.Marshal(w)
@@ -124,9 +130,10 @@ func encodeState(overrides, fileWeights map[string]split.Weights, sha string) ([
 
 // writeState replaces the state file atomically: a temporary file in the
 // same directory is written, synced and renamed over it, so a crash leaves
-// either the old or the new file, never a torn one.
+// either the old or the new file, never a torn one. The rollout states in
+// force go with every write; s.mu is held.
 func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha string) error {
-	data, err := encodeState(overrides, fileWeights, sha)
+	data, err := encodeState(overrides, fileWeights, s.rollouts, sha)
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.stateFile, err)
 	}

@@ -18,6 +18,7 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -93,6 +94,9 @@ type Store struct {
 	// pending holds the overrides read from the state file until the first
 	// ApplyFile decides which of them survive.
 	pending *state
+	// rollouts are the rollout states (SaveRollout), persisted with the
+	// overrides; replaced, never modified in place.
+	rollouts map[string]json.RawMessage
 	// rename is os.Rename; tests replace it to simulate a failed write.
 	rename func(oldpath, newpath string) error
 }
@@ -127,8 +131,57 @@ func New(opts Options) (*Store, error) {
 			return nil, err
 		}
 		s.pending = st
+		if st != nil {
+			s.rollouts = st.rollouts
+		}
 	}
 	return s, nil
+}
+
+// Rollouts returns the rollout states saved with SaveRollout (read from
+// the state file at start), service -> the document as saved. Package
+// rollout owns their format; the store only keeps them.
+func (s *Store) Rollouts() map[string]json.RawMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.rollouts)
+}
+
+// SaveRollout keeps service's rollout state (doc nil: removes it) and,
+// with a state file, rewrites the file before it returns, with the
+// overrides in force. On a write error the state is not kept.
+func (s *Store) SaveRollout(service string, doc json.RawMessage) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := maps.Clone(s.rollouts)
+	if next == nil {
+		next = map[string]json.RawMessage{}
+	}
+	if doc == nil {
+		delete(next, service)
+	} else {
+		next[service] = append(json.RawMessage(nil), doc...)
+	}
+	if s.stateFile != "" {
+		prev := s.rollouts
+		s.rollouts = next
+		var err error
+		switch cur := s.cur.Load(); {
+		case cur != nil:
+			err = s.writeState(cur.Overrides, s.fileWeights, cur.SHA256)
+		case s.pending != nil:
+			// Before the first load: keep the overrides still to be judged.
+			err = s.writeState(s.pending.overrides, s.pending.fileWeights, s.pending.fileSHA)
+		default:
+			err = s.writeState(nil, nil, "")
+		}
+		if err != nil {
+			s.rollouts = prev
+			return fmt.Errorf("rollout state of %q: %w", service, err)
+		}
+	}
+	s.rollouts = next
+	return nil
 }
 
 // Load returns the current snapshot, nil before the first ApplyFile. It is

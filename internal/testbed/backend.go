@@ -15,8 +15,14 @@ import (
 type Backend struct {
 	Version string
 	Addr    string // 127.0.0.1:port
-	srv     *http.Server
+	// Faults makes it fail on command (Fail).
+	Faults *echo.Faults
+	srv    *http.Server
 }
+
+// Fail makes percent of the backend's requests from now on answer 500 (0
+// heals it).
+func (be *Backend) Fail(percent float64) { be.Faults.Set(percent, false) }
 
 // StartBackend serves echo.Handler(version) on 127.0.0.1 until the bed closes.
 func (b *Bed) StartBackend(version string) (*Backend, error) {
@@ -24,10 +30,12 @@ func (b *Bed) StartBackend(version string) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
+	faults := &echo.Faults{}
 	be := &Backend{
 		Version: version,
 		Addr:    ln.Addr().String(),
-		srv:     &http.Server{Handler: echo.Handler(version), ReadHeaderTimeout: 5 * time.Second},
+		Faults:  faults,
+		srv:     &http.Server{Handler: faults.Wrap(echo.Handler(version)), ReadHeaderTimeout: 5 * time.Second},
 	}
 	done := make(chan struct{})
 	go func() {
@@ -58,4 +66,16 @@ func (b *Bed) StartBackends(versions ...string) ([]*Backend, error) {
 		out = append(out, be)
 	}
 	return out, nil
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, for a
+// process whose address another must know before it starts (Envoy's admin
+// port, which the splitter reads rollout signals from).
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// statusJSON is an answer of GET /v1/services/api/rollout.
+const statusJSON = `{"service":"api","state":"progressing","canary":"v2","stable":"v1","step":2,"steps":4,"weight":25,
+"since":"2026-01-02T03:04:05Z","held":"12s","hold":"1m0s","owns_weights":true,
+"verdict":{"result":"healthy","at":"2026-01-02T03:04:17Z","covered":"10s","canary":{"requests":230,"errors":0},"stable":{"requests":700,"errors":1},
+"canary_error_rate":0,"stable_error_rate":0.14,"reason":"canary error rate 0% (0 of 230) is not above max_error_rate 1%"},
+"history":[{"at":"2026-01-02T03:03:05Z","from":"idle","to":"progressing","step":1,"weight":5,"actor":"token:abc","reason":"started"},
+{"at":"2026-01-02T03:04:05Z","from":"progressing","to":"progressing","step":2,"weight":25,"actor":"rollout","reason":"healthy for 1m0s: next step"}],
+"config":{"canary":"v2","steps":[5,25,50,100],"hold":"1m0s","guard":{"window":"10s","min_requests":100,"max_error_rate":1,"max_error_ratio":2},"on_failure":"rollback"}}`
+
+type seen struct{ method, path, body, auth, contentType string }
+
+func fakeAdmin(t *testing.T, status int, answer string) (addr string, got *seen) {
+	t.Helper()
+	got = &seen{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		*got = seen{r.Method, r.URL.Path, string(b), r.Header.Get("Authorization"), r.Header.Get("Content-Type")}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(answer))
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), got
+}
+
+func runRollout(t *testing.T, env map[string]string, args ...string) (string, error) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	root := newRootCmd()
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetArgs(append([]string{"rollout"}, args...))
+	err := root.ExecuteContext(t.Context())
+	return out.String(), err
+}
+
+func TestRolloutCommand(t *testing.T) {
+	addr, got := fakeAdmin(t, http.StatusOK, statusJSON)
+	out, err := runRollout(t, nil, "status", "api", "--admin-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.method != http.MethodGet || got.path != "/v1/services/api/rollout" {
+		t.Errorf("status sent %s %s", got.method, got.path)
+	}
+	for _, want := range []string{
+		"api: progressing, step 2 of 4, canary v2 at 25% (stable v1)",
+		"held 12s of 1m0s",
+		"owns the weights",
+		"verdict: healthy (03:04:17 over 10s): canary error rate 0% (0 of 230)",
+		"idle -> progressing",
+		"healthy for 1m0s: next step",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+
+	out, err = runRollout(t, map[string]string{"SPLITTER_ADMIN_ADDR": addr, "SPLITTER_ADMIN_TOKEN": "s3cret"}, "pause", "api", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.method != http.MethodPost || got.body != `{"action":"pause"}` || got.auth != "Bearer s3cret" || got.contentType != "application/json" {
+		t.Errorf("pause sent %+v", got)
+	}
+	if !strings.Contains(out, `"state": "progressing"`) {
+		t.Errorf("--json output:\n%s", out)
+	}
+}
+
+func TestRolloutCommandErrors(t *testing.T) {
+	addr, _ := fakeAdmin(t, http.StatusConflict, `{"error":"conflict: cannot resume a rollout that is idle","field":"action"}`)
+	_, err := runRollout(t, nil, "resume", "api", "--admin-addr", addr)
+	if err == nil || exitCode(err) != exitFailure || !strings.Contains(err.Error(), "409: conflict: cannot resume a rollout that is idle") {
+		t.Errorf("a 409: %v", err)
+	}
+	for _, args := range [][]string{{"status"}, {"fly", "api"}, {"start", "api", "web"}} {
+		if _, err := runRollout(t, nil, args...); err == nil || exitCode(err) != exitUsage {
+			t.Errorf("rollout %q: %v, want a usage error", args, err)
+		}
+	}
+}

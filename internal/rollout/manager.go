@@ -1,0 +1,499 @@
+// Package rollout runs guarded progressive rollouts (SPEC §7,
+// docs/rollouts.md): a service's canary moves up through its steps while
+// the guard finds it healthy, and back to 0 within seconds when it fails.
+//
+// The pure parts are Judge (the verdict rule), Act (an operator's action)
+// and Advance (the guard's move). The Manager runs them: on every tick it
+// samples the signals of the active rollouts (Evidence), judges, moves,
+// persists the new state (StateStore) and applies its weights through the
+// same Mutator as the admin API, with actor "rollout". The loop only runs
+// where the Elector says so, which is always in file mode; etcd mode plugs
+// in its own StateStore, Elector and Evidence.
+package rollout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/trafficsplit/splitter/internal/signals"
+	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// Actor is the name the rollout's own changes carry (logs, audit, store).
+const Actor = "rollout"
+
+// Mutator applies weights. admin.Mutator (the store in file mode, the
+// fleet's write-through store in etcd mode) satisfies it.
+type Mutator interface {
+	SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error)
+}
+
+// Options configures a Manager.
+type Options struct {
+	Store   *store.Store // the configuration in force (required)
+	Mutator Mutator      // nil: Store
+	States  StateStore   // nil: FileStates{Store}
+	// Evidence supplies the counts verdicts are made of; nil means there
+	// is no signal source, and a rollout cannot be started.
+	Evidence Evidence
+	Elector  Elector       // nil: Always
+	Interval time.Duration // tick: sampling and decisions; default 250ms
+	Logger   *slog.Logger  // nil: discard
+	Audit    *slog.Logger  // transitions; nil: Logger
+	Now      func() time.Time
+}
+
+// DefaultInterval is the tick when Options.Interval is not set.
+const DefaultInterval = 250 * time.Millisecond
+
+// Manager runs every service's rollout. It is safe for concurrent use.
+type Manager struct {
+	store    *store.Store
+	mut      Mutator
+	states   StateStore
+	evidence Evidence
+	elector  Elector
+	interval time.Duration
+	log      *slog.Logger
+	audit    *slog.Logger
+	now      func() time.Time
+
+	mu       sync.Mutex // serialises transitions; guards the fields below
+	current  map[string]State
+	verdicts map[string]Verdict // last verdict per service (not persisted)
+	counts   map[string]*serviceCounts
+	sigErr   string // last signal error, "" when the last sample worked
+}
+
+type serviceCounts struct {
+	verdicts    map[Result]uint64
+	transitions map[Phase]uint64
+}
+
+// New loads the persisted states; a state that cannot be read is an error.
+// Nothing runs until Run (or Tick).
+func New(ctx context.Context, opts Options) (*Manager, error) {
+	if opts.Store == nil {
+		return nil, errors.New("rollout: no store")
+	}
+	m := &Manager{
+		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
+		elector: opts.Elector, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
+		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
+	}
+	if m.mut == nil {
+		m.mut = opts.Store
+	}
+	if m.states == nil {
+		m.states = FileStates{Store: opts.Store}
+	}
+	if m.elector == nil {
+		m.elector = Always{}
+	}
+	if m.interval <= 0 {
+		m.interval = DefaultInterval
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	if m.audit == nil {
+		m.audit = m.log
+	}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	loaded, err := m.states.Load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(m.current, loaded)
+	for name, st := range loaded {
+		if st.Phase.active() {
+			m.log.Info("rollout resumed from the saved state", "service", name, "state", st.Phase,
+				"step", st.Step, "weight", split.FormatPercent(int(st.Weight)), "since", st.Since, "held", st.Held(m.now()).Round(time.Millisecond))
+		}
+	}
+	return m, nil
+}
+
+// Run ticks until ctx ends. The first tick is immediate: a restarted
+// process finishes an interrupted transition and puts the step's weights
+// back before anything else.
+func (m *Manager) Run(ctx context.Context) error {
+	t := time.NewTicker(m.interval)
+	defer t.Stop()
+	for {
+		m.Tick(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Tick samples the active rollouts' signals, judges them and moves them.
+// It does nothing where this process does not lead, or before a
+// configuration is loaded.
+func (m *Manager) Tick(ctx context.Context) {
+	snap := m.store.Load()
+	if snap == nil || !m.elector.Leading() {
+		return
+	}
+	now := m.now()
+	watches := m.prepare(ctx, snap, now)
+	var err error
+	switch {
+	case m.evidence != nil:
+		err = m.evidence.Sample(ctx, now, watches)
+	case len(watches) > 0:
+		err = errNoSignals
+	}
+	m.decide(ctx, snap, now, watches, err)
+}
+
+var errNoSignals = errors.New("no signal source: set envoy_admin to Envoy's admin address")
+
+// prepare finishes interrupted transitions, stops the active rollouts the
+// configuration no longer allows, and returns what the others watch.
+func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Time) []Watch {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var watches []Watch
+	for _, name := range slices.Sorted(maps.Keys(m.current)) {
+		st := m.current[name]
+		if st.Applying {
+			_ = m.apply(ctx, name)
+			st = m.current[name]
+		}
+		if !st.Phase.active() {
+			continue
+		}
+		svc, ok := snap.Table.Service(name)
+		reason := ""
+		switch {
+		case !ok:
+			reason = "the configuration no longer has the service"
+		case svc.Rollout == nil:
+			reason = "the configuration no longer has a rollout for the service"
+		case svc.Rollout.Canary != st.Canary || svc.Stable != st.Stable:
+			reason = fmt.Sprintf("the configuration changed the versions (canary %s, stable %s; the rollout moved %s against %s)",
+				svc.Rollout.Canary, svc.Stable, st.Canary, st.Stable)
+		}
+		if reason != "" {
+			_ = m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil))
+			continue
+		}
+		watches = append(watches, Watch{
+			Service: name,
+			Stable:  signals.Target{Service: name, Version: st.Stable, Cluster: svc.Cluster(st.Stable)},
+			Canary:  signals.Target{Service: name, Version: st.Canary, Cluster: svc.Cluster(st.Canary)},
+			Window:  svc.Rollout.Guard.Window.D(),
+		})
+	}
+	return watches
+}
+
+// decide judges every watched rollout and moves it.
+func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Time, watches []Watch, sampleErr error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.signalResult(sampleErr, watches)
+	for _, w := range watches {
+		st := m.current[w.Service]
+		svc, ok := snap.Table.Service(w.Service)
+		if !st.Phase.active() || !ok || svc.Rollout == nil {
+			continue // an action or the configuration changed it meanwhile
+		}
+		if sampleErr == nil {
+			stable, canary, covered := m.evidence.Totals(w.Service, now)
+			v := newVerdict(svc.Rollout.Guard, canary, stable, covered, now)
+			m.verdicts[w.Service] = v
+			m.countsOf(w.Service).verdicts[v.Result]++
+			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
+				_ = m.commit(ctx, next)
+				continue
+			}
+		}
+		// A progressing rollout owns the weights: put its step's weights
+		// back if something else changed them (a file reload that dropped
+		// the override, a manual change racing a start).
+		if st.Phase == Progressing && !m.weightsInForce(snap, st) {
+			m.log.Warn("the service's weights changed outside the rollout; restoring the step's weights",
+				"service", w.Service, "step", st.Step, "weight", split.FormatPercent(int(st.Weight)))
+			_ = m.apply(ctx, w.Service)
+		}
+	}
+}
+
+// signalResult logs a sampling error when it starts or changes, and the
+// recovery; m.mu is held.
+func (m *Manager) signalResult(err error, watches []Watch) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if msg == m.sigErr {
+		return
+	}
+	switch {
+	case msg == "":
+		m.log.Info("rollout signals readable again")
+	default:
+		services := make([]string, len(watches))
+		for i, w := range watches {
+			services[i] = w.Service
+		}
+		m.log.Error("cannot read the rollout signals: no verdicts until they are readable (nothing is promoted meanwhile; the guard cannot roll back either)",
+			"error", msg, "services", services)
+	}
+	m.sigErr = msg
+}
+
+// commit persists next, then applies its weights. The state is saved with
+// Applying set first, so a crash between the two is finished at the next
+// start; m.mu is held.
+func (m *Manager) commit(ctx context.Context, next State) error {
+	next.Applying = true
+	if err := m.states.Save(ctx, next); err != nil {
+		m.log.Error("cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
+		return fmt.Errorf("saving the rollout state: %w", err)
+	}
+	m.current[next.Service] = next
+	m.countsOf(next.Service).transitions[next.Phase]++
+	m.logTransition(ctx, next)
+	return m.apply(ctx, next.Service)
+}
+
+// apply sets the weights of service's state (unless they are in force
+// already) and clears Applying; m.mu is held. On failure Applying stays
+// set and the next tick tries again.
+func (m *Manager) apply(ctx context.Context, service string) error {
+	st := m.current[service]
+	snap := m.store.Load() // the latest: an earlier apply may have changed it
+	if w, err := rolloutWeights(snap, st); err == nil && !m.weightsInForce(snap, st) {
+		if _, err := m.mut.SetWeights(ctx, service, w, Actor); err != nil {
+			m.log.Error("cannot apply the rollout's weights; retrying at the next tick", "service", service, "weights", w.String(), "error", err)
+			return fmt.Errorf("applying the rollout's weights: %w", err)
+		}
+	} else if err != nil && !errors.Is(err, split.ErrUnknownService) {
+		m.log.Error("cannot compute the rollout's weights", "service", service, "error", err)
+		return err
+	}
+	if !st.Applying {
+		return nil
+	}
+	st.Applying = false
+	m.current[service] = st
+	if err := m.states.Save(ctx, st); err != nil {
+		// The saved state still says Applying: a restart applies the same
+		// weights again, which changes nothing.
+		m.log.Warn("cannot save the rollout state after applying its weights", "service", service, "error", err)
+	}
+	return nil
+}
+
+// rolloutWeights is what st puts in force: the canary at its weight, the
+// stable version (as configured now) at the rest, every other version 0,
+// in the file's declared order.
+func rolloutWeights(snap *store.Snapshot, st State) (split.Weights, error) {
+	fileSvc, ok := snap.FileService(st.Service)
+	svc, ok2 := snap.Table.Service(st.Service)
+	if !ok || !ok2 {
+		return nil, fmt.Errorf("service %q: %w", st.Service, split.ErrUnknownService)
+	}
+	w := fileSvc.Weights.Clone()
+	canary := int(st.Weight)
+	if _, declared := w.Get(st.Canary); !declared || st.Canary == svc.Stable {
+		canary = 0
+	}
+	for i := range w {
+		switch w[i].Version {
+		case svc.Stable:
+			w[i].BasisPoints = split.Buckets - canary
+		case st.Canary:
+			w[i].BasisPoints = canary
+		default:
+			w[i].BasisPoints = 0
+		}
+	}
+	return w, nil
+}
+
+// weightsInForce reports whether the service decides with st's weights.
+func (m *Manager) weightsInForce(snap *store.Snapshot, st State) bool {
+	want, err := rolloutWeights(snap, st)
+	if err != nil {
+		return true
+	}
+	svc, _ := snap.Table.Service(st.Service)
+	for _, x := range want {
+		if bp, _ := svc.Weights.Get(x.Version); bp != x.BasisPoints {
+			return false
+		}
+	}
+	return true
+}
+
+func (m *Manager) logTransition(ctx context.Context, st State) {
+	tr := st.History[len(st.History)-1]
+	attrs := []slog.Attr{
+		slog.String("service", st.Service), slog.String("from", string(tr.From)), slog.String("to", string(tr.To)),
+		slog.Int("step", tr.Step), slog.String("weight", split.FormatPercent(int(tr.Weight))),
+		slog.String("actor", tr.Actor), slog.String("reason", tr.Reason),
+	}
+	if v := tr.Verdict; v != nil {
+		attrs = append(attrs, slog.String("verdict", string(v.Result)),
+			slog.Uint64("canary_requests", v.Canary.Requests), slog.Uint64("canary_errors", v.Canary.Errors),
+			slog.Uint64("stable_requests", v.Stable.Requests), slog.Uint64("stable_errors", v.Stable.Errors),
+			slog.Duration("window_covered", v.Covered.D()))
+	}
+	level := slog.LevelInfo
+	if tr.To == RolledBack {
+		level = slog.LevelWarn
+	}
+	m.audit.LogAttrs(ctx, level, "rollout transition", attrs...)
+}
+
+func (m *Manager) countsOf(service string) *serviceCounts {
+	c := m.counts[service]
+	if c == nil {
+		c = &serviceCounts{verdicts: map[Result]uint64{}, transitions: map[Phase]uint64{}}
+		m.counts[service] = c
+	}
+	return c
+}
+
+// Owns reports whether a rollout decides service's weights now (it is
+// progressing), so that an admin weights, canary or override call must be
+// refused, and the phase it is in.
+func (m *Manager) Owns(service string) (Phase, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, ok := m.current[service]
+	if !ok {
+		return Idle, false
+	}
+	return st.Phase, st.Phase.Owns()
+}
+
+// Act applies an operator's action (start, pause, resume, abort, promote)
+// and returns the new status. Errors wrap split.ErrUnknownService,
+// ErrNoRollout, ErrUnknownAction, ErrConflict or store.ErrNoConfig.
+func (m *Manager) Act(ctx context.Context, service string, action Action, actor string) (Status, error) {
+	snap := m.store.Load()
+	if snap == nil {
+		return Status{}, store.ErrNoConfig
+	}
+	svc, err := configured(snap, service)
+	if err != nil {
+		return Status{}, err
+	}
+	if !slices.Contains(Actions(), action) {
+		return Status{}, fmt.Errorf("%w %q (one of start, pause, resume, abort, promote)", ErrUnknownAction, action)
+	}
+	if action == Start && m.evidence == nil {
+		return Status{}, fmt.Errorf("%w: %v", ErrConflict, errNoSignals)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.stateOf(service)
+	next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
+	if err != nil {
+		return Status{}, err
+	}
+	if action == Start && m.evidence != nil {
+		m.evidence.Forget(service)
+		delete(m.verdicts, service)
+	}
+	if err := m.commit(ctx, next); err != nil {
+		return Status{}, fmt.Errorf("service %q: %w", service, err)
+	}
+	return m.statusLocked(svc), nil
+}
+
+func configured(snap *store.Snapshot, service string) (split.Service, error) {
+	svc, ok := snap.Table.Service(service)
+	if !ok {
+		return split.Service{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+	}
+	if svc.Rollout == nil {
+		return split.Service{}, fmt.Errorf("service %q: %w", service, ErrNoRollout)
+	}
+	return svc, nil
+}
+
+func (m *Manager) stateOf(service string) State {
+	if st, ok := m.current[service]; ok {
+		return st
+	}
+	return State{Service: service, Phase: Idle, History: []Transition{}}
+}
+
+// Status is GET /v1/services/{name}/rollout.
+type Status struct {
+	Service string        `json:"service"`
+	State   Phase         `json:"state"`
+	Canary  string        `json:"canary"`
+	Stable  string        `json:"stable"`
+	Step    int           `json:"step"` // 1..len(steps); 0 before the first
+	Steps   int           `json:"steps"`
+	Weight  split.Percent `json:"weight"` // the canary's share the rollout set
+	Since   time.Time     `json:"since,omitzero"`
+	// Held is how long the step has been held (pauses excluded), of Hold.
+	Held split.Duration `json:"held"`
+	Hold split.Duration `json:"hold"`
+	// OwnsWeights: admin weights, canary and override calls answer 409.
+	OwnsWeights bool `json:"owns_weights"`
+	// Verdict is the last one, with its numbers (not kept across restarts).
+	Verdict     *Verdict       `json:"verdict,omitempty"`
+	SignalError string         `json:"signal_error,omitempty"`
+	History     []Transition   `json:"history"`
+	Config      *split.Rollout `json:"config"`
+}
+
+// Status returns service's rollout. Errors wrap split.ErrUnknownService,
+// ErrNoRollout or store.ErrNoConfig.
+func (m *Manager) Status(service string) (Status, error) {
+	snap := m.store.Load()
+	if snap == nil {
+		return Status{}, store.ErrNoConfig
+	}
+	svc, err := configured(snap, service)
+	if err != nil {
+		return Status{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.statusLocked(svc), nil
+}
+
+func (m *Manager) statusLocked(svc split.Service) Status {
+	st := m.stateOf(svc.Name)
+	out := Status{
+		Service: svc.Name, State: st.Phase, Canary: st.Canary, Stable: st.Stable,
+		Step: st.Step, Steps: len(svc.Rollout.Steps), Weight: st.Weight, Since: st.Since,
+		Held: split.Duration(st.Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
+		History: slices.Clone(st.History), Config: svc.Rollout,
+	}
+	if out.Canary == "" {
+		out.Canary, out.Stable = svc.Rollout.Canary, svc.Stable
+	}
+	if out.History == nil {
+		out.History = []Transition{}
+	}
+	if v, ok := m.verdicts[svc.Name]; ok {
+		out.Verdict = &v
+	}
+	if st.Phase.active() {
+		out.SignalError = m.sigErr
+	}
+	return out
+}

@@ -1,0 +1,210 @@
+package rollout
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// Phase is where a rollout is (SPEC §7).
+type Phase string
+
+// The phases.
+const (
+	Idle        Phase = "idle"        // never started
+	Progressing Phase = "progressing" // at a step, moving up while healthy
+	Paused      Phase = "paused"      // at a step, not moving; the guard still rolls back
+	Promoted    Phase = "promoted"    // the last step (100 %) was reached
+	RolledBack  Phase = "rolled_back" // the guard failed the canary: it is at 0 until started again
+	Aborted     Phase = "aborted"     // an operator (or a configuration change) stopped it: canary at 0
+)
+
+// Phases is the closed set of phases, in a fixed order.
+func Phases() []Phase { return []Phase{Idle, Progressing, Paused, Promoted, RolledBack, Aborted} }
+
+// Owns reports whether a rollout in phase p decides the service's weights,
+// so that an admin weights or canary call must be refused. A paused
+// rollout does not: pausing is how an operator takes the weights by hand
+// (resume puts the step's weight back).
+func (p Phase) Owns() bool { return p == Progressing }
+
+// active reports whether the guard watches a rollout in phase p.
+func (p Phase) active() bool { return p == Progressing || p == Paused }
+
+// Action is an operator's command.
+type Action string
+
+// The actions of POST /v1/services/{name}/rollout.
+const (
+	Start   Action = "start"
+	Pause   Action = "pause"
+	Resume  Action = "resume"
+	Abort   Action = "abort"
+	Promote Action = "promote"
+)
+
+// Actions is the closed set of actions.
+func Actions() []Action { return []Action{Start, Pause, Resume, Abort, Promote} }
+
+// Errors of Act; the admin API maps them to status codes.
+var (
+	// ErrNoRollout: the service has no rollout block.
+	ErrNoRollout = errors.New("the service has no rollout configured")
+	// ErrConflict: the action does not apply in the rollout's phase, or the
+	// rollout cannot run (no signal source).
+	ErrConflict = errors.New("conflict")
+	// ErrUnknownAction: not one of Actions.
+	ErrUnknownAction = errors.New("unknown action")
+)
+
+// MaxHistory bounds the transitions a state keeps (the oldest go first).
+const MaxHistory = 32
+
+// State is one service's rollout, as it is persisted. Times are instants,
+// never countdowns, so that a restart resumes with honest hold time: Since
+// is when the step in force began (pushed later by the time spent paused).
+type State struct {
+	Service string `json:"service"`
+	Phase   Phase  `json:"phase"`
+	// Canary and Stable are the versions the rollout moves between (as
+	// configured when it started).
+	Canary string `json:"canary,omitempty"`
+	Stable string `json:"stable,omitempty"`
+	// Step is the number of the step in force, 1..len(steps); 0 before the
+	// first.
+	Step int `json:"step"`
+	// Weight is the canary's share the rollout set, in basis points.
+	Weight   split.Percent `json:"weight"`
+	Since    time.Time     `json:"since,omitzero"`
+	PausedAt time.Time     `json:"paused_at,omitzero"`
+	// Applying is set while the weights of a transition are being applied:
+	// a state read back with it set (a crash in between) has its weights
+	// applied again.
+	Applying bool         `json:"applying,omitempty"`
+	History  []Transition `json:"history"`
+}
+
+// Transition is one change of phase or step, with the numbers behind it.
+type Transition struct {
+	At      time.Time     `json:"at"`
+	From    Phase         `json:"from"`
+	To      Phase         `json:"to"`
+	Step    int           `json:"step"`
+	Weight  split.Percent `json:"weight"`
+	Actor   string        `json:"actor"` // "rollout" for the guard, else the admin caller
+	Reason  string        `json:"reason"`
+	Verdict *Verdict      `json:"verdict,omitempty"`
+}
+
+// Held is how long the step in force has been held, pauses excluded.
+func (s State) Held(now time.Time) time.Duration {
+	switch s.Phase {
+	case Progressing:
+		return max(now.Sub(s.Since), 0)
+	case Paused:
+		return max(s.PausedAt.Sub(s.Since), 0)
+	}
+	return 0
+}
+
+// to returns s moved to phase at step with the canary at weight, the
+// transition recorded.
+func (s State) to(phase Phase, step, weight int, now time.Time, actor, reason string, v *Verdict) State {
+	next := s
+	next.Phase, next.Step, next.Weight = phase, step, split.Percent(weight)
+	next.Since, next.PausedAt = now, time.Time{}
+	tr := Transition{At: now, From: s.Phase, To: phase, Step: step, Weight: split.Percent(weight), Actor: actor, Reason: reason, Verdict: v}
+	next.History = append(append(make([]Transition, 0, len(s.History)+1), s.History...), tr)
+	if len(next.History) > MaxHistory {
+		next.History = next.History[len(next.History)-MaxHistory:]
+	}
+	return next
+}
+
+// Act applies an operator's action to s under rollout r (the service's
+// block, with its canary filled in) and the service's stable version.
+func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, actor string) (State, error) {
+	if s.Phase == "" {
+		s.Phase = Idle
+	}
+	conflict := func(what string) (State, error) {
+		return s, fmt.Errorf("%w: cannot %s a rollout that is %s", ErrConflict, what, s.Phase)
+	}
+	switch a {
+	case Start:
+		if s.Phase.active() {
+			return conflict("start")
+		}
+		s.Canary, s.Stable = r.Canary, stable
+		return s.to(Progressing, 1, r.Steps[0], now, actor, "started", nil), nil
+	case Pause:
+		if s.Phase != Progressing {
+			return conflict("pause")
+		}
+		next := s.to(Paused, s.Step, int(s.Weight), now, actor, "paused", nil)
+		next.Since, next.PausedAt = s.Since, now // the hold clock stops
+		return next, nil
+	case Resume:
+		if s.Phase != Paused {
+			return conflict("resume")
+		}
+		next := s.to(Progressing, s.Step, int(s.Weight), now, actor, "resumed", nil)
+		next.Since = s.Since.Add(now.Sub(s.PausedAt)) // the paused time does not count
+		return next, nil
+	case Abort:
+		if !s.Phase.active() {
+			return conflict("abort")
+		}
+		return s.to(Aborted, s.Step, 0, now, actor, "aborted: canary to 0", nil), nil
+	case Promote:
+		if !s.Phase.active() {
+			return conflict("promote")
+		}
+		return s.to(Promoted, len(r.Steps), split.Buckets, now, actor, "promoted by hand: canary to 100", nil), nil
+	}
+	return s, fmt.Errorf("%w %q (one of start, pause, resume, abort, promote)", ErrUnknownAction, a)
+}
+
+// Advance is the guard's move for an active rollout given the verdict v
+// over a window of which covered has been watched: a failing verdict rolls
+// the canary back (paused or not); a progressing rollout that has held its
+// step for r.Hold, with a healthy verdict over a fully watched window,
+// moves to the next step, and reaching the last one (100 %) promotes it.
+// Inconclusive verdicts change nothing. It reports whether s changed.
+func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now time.Time) (State, bool) {
+	if !s.Phase.active() {
+		return s, false
+	}
+	if v.Result == Failing {
+		vv := v
+		return s.to(RolledBack, s.Step, 0, now, "rollout", "guard failed the canary: "+v.Reason, &vv), true
+	}
+	if s.Phase != Progressing || v.Result != Healthy || covered < r.Guard.Window.D() || s.Held(now) < r.Hold.D() {
+		return s, false
+	}
+	next := nextStep(r.Steps, int(s.Weight))
+	if next < 0 {
+		// Already at or above the last step (the steps were changed).
+		vv := v
+		return s.to(Promoted, len(r.Steps), split.Buckets, now, "rollout", "last step reached", &vv), true
+	}
+	vv := v
+	if next == len(r.Steps)-1 {
+		return s.to(Promoted, next+1, r.Steps[next], now, "rollout", fmt.Sprintf("healthy for %s: last step reached", r.Hold.D()), &vv), true
+	}
+	return s.to(Progressing, next+1, r.Steps[next], now, "rollout", fmt.Sprintf("healthy for %s: next step", r.Hold.D()), &vv), true
+}
+
+// nextStep is the index of the first step above weight, -1 when none: the
+// position is found by weight, so a reload that edits the steps continues
+// from the canary's share in force.
+func nextStep(steps []int, weight int) int {
+	for i, bp := range steps {
+		if bp > weight {
+			return i
+		}
+	}
+	return -1
+}
