@@ -100,6 +100,11 @@ type Options struct {
 	// FleetStatus, when set, is shown as "fleet" in the config section of
 	// the services views.
 	FleetStatus func() any
+	// Extra serves more read-only routes beside the API (pattern such as
+	// "GET /ui/" -> handler): the operator console's page, state and event
+	// stream. They are counted like the others; they need no token, so
+	// they must not change anything.
+	Extra map[string]http.Handler
 }
 
 // New returns the admin API handler.
@@ -137,6 +142,14 @@ func New(opts Options) http.Handler {
 		a.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 			opts.Metrics.ServeHTTP(sw, r)
+			a.count(pattern, sw.status)
+		}))
+	}
+	for _, pattern := range sortedKeys(opts.Extra) {
+		h := opts.Extra[pattern]
+		a.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+			h.ServeHTTP(sw, r)
 			a.count(pattern, sw.status)
 		}))
 	}

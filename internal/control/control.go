@@ -28,6 +28,7 @@ import (
 	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/admin"
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/console"
 	"github.com/trafficsplit/splitter/internal/fleet"
 	"github.com/trafficsplit/splitter/internal/metrics"
 	"github.com/trafficsplit/splitter/internal/reload"
@@ -75,6 +76,7 @@ type Plane struct {
 	reloader *reload.Reloader
 	fleet    *fleet.Source // fleet mode only; then reloader is nil
 	rollouts *rollout.Manager
+	console  *console.Console
 	admin    *http.Server
 	adminLis net.Listener
 	draining atomic.Bool
@@ -93,10 +95,20 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	p := &Plane{settings: s, headers: headers, log: logger, registry: prometheus.NewRegistry()}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
+	// changed tells the console that something it shows changed (a
+	// snapshot swap, an audit line), so it pushes the state at once.
+	changed := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case changed <- struct{}{}:
+		default:
+		}
+	}
 
 	st, err := store.New(store.Options{
-		Logger: logger, StateFile: s.StateFile, OnSwap: p.metrics.ObserveSnapshot,
-		Check: headers.CheckConfig,
+		Logger: logger, StateFile: s.StateFile,
+		OnSwap: func(snap *store.Snapshot) { p.metrics.ObserveSnapshot(snap); poke() },
+		Check:  headers.CheckConfig,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("state_file: %w", err)
@@ -134,8 +146,12 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	if p.fleet != nil {
 		mutator = p.fleet
 	}
-	audit := logger.With("log", "audit")
-	if p.rollouts, err = newRollouts(s, opts, st, mutator, logger, audit); err != nil {
+	// The audit lines (admin mutations, rollout transitions) also go to a
+	// ring of the last few, which the console shows.
+	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
+	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
+	src, srcName := signalSource(s, opts)
+	if p.rollouts, err = newRollouts(s, src, st, mutator, logger, audit); err != nil {
 		p.closeFleet()
 		return nil, err
 	}
@@ -152,10 +168,16 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		Recorder: p.metrics,
 		Pprof:    s.Pprof,
 	}
+	consoleOpts := console.Options{
+		Store: st, Rollouts: p.rollouts, Signals: src, SignalsName: srcName, Gatherer: p.registry,
+		Audit: auditRing, TokenRequired: func() bool { return token() != "" }, Changes: changed,
+		Interval: s.ConsoleInterval, Logger: logger.With("component", "console"),
+	}
 	if p.fleet != nil {
 		adminOpts.Reload = p.fleet.Reload
 		adminOpts.Fleet = func(ctx context.Context) (any, error) { return p.fleet.Fleet(ctx) }
 		adminOpts.FleetStatus = func() any { return p.fleet.Status() }
+		consoleOpts.Fleet, consoleOpts.FleetStatus = adminOpts.Fleet, adminOpts.FleetStatus
 	} else {
 		p.reloader = reload.New(reload.Options{
 			Path:         s.ConfigPath,
@@ -168,6 +190,8 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		})
 		adminOpts.Reload = p.reloader.Reload
 	}
+	p.console = console.New(consoleOpts)
+	adminOpts.Extra = p.console.Handlers()
 	p.admin = admin.NewServer(s.AdminAddr, admin.New(adminOpts))
 	lis, err := net.Listen("tcp", s.AdminAddr)
 	if err != nil {
@@ -181,13 +205,22 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 // envoyAdminTimeout bounds one read of Envoy's statistics.
 const envoyAdminTimeout = time.Second
 
-// newRollouts builds the rollout manager on the signals the settings (or
-// the options) name; without any, rollouts exist but cannot be started.
-func newRollouts(s settings.Settings, opts Options, st *store.Store, mut admin.Mutator, logger, audit *slog.Logger) (*rollout.Manager, error) {
-	src := opts.Signals
-	if src == nil && s.EnvoyAdmin != "" {
-		src = signals.NewEnvoyAdmin(s.EnvoyAdmin, envoyAdminTimeout)
+// signalSource is where each version's requests and errors are read: the
+// options' source (the in-process module's counters), else Envoy's admin
+// statistics at envoy_admin, else none. name describes it for people.
+func signalSource(s settings.Settings, opts Options) (src signals.Source, name string) {
+	switch {
+	case opts.Signals != nil:
+		return opts.Signals, "the responses counted in process"
+	case s.EnvoyAdmin != "":
+		return signals.NewEnvoyAdmin(s.EnvoyAdmin, envoyAdminTimeout), "Envoy's admin statistics at " + s.EnvoyAdmin
 	}
+	return nil, ""
+}
+
+// newRollouts builds the rollout manager on src; without one, rollouts
+// exist but cannot be started.
+func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut admin.Mutator, logger, audit *slog.Logger) (*rollout.Manager, error) {
 	var evidence rollout.Evidence
 	if src != nil {
 		evidence = rollout.NewLocal(src, s.SignalsInterval)
@@ -270,8 +303,13 @@ func (p *Plane) Fleet() *fleet.Source { return p.fleet }
 // Rollouts returns the rollout manager.
 func (p *Plane) Rollouts() *rollout.Manager { return p.rollouts }
 
-// Drain makes /readyz answer 503 from now on; decisions go on.
-func (p *Plane) Drain() { p.draining.Store(true) }
+// Drain makes /readyz answer 503 from now on and closes the console's
+// event streams (so that they do not hold the admin server's shutdown
+// up); decisions go on.
+func (p *Plane) Drain() {
+	p.draining.Store(true)
+	p.console.Drain()
+}
 
 // Run serves the admin API and keeps the configuration in step with its
 // file until ctx ends, then stops the admin server (after its in-flight
@@ -288,6 +326,7 @@ func (p *Plane) Run(ctx context.Context) error {
 		wg.Go(func() { _ = p.reloader.Run(bg) })
 	}
 	wg.Go(func() { _ = p.rollouts.Run(bg) })
+	wg.Go(func() { _ = p.console.Run(bg) })
 	served := make(chan error, 1)
 	go func() { served <- p.admin.Serve(p.adminLis) }()
 

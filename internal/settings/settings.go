@@ -84,6 +84,10 @@ type Settings struct {
 	// SignalsInterval is how often, while a rollout is active, the signals
 	// are read and the guard decides.
 	SignalsInterval time.Duration
+	// ConsoleInterval is how often the operator console samples each
+	// version's requests and errors and the decision reasons: the width of
+	// one of its fixed number of buckets (docs/console.md).
+	ConsoleInterval time.Duration
 }
 
 // FleetMode reports whether the routing configuration comes from etcd.
@@ -123,6 +127,7 @@ func Defaults() Settings {
 		EtcdDialTimeout:    5 * time.Second,
 		EnvoyAdmin:         "127.0.0.1:9901",
 		SignalsInterval:    250 * time.Millisecond,
+		ConsoleInterval:    5 * time.Second,
 	}
 }
 
@@ -140,7 +145,7 @@ func Keys() []string {
 		"gc_percent", "pprof",
 		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
 		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout",
-		"envoy_admin", "signals_interval",
+		"envoy_admin", "signals_interval", "console_interval",
 	}
 }
 
@@ -187,6 +192,7 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.Duration(flagName("etcd_dial_timeout"), d.EtcdDialTimeout, "how long one attempt to reach etcd may take at start (then the cache file is used)")
 	fs.String(flagName("envoy_admin"), d.EnvoyAdmin, `Envoy's admin address, where rollouts read per-cluster statistics ("": no rollouts)`)
 	fs.Duration(flagName("signals_interval"), d.SignalsInterval, "how often an active rollout's signals are read and judged")
+	fs.Duration(flagName("console_interval"), d.ConsoleInterval, "how often the operator console (/ui/) samples per-version traffic: one bucket of its 60")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -218,6 +224,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"etcd_key_file": "", "etcd_username": "", "etcd_password_file": "", "etcd_cache_file": "",
 		"etcd_dial_timeout": d.EtcdDialTimeout.String(),
 		"envoy_admin":       d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
+		"console_interval": d.ConsoleInterval.String(),
 	}
 	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
@@ -303,6 +310,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		EtcdDialTimeout:    dur("etcd_dial_timeout"),
 		EnvoyAdmin:         v.GetString("envoy_admin"),
 		SignalsInterval:    dur("signals_interval"),
+		ConsoleInterval:    dur("console_interval"),
 	}
 	if s.FleetMode() && s.NodeID == "" {
 		host, err := os.Hostname()
@@ -383,6 +391,9 @@ func (s Settings) Validate() error {
 	}
 	if s.SignalsInterval < 10*time.Millisecond || s.SignalsInterval > 10*time.Second {
 		add("signals_interval", fmt.Errorf("%s must be between 10ms and 10s", s.SignalsInterval))
+	}
+	if s.ConsoleInterval < 100*time.Millisecond || s.ConsoleInterval > time.Minute {
+		add("console_interval", fmt.Errorf("%s must be between 100ms and 1m", s.ConsoleInterval))
 	}
 	return errors.Join(errs...)
 }

@@ -197,6 +197,11 @@ func TestLoadPrecedence(t *testing.T) {
 			},
 		},
 		{
+			name: "console_interval from its flag",
+			args: []string{"--console-interval", "1s"},
+			want: func(s *settings.Settings) { s.ConsoleInterval = time.Second },
+		},
+		{
 			name: "empty envoy_admin: no signal source",
 			env:  map[string]string{"SPLITTER_ENVOY_ADMIN": ""},
 			want: func(s *settings.Settings) { s.EnvoyAdmin = "" },
@@ -250,6 +255,8 @@ func TestLoadErrorsNameKeys(t *testing.T) {
 		{name: "pprof not a bool", env: map[string]string{"SPLITTER_PPROF": "maybe"}, wants: []string{"pprof: \"maybe\""}},
 		{name: "envoy_admin without a port", args: []string{"--envoy-admin", "localhost"}, wants: []string{"envoy_admin: "}},
 		{name: "signals_interval too short", file: "signals_interval: 1ms\n", wants: []string{"signals_interval: 1ms must be between 10ms and 10s"}},
+		{name: "console_interval too short", env: map[string]string{"SPLITTER_CONSOLE_INTERVAL": "10ms"}, wants: []string{"console_interval: 10ms must be between 100ms and 1m"}},
+		{name: "console_interval too long", file: "console_interval: 2m\n", wants: []string{"console_interval: 2m0s must be between 100ms and 1m"}},
 		{
 			name:  "several problems at once",
 			args:  []string{"--grpc-addr", "nope", "--log-level", "loud"},

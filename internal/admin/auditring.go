@@ -1,0 +1,165 @@
+package admin
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Bounds on one remembered audit event, so that the ring's memory is fixed
+// whatever a log line carries.
+const (
+	maxAuditAttrs    = 24
+	maxAuditValueLen = 512
+)
+
+// DefaultAuditEvents is how many audit events an AuditRing keeps when
+// asked for none.
+const DefaultAuditEvents = 50
+
+// AuditEvent is one audit log line, as the operator console shows it.
+type AuditEvent struct {
+	Time    time.Time   `json:"time"`
+	Level   string      `json:"level"`
+	Message string      `json:"message"`
+	Attrs   []AuditAttr `json:"attrs"`
+}
+
+// AuditAttr is one key and value of an audit line, in the line's order.
+type AuditAttr struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// AuditRing keeps the last few audit events in memory (a fixed-size ring):
+// every admin mutation attempt and every rollout transition, whatever
+// logger wrote them, when the audit logger's handler is wrapped with Tee.
+// It is safe for concurrent use.
+type AuditRing struct {
+	onAppend func()
+
+	mu     sync.Mutex
+	events []AuditEvent // ring storage, len == capacity
+	next   int          // where the next event goes
+	n      int          // events held, at most len(events)
+}
+
+// NewAuditRing keeps the last size events (DefaultAuditEvents when size <=
+// 0); onAppend, if not nil, is called after every event is added (it must
+// not block: the console uses it to push the change).
+func NewAuditRing(size int, onAppend func()) *AuditRing {
+	if size <= 0 {
+		size = DefaultAuditEvents
+	}
+	return &AuditRing{events: make([]AuditEvent, size), onAppend: onAppend}
+}
+
+// Add remembers ev, forgetting the oldest event when the ring is full.
+func (r *AuditRing) Add(ev AuditEvent) {
+	r.mu.Lock()
+	r.events[r.next] = ev
+	r.next = (r.next + 1) % len(r.events)
+	r.n = min(r.n+1, len(r.events))
+	r.mu.Unlock()
+	if r.onAppend != nil {
+		r.onAppend()
+	}
+}
+
+// Recent returns the events held, newest first.
+func (r *AuditRing) Recent() []AuditEvent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]AuditEvent, 0, r.n)
+	for i := 1; i <= r.n; i++ {
+		out = append(out, r.events[(r.next-i+len(r.events))%len(r.events)])
+	}
+	return out
+}
+
+// Tee returns a handler that passes every record to next and remembers it
+// in the ring.
+func (r *AuditRing) Tee(next slog.Handler) slog.Handler {
+	return &teeHandler{ring: r, next: next}
+}
+
+type teeHandler struct {
+	ring  *AuditRing
+	next  slog.Handler
+	attrs []AuditAttr // from WithAttrs, group prefixes applied
+	group string      // "a.b." prefix from WithGroup
+}
+
+func (h *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	// The ring wants every audit line the logger writes; one the next
+	// handler would drop (level) is dropped here too, so the page never
+	// shows what the log does not have.
+	return h.next.Enabled(ctx, l)
+}
+
+func (h *teeHandler) Handle(ctx context.Context, rec slog.Record) error {
+	ev := AuditEvent{Time: rec.Time, Level: rec.Level.String(), Message: rec.Message, Attrs: slices.Clone(h.attrs)}
+	rec.Attrs(func(a slog.Attr) bool {
+		ev.Attrs = appendAttr(ev.Attrs, h.group, a)
+		return len(ev.Attrs) < maxAuditAttrs
+	})
+	if len(ev.Attrs) > maxAuditAttrs {
+		ev.Attrs = ev.Attrs[:maxAuditAttrs]
+	}
+	h.ring.Add(ev)
+	return h.next.Handle(ctx, rec)
+}
+
+func (h *teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	out := *h
+	out.attrs = slices.Clone(h.attrs)
+	for _, a := range as {
+		out.attrs = appendAttr(out.attrs, h.group, a)
+	}
+	if len(out.attrs) > maxAuditAttrs {
+		out.attrs = out.attrs[:maxAuditAttrs]
+	}
+	out.next = h.next.WithAttrs(as)
+	return &out
+}
+
+func (h *teeHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	out := *h
+	out.group = h.group + name + "."
+	out.next = h.next.WithGroup(name)
+	return &out
+}
+
+// appendAttr flattens a (groups become "group.key") into dst, dropping the
+// "log" marker every audit line carries and empty attributes.
+func appendAttr(dst []AuditAttr, prefix string, a slog.Attr) []AuditAttr {
+	a.Value = a.Value.Resolve()
+	if a.Equal(slog.Attr{}) || (prefix == "" && a.Key == "log") {
+		return dst
+	}
+	if a.Value.Kind() == slog.KindGroup {
+		p := prefix
+		if a.Key != "" {
+			p += a.Key + "."
+		}
+		for _, g := range a.Value.Group() {
+			dst = appendAttr(dst, p, g)
+		}
+		return dst
+	}
+	v := a.Value.String()
+	if len(v) > maxAuditValueLen {
+		n := maxAuditValueLen
+		for n > 0 && !utf8.RuneStart(v[n]) {
+			n--
+		}
+		v = v[:n] + "…"
+	}
+	return append(dst, AuditAttr{Key: prefix + a.Key, Value: v})
+}
