@@ -93,14 +93,24 @@ type teeHandler struct {
 	group string      // "a.b." prefix from WithGroup
 }
 
+// Enabled: the ring keeps every audit line at Info or above, even when
+// the log's level drops it (log_level warn still shows changes on the
+// console).
 func (h *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
-	// The ring wants every audit line the logger writes; one the next
-	// handler would drop (level) is dropped here too, so the page never
-	// shows what the log does not have.
-	return h.next.Enabled(ctx, l)
+	return l >= slog.LevelInfo || h.next.Enabled(ctx, l)
 }
 
 func (h *teeHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelInfo {
+		h.remember(rec)
+	}
+	if !h.next.Enabled(ctx, rec.Level) {
+		return nil
+	}
+	return h.next.Handle(ctx, rec)
+}
+
+func (h *teeHandler) remember(rec slog.Record) {
 	ev := AuditEvent{Time: rec.Time, Level: rec.Level.String(), Message: rec.Message, Attrs: slices.Clone(h.attrs)}
 	rec.Attrs(func(a slog.Attr) bool {
 		ev.Attrs = appendAttr(ev.Attrs, h.group, a)
@@ -110,7 +120,6 @@ func (h *teeHandler) Handle(ctx context.Context, rec slog.Record) error {
 		ev.Attrs = ev.Attrs[:maxAuditAttrs]
 	}
 	h.ring.Add(ev)
-	return h.next.Handle(ctx, rec)
 }
 
 func (h *teeHandler) WithAttrs(as []slog.Attr) slog.Handler {

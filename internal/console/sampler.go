@@ -268,7 +268,7 @@ type Traffic struct {
 	// BucketSeconds is the width of one bucket; the arrays below hold
 	// Buckets of them, oldest first, the last one ending at End (it is
 	// still filling).
-	BucketSeconds float64 `json:"bucket_seconds"`
+	BucketSeconds float64   `json:"bucket_seconds"`
 	End           time.Time `json:"end"`
 	// CoveredSeconds is how much of the span has been sampled (less than
 	// Buckets x BucketSeconds for a while after a start or a change).
