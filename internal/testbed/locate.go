@@ -65,3 +65,28 @@ func BuildSplitter(ctx context.Context, root, dir string) (string, error) {
 	}
 	return out, nil
 }
+
+// ErrNoChromium says that no Chromium was found; `make chromium` installs
+// Debian's.
+var ErrNoChromium = errors.New("no Chromium: set CHROMIUM_BIN, or run `make chromium` (apt-get install chromium, as root)")
+
+// FindChromium returns the browser for the console's tests: $CHROMIUM_BIN,
+// else /usr/bin/chromium (Debian's package, scripts/chromium.sh), else
+// chromium or chromium-browser on PATH.
+func FindChromium() (string, error) {
+	if p := os.Getenv("CHROMIUM_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("CHROMIUM_BIN: %w", err)
+		}
+		return p, nil
+	}
+	if st, err := os.Stat("/usr/bin/chromium"); err == nil && !st.IsDir() {
+		return "/usr/bin/chromium", nil
+	}
+	for _, name := range []string{"chromium", "chromium-browser"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+	}
+	return "", ErrNoChromium
+}

@@ -74,10 +74,21 @@
     return d.toLocaleString('en-GB', { hour12: false });
   }
   function secs(n) {
-    n = Math.max(0, Math.round(n || 0));
+    n = Math.max(0, n || 0);
+    if (n < 10 && n !== Math.round(n)) return (Math.round(n * 10) / 10) + ' s';
+    n = Math.round(n);
     if (n < 120) return n + ' s';
     if (n < 7200) return Math.floor(n / 60) + ' min ' + (n % 60) + ' s';
     return Math.floor(n / 3600) + ' h ' + Math.floor((n % 3600) / 60) + ' min';
+  }
+  // goDuration reads Go's duration text ("1m30s", "898.1ms") as seconds.
+  function goDuration(text) {
+    var units = { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6, 'µs': 1e-6, ns: 1e-9 };
+    var re = /([0-9.]+)(h|ms|m|s|us|µs|ns)/g;
+    var total = 0;
+    var m;
+    while ((m = re.exec(String(text))) !== null) total += parseFloat(m[1]) * units[m[2]];
+    return total;
   }
   function short(sha) { return sha ? sha.slice(0, 12) : '–'; }
 
@@ -414,7 +425,7 @@
       R.verdict.setAttribute('data-result', v.result);
       R.verdict.replaceChildren(
         h('p', null, 'Last verdict: ', h('span', { class: 'result', 'data-role': 'verdict', text: v.result }), ' at ' + time(v.at) +
-          ' over ' + v.covered + ' of the window'),
+          ' over ' + secs(goDuration(v.covered)) + ' of the ' + secs(goDuration(r.config && r.config.guard ? r.config.guard.window : 0)) + ' window'),
         h('p', { text: 'Canary ' + r.canary + ': ' + num(v.canary.requests) + ' requests, ' + num(v.canary.errors) +
           ' errors (' + pct(v.canary_error_rate) + '). Stable ' + r.stable + ': ' + num(v.stable.requests) +
           ' requests, ' + num(v.stable.errors) + ' errors (' + pct(v.stable_error_rate) + ').' }),
