@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -488,5 +489,50 @@ func TestProcessTuning(t *testing.T) {
 				t.Errorf("GC percent after Run = %d, want the 123 from before", got)
 			}
 		})
+	}
+}
+
+// TestConsoleStreamsEndAtDrain: an open console event stream is closed
+// (with a "bye" event) as soon as the drain starts, before the drain
+// delay is over, so it never holds the admin server's shutdown up; new
+// streams are refused meanwhile, and Run then returns cleanly.
+func TestConsoleStreamsEndAtDrain(t *testing.T) {
+	s := testSettings(newConfig(t, routing(20)))
+	s.DrainDelay = 5 * time.Second
+	r := startServe(t, s)
+	resp, err := http.Get("http://" + r.addrs.Admin + "/v1/console/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %d %s", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	body := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(resp.Body)
+		body <- string(b)
+	}()
+
+	r.cancel()
+	select {
+	case got := <-body:
+		if !strings.Contains(got, "event: state\n") || !strings.HasSuffix(got, "event: bye\ndata: {\"reason\":\"draining\"}\n\n") {
+			t.Errorf("stream %q: want the state, then a bye", got)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the event stream was still open 4s into the drain")
+	}
+	select {
+	case err := <-r.done:
+		t.Fatalf("Run returned (%v) before the drain delay was over; the check above proves nothing", err)
+	default:
+	}
+	if code, _ := r.get(t, "/v1/console/events"); code != http.StatusServiceUnavailable {
+		t.Errorf("a new stream during the drain: %d, want 503", code)
+	}
+	r.stop(t)
+	if strings.Contains(r.logs.String(), "did not stop in time") {
+		t.Errorf("the admin server's shutdown was held up:\n%s", r.logs.String())
 	}
 }

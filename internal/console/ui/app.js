@@ -407,6 +407,12 @@
     if (!r) { box.replaceChildren(); card.r = null; return; }
     if (!card.r) buildRollout(card);
     var R = card.r;
+    if (R.shownState && R.shownState !== r.state && R.msg.className === 'msg ok') {
+      // A confirmation is about the state it produced; a later change
+      // (the guard's) makes it stale.
+      R.msg.textContent = '';
+    }
+    R.shownState = r.state;
     R.state.setAttribute('data-state', r.state);
     R.state.textContent = STATE_LABELS[r.state] || r.state;
     R.summary.textContent = (r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
