@@ -20,10 +20,15 @@ import (
 // metrics.
 const dashboardPath = "examples/grafana/splitter.json"
 
-// promQLWords are PromQL keywords and modifiers that look like names.
-var promQLWords = map[string]bool{
-	"and": true, "or": true, "unless": true, "bool": true, "offset": true, "by": true, "without": true,
-	"on": true, "ignoring": true, "group_left": true, "group_right": true, "inf": true, "nan": true, "atan2": true,
+// promQLWord reports whether w is a PromQL keyword or modifier that looks
+// like a name.
+func promQLWord(w string) bool {
+	switch strings.ToLower(w) {
+	case "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+		"group_left", "group_right", "inf", "nan", "atan2":
+		return true
+	}
+	return false
 }
 
 var (
@@ -58,7 +63,7 @@ func metricNames(expr string) []string {
 			continue // a Grafana variable, or the exponent of a number
 		}
 		rest := strings.TrimLeft(e[loc[1]:], " \t\n")
-		if strings.HasPrefix(rest, "(") || promQLWords[strings.ToLower(name)] {
+		if strings.HasPrefix(rest, "(") || promQLWord(name) {
 			continue // a function or a keyword
 		}
 		if !slices.Contains(names, name) {
