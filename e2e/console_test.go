@@ -324,6 +324,10 @@ func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 	p.screenshot("console-desktop.png", desktopWidth, desktopHeight, false)
 	p.screenshot("console-phone.png", phoneWidth, phoneHeight, true)
 	p.checkAccessible("phone")
+	p.do(chromedp.EmulateViewport(360, 740, chromedp.EmulateScale(1), chromedp.EmulateMobile), chromedp.Sleep(200*time.Millisecond))
+	if w := js[[]int](p, `[document.documentElement.scrollWidth, window.innerWidth]`); w[0] > w[1] {
+		t.Errorf("at 360px the page is %dpx wide (horizontal scrolling)", w[0])
+	}
 	if c := js[string](p, `document.cookie`); c != "" {
 		t.Errorf("document.cookie = %q, want none", c)
 	}

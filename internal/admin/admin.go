@@ -17,6 +17,10 @@
 //	GET    /v1/fleet                      fleet mode: every replica's applied revision (404 otherwise)
 //	GET    /metrics, /healthz (liveness), /readyz (config loaded and not draining)
 //
+// Options.Extra mounts more read-only routes beside these: the operator
+// console's page, state and event stream (package console), which shows
+// the last audit events an AuditRing keeps.
+//
 // Every answer is JSON; errors are {"error": "...", "field": "..."} with the
 // status that fits. Mutations (PUT, DELETE and POST /v1/reload) need
 // "Authorization: Bearer <token>" when a token is configured (never a token
