@@ -294,9 +294,13 @@ func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 	p.waitJS(5*time.Second, "the idle rollout", `document.querySelector('article[data-service="api"] [data-role="rollout-state"]').getAttribute('data-state')==='idle'`)
 
 	// Keyboard only: focus the slider, PageUp three times (10 points
-	// each), Enter.
-	p.do(chromedp.Focus(svc(`input[data-role="canary-range"]`)),
-		chromedp.KeyEvent(kb.PageUp), chromedp.KeyEvent(kb.PageUp), chromedp.KeyEvent(kb.PageUp))
+	// each), Enter. Live updates (one a second or more: the sampler's
+	// time moves) must leave the focus where it is.
+	p.do(chromedp.Focus(svc(`input[data-role="canary-range"]`)), chromedp.Sleep(1500*time.Millisecond))
+	if !js[bool](p, `document.activeElement === document.querySelector('article[data-service="api"] input[data-role="canary-range"]')`) {
+		t.Fatal("live updates took the focus off the canary slider")
+	}
+	p.do(chromedp.KeyEvent(kb.PageUp), chromedp.KeyEvent(kb.PageUp), chromedp.KeyEvent(kb.PageUp))
 	if v := js[string](p, `document.querySelector('article[data-service="api"] input[data-role="canary-number"]').value`); v != "50" {
 		t.Fatalf("after PageUp x3 the percentage field says %q, want 50", v)
 	}

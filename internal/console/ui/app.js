@@ -254,6 +254,7 @@
   function renderServices(st) {
     var list = byId('service-list');
     var seen = new Set();
+    var prev = null;
     (st.services || []).forEach(function (svc) {
       seen.add(svc.name);
       var card = cards.get(svc.name);
@@ -261,7 +262,11 @@
         card = makeCard(svc.name);
         cards.set(svc.name, card);
       }
-      list.appendChild(card.root); // keeps the configuration's order
+      // Keep the configuration's order, moving a card only when it is out
+      // of place: moving it would take the focus off its controls.
+      var want = prev ? prev.nextSibling : list.firstChild;
+      if (card.root !== want) list.insertBefore(card.root, want);
+      prev = card.root;
       updateCard(card, svc);
     });
     cards.forEach(function (card, name) {
