@@ -75,7 +75,10 @@ type Plane struct {
 	reloader *reload.Reloader
 	fleet    *fleet.Source // fleet mode only; then reloader is nil
 	rollouts *rollout.Manager
-	admin    *http.Server
+	// fleetRollouts elects the rollout leader and keeps the rollout states
+	// in etcd (fleet mode only).
+	fleetRollouts *fleet.Rollouts
+	admin         *http.Server
 	adminLis net.Listener
 	draining atomic.Bool
 }
@@ -135,7 +138,7 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		mutator = p.fleet
 	}
 	audit := logger.With("log", "audit")
-	if p.rollouts, err = newRollouts(s, opts, st, mutator, logger, audit); err != nil {
+	if p.rollouts, p.fleetRollouts, err = newRollouts(s, opts, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
 		p.closeFleet()
 		return nil, err
 	}
@@ -183,22 +186,43 @@ const envoyAdminTimeout = time.Second
 
 // newRollouts builds the rollout manager on the signals the settings (or
 // the options) name; without any, rollouts exist but cannot be started.
-func newRollouts(s settings.Settings, opts Options, st *store.Store, mut admin.Mutator, logger, audit *slog.Logger) (*rollout.Manager, error) {
+// In fleet mode (fl set) the states live in etcd, one replica elected
+// through etcd decides on the counts every replica publishes, and the
+// others follow (fleet.Rollouts).
+func newRollouts(s settings.Settings, opts Options, st *store.Store, mut admin.Mutator, fl *fleet.Source,
+	reg prometheus.Registerer, logger, audit *slog.Logger) (*rollout.Manager, *fleet.Rollouts, error) {
 	src := opts.Signals
 	if src == nil && s.EnvoyAdmin != "" {
 		src = signals.NewEnvoyAdmin(s.EnvoyAdmin, envoyAdminTimeout)
 	}
-	var evidence rollout.Evidence
+	var local *rollout.Local
+	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit}
 	if src != nil {
-		evidence = rollout.NewLocal(src, s.SignalsInterval)
+		local = rollout.NewLocal(src, s.SignalsInterval)
+		ro.Evidence = local
 	}
-	m, err := rollout.New(context.Background(), rollout.Options{
-		Store: st, Mutator: mut, Evidence: evidence, Interval: s.SignalsInterval, Logger: logger, Audit: audit,
-	})
+	var fr *fleet.Rollouts
+	if fl != nil {
+		fr = fleet.NewRollouts(fl, fleet.RolloutOptions{
+			TTL: s.RolloutLeaderTTL, PublishInterval: s.RolloutPublishInterval, SignalsInterval: s.SignalsInterval,
+			Local: local, Logger: logger.With("component", "rollouts"), Metrics: fleet.NewRolloutMetrics(reg),
+		})
+		ro.States, ro.Elector, ro.Mutator, ro.NodeID = fr, fr, fr, s.NodeID
+		if local != nil {
+			ro.Evidence = fr
+		}
+	}
+	m, err := rollout.New(context.Background(), ro)
 	if err != nil {
-		return nil, fmt.Errorf("state_file: %w", err)
+		if fl != nil {
+			return nil, nil, fmt.Errorf("etcd rollout states: %w", err)
+		}
+		return nil, nil, fmt.Errorf("state_file: %w", err)
 	}
-	return m, nil
+	if fr != nil {
+		fr.Follow(m.Observe)
+	}
+	return m, fr, nil
 }
 
 // loadInitial reads the file named by the settings (or takes the built-in
@@ -288,6 +312,9 @@ func (p *Plane) Run(ctx context.Context) error {
 		wg.Go(func() { _ = p.reloader.Run(bg) })
 	}
 	wg.Go(func() { _ = p.rollouts.Run(bg) })
+	if p.fleetRollouts != nil {
+		wg.Go(func() { p.fleetRollouts.Run(bg) })
+	}
 	served := make(chan error, 1)
 	go func() { served <- p.admin.Serve(p.adminLis) }()
 

@@ -117,7 +117,12 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.now = time.Now
 	}
 	loaded, err := m.states.Load(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		// A shared store (etcd) that does not answer yet: the states
+		// arrive through Observe once it does.
+		m.log.Warn("rollout states unavailable at start; following them once the store answers", "error", err)
+	case err != nil:
 		return nil, err
 	}
 	maps.Copy(m.current, loaded)
