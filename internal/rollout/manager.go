@@ -561,6 +561,11 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if _, ok := m.states.(FileStates); !ok {
+		// A shared store: this replica's copy may lag behind a step the
+		// leader just took; act on the stored state.
+		m.refresh(ctx, service)
+	}
 	for attempt := 1; ; attempt++ {
 		st := m.stateOf(service)
 		next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
