@@ -79,8 +79,8 @@ type Plane struct {
 	// in etcd (fleet mode only).
 	fleetRollouts *fleet.Rollouts
 	admin         *http.Server
-	adminLis net.Listener
-	draining atomic.Bool
+	adminLis      net.Listener
+	draining      atomic.Bool
 }
 
 // New loads the initial configuration (an error names the file, unless
