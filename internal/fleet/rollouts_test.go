@@ -60,7 +60,6 @@ type rnode struct {
 }
 
 type nodeOpts struct {
-	endpoint string // default: the shared etcd
 	// manual: the Source and the Rollouts run, the Manager does not tick
 	// (the test calls Sample itself).
 	manual bool
