@@ -242,7 +242,8 @@ func TestFleetRolloutBadCanaryRolledBackEverywhere(t *testing.T) {
 	for i, cl := range rf.clients {
 		assertSplitVia(t, cl, 50, map[string]int{"v1": 50}, fmt.Sprintf("envoy %d after the rollback", i))
 	}
-	t.Logf("rolled back by %s: %s (replicas %v)", rb.Node, rb.Verdict.Reason, rb.Verdict.Replicas)
+	first, _ := rf.backends[1].Faults.FirstFailure()
+	t.Logf("first bad answer -> rolled back by %s: %v; %s (replicas %v)", rb.Node, rb.At.Sub(first).Round(time.Millisecond), rb.Verdict.Reason, rb.Verdict.Replicas)
 }
 
 // The leader is killed (SIGKILL) and the canary starts failing at once:
@@ -273,6 +274,7 @@ func TestFleetRolloutLeaderKilledDuringBadCanary(t *testing.T) {
 	if err := killed.Kill(); err != nil {
 		t.Fatal(err)
 	}
+	killedAt := time.Now()
 	rf.backends[1].Fail(50)
 	waitEvery(t, "the rollback by a new leader", func(s rollout.Status) bool { return s.State == rollout.RolledBack }, live...)
 	st := rolloutOf(t, live[0])
@@ -311,7 +313,8 @@ func TestFleetRolloutLeaderKilledDuringBadCanary(t *testing.T) {
 	}, killed)
 	waitFor(t, 10*time.Second, "the restarted replica to apply the rollback", func() bool { return service(t, killed).Weights["v2"] == 0 })
 	assertSplitVia(t, rf.clients[li], 50, map[string]int{"v1": 50}, killed.Name+"'s envoy after its restart")
-	t.Logf("%s killed; %s took over and rolled back at step %d: %s", leaderName, rb.Node, rb.Step, rb.Verdict.Reason)
+	t.Logf("%s killed; %s took over and rolled back at step %d %v after the kill (lease TTL 2s): %s",
+		leaderName, rb.Node, rb.Step, rb.At.Sub(killedAt).Round(time.Millisecond), rb.Verdict.Reason)
 }
 
 // nodeIndex finds the replica whose node id is name.
