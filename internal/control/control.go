@@ -207,10 +207,9 @@ func newRollouts(s settings.Settings, opts Options, st *store.Store, mut admin.M
 			TTL: s.RolloutLeaderTTL, PublishInterval: s.RolloutPublishInterval, SignalsInterval: s.SignalsInterval,
 			Local: local, Logger: logger.With("component", "rollouts"), Metrics: fleet.NewRolloutMetrics(reg),
 		})
-		ro.States, ro.Elector, ro.Mutator, ro.NodeID = fr, fr, fr, s.NodeID
-		if local != nil {
-			ro.Evidence = fr
-		}
+		// Evidence even without a local source: the leader judges on the
+		// counts the other replicas publish.
+		ro.States, ro.Elector, ro.Mutator, ro.Evidence, ro.NodeID = fr, fr, fr, fr, s.NodeID
 	}
 	m, err := rollout.New(context.Background(), ro)
 	if err != nil {

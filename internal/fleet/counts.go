@@ -75,8 +75,15 @@ type aggregate struct {
 // is left out; the leader's own counts are one replica's among the
 // others. It fails only when no replica's counts can be used.
 func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.Watch) error {
-	localErr := r.local.Sample(ctx, now, watches)
-	r.publish(ctx, now, watches, localErr)
+	var localErr error
+	if r.local == nil {
+		if len(watches) > 0 {
+			localErr = errNoLocal
+		}
+	} else {
+		localErr = r.local.Sample(ctx, now, watches)
+		r.publish(ctx, now, watches, localErr)
+	}
 	r.cmu.Lock()
 	prev := r.localErr
 	r.localErr = ""
@@ -126,7 +133,7 @@ func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.
 		if !usable {
 			return localErr
 		}
-		if prev != localErr.Error() {
+		if prev != localErr.Error() && r.local != nil {
 			r.log.Warn("this replica cannot read its own Envoy: judging on the other replicas' counts", "error", localErr)
 		}
 	}
@@ -141,6 +148,9 @@ func (r *Rollouts) Totals(service string, now time.Time) (stable, canary signals
 	a := r.agg[service]
 	r.cmu.Unlock()
 	if a == nil {
+		if r.local == nil {
+			return signals.Counts{}, signals.Counts{}, 0
+		}
 		return r.local.Totals(service, now)
 	}
 	return a.stable, a.canary, a.covered
@@ -159,7 +169,9 @@ func (r *Rollouts) Sources(service string) []string {
 
 // Forget implements rollout.Evidence.
 func (r *Rollouts) Forget(service string) {
-	r.local.Forget(service)
+	if r.local != nil {
+		r.local.Forget(service)
+	}
 	r.cmu.Lock()
 	defer r.cmu.Unlock()
 	delete(r.agg, service)
@@ -167,6 +179,10 @@ func (r *Rollouts) Forget(service string) {
 		p.tried = time.Time{} // publish the fresh counts at the next tick
 	}
 }
+
+// errNoLocal: this replica reads no Envoy; it still follows, and leads
+// on the counts the others publish.
+var errNoLocal = errors.New("this replica has no signal source (envoy_admin is empty); it publishes no counts")
 
 // --- publishing ---
 

@@ -35,7 +35,7 @@ type RolloutOptions struct {
 	// the two.
 	SignalsInterval time.Duration
 	// Local reads this replica's own Envoy; nil: no signal source (the
-	// replica publishes nothing and rollouts cannot be started on it).
+	// replica publishes nothing; leading, it judges on the others' counts).
 	Local   *rollout.Local
 	Logger  *slog.Logger    // nil: discard
 	Metrics *RolloutMetrics // nil: unregistered

@@ -65,6 +65,8 @@ type nodeOpts struct {
 	manual bool
 	// noRun: nothing runs yet (run starts it).
 	noRun bool
+	// noSignals: the node reads no Envoy (envoy_admin "").
+	noSignals bool
 	// states wraps the StateStore (race tests).
 	states func(rollout.StateStore) rollout.StateStore
 }
@@ -96,7 +98,10 @@ func startNode(t *testing.T, endpoint, prefix, name string, o nodeOpts) *rnode {
 		n.src.Close()
 		t.Fatal(err)
 	}
-	local := rollout.NewLocal(failable{n}, testTick)
+	var local *rollout.Local
+	if !o.noSignals {
+		local = rollout.NewLocal(failable{n}, testTick)
+	}
 	n.ro = fleet.NewRollouts(n.src, fleet.RolloutOptions{
 		TTL: testTTL, PublishInterval: testTick, SignalsInterval: testTick,
 		Local: local, Logger: log, Metrics: fleet.NewRolloutMetrics(n.reg),
@@ -392,6 +397,35 @@ func TestRolloutCountsSummedAcrossReplicas(t *testing.T) {
 	check("a new run", want{[]string{"a"}, 0, 0, 0, 0})
 	if n := b.gauge("splitter_rollout_counts_published_total"); n < 3 {
 		t.Fatalf("b published %v times", n)
+	}
+}
+
+// A leader that reads no Envoy of its own judges on the counts the others
+// publish (and a rollout can be started on it); with none published, no
+// verdict can be made.
+func TestRolloutLeaderWithoutSignals(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	push(t, newClient(t, e.Endpoint), prefix, rolloutDoc)
+	x := startNode(t, e.Endpoint, prefix, "x", nodeOpts{noSignals: true})
+	waitFor(t, 10*time.Second, "x to lead", x.ro.Leading)
+	if s := x.act(rollout.Start, "op"); s.State != rollout.Progressing {
+		t.Fatalf("start on a replica without signals: %+v", s)
+	}
+	waitFor(t, 5*time.Second, "no verdict without counts", func() bool {
+		s := x.status()
+		return s.Verdict == nil && strings.Contains(s.SignalError, "no signal source")
+	})
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	tr := feed(t, b)
+	waitFor(t, 20*time.Second, "a verdict on b's counts", func() bool {
+		v := x.status().Verdict
+		return v != nil && v.Result == rollout.Healthy && slices.Equal(v.Replicas, []string{"b"})
+	})
+	tr.errPct.Store(100)
+	waitAll(t, "the rollback", func(s rollout.Status) bool { return s.State == rollout.RolledBack }, x, b)
+	if last := x.status().History; last[len(last)-1].Node != "x" {
+		t.Fatalf("rolled back by %q, want x", last[len(last)-1].Node)
 	}
 }
 
