@@ -105,6 +105,11 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 			if next, err = compute(base, current); err != nil {
 				return store.Change{}, fmt.Errorf("service %q: %w", service, err)
 			}
+			if len(fence) > 0 && sameShares(next, current) {
+				// A rollout's weights already in force in etcd (this
+				// replica's snapshot may lag): nothing to write.
+				return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: read.Header.Revision}, nil
+			}
 			rec := overrideRecord{Weights: next, Against: fileSvc.Weights, SetAt: s.now().UTC(), Node: s.opts.NodeID, Actor: actor}
 			val, err := rec.encode()
 			if err != nil {

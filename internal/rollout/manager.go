@@ -413,8 +413,11 @@ func (m *Manager) follow(cur, st State) {
 func (m *Manager) apply(ctx context.Context, service string) error {
 	st := m.current[service]
 	snap := m.store.Load() // the latest: an earlier apply may have changed it
-	if w, err := rolloutWeights(snap, st); err == nil && !m.weightsInForce(snap, st) {
-		if sm, ok := m.mut.(StateMutator); ok {
+	sm, shared := m.mut.(StateMutator)
+	// A shared store judges what is in force itself: this replica's
+	// snapshot may not have applied another replica's latest weights yet.
+	if w, err := rolloutWeights(snap, st); err == nil && (shared || !m.weightsInForce(snap, st)) {
+		if shared {
 			_, err = sm.SetStateWeights(ctx, st, w)
 		} else {
 			_, err = m.mut.SetWeights(ctx, service, w, Actor)

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trafficsplit/splitter/internal/rollout"
+	"github.com/trafficsplit/splitter/internal/store"
+	"github.com/trafficsplit/splitter/split"
 )
 
 // revStates is a StateStore with revisions, as etcd keeps them: a save
@@ -230,4 +232,55 @@ func transitionsTo(t *testing.T, m *rollout.Manager, to string) float64 {
 	}
 	t.Fatalf("no transitions_total{to=%q}", to)
 	return 0
+}
+
+// recordingMutator is a StateMutator over the bed's store that records the
+// weights it was asked to write.
+type recordingMutator struct {
+	b     *bed
+	mu    sync.Mutex
+	asked []string
+}
+
+func (r *recordingMutator) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error) {
+	return r.b.store.SetWeights(ctx, service, w, actor)
+}
+
+func (r *recordingMutator) SetStateWeights(ctx context.Context, st rollout.State, w split.Weights) (store.Change, error) {
+	r.mu.Lock()
+	r.asked = append(r.asked, fmt.Sprintf("%s %s", st.Phase, w))
+	r.mu.Unlock()
+	return r.b.store.SetWeights(ctx, st.Service, w, rollout.Actor)
+}
+
+// With a shared store, this replica's snapshot may lag behind another
+// replica's weights: the store, not the snapshot, judges whether a state's
+// weights are in force. Here the snapshot already shows the abort's
+// weights (canary 0) while the store may still hold the step's: the abort
+// asks the store anyway.
+func TestSharedStoreJudgesWhatIsInForce(t *testing.T) {
+	states, el := newRevStates(), &switchElector{}
+	el.lead.Store(true)
+	rec := &recordingMutator{}
+	b := newBedWith(t, "", nil, func(o *rollout.Options) { o.States, o.Elector, o.Mutator = states, el, rec })
+	rec.b = b
+	b.act(rollout.Start)
+	if _, err := b.store.SetWeights(t.Context(), "api", mustWeightsOf(t, `{"v1": 100, "v2": 0}`), "lagging"); err != nil {
+		t.Fatal(err)
+	}
+	b.act(rollout.Abort)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.asked) != 2 || rec.asked[1] != "aborted v1: 100, v2: 0" {
+		t.Fatalf("asked the store for %q: want the start's and the abort's weights", rec.asked)
+	}
+}
+
+func mustWeightsOf(t *testing.T, s string) split.Weights {
+	t.Helper()
+	w, err := split.ParseWeightsJSON([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

@@ -60,7 +60,9 @@ func (Always) Leader() string { return "" }
 // condition that the state is still the stored one (etcd mode: a compare
 // on the revision of rollouts/<service>, and from the decision loop on the
 // leadership too), so that the weights of a state another replica has
-// superseded are never written. A refused write wraps ErrStale.
+// superseded are never written. A refused write wraps ErrStale. It is
+// called whenever the state's weights might not be in force, and writes
+// nothing when the shared store already has them.
 type StateMutator interface {
 	SetStateWeights(ctx context.Context, st State, w split.Weights) (store.Change, error)
 }
