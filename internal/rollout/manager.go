@@ -423,8 +423,11 @@ func (m *Manager) apply(ctx context.Context, service string) error {
 			_, err = m.mut.SetWeights(ctx, service, w, Actor)
 		}
 		if errors.Is(err, ErrStale) {
-			m.log.Info("the rollout state moved on; its weights were not written", "service", service, "weights", w.String(), "error", err)
-			return fmt.Errorf("applying the rollout's weights: %w", err)
+			// The state was saved, then moved on (another replica applied
+			// it and cleared its mark, or replaced it): its weights are
+			// the newer state's business. The transition happened.
+			m.log.Info("the rollout state moved on; its weights were not written here", "service", service, "weights", w.String(), "error", err)
+			return nil
 		}
 		if err != nil {
 			m.log.Error("cannot apply the rollout's weights; retrying at the next tick", "service", service, "weights", w.String(), "error", err)

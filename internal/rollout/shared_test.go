@@ -284,3 +284,29 @@ func mustWeightsOf(t *testing.T, s string) split.Weights {
 	}
 	return w
 }
+
+// staleMutator refuses every state's weights: the state moved on after it
+// was saved (another replica applied it and cleared its mark).
+type staleMutator struct{ recordingMutator }
+
+func (s *staleMutator) SetStateWeights(context.Context, rollout.State, split.Weights) (store.Change, error) {
+	return store.Change{}, fmt.Errorf("weights not written: %w", rollout.ErrStale)
+}
+
+// An action whose state was saved happened, even when its weights are
+// then refused because the state moved on: it is answered, not computed
+// again on the newer state (which would refuse it: "cannot abort a
+// rollout that is aborted").
+func TestActSavedThenOvertakenIsDone(t *testing.T) {
+	states, el := newRevStates(), &switchElector{}
+	el.lead.Store(true)
+	mut := &staleMutator{}
+	b := newBedWith(t, "", nil, func(o *rollout.Options) { o.States, o.Elector, o.Mutator = states, el, mut })
+	mut.b = b
+	if s := b.act(rollout.Start); s.State != rollout.Progressing {
+		t.Fatalf("start: %s", s.State)
+	}
+	if s := b.act(rollout.Abort); s.State != rollout.Aborted {
+		t.Fatalf("abort: %s", s.State)
+	}
+}
