@@ -184,9 +184,9 @@ func exported(families map[string]string, name string) bool {
 	return false
 }
 
-// fleetRolloutConfig is fleetConfig with a rollout, so that the rollout
+// grafanaRolloutConfig is fleetConfig with a rollout, so that the rollout
 // series exist.
-const fleetRolloutConfig = fleetConfig + `    rollout: {steps: [50, 100], hold: 1h}
+const grafanaRolloutConfig = fleetConfig + `    rollout: {steps: [50, 100], hold: 1h}
 `
 
 // TestGrafanaDashboardQueriesExportedMetrics: every query of the Grafana
@@ -197,7 +197,7 @@ const fleetRolloutConfig = fleetConfig + `    rollout: {steps: [50, 100], hold: 
 func TestGrafanaDashboardQueriesExportedMetrics(t *testing.T) {
 	fb := newFleet(t, 1, true)
 	doc := filepath.Join(t.TempDir(), "rollout.yaml")
-	writeFile(t, doc, fleetRolloutConfig)
+	writeFile(t, doc, grafanaRolloutConfig)
 	if out, err := fb.cli(t, "config", "push", doc); err != nil {
 		t.Fatalf("config push: %v\n%s", err, out)
 	}

@@ -158,11 +158,17 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 		}
 		fmt.Fprintln(w)
 	}
+	if s.Leader != "" || s.Node != "" {
+		fmt.Fprintf(w, "  fleet: decided by %s (this replica: %s, state revision %d)\n", orNone(s.Leader), s.Node, s.Revision)
+	}
 	if s.OwnsWeights {
 		fmt.Fprintln(w, "  owns the weights: canary, weights and override calls answer 409 until it is paused or aborted")
 	}
 	if v := s.Verdict; v != nil {
 		fmt.Fprintf(w, "  verdict: %s (%s over %s): %s\n", v.Result, v.At.Format(time.TimeOnly), v.Covered.D(), v.Reason)
+		if len(v.Replicas) > 0 {
+			fmt.Fprintf(w, "    counts of %d replicas: %s\n", len(v.Replicas), strings.Join(v.Replicas, ", "))
+		}
 	}
 	if s.SignalError != "" {
 		fmt.Fprintf(w, "  signals: %s\n", s.SignalError)
@@ -173,8 +179,19 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 	fmt.Fprintln(w, "history:")
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, tr := range s.History {
+		actor := tr.Actor
+		if tr.Node != "" {
+			actor += "@" + tr.Node
+		}
 		fmt.Fprintf(tw, "  %s\t%s -> %s\tstep %d\t%s%%\t%s\t%s\n", tr.At.Format(time.RFC3339), tr.From, tr.To, tr.Step,
-			split.FormatPercent(int(tr.Weight)), tr.Actor, tr.Reason)
+			split.FormatPercent(int(tr.Weight)), actor, tr.Reason)
 	}
 	return tw.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(no leader elected)"
+	}
+	return s
 }

@@ -82,6 +82,32 @@ func TestRolloutCommand(t *testing.T) {
 	}
 }
 
+// In fleet mode the status names the leader and this replica, the
+// replicas whose counts the verdict summed, and who made each transition.
+func TestRolloutCommandFleet(t *testing.T) {
+	answer := strings.Replace(statusJSON, `"owns_weights":true,`, `"owns_weights":true,"leader":"pod-a","node":"pod-b","revision":41,`, 1)
+	answer = strings.Replace(answer, `"reason":"canary error rate 0% (0 of 230) is not above max_error_rate 1%"}`,
+		`"reason":"canary error rate 0% (0 of 230) is not above max_error_rate 1%","replicas":["pod-a","pod-b","pod-c"]}`, 1)
+	answer = strings.Replace(answer, `"actor":"rollout","reason"`, `"actor":"rollout","node":"pod-a","reason"`, 1)
+	addr, _ := fakeAdmin(t, http.StatusOK, answer)
+	out, err := runRollout(t, nil, "status", "api", "--admin-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"fleet: decided by pod-a (this replica: pod-b, state revision 41)",
+		"counts of 3 replicas: pod-a, pod-b, pod-c",
+		"rollout@pod-a",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "token:abc@") {
+		t.Errorf("a transition without a node shows one:\n%s", out)
+	}
+}
+
 func TestRolloutCommandErrors(t *testing.T) {
 	addr, _ := fakeAdmin(t, http.StatusConflict, `{"error":"conflict: cannot resume a rollout that is idle","field":"action"}`)
 	_, err := runRollout(t, nil, "resume", "api", "--admin-addr", addr)

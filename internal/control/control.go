@@ -77,9 +77,12 @@ type Plane struct {
 	fleet    *fleet.Source // fleet mode only; then reloader is nil
 	rollouts *rollout.Manager
 	console  *console.Console
-	admin    *http.Server
-	adminLis net.Listener
-	draining atomic.Bool
+	// fleetRollouts elects the rollout leader and keeps the rollout states
+	// in etcd (fleet mode only).
+	fleetRollouts *fleet.Rollouts
+	admin         *http.Server
+	adminLis      net.Listener
+	draining      atomic.Bool
 }
 
 // New loads the initial configuration (an error names the file, unless
@@ -151,7 +154,7 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
 	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
 	src, srcName := signalSource(s, opts)
-	if p.rollouts, err = newRollouts(s, src, st, mutator, logger, audit); err != nil {
+	if p.rollouts, p.fleetRollouts, err = newRollouts(s, src, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
 		p.closeFleet()
 		return nil, err
 	}
@@ -219,19 +222,38 @@ func signalSource(s settings.Settings, opts Options) (src signals.Source, name s
 }
 
 // newRollouts builds the rollout manager on src; without one, rollouts
-// exist but cannot be started.
-func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut admin.Mutator, logger, audit *slog.Logger) (*rollout.Manager, error) {
-	var evidence rollout.Evidence
+// exist but cannot be started. In fleet mode (fl set) the states live in
+// etcd, one replica elected through etcd decides on the counts every
+// replica publishes, and the others follow (fleet.Rollouts).
+func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut admin.Mutator, fl *fleet.Source,
+	reg prometheus.Registerer, logger, audit *slog.Logger) (*rollout.Manager, *fleet.Rollouts, error) {
+	var local *rollout.Local
+	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit}
 	if src != nil {
-		evidence = rollout.NewLocal(src, s.SignalsInterval)
+		local = rollout.NewLocal(src, s.SignalsInterval)
+		ro.Evidence = local
 	}
-	m, err := rollout.New(context.Background(), rollout.Options{
-		Store: st, Mutator: mut, Evidence: evidence, Interval: s.SignalsInterval, Logger: logger, Audit: audit,
-	})
+	var fr *fleet.Rollouts
+	if fl != nil {
+		fr = fleet.NewRollouts(fl, fleet.RolloutOptions{
+			TTL: s.RolloutLeaderTTL, PublishInterval: s.RolloutPublishInterval, SignalsInterval: s.SignalsInterval,
+			Local: local, Logger: logger.With("component", "rollouts"), Metrics: fleet.NewRolloutMetrics(reg),
+		})
+		// Evidence even without a local source: the leader judges on the
+		// counts the other replicas publish.
+		ro.States, ro.Elector, ro.Mutator, ro.Evidence, ro.NodeID = fr, fr, fr, fr, s.NodeID
+	}
+	m, err := rollout.New(context.Background(), ro)
 	if err != nil {
-		return nil, fmt.Errorf("state_file: %w", err)
+		if fl != nil {
+			return nil, nil, fmt.Errorf("etcd rollout states: %w", err)
+		}
+		return nil, nil, fmt.Errorf("state_file: %w", err)
 	}
-	return m, nil
+	if fr != nil {
+		fr.Follow(m.Observe)
+	}
+	return m, fr, nil
 }
 
 // loadInitial reads the file named by the settings (or takes the built-in
@@ -327,6 +349,9 @@ func (p *Plane) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { _ = p.rollouts.Run(bg) })
 	wg.Go(func() { _ = p.console.Run(bg) })
+	if p.fleetRollouts != nil {
+		wg.Go(func() { p.fleetRollouts.Run(bg) })
+	}
 	served := make(chan error, 1)
 	go func() { served <- p.admin.Serve(p.adminLis) }()
 

@@ -5,8 +5,10 @@
 //
 //	config               the routing document (YAML, as the file's services and experiments)
 //	overrides/<service>  an admin override: {"weights", "against", "set_at", "node", "actor"}
-//	rollouts/<service>   reserved for guarded rollouts
 //	replicas/<node_id>   each replica's record, bound to its lease
+//	rollout-counts/<service>/<node_id>  a replica's window counts of an active rollout, bound to its rollout lease
+//	rollout-leader/<lease>              the rollout election (concurrency.NewElection)
+//	rollouts/<service>   a guarded rollout's state (Rollouts)
 //
 // A Source keeps a mirror of config and overrides/ (one range read, then
 // one watch from the next revision), and after every watch response applies
@@ -24,4 +26,7 @@
 // the revisions of the config and override keys they read, so concurrent
 // writers on different replicas serialise with no lost update; the writing
 // replica answers once its own watch has applied the commit.
+//
+// Rollouts keeps the guarded rollouts' states in etcd, elects the replica
+// that judges and moves them, and carries every replica's counts to it.
 package fleet

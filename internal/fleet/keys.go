@@ -22,8 +22,30 @@ func (k Keys) Replicas() string { return k.Prefix + "replicas/" }
 // Replica is node's record key.
 func (k Keys) Replica(node string) string { return k.Replicas() + node }
 
-// Rollouts is the prefix reserved for guarded rollouts' state.
+// Rollouts is the prefix of the guarded rollouts' states.
 func (k Keys) Rollouts() string { return k.Prefix + "rollouts/" }
+
+// Rollout is service's rollout state key.
+func (k Keys) Rollout(service string) string { return k.Rollouts() + service }
+
+// RolloutCounts is the prefix of the window counts the replicas publish
+// for the rollout leader.
+func (k Keys) RolloutCounts() string { return k.Prefix + "rollout-counts/" }
+
+// RolloutCount is node's published counts of service's rollout.
+func (k Keys) RolloutCount(service, node string) string {
+	return k.RolloutCounts() + service + "/" + node
+}
+
+// RolloutElection is the prefix of the rollout leader's election
+// (concurrency.NewElection adds the "/").
+func (k Keys) RolloutElection() string { return k.Prefix + "rollout-leader" }
+
+// The rollout keys all sort after "replicas/", outside the state range a
+// Source watches, so that the counts the replicas publish several times a
+// second never wake the configuration watch; and "rollouts/" is watched
+// apart from "rollout-counts/" and "rollout-leader/" ('-' sorts before
+// 's'), so only a state change wakes the states' watch.
 
 // stateRange is the key range a replica reads and watches: [Prefix,
 // Prefix+"replicas/"), which holds config and overrides/ but not the

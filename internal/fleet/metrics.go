@@ -76,3 +76,31 @@ func (m *Metrics) resync(reason string) {
 	}
 	m.resyncs.WithLabelValues(reason).Inc()
 }
+
+// RolloutMetrics are the fleet's rollout metrics.
+type RolloutMetrics struct {
+	leader    prometheus.Gauge
+	elected   prometheus.Counter
+	published prometheus.Counter
+	conflicts prometheus.Counter
+}
+
+// NewRolloutMetrics creates them and registers them on reg (nil: not
+// registered).
+func NewRolloutMetrics(reg prometheus.Registerer) *RolloutMetrics {
+	const ns = "splitter_rollout_"
+	m := &RolloutMetrics{
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: ns + "leader",
+			Help: "1 while this replica leads the fleet's rollouts (judges and moves them), else 0."}),
+		elected: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "leader_elected_total",
+			Help: "Times this replica was elected rollout leader."}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "counts_published_total",
+			Help: "Window counts of active rollouts this replica wrote to etcd for the leader."}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{Name: ns + "state_conflicts_total",
+			Help: "Rollout state writes refused because the stored state (or the leadership) changed meanwhile."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.leader, m.elected, m.published, m.conflicts)
+	}
+	return m
+}

@@ -96,6 +96,8 @@ type Source struct {
 	report chan struct{}
 	// startedFrom says where the first state came from: etcd or cache.
 	startedFrom atomic.Value
+	// rollouts, when set, names the rollout leader in GET /v1/fleet.
+	rollouts atomic.Pointer[Rollouts]
 }
 
 type goodConfig struct {

@@ -66,6 +66,9 @@ type FleetView struct {
 	Revision int64           `json:"revision"`
 	Replicas []ReplicaRecord `json:"replicas"`
 	Self     Status          `json:"self"`
+	// RolloutLeader is the replica that judges and moves the rollouts
+	// (the rollout election's leader), "" when none is elected.
+	RolloutLeader string `json:"rollout_leader"`
 }
 
 // Fleet lists the replicas holding a lease, read from etcd now.
@@ -81,6 +84,9 @@ func (s *Source) Fleet(ctx context.Context) (FleetView, error) {
 		return FleetView{}, errUnavailable("read " + s.keys.Replicas() + ": " + trimErr(err))
 	}
 	v := FleetView{Revision: resp.Header.Revision, Replicas: []ReplicaRecord{}, Self: s.Status()}
+	if r := s.rollouts.Load(); r != nil {
+		v.RolloutLeader = r.Leader()
+	}
 	for _, kv := range resp.Kvs {
 		var r ReplicaRecord
 		if err := json.Unmarshal(kv.Value, &r); err != nil {

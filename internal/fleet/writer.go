@@ -10,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/trafficsplit/splitter/internal/config"
+	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -24,7 +25,12 @@ func errUnavailable(reason string) error {
 
 // SetWeights writes an override of service's weights to etcd.
 func (s *Source) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error) {
-	return s.mutate(ctx, service, actor, func(base *split.Table, _ split.Weights) (split.Weights, error) {
+	return s.mutate(ctx, service, actor, nil, setWeights(service, w))
+}
+
+// setWeights computes w against the document a mutation read.
+func setWeights(service string, w split.Weights) func(base *split.Table, _ split.Weights) (split.Weights, error) {
+	return func(base *split.Table, _ split.Weights) (split.Weights, error) {
 		svc, _ := base.Service(service)
 		if err := store.CheckVersions(w, svc.Weights); err != nil {
 			return nil, err
@@ -35,27 +41,30 @@ func (s *Source) SetWeights(ctx context.Context, service string, w split.Weights
 		}
 		svc, _ = t.Service(service)
 		return svc.Weights, nil
-	})
+	}
 }
 
 // SetCanary writes an override giving a two-version service's canary
 // basisPoints.
 func (s *Source) SetCanary(ctx context.Context, service string, basisPoints int, actor string) (store.Change, error) {
-	return s.mutate(ctx, service, actor, func(base *split.Table, _ split.Weights) (split.Weights, error) {
+	return s.mutate(ctx, service, actor, nil, func(base *split.Table, _ split.Weights) (split.Weights, error) {
 		return base.CanaryWeights(service, basisPoints)
 	})
 }
 
 // ClearOverride deletes service's override from etcd.
 func (s *Source) ClearOverride(ctx context.Context, service string, actor string) (store.Change, error) {
-	return s.mutate(ctx, service, actor, nil)
+	return s.mutate(ctx, service, actor, nil, nil)
 }
 
 // mutate is the write-through path: read the document and the override at
 // one revision, compute the new weights against that document, and write
 // them if neither key changed meanwhile (else read again). compute nil
 // deletes the override. It answers once this replica applied the commit.
-func (s *Source) mutate(ctx context.Context, service, actor string, compute func(base *split.Table, current split.Weights) (split.Weights, error)) (store.Change, error) {
+// A fence adds comparisons the write is conditional on (a rollout state's
+// revision, the leader's election key): when they no longer hold, nothing
+// is written and the error wraps rollout.ErrStale.
+func (s *Source) mutate(ctx context.Context, service, actor string, fence []clientv3.Cmp, compute func(base *split.Table, current split.Weights) (split.Weights, error)) (store.Change, error) {
 	c := s.client.Load()
 	if c == nil || !s.conn.Load().connected {
 		return store.Change{}, errUnavailable("not connected; the change was not made")
@@ -96,6 +105,11 @@ func (s *Source) mutate(ctx context.Context, service, actor string, compute func
 			if next, err = compute(base, current); err != nil {
 				return store.Change{}, fmt.Errorf("service %q: %w", service, err)
 			}
+			if len(fence) > 0 && sameShares(next, current) {
+				// A rollout's weights already in force in etcd (this
+				// replica's snapshot may lag): nothing to write.
+				return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: read.Header.Revision}, nil
+			}
 			rec := overrideRecord{Weights: next, Against: fileSvc.Weights, SetAt: s.now().UTC(), Node: s.opts.NodeID, Actor: actor}
 			val, err := rec.encode()
 			if err != nil {
@@ -104,10 +118,11 @@ func (s *Source) mutate(ctx context.Context, service, actor string, compute func
 			op = clientv3.OpPut(ovKey, string(val))
 		}
 		wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
-		resp, err := c.Txn(wctx).If(
+		cmps := append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(cfgKey), "=", modRev(cfgKV)),
 			clientv3.Compare(clientv3.ModRevision(ovKey), "=", modRev(ovKV)),
-		).Then(op).Commit()
+		}, fence...)
+		resp, err := c.Txn(wctx).If(cmps...).Then(op).Commit()
 		cancel()
 		if err != nil {
 			// The outcome is unknown (the commit may have happened): say
@@ -115,6 +130,13 @@ func (s *Source) mutate(ctx context.Context, service, actor string, compute func
 			return store.Change{}, errUnavailable("write (outcome unknown; GET the service to see): " + err.Error())
 		}
 		if !resp.Succeeded {
+			if len(fence) > 0 {
+				if held, err := s.holds(ctx, c, fence); err != nil {
+					return store.Change{}, err
+				} else if !held {
+					return store.Change{}, fmt.Errorf("service %q: weights not written: %w", service, rollout.ErrStale)
+				}
+			}
 			s.m.conflicts.Inc()
 			continue
 		}
@@ -134,6 +156,17 @@ func (s *Source) mutate(ctx context.Context, service, actor string, compute func
 		return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: rev}, nil
 	}
 	return store.Change{}, errUnavailable(fmt.Sprintf("%d concurrent writes in a row won over this one; try again", maxWriteAttempts))
+}
+
+// holds evaluates a fence on its own.
+func (s *Source) holds(ctx context.Context, c *clientv3.Client, fence []clientv3.Cmp) (bool, error) {
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+	defer cancel()
+	resp, err := c.Txn(rctx).If(fence...).Commit()
+	if err != nil {
+		return false, errUnavailable("read: " + err.Error())
+	}
+	return resp.Succeeded, nil
 }
 
 // baseTable compiles the document a mutation is computed against: etcd's

@@ -14,6 +14,9 @@ type Watch struct {
 	Service        string
 	Stable, Canary signals.Target
 	Window         time.Duration
+	// Run is when the watched run started (State.Started): a new run
+	// starts on fresh evidence, on every replica.
+	Run time.Time
 }
 
 // Evidence is what verdicts are computed from. Sample takes a reading for

@@ -8,7 +8,10 @@
 // persists the new state (StateStore) and applies its weights through the
 // same Mutator as the admin API, with actor "rollout". The loop only runs
 // where the Elector says so, which is always in file mode; etcd mode plugs
-// in its own StateStore, Elector and Evidence.
+// in its own StateStore, Elector and Evidence (package fleet): every
+// replica samples its own signals on every tick (the Evidence publishes
+// them), only the leader judges and moves, and the others follow the
+// stored states (Observe).
 package rollout
 
 import (
@@ -45,9 +48,12 @@ type Options struct {
 	Evidence Evidence
 	Elector  Elector       // nil: Always
 	Interval time.Duration // tick: sampling and decisions; default 250ms
-	Logger   *slog.Logger  // nil: discard
-	Audit    *slog.Logger  // transitions; nil: Logger
-	Now      func() time.Time
+	// NodeID names this replica in transitions and the status (etcd
+	// mode); "" in file mode.
+	NodeID string
+	Logger *slog.Logger // nil: discard
+	Audit  *slog.Logger // transitions; nil: Logger
+	Now    func() time.Time
 }
 
 // DefaultInterval is the tick when Options.Interval is not set.
@@ -60,6 +66,7 @@ type Manager struct {
 	states   StateStore
 	evidence Evidence
 	elector  Elector
+	node     string
 	interval time.Duration
 	log      *slog.Logger
 	audit    *slog.Logger
@@ -85,7 +92,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	}
 	m := &Manager{
 		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
-		elector: opts.Elector, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
+		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 	}
 	if m.mut == nil {
@@ -110,7 +117,12 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.now = time.Now
 	}
 	loaded, err := m.states.Load(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		// A shared store (etcd) that does not answer yet: the states
+		// arrive through Observe once it does.
+		m.log.Warn("rollout states unavailable at start; following them once the store answers", "error", err)
+	case err != nil:
 		return nil, err
 	}
 	maps.Copy(m.current, loaded)
@@ -139,24 +151,78 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// Tick samples the active rollouts' signals, judges them and moves them.
-// It does nothing where this process does not lead, or before a
-// configuration is loaded.
+// Tick samples the active rollouts' signals, and where this process leads
+// judges and moves them. A replica that does not lead only samples (in
+// etcd mode its Evidence publishes the counts for the leader). It does
+// nothing before a configuration is loaded.
 func (m *Manager) Tick(ctx context.Context) {
 	snap := m.store.Load()
-	if snap == nil || !m.elector.Leading() {
+	if snap == nil {
 		return
 	}
+	lctx, release, leading := m.elector.Lead(ctx)
+	defer release()
 	now := m.now()
-	watches := m.prepare(ctx, snap, now)
+	var watches []Watch
+	if leading {
+		watches = m.prepare(lctx, snap, now)
+	} else {
+		watches = m.following(snap)
+	}
 	var err error
 	switch {
 	case m.evidence != nil:
-		err = m.evidence.Sample(ctx, now, watches)
+		err = m.evidence.Sample(lctx, now, watches)
 	case len(watches) > 0:
 		err = errNoSignals
 	}
-	m.decide(ctx, snap, now, watches, err)
+	if !leading {
+		m.mu.Lock()
+		m.signalResult(err, watches)
+		m.mu.Unlock()
+		return
+	}
+	m.decide(lctx, snap, now, watches, err)
+}
+
+// following returns what a replica that does not lead watches: the active
+// rollouts the configuration still allows (the leader aborts the others).
+func (m *Manager) following(snap *store.Snapshot) []Watch {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var watches []Watch
+	for _, name := range slices.Sorted(maps.Keys(m.current)) {
+		st := m.current[name]
+		if !st.Phase.active() {
+			continue
+		}
+		if w, reason := watchOf(snap, st); reason == "" {
+			watches = append(watches, w)
+		}
+	}
+	return watches
+}
+
+// watchOf is what st watches under the configuration in snap, or why the
+// configuration no longer allows it.
+func watchOf(snap *store.Snapshot, st State) (Watch, string) {
+	svc, ok := snap.Table.Service(st.Service)
+	switch {
+	case !ok:
+		return Watch{}, "the configuration no longer has the service"
+	case svc.Rollout == nil:
+		return Watch{}, "the configuration no longer has a rollout for the service"
+	case svc.Rollout.Canary != st.Canary || svc.Stable != st.Stable:
+		return Watch{}, fmt.Sprintf("the configuration changed the versions (canary %s, stable %s; the rollout moved %s against %s)",
+			svc.Rollout.Canary, svc.Stable, st.Canary, st.Stable)
+	}
+	return Watch{
+		Service: st.Service,
+		Stable:  signals.Target{Service: st.Service, Version: st.Stable, Cluster: svc.Cluster(st.Stable)},
+		Canary:  signals.Target{Service: st.Service, Version: st.Canary, Cluster: svc.Cluster(st.Canary)},
+		Window:  svc.Rollout.Guard.Window.D(),
+		Run:     st.Started(),
+	}, ""
 }
 
 var errNoSignals = errors.New("no signal source: set envoy_admin to Envoy's admin address")
@@ -176,27 +242,14 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 		if !st.Phase.active() {
 			continue
 		}
-		svc, ok := snap.Table.Service(name)
-		reason := ""
-		switch {
-		case !ok:
-			reason = "the configuration no longer has the service"
-		case svc.Rollout == nil:
-			reason = "the configuration no longer has a rollout for the service"
-		case svc.Rollout.Canary != st.Canary || svc.Stable != st.Stable:
-			reason = fmt.Sprintf("the configuration changed the versions (canary %s, stable %s; the rollout moved %s against %s)",
-				svc.Rollout.Canary, svc.Stable, st.Canary, st.Stable)
-		}
+		w, reason := watchOf(snap, st)
 		if reason != "" {
-			_ = m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil))
+			if err := m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
+				m.refresh(ctx, name)
+			}
 			continue
 		}
-		watches = append(watches, Watch{
-			Service: name,
-			Stable:  signals.Target{Service: name, Version: st.Stable, Cluster: svc.Cluster(st.Stable)},
-			Canary:  signals.Target{Service: name, Version: st.Canary, Cluster: svc.Cluster(st.Canary)},
-			Window:  svc.Rollout.Guard.Window.D(),
-		})
+		watches = append(watches, w)
 	}
 	return watches
 }
@@ -207,6 +260,9 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 	defer m.mu.Unlock()
 	m.signalResult(sampleErr, watches)
 	for _, w := range watches {
+		if ctx.Err() != nil {
+			return // the leadership was lost: decide nothing more
+		}
 		st := m.current[w.Service]
 		svc, ok := snap.Table.Service(w.Service)
 		if !st.Phase.active() || !ok || svc.Rollout == nil {
@@ -215,10 +271,17 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		if sampleErr == nil {
 			stable, canary, covered := m.evidence.Totals(w.Service, now)
 			v := newVerdict(svc.Rollout.Guard, canary, stable, covered, now)
+			if src, ok := m.evidence.(Sourced); ok {
+				v.Replicas = src.Sources(w.Service)
+			}
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
 			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
-				_ = m.commit(ctx, next)
+				if err := m.commit(ctx, next); errors.Is(err, ErrStale) {
+					// An operator's action (or another leader) won the
+					// race: judge the state that is stored next time.
+					m.refresh(ctx, w.Service)
+				}
 				continue
 			}
 		}
@@ -259,17 +322,89 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 
 // commit persists next, then applies its weights. The state is saved with
 // Applying set first, so a crash between the two is finished at the next
-// start; m.mu is held.
+// start (or by the next leader); m.mu is held. An error wraps ErrStale
+// when the stored state is no longer the one next was derived from.
 func (m *Manager) commit(ctx context.Context, next State) error {
 	next.Applying = true
-	if err := m.states.Save(ctx, next); err != nil {
-		m.log.Error("cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
+	if n := len(next.History); n > 0 && next.History[n-1].Node == "" {
+		next.History[n-1].Node = m.node
+	}
+	saved, err := m.states.Save(ctx, next)
+	if err != nil {
+		level := slog.LevelError
+		if errors.Is(err, ErrStale) {
+			level = slog.LevelInfo
+		}
+		m.log.Log(ctx, level, "cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
 		return fmt.Errorf("saving the rollout state: %w", err)
 	}
-	m.current[next.Service] = next
+	m.current[next.Service] = saved
 	m.countsOf(next.Service).transitions[next.Phase]++
-	m.logTransition(ctx, next)
+	m.logTransition(ctx, saved)
 	return m.apply(ctx, next.Service)
+}
+
+// refresh reads service's state from the StateStore after a write lost to
+// a newer one; m.mu is held.
+func (m *Manager) refresh(ctx context.Context, service string) {
+	loaded, err := m.states.Load(ctx)
+	if err != nil {
+		m.log.Warn("cannot read the rollout states again", "service", service, "error", err)
+		return
+	}
+	st, ok := loaded[service]
+	cur, known := m.current[service]
+	switch {
+	case !ok:
+		delete(m.current, service)
+	case !known || st.Revision >= cur.Revision:
+		m.follow(cur, st)
+	}
+}
+
+// Observe takes a state another replica stored (etcd mode: from the watch
+// of rollouts/), so that every replica answers the status and the 409
+// ownership check alike, and the leader judges what an operator changed on
+// another replica. A state no newer than the one known is ignored; one
+// with Revision 0 says the stored state was deleted (the service is idle).
+func (m *Manager) Observe(st State) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, known := m.current[st.Service]
+	if st.Revision == 0 {
+		if known {
+			delete(m.current, st.Service)
+			delete(m.verdicts, st.Service)
+			m.log.Warn("rollout state deleted from the store: the service is idle", "service", st.Service)
+		}
+		return
+	}
+	if known && st.Revision <= cur.Revision {
+		return
+	}
+	m.follow(cur, st)
+}
+
+// follow makes st current after cur: the transitions st adds are counted
+// and logged (as followed: the replica that made them audited them); m.mu
+// is held.
+func (m *Manager) follow(cur, st State) {
+	var last time.Time
+	if n := len(cur.History); n > 0 {
+		last = cur.History[n-1].At
+	}
+	for _, tr := range st.History {
+		if !tr.At.After(last) {
+			continue
+		}
+		m.countsOf(st.Service).transitions[tr.To]++
+		m.log.Info("rollout transition followed", "service", st.Service, "from", tr.From, "to", tr.To, "step", tr.Step,
+			"weight", split.FormatPercent(int(tr.Weight)), "actor", tr.Actor, "node", tr.Node, "reason", tr.Reason)
+	}
+	if !st.Started().Equal(cur.Started()) {
+		delete(m.verdicts, st.Service)
+	}
+	m.current[st.Service] = st
 }
 
 // apply sets the weights of service's state (unless they are in force
@@ -278,8 +413,23 @@ func (m *Manager) commit(ctx context.Context, next State) error {
 func (m *Manager) apply(ctx context.Context, service string) error {
 	st := m.current[service]
 	snap := m.store.Load() // the latest: an earlier apply may have changed it
-	if w, err := rolloutWeights(snap, st); err == nil && !m.weightsInForce(snap, st) {
-		if _, err := m.mut.SetWeights(ctx, service, w, Actor); err != nil {
+	sm, shared := m.mut.(StateMutator)
+	// A shared store judges what is in force itself: this replica's
+	// snapshot may not have applied another replica's latest weights yet.
+	if w, err := rolloutWeights(snap, st); err == nil && (shared || !m.weightsInForce(snap, st)) {
+		if shared {
+			_, err = sm.SetStateWeights(ctx, st, w)
+		} else {
+			_, err = m.mut.SetWeights(ctx, service, w, Actor)
+		}
+		if errors.Is(err, ErrStale) {
+			// The state was saved, then moved on (another replica applied
+			// it and cleared its mark, or replaced it): its weights are
+			// the newer state's business. The transition happened.
+			m.log.Info("the rollout state moved on; its weights were not written here", "service", service, "weights", w.String(), "error", err)
+			return nil
+		}
+		if err != nil {
 			m.log.Error("cannot apply the rollout's weights; retrying at the next tick", "service", service, "weights", w.String(), "error", err)
 			return fmt.Errorf("applying the rollout's weights: %w", err)
 		}
@@ -291,11 +441,18 @@ func (m *Manager) apply(ctx context.Context, service string) error {
 		return nil
 	}
 	st.Applying = false
-	m.current[service] = st
-	if err := m.states.Save(ctx, st); err != nil {
+	saved, err := m.states.Save(ctx, st)
+	switch {
+	case errors.Is(err, ErrStale):
+		// Another replica finished it, or moved the rollout on.
+		m.log.Debug("the rollout state moved on before its applying mark was cleared", "service", service, "error", err)
+	case err != nil:
 		// The saved state still says Applying: a restart applies the same
 		// weights again, which changes nothing.
+		m.current[service] = st
 		m.log.Warn("cannot save the rollout state after applying its weights", "service", service, "error", err)
+	default:
+		m.current[service] = saved
 	}
 	return nil
 }
@@ -349,11 +506,17 @@ func (m *Manager) logTransition(ctx context.Context, st State) {
 		slog.Int("step", tr.Step), slog.String("weight", split.FormatPercent(int(tr.Weight))),
 		slog.String("actor", tr.Actor), slog.String("reason", tr.Reason),
 	}
+	if tr.Node != "" {
+		attrs = append(attrs, slog.String("node", tr.Node))
+	}
 	if v := tr.Verdict; v != nil {
 		attrs = append(attrs, slog.String("verdict", string(v.Result)),
 			slog.Uint64("canary_requests", v.Canary.Requests), slog.Uint64("canary_errors", v.Canary.Errors),
 			slog.Uint64("stable_requests", v.Stable.Requests), slog.Uint64("stable_errors", v.Stable.Errors),
 			slog.Duration("window_covered", v.Covered.D()))
+		if len(v.Replicas) > 0 {
+			attrs = append(attrs, slog.Any("replicas", v.Replicas))
+		}
 	}
 	level := slog.LevelInfo
 	if tr.To == RolledBack {
@@ -404,20 +567,38 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	st := m.stateOf(service)
-	next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
-	if err != nil {
-		return Status{}, err
+	if _, ok := m.states.(FileStates); !ok {
+		// A shared store: this replica's copy may lag behind a step the
+		// leader just took; act on the stored state.
+		m.refresh(ctx, service)
 	}
-	if action == Start && m.evidence != nil {
-		m.evidence.Forget(service)
-		delete(m.verdicts, service)
+	for attempt := 1; ; attempt++ {
+		st := m.stateOf(service)
+		next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
+		if err != nil {
+			return Status{}, err
+		}
+		if action == Start && m.evidence != nil {
+			m.evidence.Forget(service)
+			delete(m.verdicts, service)
+		}
+		err = m.commit(ctx, next)
+		if errors.Is(err, ErrStale) && attempt < maxActAttempts {
+			// The leader stepped (or another operator acted) since this
+			// replica last saw the state: act on the stored one.
+			m.refresh(ctx, service)
+			continue
+		}
+		if err != nil {
+			return Status{}, fmt.Errorf("service %q: %w", service, err)
+		}
+		return m.statusLocked(svc), nil
 	}
-	if err := m.commit(ctx, next); err != nil {
-		return Status{}, fmt.Errorf("service %q: %w", service, err)
-	}
-	return m.statusLocked(svc), nil
 }
+
+// maxActAttempts bounds how often an operator's action is computed again
+// on a state that changed under it.
+const maxActAttempts = 8
 
 func configured(snap *store.Snapshot, service string) (split.Service, error) {
 	svc, ok := snap.Table.Service(service)
@@ -452,6 +633,11 @@ type Status struct {
 	Hold split.Duration `json:"hold"`
 	// OwnsWeights: admin weights, canary and override calls answer 409.
 	OwnsWeights bool `json:"owns_weights"`
+	// Leader is the replica that decides (etcd mode), Node this one, and
+	// Revision the stored state's etcd revision.
+	Leader   string `json:"leader,omitempty"`
+	Node     string `json:"node,omitempty"`
+	Revision int64  `json:"revision,omitempty"`
 	// Verdict is the last one, with its numbers (not kept across restarts).
 	Verdict     *Verdict       `json:"verdict,omitempty"`
 	SignalError string         `json:"signal_error,omitempty"`
@@ -482,6 +668,7 @@ func (m *Manager) statusLocked(svc split.Service) Status {
 		Step: st.Step, Steps: len(svc.Rollout.Steps), Weight: st.Weight, Since: st.Since,
 		Held: split.Duration(st.Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
 		History: slices.Clone(st.History), Config: svc.Rollout,
+		Leader: m.elector.Leader(), Node: m.node, Revision: st.Revision,
 	}
 	if out.Canary == "" {
 		out.Canary, out.Stable = svc.Rollout.Canary, svc.Stable

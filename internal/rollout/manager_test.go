@@ -78,6 +78,12 @@ type bed struct {
 
 func newBed(t *testing.T, statePath string, c *clock) *bed {
 	t.Helper()
+	return newBedWith(t, statePath, c, nil)
+}
+
+// newBedWith is newBed with the Manager's options changed by opts.
+func newBedWith(t *testing.T, statePath string, c *clock, opts func(*rollout.Options)) *bed {
+	t.Helper()
 	if statePath == "" {
 		statePath = filepath.Join(t.TempDir(), "state.json")
 	}
@@ -92,9 +98,13 @@ func newBed(t *testing.T, statePath string, c *clock) *bed {
 	}
 	b.store = st
 	b.applyFile(rolloutYAML)
-	b.m, err = rollout.New(t.Context(), rollout.Options{
+	o := rollout.Options{
 		Store: st, Evidence: rollout.NewLocal(b.counters, tick), Interval: tick, Logger: log, Now: c.Now,
-	})
+	}
+	if opts != nil {
+		opts(&o)
+	}
+	b.m, err = rollout.New(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

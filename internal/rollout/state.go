@@ -79,23 +79,33 @@ type State struct {
 	Weight   split.Percent `json:"weight"`
 	Since    time.Time     `json:"since,omitzero"`
 	PausedAt time.Time     `json:"paused_at,omitzero"`
+	// StartedAt is when the run in force was started (see Started).
+	StartedAt time.Time `json:"started_at,omitzero"`
 	// Applying is set while the weights of a transition are being applied:
 	// a state read back with it set (a crash in between) has its weights
 	// applied again.
 	Applying bool         `json:"applying,omitempty"`
 	History  []Transition `json:"history"`
+	// Revision is the stored state's revision where the StateStore has
+	// them (etcd: the key's mod revision), 0 otherwise; not part of the
+	// stored document.
+	Revision int64 `json:"-"`
 }
 
 // Transition is one change of phase or step, with the numbers behind it.
 type Transition struct {
-	At      time.Time     `json:"at"`
-	From    Phase         `json:"from"`
-	To      Phase         `json:"to"`
-	Step    int           `json:"step"`
-	Weight  split.Percent `json:"weight"`
-	Actor   string        `json:"actor"` // "rollout" for the guard, else the admin caller
-	Reason  string        `json:"reason"`
-	Verdict *Verdict      `json:"verdict,omitempty"`
+	At     time.Time     `json:"at"`
+	From   Phase         `json:"from"`
+	To     Phase         `json:"to"`
+	Step   int           `json:"step"`
+	Weight split.Percent `json:"weight"`
+	Actor  string        `json:"actor"` // "rollout" for the guard, else the admin caller
+	// Node is the replica that made the transition (etcd mode: the leader
+	// for the guard's moves, the replica that took the call for an
+	// operator's); empty in file mode.
+	Node    string   `json:"node,omitempty"`
+	Reason  string   `json:"reason"`
+	Verdict *Verdict `json:"verdict,omitempty"`
 }
 
 // Held is how long the step in force has been held, pauses excluded.
@@ -107,6 +117,23 @@ func (s State) Held(now time.Time) time.Duration {
 		return max(s.PausedAt.Sub(s.Since), 0)
 	}
 	return 0
+}
+
+// Started is when the run in force began: the instant of the last start
+// from a state the guard does not watch (zero before any). Evidence is
+// kept per run, so counts of an earlier run never judge a new one. It is
+// in UTC without a monotonic reading, so that it compares equal however
+// the state travelled (memory, a file, etcd).
+func (s State) Started() time.Time {
+	if !s.StartedAt.IsZero() {
+		return s.StartedAt.UTC().Round(0)
+	}
+	for i := len(s.History) - 1; i >= 0; i-- {
+		if tr := s.History[i]; tr.To == Progressing && !tr.From.active() {
+			return tr.At.UTC().Round(0)
+		}
+	}
+	return time.Time{}
 }
 
 // to returns s moved to phase at step with the canary at weight, the
@@ -137,7 +164,7 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 		if s.Phase.active() {
 			return conflict("start")
 		}
-		s.Canary, s.Stable = r.Canary, stable
+		s.Canary, s.Stable, s.StartedAt = r.Canary, stable, now
 		return s.to(Progressing, 1, r.Steps[0], now, actor, "started", nil), nil
 	case Pause:
 		if s.Phase != Progressing {

@@ -40,6 +40,8 @@ type Verdict struct {
 	CanaryErrorRate float64 `json:"canary_error_rate"`
 	StableErrorRate float64 `json:"stable_error_rate"`
 	Reason          string  `json:"reason"`
+	// Replicas are those whose counts were summed (etcd mode).
+	Replicas []string `json:"replicas,omitempty"`
 }
 
 // Judge applies the guard's rule to the canary's and stable's counts over

@@ -47,6 +47,22 @@ func TestFleetSettings(t *testing.T) {
 		{name: "state file in fleet mode", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--state-file", "/tmp/s.json"}, wantErr: "state_file: not used with etcd_endpoints"},
 		{name: "etcd option without endpoints", args: []string{"--etcd-cache-file", "/tmp/c.json"}, wantErr: "etcd_cache_file: set without etcd_endpoints"},
 		{name: "zero dial timeout", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-dial-timeout", "0s"}, wantErr: "etcd_dial_timeout"},
+		{name: "rollout defaults", args: []string{"--etcd-endpoints", "127.0.0.1:2379"},
+			check: func(t *testing.T, s settings.Settings) {
+				if s.RolloutPublishInterval != time.Second || s.RolloutLeaderTTL != 5*time.Second {
+					t.Fatalf("%+v", s)
+				}
+			}},
+		{name: "rollout settings from the environment", args: []string{"--etcd-endpoints", "127.0.0.1:2379"},
+			env: map[string]string{"SPLITTER_ROLLOUT_PUBLISH_INTERVAL": "200ms", "SPLITTER_ROLLOUT_LEADER_TTL": "2s"},
+			check: func(t *testing.T, s settings.Settings) {
+				if s.RolloutPublishInterval != 200*time.Millisecond || s.RolloutLeaderTTL != 2*time.Second {
+					t.Fatalf("%+v", s)
+				}
+			}},
+		{name: "leader ttl not whole seconds", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--rollout-leader-ttl", "2500ms"}, wantErr: "rollout_leader_ttl: 2.5s must be whole seconds"},
+		{name: "leader ttl too short", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--rollout-leader-ttl", "1s"}, wantErr: "rollout_leader_ttl"},
+		{name: "publish interval too short", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--rollout-publish-interval", "1ms"}, wantErr: "rollout_publish_interval: 1ms must be between"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

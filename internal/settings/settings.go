@@ -88,6 +88,13 @@ type Settings struct {
 	// version's requests and errors and the decision reasons: the width of
 	// one of its fixed number of buckets (docs/console.md).
 	ConsoleInterval time.Duration
+	// RolloutPublishInterval is how often, in fleet mode, a replica
+	// publishes its window counts of an active rollout for the leader
+	// (when they changed); RolloutLeaderTTL is the lease of the rollout
+	// leader's election and of the published counts: a replica that dies
+	// is replaced as leader, and its counts dropped, within it.
+	RolloutPublishInterval time.Duration
+	RolloutLeaderTTL       time.Duration
 }
 
 // FleetMode reports whether the routing configuration comes from etcd.
@@ -128,6 +135,9 @@ func Defaults() Settings {
 		EnvoyAdmin:         "127.0.0.1:9901",
 		SignalsInterval:    250 * time.Millisecond,
 		ConsoleInterval:    5 * time.Second,
+
+		RolloutPublishInterval: time.Second,
+		RolloutLeaderTTL:       5 * time.Second,
 	}
 }
 
@@ -145,7 +155,7 @@ func Keys() []string {
 		"gc_percent", "pprof",
 		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
 		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout",
-		"envoy_admin", "signals_interval", "console_interval",
+		"envoy_admin", "signals_interval", "console_interval", "rollout_publish_interval", "rollout_leader_ttl",
 	}
 }
 
@@ -193,6 +203,8 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.String(flagName("envoy_admin"), d.EnvoyAdmin, `Envoy's admin address, where rollouts read per-cluster statistics ("": no rollouts)`)
 	fs.Duration(flagName("signals_interval"), d.SignalsInterval, "how often an active rollout's signals are read and judged")
 	fs.Duration(flagName("console_interval"), d.ConsoleInterval, "how often the operator console (/ui/) samples per-version traffic: one bucket of its 60")
+	fs.Duration(flagName("rollout_publish_interval"), d.RolloutPublishInterval, "fleet mode: how often a replica publishes its counts of an active rollout to etcd for the leader")
+	fs.Duration(flagName("rollout_leader_ttl"), d.RolloutLeaderTTL, "fleet mode: lease of the rollout leader and of the published counts (whole seconds): a dead leader is replaced within it")
 }
 
 // Load resolves the settings with a fresh viper instance: a flag that was
@@ -224,7 +236,8 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"etcd_key_file": "", "etcd_username": "", "etcd_password_file": "", "etcd_cache_file": "",
 		"etcd_dial_timeout": d.EtcdDialTimeout.String(),
 		"envoy_admin":       d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
-		"console_interval": d.ConsoleInterval.String(),
+		"console_interval":         d.ConsoleInterval.String(),
+		"rollout_publish_interval": d.RolloutPublishInterval.String(), "rollout_leader_ttl": d.RolloutLeaderTTL.String(),
 	}
 	for _, k := range Keys() {
 		// gc_percent has no default here: whether it was set at all
@@ -311,6 +324,9 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		EnvoyAdmin:         v.GetString("envoy_admin"),
 		SignalsInterval:    dur("signals_interval"),
 		ConsoleInterval:    dur("console_interval"),
+
+		RolloutPublishInterval: dur("rollout_publish_interval"),
+		RolloutLeaderTTL:       dur("rollout_leader_ttl"),
 	}
 	if s.FleetMode() && s.NodeID == "" {
 		host, err := os.Hostname()
@@ -445,6 +461,12 @@ func (s Settings) validateFleet() []error {
 	}
 	if s.EtcdDialTimeout <= 0 {
 		add("etcd_dial_timeout", fmt.Errorf("%s must be positive", s.EtcdDialTimeout))
+	}
+	if s.RolloutPublishInterval < 10*time.Millisecond || s.RolloutPublishInterval > time.Minute {
+		add("rollout_publish_interval", fmt.Errorf("%s must be between 10ms and 1m", s.RolloutPublishInterval))
+	}
+	if s.RolloutLeaderTTL < 2*time.Second || s.RolloutLeaderTTL > time.Minute || s.RolloutLeaderTTL%time.Second != 0 {
+		add("rollout_leader_ttl", fmt.Errorf("%s must be whole seconds between 2s and 1m (an etcd lease)", s.RolloutLeaderTTL))
 	}
 	return errs
 }
