@@ -59,7 +59,9 @@ type Request struct {
 // MaxThreads: a pooled one).
 func (p *Process) Begin(slot int) Request {
 	if slot >= 0 && slot < MaxThreads {
-		return Request{sc: &p.scratch[slot], slot: slot}
+		sc := &p.scratch[slot]
+		adapter.ResetRequest(&sc.req) // empty, unless a panic skipped Decide
+		return Request{sc: sc, slot: slot}
 	}
 	return Request{sc: p.pool.Get().(*scratch), slot: MaxThreads, pooled: true}
 }
