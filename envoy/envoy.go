@@ -96,7 +96,7 @@ type Params struct {
 	// (only) to the admin interface: the rollout guard's signals for a
 	// splitter that cannot reach Envoy's loopback (another container).
 	Stats    Addr
-	Splitter Addr // ext_proc and ext_authz only
+	Splitter Addr   // ext_proc and ext_authz only
 	Module   Module // ModeModule only
 	Backends []Backend
 	// DNS makes clusters STRICT_DNS (compose service names) instead of STATIC.
@@ -133,8 +133,8 @@ type view struct {
 	Timeout     string // Envoy's Duration form, e.g. "0.2s"
 	// ModuleConfig is Module.Config as a YAML (JSON) string literal.
 	ModuleConfig string
-	Stable      Backend
-	Canaries    []Backend
+	Stable       Backend
+	Canaries     []Backend
 }
 
 var (
