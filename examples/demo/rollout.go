@@ -48,12 +48,12 @@ func (tr *traffic) take() (testbed.Counts, int) {
 
 func (d *demo) rolloutStatus(ctx context.Context) (rollout.Status, error) {
 	var s rollout.Status
-	err := d.splitter.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
+	err := d.admin.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
 	return s, err
 }
 
 func (d *demo) rolloutAction(ctx context.Context, a rollout.Action) error {
-	return d.splitter.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, nil)
+	return d.admin.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, nil)
 }
 
 // follow draws the traffic of each step as the rollout moves, until done
