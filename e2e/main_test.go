@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,15 +126,16 @@ func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *b
 // newBedArgs is newBed with extra command-line arguments for the splitter.
 func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, versions ...string) *bed {
 	t.Helper()
-	return startBed(t, mode, config, args, false, versions...)
+	return startBed(t, mode, config, args, false, nil, versions...)
 }
 
 // startBed is newBedArgs; with envoyAdmin, Envoy's admin port is chosen
-// first and given to the splitter (--envoy-admin), for rollout signals.
-func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoyAdmin bool, versions ...string) *bed {
+// first and given to the splitter (--envoy-admin), for rollout signals;
+// tune, if set, changes the sidecar's Envoy parameters.
+func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoyAdmin bool, tune func(*envoy.Params), versions ...string) *bed {
 	t.Helper()
 	if mode == envoy.ModeModule {
-		return startModuleBed(t, found.moduleDir, config, nil, versions...)
+		return startModuleBed(t, found.moduleDir, config, flagSettings(t, args), versions...)
 	}
 	requireEnvoy(t)
 	if len(versions) == 0 {
@@ -164,6 +166,9 @@ func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoy
 		t.Fatal(err)
 	}
 	p.Admin.Port = adminPort
+	if tune != nil {
+		tune(&p)
+	}
 	b.envoy, err = b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +212,21 @@ func startModuleBed(t *testing.T, libDir, config string, settings map[string]any
 	b.client = b.envoy.Client()
 	t.Cleanup(b.client.Close)
 	return b
+}
+
+// flagSettings turns the sidecar's "--key-name value" arguments into the
+// module's filter_config settings ({"key_name": "value"}).
+func flagSettings(t *testing.T, args []string) map[string]any {
+	t.Helper()
+	out := map[string]any{}
+	for i := 0; i < len(args); i += 2 {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok || i+1 >= len(args) {
+			t.Fatalf("argument %q is not --flag value", args[i])
+		}
+		out[strings.ReplaceAll(name, "-", "_")] = args[i+1]
+	}
+	return out
 }
 
 // writeFile replaces path atomically (temp file + rename), as editors and
