@@ -43,7 +43,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 fuzz-short: ## Short fuzz pass (CI)
 	scripts/fuzz.sh $(CI_FUZZTIME)
 
-bench: build envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy; writes BENCH.md
+bench: build module envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy (native, module, C module, ext_proc, ext_authz); writes BENCH.md
 	scripts/loadtool.sh
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
