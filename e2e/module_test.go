@@ -215,3 +215,49 @@ func grepLines(body, word string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestModuleFleetMode: the module follows etcd (etcd_endpoints in
+// filter_config): the document pushed before Envoy starts, an admin change
+// made on the module (written through to etcd), and a document pushed
+// later, each applied without restarting Envoy.
+func TestModuleFleetMode(t *testing.T) {
+	requireEtcd(t)
+	requireModule(t)
+	fb := &fleetBed{Bed: testbed.ForTest(t)}
+	var err error
+	if fb.etcd, err = fb.StartEtcd(t.Context(), found.etcdBin, testbed.EtcdOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	doc := fmt.Sprintf("%s/fleet.yaml", t.TempDir())
+	writeFile(t, doc, fleetConfig)
+	if out, err := fb.cli(t, "config", "push", doc); err != nil {
+		t.Fatalf("config push: %v\n%s", err, out)
+	}
+	b := startModuleBed(t, found.moduleDir, "", map[string]any{
+		"etcd_endpoints": []string{fb.etcd.Endpoint}, "node_id": "module-a",
+		"etcd_cache_file": fmt.Sprintf("%s/cache.json", t.TempDir()),
+	})
+	pid := b.envoy.Pid()
+	assertSplitVia(t, b.client, 100, map[string]int{"v1": 80, "v2": 20}, "from etcd")
+
+	if err := b.admin.SetCanary(t.Context(), "api", 50); err != nil {
+		t.Fatal(err)
+	}
+	assertSplitVia(t, b.client, 100, map[string]int{"v1": 50, "v2": 50}, "after the admin change")
+
+	writeFile(t, doc, strings.Replace(fleetConfig, "{v1: 80, v2: 20}", "{v1: 10, v2: 90}", 1))
+	if out, err := fb.cli(t, "config", "push", doc); err != nil {
+		t.Fatalf("config push: %v\n%s", err, out)
+	}
+	waitFor(t, 10*time.Second, "the pushed weights", func() bool {
+		var svc struct {
+			Weights map[string]float64 `json:"weights"`
+		}
+		err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc)
+		return err == nil && svc.Weights["v2"] == 90
+	})
+	assertSplitVia(t, b.client, 100, map[string]int{"v1": 10, "v2": 90}, "after the push")
+	if b.envoy.Pid() != pid {
+		t.Fatal("Envoy restarted")
+	}
+}

@@ -173,10 +173,3 @@ func (p *Process) install(run *running, t *split.Table) *tableState {
 	p.cur.Store(ts)
 	return ts
 }
-
-// Reads returns the header names published last and their id (tests).
-func (p *Process) Reads() (uint32, []string) {
-	p.installMu.Lock()
-	defer p.installMu.Unlock()
-	return p.readsID, slices.Clone(p.reads)
-}
