@@ -60,10 +60,10 @@ type options struct {
 
 // demo carries the running bed and where to print.
 type demo struct {
-	out   io.Writer
-	bed   *testbed.Bed
-	admin *testbed.AdminClient // the sidecar's or the module's admin API
-	envoy *testbed.Envoy
+	out      io.Writer
+	bed      *testbed.Bed
+	admin    *testbed.AdminClient // the sidecar's or the module's admin API
+	envoy    *testbed.Envoy
 	backends []*testbed.Backend
 	client   *testbed.Client
 	cfgPath  string
