@@ -183,8 +183,8 @@ func splitterDecide(slot C.int32_t, readsID C.uint32_t, hs *C.sp_hdr, n C.size_t
 	if res.Status == module.StatusRetry {
 		return C.SP_RETRY
 	}
-	if len(res.Plan) > C.SP_PLAN_MAX {
-		return C.SP_GO_FAILED
+	if len(res.Plan) == 0 || len(res.Plan) > C.SP_PLAN_MAX {
+		return C.SP_GO_FAILED // C applies the fallback plan
 	}
 	out.pair = C.int32_t(res.Pair)
 	out.plan_len = C.uint32_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&out.plan[0])), C.SP_PLAN_MAX), res.Plan))
