@@ -115,6 +115,23 @@ func TestBootstrapsPassEnvoyValidate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("module: an unknown filter_config key is rejected, named", func(t *testing.T) {
+		good, err := os.ReadFile(files["loopback module"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Replace(good, []byte(`{\"admin_addr\": \"127.0.0.1:0\"}`), []byte(`{\"admin_adr\": \"127.0.0.1:0\"}`), 1)
+		if bytes.Equal(bad, good) {
+			t.Fatal("the loopback module bootstrap has no admin_addr to misspell")
+		}
+		path := filepath.Join(dir, "bad-module.yaml")
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := envoyValidate(t, path); err == nil || !strings.Contains(err.Error(), "admin_adr: unknown key") {
+			t.Fatalf("envoy --mode validate with a misspelt filter_config key: %v", err)
+		}
+	})
 	t.Run("negative control: an unknown field is rejected", func(t *testing.T) {
 		good, err := os.ReadFile(files["envoy/envoy.yaml"])
 		if err != nil {
