@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd chromium demo demo-fleet e2e generate clean
+.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd chromium demo demo-fleet e2e generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,18 +18,21 @@ help: ## Show this help
 build: ## Build bin/splitter
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/splitter ./cmd/splitter
 
+module: ## Build bin/libsplitter.so: the splitter as an Envoy dynamic module (cgo: needs a C compiler)
+	CGO_ENABLED=1 $(GO) build -trimpath -buildmode=c-shared -ldflags "$(LDFLAGS)" -o $(BIN)/libsplitter.so ./cmd/libsplitter
+
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy etcd chromium lint validate unit fuzz-short ## Everything CI runs: lint, unit + e2e + fleet + browser tests with -race, short fuzz pass
+test: envoy etcd chromium lint validate module unit fuzz-short ## Everything CI runs: lint, the module, unit + e2e (also in module mode) + fleet + browser tests with -race, short fuzz pass
 
 unit: ## go test -race on every package (e2e, fleet and browser tests included: need `make envoy etcd chromium`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
-lint: ## gofmt, go vet, staticcheck (pinned)
+lint: ## gofmt, go vet, staticcheck (pinned); with cgo, so that the module's cgo package is checked too
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
-	$(GO) run $(STATICCHECK) ./...
+	CGO_ENABLED=1 $(GO) vet ./...
+	CGO_ENABLED=1 $(GO) run $(STATICCHECK) ./...
 
 fmt: ## Format the code
 	gofmt -w $$(git ls-files '*.go')
@@ -40,7 +43,7 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 fuzz-short: ## Short fuzz pass (CI)
 	scripts/fuzz.sh $(CI_FUZZTIME)
 
-bench: build envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy; writes BENCH.md
+bench: build module envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy (native, module, C module, ext_proc, ext_authz); writes BENCH.md
 	scripts/loadtool.sh
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
@@ -64,8 +67,9 @@ etcd: ## Build etcd 3.7.3 (tools/etcd) into .venv/bin/etcd and print its path
 chromium: ## Install Debian's chromium (apt-get, as root) for the console's browser tests and print its path
 	@scripts/chromium.sh
 
-demo: build envoy ## Start Envoy, the splitter and two backends on loopback and show the split live
-	$(GO) run ./examples/demo --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)"
+MODE        ?= ext_proc
+demo: build envoy $(if $(filter module,$(MODE)),module) ## Start Envoy, the splitter and two backends on loopback and show the split live (MODE=module: inside Envoy)
+	$(GO) run ./examples/demo --mode $(MODE) --splitter $(BIN)/splitter --module-dir $(BIN) --envoy "$$(scripts/envoy.sh)"
 
 demo-fleet: build envoy etcd ## etcd, three Envoy + splitter pairs, two backends: one admin call moves all three
 	$(GO) run ./examples/demo-fleet --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --etcd "$$(scripts/etcd.sh)"

@@ -31,8 +31,12 @@ func envoyValidate(t *testing.T, path string) error {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	// --disable-hot-restart: no shared memory, so parallel runs cannot clash.
-	out, err := exec.CommandContext(ctx, found.envoyBin, "--mode", "validate", "-c", path,
-		"--disable-hot-restart", "--log-level", "warn").CombinedOutput()
+	cmd := exec.CommandContext(ctx, found.envoyBin, "--mode", "validate", "-c", path,
+		"--disable-hot-restart", "--log-level", "warn")
+	// Validation loads the module of a module-mode bootstrap (and runs its
+	// filter config hook).
+	cmd.Env = append(os.Environ(), testbed.ModuleSearchPath+"="+found.moduleDir)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return errors.New(strings.TrimSpace(string(out)))
 	}
@@ -40,19 +44,31 @@ func envoyValidate(t *testing.T, path string) error {
 }
 
 func TestBootstrapsPassEnvoyValidate(t *testing.T) {
-	requireEnvoy(t)
+	requireModule(t)
 	files := map[string]string{} // name -> path
 	committed, err := filepath.Glob(filepath.Join(found.root, "envoy", "*.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	committed = append(committed, filepath.Join(found.root, "examples", "kubernetes", "envoy.yaml"))
+	dir := t.TempDir()
 	for _, p := range committed {
 		rel, _ := filepath.Rel(found.root, p)
 		files[rel] = p
+		if rel == "envoy/envoy-module.yaml" {
+			// Its module binds the admin port: a free one here, so that
+			// nothing else on the machine can make validation fail.
+			data, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files[rel] = filepath.Join(dir, "envoy-module.yaml")
+			if err := os.WriteFile(files[rel], bytes.Replace(data, []byte(`127.0.0.1:9002`), []byte(`127.0.0.1:0`), 1), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	// The loopback variants the test bed renders at run time.
-	dir := t.TempDir()
 	be := func(v string, port int) *testbed.Backend {
 		return &testbed.Backend{Version: v, Addr: fmt.Sprintf("127.0.0.1:%d", port)}
 	}
@@ -61,6 +77,7 @@ func TestBootstrapsPassEnvoyValidate(t *testing.T) {
 		"loopback ext_authz":      {be("v1", 8081), be("v2", 8082)},
 		"loopback weighted 80-20": {be("v1", 8081), be("v2", 8082)},
 		"loopback three versions": {be("v1", 8081), be("v2", 8082), be("v3", 8083)},
+		"loopback module":         {be("v1", 8081), be("v2", 8082)},
 	} {
 		mode := envoy.ModeExtProc
 		switch {
@@ -68,10 +85,15 @@ func TestBootstrapsPassEnvoyValidate(t *testing.T) {
 			mode = envoy.ModeExtAuthz
 		case strings.Contains(name, "weighted"):
 			mode = envoy.ModeWeighted
+		case strings.Contains(name, "module"):
+			mode = envoy.ModeModule
 		}
 		p, err := testbed.LoopbackParams(mode, "127.0.0.1:9001", backends...)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if mode == envoy.ModeModule {
+			p.Module.Config = `{"admin_addr": "127.0.0.1:0"}`
 		}
 		out, err := envoy.Render(p)
 		if err != nil {
@@ -83,7 +105,7 @@ func TestBootstrapsPassEnvoyValidate(t *testing.T) {
 		}
 		files[name] = path
 	}
-	if len(files) < 7 {
+	if len(files) < 9 {
 		t.Fatalf("only %d bootstraps found: %v", len(files), files)
 	}
 	for name, path := range files {
@@ -93,6 +115,23 @@ func TestBootstrapsPassEnvoyValidate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("module: an unknown filter_config key is rejected, named", func(t *testing.T) {
+		good, err := os.ReadFile(files["loopback module"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := bytes.Replace(good, []byte(`{\"admin_addr\": \"127.0.0.1:0\"}`), []byte(`{\"admin_adr\": \"127.0.0.1:0\"}`), 1)
+		if bytes.Equal(bad, good) {
+			t.Fatal("the loopback module bootstrap has no admin_addr to misspell")
+		}
+		path := filepath.Join(dir, "bad-module.yaml")
+		if err := os.WriteFile(path, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := envoyValidate(t, path); err == nil || !strings.Contains(err.Error(), "admin_adr: unknown key") {
+			t.Fatalf("envoy --mode validate with a misspelt filter_config key: %v", err)
+		}
+	})
 	t.Run("negative control: an unknown field is rejected", func(t *testing.T) {
 		good, err := os.ReadFile(files["envoy/envoy.yaml"])
 		if err != nil {

@@ -25,7 +25,13 @@ func allOn(t *testing.T, b *bed, n int, version string, h http.Header) {
 }
 
 func TestConfigFileRewriteChangesSplit(t *testing.T) {
-	b := newBed(t, envoy.ModeExtProc, baseConfig)
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeModule} {
+		t.Run(string(mode), func(t *testing.T) { testConfigFileRewrite(t, mode) })
+	}
+}
+
+func testConfigFileRewrite(t *testing.T, mode envoy.Mode) {
+	b := newBed(t, mode, baseConfig)
 	envoyPid := b.envoy.Pid()
 	assertExactSplit(t, b, 100, 80, nil)
 
@@ -46,7 +52,7 @@ func TestConfigFileRewriteChangesSplit(t *testing.T) {
 				var svc struct {
 					Weights map[string]float64 `json:"weights"`
 				}
-				err := b.splitter.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc)
+				err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc)
 				return err == nil && svc.Weights["v2"] == float64(st.v2)
 			})
 			t.Logf("reload took %v", time.Since(start).Round(time.Millisecond))
@@ -59,7 +65,14 @@ func TestConfigFileRewriteChangesSplit(t *testing.T) {
 }
 
 func TestAdminCanaryChange(t *testing.T) {
-	b := newBed(t, envoy.ModeExtProc, baseConfig)
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeModule} {
+		t.Run(string(mode), func(t *testing.T) { testAdminCanaryChange(t, mode) })
+	}
+}
+
+func testAdminCanaryChange(t *testing.T, mode envoy.Mode) {
+	b := newBed(t, mode, baseConfig)
+	envoyPid := b.envoy.Pid()
 	for _, tc := range []struct {
 		name    string
 		percent float64
@@ -71,11 +84,14 @@ func TestAdminCanaryChange(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// An admin change is applied before the PUT answers: no polling.
-			if err := b.splitter.SetCanary(t.Context(), "api", tc.percent); err != nil {
+			if err := b.admin.SetCanary(t.Context(), "api", tc.percent); err != nil {
 				t.Fatal(err)
 			}
 			tc.check(t)
 		})
+	}
+	if b.envoy.Pid() != envoyPid || !b.envoy.Running() {
+		t.Fatal("Envoy was restarted; an admin change must not need that")
 	}
 }
 

@@ -10,9 +10,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +32,10 @@ type env struct {
 	chromiumBin string
 	chromiumErr error
 	splitterBin string
+	// moduleDir holds libsplitter.so (built once per run when Envoy is
+	// there); moduleErr says why it could not be built.
+	moduleDir string
+	moduleErr error
 }
 
 var found env
@@ -64,6 +70,17 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
+	if found.envoyErr == nil {
+		dir, err := os.MkdirTemp("", "splitter-e2e-module-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		found.moduleDir, found.moduleErr = testbed.BuildModule(ctx, root, dir)
+	}
 	return m.Run()
 }
 
@@ -80,12 +97,25 @@ func requireEnvoy(t *testing.T) {
 	t.Skipf("%v", found.envoyErr)
 }
 
+// requireModule is requireEnvoy for module mode: it also needs the
+// library, which TestMain built (a failed build fails the test).
+func requireModule(t *testing.T) {
+	t.Helper()
+	requireEnvoy(t)
+	if found.moduleErr != nil {
+		t.Fatalf("building libsplitter.so (a C compiler is needed): %v", found.moduleErr)
+	}
+}
+
 // bed is one test's deployment: backends v1 and v2 (plus more if asked),
-// the splitter on a config file, and Envoy in front.
+// the splitter on a config file (a process, or in module mode the library
+// inside Envoy), and Envoy in front.
 type bed struct {
 	*testbed.Bed
 	cfgPath  string
-	splitter *testbed.Splitter
+	splitter *testbed.Splitter // nil in module mode
+	module   *testbed.Module   // module mode only
+	admin    *testbed.AdminClient
 	envoy    *testbed.Envoy
 	client   *testbed.Client
 	backends []*testbed.Backend
@@ -100,13 +130,17 @@ func newBed(t *testing.T, mode envoy.Mode, config string, versions ...string) *b
 // newBedArgs is newBed with extra command-line arguments for the splitter.
 func newBedArgs(t *testing.T, mode envoy.Mode, config string, args []string, versions ...string) *bed {
 	t.Helper()
-	return startBed(t, mode, config, args, false, versions...)
+	return startBed(t, mode, config, args, false, nil, versions...)
 }
 
 // startBed is newBedArgs; with envoyAdmin, Envoy's admin port is chosen
-// first and given to the splitter (--envoy-admin), for rollout signals.
-func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoyAdmin bool, versions ...string) *bed {
+// first and given to the splitter (--envoy-admin), for rollout signals;
+// tune, if set, changes the sidecar's Envoy parameters.
+func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoyAdmin bool, tune func(*envoy.Params), versions ...string) *bed {
 	t.Helper()
+	if mode == envoy.ModeModule {
+		return startModuleBed(t, found.moduleDir, config, flagSettings(t, args), versions...)
+	}
 	requireEnvoy(t)
 	if len(versions) == 0 {
 		versions = []string{"v1", "v2"}
@@ -130,11 +164,15 @@ func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoy
 	if err != nil {
 		t.Fatal(err)
 	}
+	b.admin = b.splitter.AdminClient
 	p, err := testbed.LoopbackParams(mode, b.splitter.GRPCAddr, b.backends...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Admin.Port = adminPort
+	if tune != nil {
+		tune(&p)
+	}
 	b.envoy, err = b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -142,6 +180,57 @@ func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoy
 	b.client = b.envoy.Client()
 	t.Cleanup(b.client.Close)
 	return b
+}
+
+// startModuleBed starts a bed in module mode: backends, the config file,
+// and Envoy with libsplitter.so from libDir, its filter_config being
+// settings plus the file (if config is not "") and a short reload debounce.
+func startModuleBed(t *testing.T, libDir, config string, settings map[string]any, versions ...string) *bed {
+	t.Helper()
+	requireModule(t)
+	if len(versions) == 0 {
+		versions = []string{"v1", "v2"}
+	}
+	b := &bed{Bed: testbed.ForTest(t)}
+	var err error
+	b.backends, err = b.StartBackends(versions...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := map[string]any{"reload_debounce": "50ms"}
+	if config != "" {
+		b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
+		writeFile(t, b.cfgPath, config)
+		fc["config"] = b.cfgPath
+	}
+	maps.Copy(fc, settings)
+	p, err := testbed.LoopbackParams(envoy.ModeModule, "", b.backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.envoy, b.module, err = b.StartEnvoyModule(t.Context(), found.envoyBin, libDir, p, fc, testbed.EnvoyOptions{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.admin = b.module.AdminClient
+	b.client = b.envoy.Client()
+	t.Cleanup(b.client.Close)
+	return b
+}
+
+// flagSettings turns the sidecar's "--key-name value" arguments into the
+// module's filter_config settings ({"key_name": "value"}).
+func flagSettings(t *testing.T, args []string) map[string]any {
+	t.Helper()
+	out := map[string]any{}
+	for i := 0; i < len(args); i += 2 {
+		name, ok := strings.CutPrefix(args[i], "--")
+		if !ok || i+1 >= len(args) {
+			t.Fatalf("argument %q is not --flag value", args[i])
+		}
+		out[strings.ReplaceAll(name, "-", "_")] = args[i+1]
+	}
+	return out
 }
 
 // writeFile replaces path atomically (temp file + rename), as editors and

@@ -34,13 +34,13 @@ services:
 // 100ms.
 func newRolloutBed(t *testing.T, mode envoy.Mode, config string, args ...string) *bed {
 	t.Helper()
-	return startBed(t, mode, config, append([]string{"--signals-interval", "100ms"}, args...), true)
+	return startBed(t, mode, config, append([]string{"--signals-interval", "100ms"}, args...), true, nil)
 }
 
 func (b *bed) rollout(t *testing.T) rollout.Status {
 	t.Helper()
 	var s rollout.Status
-	if err := b.splitter.Admin(t.Context(), http.MethodGet, "/v1/services/api/rollout", nil, &s); err != nil {
+	if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api/rollout", nil, &s); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -49,7 +49,7 @@ func (b *bed) rollout(t *testing.T) rollout.Status {
 func (b *bed) act(t *testing.T, a rollout.Action) rollout.Status {
 	t.Helper()
 	var s rollout.Status
-	if err := b.splitter.Admin(t.Context(), http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, &s); err != nil {
+	if err := b.admin.Admin(t.Context(), http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, &s); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -113,8 +113,11 @@ func TestRolloutHealthyCanaryStepsToPromotion(t *testing.T) {
 // reaches v2 after that. The time from v2's first bad answer to the
 // rollback and the errors clients saw meanwhile are logged (the benchmark
 // measures their distribution).
+//
+// In module mode the guard's signals are the module's own response counters
+// (counted in C per version, read by the control plane inside Envoy).
 func TestRolloutBadCanaryRollsBack(t *testing.T) {
-	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz} {
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz, envoy.ModeModule} {
 		t.Run(string(mode), func(t *testing.T) {
 			b := newRolloutBed(t, mode, rolloutConfig("3s", 10))
 			tr := startTraffic(t, b.client, 2)
@@ -127,7 +130,7 @@ func TestRolloutBadCanaryRollsBack(t *testing.T) {
 			}
 			rb := s.History[len(s.History)-1]
 			if rb.Step != 2 || rb.Verdict == nil || rb.Verdict.Result != rollout.Failing || rb.Verdict.Canary.Errors == 0 {
-				t.Fatalf("rollback transition %+v (verdict %+v): want step 2, failing on Envoy's 5xx count", rb, rb.Verdict)
+				t.Fatalf("rollback transition %+v (verdict %+v): want step 2, failing on the counted 5xx", rb, rb.Verdict)
 			}
 			// Traffic goes on for a second after the rollback.
 			time.Sleep(time.Second)
@@ -174,7 +177,7 @@ func TestRolloutQuietServiceIsInconclusive(t *testing.T) {
 	var all struct {
 		Weights map[string]float64 `json:"weights"`
 	}
-	if err := b.splitter.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &all); err != nil || all.Weights["v2"] != 5 {
+	if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &all); err != nil || all.Weights["v2"] != 5 {
 		t.Fatalf("weights %v, %v: want the canary still at 5", all.Weights, err)
 	}
 	t.Logf("verdict: %s", v.Reason)
@@ -206,7 +209,7 @@ func TestRolloutRestartResumes(t *testing.T) {
 		Weights  map[string]float64 `json:"weights"`
 		Override bool               `json:"override"`
 	}
-	if err := b.splitter.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc); err != nil || svc.Weights["v2"] != 25 || !svc.Override {
+	if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc); err != nil || svc.Weights["v2"] != 25 || !svc.Override {
 		t.Fatalf("weights after the restart: %+v, %v", svc, err)
 	}
 	b.waitRollout(t, 30*time.Second, "the next step after the restart", func(s rollout.Status) bool { return s.Step == 3 })

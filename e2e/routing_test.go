@@ -73,7 +73,7 @@ func abs(x int) int {
 }
 
 func TestWeightedSplitIsExact(t *testing.T) {
-	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz} {
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz, envoy.ModeModule} {
 		t.Run(string(mode), func(t *testing.T) {
 			b := newBed(t, mode, baseConfig)
 			assertExactSplit(t, b, 1000, 80, nil)
@@ -82,7 +82,7 @@ func TestWeightedSplitIsExact(t *testing.T) {
 }
 
 func TestRulesStickyAndExperiments(t *testing.T) {
-	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz} {
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz, envoy.ModeModule} {
 		t.Run(string(mode), func(t *testing.T) {
 			b := newBed(t, mode, baseConfig)
 			pinned := []struct {
@@ -157,7 +157,7 @@ func TestRulesStickyAndExperiments(t *testing.T) {
 // TestSpoofedRouteHeaderIgnored: a client cannot pick its version by
 // sending the route header; the split stays exact.
 func TestSpoofedRouteHeaderIgnored(t *testing.T) {
-	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz} {
+	for _, mode := range []envoy.Mode{envoy.ModeExtProc, envoy.ModeExtAuthz, envoy.ModeModule} {
 		t.Run(string(mode), func(t *testing.T) {
 			b := newBed(t, mode, baseConfig)
 			assertExactSplit(t, b, 100, 80, hdr("x-route-version", "v2", "x-route-reason", "header_match"))

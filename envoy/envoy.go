@@ -8,6 +8,7 @@ package envoy
 import (
 	"bytes"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -35,7 +36,22 @@ const (
 	// ModeWeighted uses Envoy's own weighted_clusters and no splitter; it is
 	// the baseline for benchmarks.
 	ModeWeighted Mode = "weighted"
+	// ModeModule runs the splitter inside Envoy as a dynamic module
+	// (libsplitter.so, `make module`); there is no splitter process.
+	ModeModule Mode = "module"
 )
+
+// Module is the dynamic module of ModeModule.
+type Module struct {
+	// Name is the library Envoy loads: lib<Name>.so (default "splitter").
+	Name string
+	// Config is filter_config: the module's settings as a JSON object
+	// (docs/module.md); "" means every default.
+	Config string
+}
+
+// DefaultModuleName is the splitter's library: libsplitter.so.
+const DefaultModuleName = "splitter"
 
 // Addr is a host (IP or DNS name) and port.
 type Addr struct {
@@ -80,7 +96,8 @@ type Params struct {
 	// (only) to the admin interface: the rollout guard's signals for a
 	// splitter that cannot reach Envoy's loopback (another container).
 	Stats    Addr
-	Splitter Addr // unused in ModeWeighted
+	Splitter Addr   // ext_proc and ext_authz only
+	Module   Module // ModeModule only
 	Backends []Backend
 	// DNS makes clusters STRICT_DNS (compose service names) instead of STATIC.
 	DNS bool
@@ -114,8 +131,10 @@ type view struct {
 	ClusterType string
 	AllowRegex  string
 	Timeout     string // Envoy's Duration form, e.g. "0.2s"
-	Stable      Backend
-	Canaries    []Backend
+	// ModuleConfig is Module.Config as a YAML (JSON) string literal.
+	ModuleConfig string
+	Stable       Backend
+	Canaries     []Backend
 }
 
 var (
@@ -149,6 +168,9 @@ func newView(p Params) (view, error) {
 	if p.Name == "" {
 		p.Name = string(p.Mode)
 	}
+	if p.Module.Name == "" {
+		p.Module.Name = DefaultModuleName
+	}
 	p.MutableHeaders = withFirst(p.RouteHeader, p.MutableHeaders)
 	p.StripHeaders = withFirst(p.RouteHeader, p.StripHeaders)
 
@@ -157,9 +179,9 @@ func newView(p Params) (view, error) {
 		errs = append(errs, fmt.Errorf("envoy params %s: %s", field, fmt.Sprintf(format, args...)))
 	}
 	switch p.Mode {
-	case ModeExtProc, ModeExtAuthz, ModeWeighted:
+	case ModeExtProc, ModeExtAuthz, ModeWeighted, ModeModule:
 	default:
-		bad("mode", "%q is not one of ext_proc, ext_authz, weighted", p.Mode)
+		bad("mode", "%q is not one of ext_proc, ext_authz, weighted, module", p.Mode)
 	}
 	checkAddr := func(field string, a Addr) {
 		if !plainName.MatchString(a.Host) && net.ParseIP(a.Host) == nil {
@@ -177,10 +199,18 @@ func newView(p Params) (view, error) {
 			bad("stats", "needs a fixed admin port to forward to")
 		}
 	}
-	if p.Mode != ModeWeighted {
+	if p.Mode == ModeExtProc || p.Mode == ModeExtAuthz {
 		checkAddr("splitter", p.Splitter)
 		if p.Splitter.Port == 0 {
 			bad("splitter", "port 0: Envoy must be told the splitter's real port")
+		}
+	}
+	if p.Mode == ModeModule {
+		if !plainName.MatchString(p.Module.Name) {
+			bad("module.name", "%q is not a plain library name", p.Module.Name)
+		}
+		if c := strings.TrimSpace(p.Module.Config); c != "" && (!json.Valid([]byte(c)) || !strings.HasPrefix(c, "{")) {
+			bad("module.config", "not a JSON object: %.80q", c)
 		}
 	}
 	if len(p.Backends) == 0 {
@@ -237,6 +267,9 @@ func newView(p Params) (view, error) {
 	if p.DNS {
 		v.ClusterType = "STRICT_DNS"
 	}
+	// A JSON string is a valid YAML double-quoted scalar.
+	mc, _ := json.Marshal(p.Module.Config)
+	v.ModuleConfig = string(mc)
 	// Envoy's Duration syntax; whole milliseconds keep it exact ("0.2s").
 	v.Timeout = strconv.FormatFloat(p.MessageTimeout.Seconds(), 'f', -1, 64) + "s"
 	switch p.Mode {
@@ -246,6 +279,8 @@ func newView(p Params) (view, error) {
 		v.Summary = "the splitter answers over ext_authz and Envoy routes on " + p.RouteHeader + "."
 	case ModeWeighted:
 		v.Summary = "Envoy's own weighted_clusters, no splitter (benchmark baseline)."
+	case ModeModule:
+		v.Summary = "the splitter runs inside Envoy as a dynamic module (lib" + p.Module.Name + ".so) and Envoy routes on " + p.RouteHeader + "."
 	}
 	return v, nil
 }
@@ -310,6 +345,19 @@ func Kubernetes() Params {
 	return p
 }
 
+// ModuleReference returns the parameters of envoy/envoy-module.yaml, the
+// reference bootstrap of the in-process module: Envoy and its backends as
+// in the compose file, the splitter loaded from ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+// with its settings in filter_config.
+func ModuleReference() Params {
+	p := Compose(ModeModule)
+	p.Name = "envoy-module.yaml"
+	p.Stats = Addr{}
+	p.Module = Module{Name: DefaultModuleName,
+		Config: `{"config": "/etc/splitter/config.yaml", "admin_addr": "127.0.0.1:9002"}`}
+	return p
+}
+
 // Generated lists the committed files (paths relative to this directory)
 // and their parameters; `go generate` writes them and a test checks that
 // they are up to date.
@@ -317,6 +365,7 @@ func Generated() map[string]Params {
 	return map[string]Params{
 		"envoy.yaml":                        Compose(ModeExtProc),
 		"envoy-extauthz.yaml":               Compose(ModeExtAuthz),
+		"envoy-module.yaml":                 ModuleReference(),
 		"../examples/kubernetes/envoy.yaml": Kubernetes(),
 	}
 }

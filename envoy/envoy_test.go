@@ -239,6 +239,41 @@ func TestRenderedBootstrap(t *testing.T) {
 			},
 		},
 		{
+			name: "module: the dynamic module filter with filter_config, early strip, no splitter cluster",
+			p: func() Params {
+				p := loopback(ModeModule, "v1", "v2")
+				p.Splitter = Addr{}
+				p.Module.Config = `{"config": "/etc/splitter/config.yaml", "admin_addr": "127.0.0.1:9002"}`
+				return p
+			}(),
+			checks: func(t *testing.T, d doc) {
+				f := hcm + ".http_filters.0"
+				want := map[string]any{
+					".name":               "envoy.filters.http.dynamic_modules",
+					".typed_config.@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+					".typed_config.dynamic_module_config.name": "splitter",
+					".typed_config.filter_name":                "splitter",
+					".typed_config.filter_config.@type":        "type.googleapis.com/google.protobuf.StringValue",
+					".typed_config.filter_config.value":        `{"config": "/etc/splitter/config.yaml", "admin_addr": "127.0.0.1:9002"}`,
+				}
+				for path, w := range want {
+					if got := d.get(f + path); got != w {
+						t.Errorf("%s = %v, want %v", path, got, w)
+					}
+				}
+				if d.get(hcm+".early_header_mutation_extensions.0.typed_config.mutations.0.remove") != "x-route-version" {
+					t.Error("module bootstrap lacks the early strip of x-route-version")
+				}
+				if d.has("static_resources.clusters.2") {
+					t.Error("module mode has a third (splitter) cluster")
+				}
+				routes := d.get(hcm + ".route_config.virtual_hosts.0.routes").([]any)
+				if len(routes) != 2 || (doc{t, routes[0]}).get("match.headers.0.string_match.exact") != "v2" {
+					t.Errorf("routes %v", routes)
+				}
+			},
+		},
+		{
 			name: "compose: DNS clusters, access log, admin on loopback",
 			p:    Compose(ModeExtProc),
 			checks: func(t *testing.T, d doc) {
@@ -297,6 +332,9 @@ func TestRenderRejectsBadParams(t *testing.T) {
 		{"splitter port unknown", func(p *Params) { p.Splitter.Port = 0 }, "splitter"},
 		{"admin cluster name clash", func(p *Params) { p.Backends[1].Version = "envoy_admin" }, "cluster name"},
 		{"stats without a fixed admin port", func(p *Params) { p.Stats = Addr{Host: "127.0.0.1", Port: 9902}; p.Admin.Port = 0 }, "stats"},
+		{"module config not JSON", func(p *Params) { p.Mode = ModeModule; p.Module.Config = "config: x" }, "module.config"},
+		{"module config not an object", func(p *Params) { p.Mode = ModeModule; p.Module.Config = `["x"]` }, "module.config"},
+		{"module name with a path", func(p *Params) { p.Mode = ModeModule; p.Module.Name = "../evil" }, "module.name"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

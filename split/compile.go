@@ -23,6 +23,8 @@ type Table struct {
 	// outcomes is the number of distinct header outcomes (see
 	// Decision.Outcome), 0 when more than MaxOutcomes.
 	outcomes int
+	// reads are the request headers decisions look at (RequestHeaders).
+	reads []string
 }
 
 type hostEntry struct {
@@ -223,6 +225,7 @@ func compile(in *Config, prev *Table) (*Table, []*FieldError) {
 		return nil, c.errs
 	}
 	t.numberOutcomes()
+	t.reads = t.requestHeaders()
 	for i, s := range t.services {
 		s.rr = newRoundRobin(cfg.Services[i].Weights)
 		if prev != nil {

@@ -95,6 +95,7 @@ type Decision struct {
 	nv       int
 	vid      int // version name id in the table, 0 for none
 	outcome  int // Outcome()+1; 0 when not numbered
+	svc, ver int // Target()+1 each; 0 when no service matched
 }
 
 // Variants returns the experiments that applied, in declared order.
@@ -108,6 +109,13 @@ func (d *Decision) Variants() []Variant { return d.variants[:d.nv] }
 // too many outcomes to number.
 func (d *Decision) Outcome() int { return d.outcome - 1 }
 
+// Target returns where the decision's service and version sit in the
+// configuration of the table that made it: service indexes
+// Table.Config().Services and version that service's Weights. Both are -1
+// when no service matched. Adapters use it to count per version without
+// comparing names.
+func (d *Decision) Target() (service, version int) { return d.svc - 1, d.ver - 1 }
+
 // Decide routes one request. It does not allocate and reads only the
 // immutable table (plus an atomic round-robin counter).
 func (t *Table) Decide(req *Request, d *Decision) {
@@ -120,7 +128,7 @@ func (t *Table) decide(req *Request, d *Decision, peek bool) {
 	*d = Decision{Bucket: -1}
 	if si := t.lookup(hostOf(authority(req))); si >= 0 {
 		s := t.services[si]
-		d.Service = s.name
+		d.Service, d.svc = s.name, si+1
 		t.route(s, req, d, peek)
 	}
 	outcome := d.vid*len(reasonNames) + int(d.Reason)
@@ -167,7 +175,7 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 }
 
 func (s *service) set(d *Decision, version int, reason Reason) {
-	d.Version, d.vid, d.Reason = s.versions[version], s.vids[version], reason
+	d.Version, d.vid, d.ver, d.Reason = s.versions[version], s.vids[version], version+1, reason
 }
 
 // pick returns the first range whose upper bound exceeds b. Empty ranges

@@ -2,12 +2,58 @@ package split
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
 // Outcomes returns how many distinct header outcomes t's decisions can have
 // (see Decision.Outcome), or 0 when there are more than MaxOutcomes.
 func (t *Table) Outcomes() int { return t.outcomes }
+
+// RequestHeaders returns the lower-case names of the request headers that
+// t's decisions read, each once, ":authority" first and the others in
+// order of first use: every header a condition, sticky key or experiment
+// key names, "cookie" when one of them is a cookie, and ":path" when a
+// condition looks at the query string.
+// Headers not listed cannot change a decision of t, so an adapter that
+// pays per header read (the in-process module) reads only these.
+func (t *Table) RequestHeaders() []string { return slices.Clone(t.reads) }
+
+func (t *Table) requestHeaders() []string {
+	out := []string{":authority"}
+	add := func(name string) {
+		if !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	key := func(k keySource) {
+		switch {
+		case k.header != "":
+			add(k.header)
+		case k.cookie != "":
+			add("cookie")
+		}
+	}
+	for _, s := range t.services {
+		for _, r := range s.rules {
+			for _, c := range r.conds {
+				switch c.src {
+				case srcHeader:
+					add(c.name)
+				case srcCookie:
+					add("cookie")
+				case srcQuery:
+					add(":path")
+				}
+			}
+		}
+		key(s.sticky)
+	}
+	for _, e := range t.exps {
+		key(e.key)
+	}
+	return out
+}
 
 // Config returns a deep copy of the configuration the table was compiled
 // from, with defaults filled in (hosts, stable version, rule names) and

@@ -4,7 +4,9 @@
 // splitter share one CPU (the sidecar takes from the proxy's budget), wrk
 // and the backends the other. Envoy's counters confirm that the splitter
 // really answered: a failed-open ext_proc call would look cheap and route
-// everything to v1.
+// everything to v1. The in-process module (libsplitter.so) runs inside its
+// Envoy, beside a C module that only sets the route header and clears the
+// route cache (bench/cmodule/cbase.c): the floor for any module.
 package viaenvoy
 
 import (
@@ -45,6 +47,10 @@ type Config struct {
 	SplitterWithLoad bool
 	BetaShare        float64
 	Users            int
+	// ModuleDir holds libsplitter.so (`make module`), for the module
+	// setups; CC compiles the C baseline module (default "cc").
+	ModuleDir string
+	CC        string
 	// Setups are the Envoys to compare, in report order; the first is the
 	// baseline. Default: Setups().
 	Setups []Setup
@@ -59,15 +65,31 @@ type Setup struct {
 	Mode    envoy.Mode
 	Workers int                   // Envoy --concurrency; 0: Config.Workers
 	Tune    func(p *envoy.Params) // applied to the loopback parameters
+	// Module is the library of a ModeModule setup: ModuleSplitter or
+	// ModuleCBase.
+	Module string
 	// Edit rewrites the rendered bootstrap, for knobs Params lacks.
 	Edit func(bootstrap []byte) ([]byte, error)
 }
 
+// The libraries of the module setups.
+const (
+	ModuleSplitter = envoy.DefaultModuleName // libsplitter.so
+	ModuleCBase    = "splitter_cbase"        // bench/cmodule/cbase.c
+)
+
 // Setups are the standard comparison: Envoy's own weighted_clusters (the
-// baseline), then the splitter over ext_proc and over ext_authz, each with
-// the bootstrap template's defaults.
+// baseline), the splitter inside Envoy (the module), the C baseline module,
+// then the splitter over ext_proc and over ext_authz, each with the
+// bootstrap template's defaults.
 func Setups() []Setup {
-	return []Setup{{Mode: envoy.ModeWeighted}, {Mode: envoy.ModeExtProc}, {Mode: envoy.ModeExtAuthz}}
+	return []Setup{
+		{Mode: envoy.ModeWeighted},
+		{Name: "module", Mode: envoy.ModeModule, Module: ModuleSplitter},
+		{Name: "c_module", Mode: envoy.ModeModule, Module: ModuleCBase},
+		{Mode: envoy.ModeExtProc},
+		{Mode: envoy.ModeExtAuthz},
+	}
 }
 
 // Run is one wrk run.
@@ -169,6 +191,9 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.CC == "" {
+		c.CC = "cc"
+	}
 	if len(c.Setups) == 0 {
 		c.Setups = Setups()
 	}
@@ -254,6 +279,12 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	setups := cfg.Setups
+	libDir := ""
+	if slices.ContainsFunc(setups, func(s Setup) bool { return s.Mode == envoy.ModeModule }) {
+		if libDir, err = moduleDir(ctx, cfg, dir); err != nil {
+			return nil, err
+		}
+	}
 	envoys := make([]*testbed.Envoy, len(setups))
 	for i, s := range setups {
 		p, err := testbed.LoopbackParams(s.Mode, sp.GRPCAddr, backends...)
@@ -267,7 +298,20 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 			s.Tune(&p)
 		}
 		workers := cmp.Or(s.Workers, cfg.Workers)
-		e, err := bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{Concurrency: workers, Edit: s.Edit})
+		o := testbed.EnvoyOptions{Concurrency: workers, Edit: s.Edit}
+		var e *testbed.Envoy
+		switch {
+		case s.Mode == envoy.ModeModule && s.Module == ModuleSplitter:
+			// The module's settings: the same configuration file as the
+			// sidecar's, logs at warn.
+			e, _, err = bed.StartEnvoyModule(ctx, envoyBin, libDir, p, map[string]any{"config": cfgPath, "log_level": "warn"}, o)
+		case s.Mode == envoy.ModeModule:
+			p.Module.Name = s.Module
+			o.Env = append(o.Env, testbed.ModuleSearchPath+"="+libDir)
+			e, err = bed.StartEnvoy(ctx, envoyBin, p, o)
+		default:
+			e, err = bed.StartEnvoy(ctx, envoyBin, p, o)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("viaenvoy: envoy %s: %w", s.Name, err)
 		}
@@ -289,15 +333,19 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		SplitterProcs: cmp.Or(strings.TrimPrefix(strings.Join(env, ""), "GOMAXPROCS="), os.Getenv("GOMAXPROCS")),
 		BetaShare:     cfg.BetaShare, Users: cfg.Users,
 	}
-	target := func(e *testbed.Envoy) runTarget {
-		return runTarget{envoy: e, splitterPID: sp.Pid(), proxyCPU: cfg.ProxyCPU, loadCPU: cfg.LoadCPU}
+	target := func(i int) runTarget {
+		t := runTarget{envoy: envoys[i], proxyCPU: cfg.ProxyCPU, loadCPU: cfg.LoadCPU}
+		if m := setups[i].Mode; m == envoy.ModeExtProc || m == envoy.ModeExtAuthz {
+			t.splitterPID = sp.Pid()
+		}
+		return t
 	}
 	// One short unmeasured run per Envoy first: the first requests pay
 	// for connection setup and cold caches, in Envoy and in the splitter.
 	warm := cfg
 	warm.Duration = time.Second
-	for i, e := range envoys {
-		if _, err := runOne(ctx, wrk, scriptPath, target(e), warm); err != nil {
+	for i := range envoys {
+		if _, err := runOne(ctx, wrk, scriptPath, target(i), warm); err != nil {
 			return nil, fmt.Errorf("viaenvoy: warm-up %s: %w", setups[i].Name, err)
 		}
 	}
@@ -306,7 +354,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		for k := range setups {
 			// Rotate the order so no setup always runs first or last.
 			i := (k + round) % len(setups)
-			r, err := runOne(ctx, wrk, scriptPath, target(envoys[i]), cfg)
+			r, err := runOne(ctx, wrk, scriptPath, target(i), cfg)
 			if err != nil {
 				return nil, fmt.Errorf("viaenvoy: round %d, %s: %w", round+1, setups[i].Name, err)
 			}
@@ -324,6 +372,39 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.Notes = notes(res)
 	return res, nil
+}
+
+// moduleDir makes the directory Envoy loads the modules from: the
+// splitter's library (linked from cfg.ModuleDir) and the C baseline,
+// compiled here.
+func moduleDir(ctx context.Context, cfg Config, dir string) (string, error) {
+	if cfg.ModuleDir == "" {
+		return "", errors.New("viaenvoy: module setups need the directory of libsplitter.so (--module-dir; make module)")
+	}
+	lib, err := filepath.Abs(filepath.Join(cfg.ModuleDir, "libsplitter.so"))
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(lib); err != nil {
+		return "", fmt.Errorf("viaenvoy: %w (make module)", err)
+	}
+	out := filepath.Join(dir, "modules")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Symlink(lib, filepath.Join(out, "libsplitter.so")); err != nil {
+		return "", err
+	}
+	root, err := testbed.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, cfg.CC, "-O2", "-shared", "-fPIC", "-I", filepath.Join(root, "module", "abi"),
+		"-o", filepath.Join(out, "lib"+ModuleCBase+".so"), filepath.Join(root, "bench", "cmodule", "cbase.c"))
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("viaenvoy: compile the C baseline module: %w\n%s", err, msg)
+	}
+	return out, nil
 }
 
 func pin(pid, cpu int) error {
@@ -350,7 +431,9 @@ func sampleCPU(t runTarget) (cpuSample, error) {
 	var s cpuSample
 	var errs [4]error
 	s.envoy, errs[0] = proc.CPUTime(t.envoy.Pid())
-	s.splitter, errs[1] = proc.CPUTime(t.splitterPID)
+	if t.splitterPID != 0 { // 0: no sidecar (weighted, the modules)
+		s.splitter, errs[1] = proc.CPUTime(t.splitterPID)
+	}
 	s.self, errs[2] = proc.CPUTime(os.Getpid())
 	s.cores, errs[3] = readCoreTimes()
 	return s, errors.Join(errs[:]...)
@@ -655,6 +738,9 @@ func maxOf(xs []float64) float64 {
 func notes(r *Result) []string {
 	var out []string
 	for _, m := range r.Modes {
+		if m.Mode == "module" && m.Versions["v2"] == 0 {
+			out = append(out, "module: no request reached v2: the module did not decide (see Envoy's log)")
+		}
 		if m.Non2xx > 0 || m.SockErrs > 0 {
 			out = append(out, fmt.Sprintf("%s: %d non-2xx responses and %d socket errors", m.Mode, m.Non2xx, m.SockErrs))
 		}
@@ -693,7 +779,7 @@ func wrkVersion(ctx context.Context, bin string) string {
 
 // Render writes the Envoy section of BENCH.md.
 func Render(b *strings.Builder, r *Result) {
-	b.WriteString("## Through Envoy: native weighted_clusters, ext_proc, ext_authz\n\n")
+	b.WriteString("## Through Envoy: native weighted_clusters, the module, a C module, ext_proc, ext_authz\n\n")
 	proxy := "unpinned"
 	if r.ProxyCPU >= 0 {
 		procs := "Go's default GOMAXPROCS"
@@ -706,7 +792,10 @@ func Render(b *strings.Builder, r *Result) {
 	fmt.Fprintf(b, "Envoy %s (%d worker) in front of two echo backends (v1, v2), %s. Load: %s, "+
 		"%d connection(s) over %d thread(s), HTTP/1.1 keep-alive, %.0f %% of requests with `x-beta: true`, "+
 		"`x-user-id` from %d values; %d rounds of %s per mode, the order rotated each round. "+
-		"`weighted` is Envoy's own weighted_clusters 80/20 with no splitter; `ext_proc` and `ext_authz` ask the "+
+		"`weighted` is Envoy's own weighted_clusters 80/20 with no splitter; `module` is the splitter inside Envoy "+
+		"(libsplitter.so, the same configuration file; its Go runtime runs in Envoy's process, on Envoy's core); "+
+		"`c_module` is a C module that only sets `x-route-version: v1` and clears the route cache "+
+		"(bench/cmodule/cbase.c, the floor for any module); `ext_proc` and `ext_authz` ask the "+
 		"splitter (seed configuration) on every request with the bootstrap template's defaults "+
 		"(`envoy/bootstrap.yaml.tmpl`: fail open, message timeout 200 ms, one HTTP/2 connection per Envoy worker).\n\n",
 		r.EnvoyVer, r.Workers, proxy, r.Tool, r.Connections, r.Threads, r.BetaShare*100, r.Users, r.Rounds, r.Duration)
@@ -722,7 +811,7 @@ func Render(b *strings.Builder, r *Result) {
 		"`/proc/<pid>/stat` over each run divided by the requests wrk completed; median over rounds), " +
 		"and how busy each pinned core was (`/proc/stat`, which also counts every other process on the machine). " +
 		"While the proxy core is saturated, req/s follows Envoy plus splitter CPU per request; while the load core " +
-		"is, it follows wrk plus backends.\n\n")
+		"is, it follows wrk plus backends. The modules have no splitter process: their cost is in Envoy's column.\n\n")
 	b.WriteString("| mode | Envoy µs/req | splitter µs/req | Envoy+splitter vs native | wrk µs/req | backends µs/req | proxy core busy | load core busy | HTTP/2 connections to the splitter | splitter streams per request |\n")
 	b.WriteString("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, m := range r.Modes {

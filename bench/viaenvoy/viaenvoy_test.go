@@ -89,11 +89,13 @@ func TestSummarizeAndRender(t *testing.T) {
 	if m.Versions["v2"] != 58 || m.Stats["ext_proc.failure_mode_allowed"] != 2 {
 		t.Errorf("versions %v stats %v", m.Versions, m.Stats)
 	}
-	r := &Result{Rounds: 2, Modes: []Mode{summarize("weighted", base, base), m}}
+	silent := summarize("module", []Run{{RPS: 90, Versions: map[string]uint64{"v1": 100}}, {RPS: 180, Versions: map[string]uint64{"v1": 100}}}, base)
+	r := &Result{Rounds: 2, Modes: []Mode{summarize("weighted", base, base), m, silent}}
 	r.Notes = notes(r)
 	var b strings.Builder
 	Render(&b, r)
-	for _, want := range []string{"| ext_proc |", "0.62 (0.50..0.75)", "29.0 % v2", "ext_proc.failure_mode_allowed"} {
+	for _, want := range []string{"| ext_proc |", "0.62 (0.50..0.75)", "29.0 % v2", "ext_proc.failure_mode_allowed",
+		"module: no request reached v2"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, b.String())
 		}
@@ -252,7 +254,7 @@ func TestConfigDefaultsNameSetups(t *testing.T) {
 		setups []Setup
 		want   []string
 	}{
-		{name: "standard comparison", want: []string{"weighted", "ext_proc", "ext_authz"}},
+		{name: "standard comparison", want: []string{"weighted", "module", "c_module", "ext_proc", "ext_authz"}},
 		{
 			name:   "named variant kept, unnamed one named after its mode",
 			setups: []Setup{{Mode: "weighted"}, {Name: "ext_proc 2 workers", Mode: "ext_proc", Workers: 2}},

@@ -301,7 +301,7 @@ func newEnvoyCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "envoy",
-		Short: "Load a real Envoy with wrk: native weighted_clusters vs ext_proc vs ext_authz",
+		Short: "Load a real Envoy with wrk: native weighted_clusters vs the module, a C module, ext_proc and ext_authz",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			v.Logger = logger()
@@ -333,6 +333,8 @@ func registerEnvoy(cmd *cobra.Command, v *viaenvoy.Config, withSplitter bool) {
 	f.IntVar(&v.Workers, "envoy-workers", 1, "Envoy --concurrency")
 	f.IntVar(&v.ProxyCPU, "proxy-cpu", 0, "CPU Envoy and the splitter are pinned to (-1: none)")
 	f.IntVar(&v.LoadCPU, "load-cpu", 1, "CPU wrk and the backends are pinned to (-1: none)")
+	f.StringVar(&v.ModuleDir, "module-dir", "bin", "directory holding libsplitter.so (make module), for the module runs")
+	f.StringVar(&v.CC, "cc", "cc", "C compiler for the C baseline module")
 }
 
 func newReportCmd() *cobra.Command {

@@ -6,6 +6,7 @@
 // end, also on Ctrl-C. It exits non-zero when anything looks wrong.
 //
 //	make demo   (or: go run ./examples/demo --splitter bin/splitter --envoy .venv/bin/envoy)
+//	make demo MODE=module   (the splitter inside Envoy: --mode module --module-dir bin)
 package main
 
 import (
@@ -31,11 +32,14 @@ func main() {
 	splitterBin := flag.String("splitter", "bin/splitter", "the splitter binary (make build)")
 	envoyBin := flag.String("envoy", "", "the Envoy binary (default: $ENVOY_BIN, .venv/bin/envoy, PATH)")
 	requests := flag.Int("requests", 500, "requests per split measurement")
+	mode := flag.String("mode", string(envoy.ModeExtProc), "ext_proc (the splitter as a sidecar) or module (inside Envoy)")
+	moduleDir := flag.String("module-dir", "bin", "the directory holding libsplitter.so (make module), for --mode module")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := run(ctx, os.Stdout, *splitterBin, *envoyBin, *requests)
+	err := run(ctx, os.Stdout, options{splitterBin: *splitterBin, envoyBin: *envoyBin, n: *requests,
+		mode: envoy.Mode(*mode), moduleDir: *moduleDir})
 	if err != nil {
 		if ctx.Err() != nil {
 			err = errors.New("interrupted")
@@ -46,11 +50,19 @@ func main() {
 	}
 }
 
+// options are the command line's.
+type options struct {
+	splitterBin, envoyBin string
+	n                     int
+	mode                  envoy.Mode
+	moduleDir             string
+}
+
 // demo carries the running bed and where to print.
 type demo struct {
 	out      io.Writer
 	bed      *testbed.Bed
-	splitter *testbed.Splitter
+	admin    *testbed.AdminClient // the sidecar's or the module's admin API
 	envoy    *testbed.Envoy
 	backends []*testbed.Backend
 	client   *testbed.Client
@@ -58,21 +70,33 @@ type demo struct {
 	n        int
 }
 
-func run(ctx context.Context, out io.Writer, splitterBin, envoyBin string, n int) (err error) {
+func run(ctx context.Context, out io.Writer, o options) (err error) {
 	root, err := testbed.RepoRoot()
 	if err != nil {
 		return err
 	}
-	if envoyBin == "" {
-		if envoyBin, err = testbed.FindEnvoy(root); err != nil {
+	if o.envoyBin == "" {
+		if o.envoyBin, err = testbed.FindEnvoy(root); err != nil {
 			return err
 		}
 	}
-	if splitterBin, err = filepath.Abs(splitterBin); err != nil {
-		return err
-	}
-	if _, err := os.Stat(splitterBin); err != nil {
-		return fmt.Errorf("splitter binary: %w (run `make build`)", err)
+	switch o.mode {
+	case envoy.ModeExtProc:
+		if o.splitterBin, err = filepath.Abs(o.splitterBin); err != nil {
+			return err
+		}
+		if _, err := os.Stat(o.splitterBin); err != nil {
+			return fmt.Errorf("splitter binary: %w (run `make build`)", err)
+		}
+	case envoy.ModeModule:
+		if o.moduleDir, err = filepath.Abs(o.moduleDir); err != nil {
+			return err
+		}
+		if _, err := os.Stat(filepath.Join(o.moduleDir, "libsplitter.so")); err != nil {
+			return fmt.Errorf("module: %w (run `make module`)", err)
+		}
+	default:
+		return fmt.Errorf("--mode %q: want ext_proc or module", o.mode)
 	}
 	seed, err := os.ReadFile(filepath.Join(root, "examples", "config", "canary.yaml"))
 	if err != nil {
@@ -84,7 +108,7 @@ func run(ctx context.Context, out io.Writer, splitterBin, envoyBin string, n int
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := &demo{out: out, bed: testbed.New(dir, log), cfgPath: filepath.Join(dir, "config.yaml"), n: n}
+	d := &demo{out: out, bed: testbed.New(dir, log), cfgPath: filepath.Join(dir, "config.yaml"), n: o.n}
 	defer func() {
 		d.bed.Close()
 		if d.client != nil {
@@ -104,7 +128,15 @@ func run(ctx context.Context, out io.Writer, splitterBin, envoyBin string, n int
 		}
 	}()
 
-	if err := d.start(ctx, splitterBin, envoyBin, seed); err != nil {
+	if err := os.WriteFile(d.cfgPath, seed, 0o644); err != nil {
+		return err
+	}
+	if o.mode == envoy.ModeModule {
+		err = d.startModule(ctx, o.envoyBin, o.moduleDir)
+	} else {
+		err = d.start(ctx, o.splitterBin, o.envoyBin)
+	}
+	if err != nil {
 		return err
 	}
 	for _, step := range []func(context.Context) error{
@@ -118,10 +150,7 @@ func run(ctx context.Context, out io.Writer, splitterBin, envoyBin string, n int
 	return nil
 }
 
-func (d *demo) start(ctx context.Context, splitterBin, envoyBin string, seed []byte) error {
-	if err := os.WriteFile(d.cfgPath, seed, 0o644); err != nil {
-		return err
-	}
+func (d *demo) start(ctx context.Context, splitterBin, envoyBin string) error {
 	backends, err := d.bed.StartBackends("v1", "v2")
 	if err != nil {
 		return err
@@ -133,12 +162,13 @@ func (d *demo) start(ctx context.Context, splitterBin, envoyBin string, seed []b
 	if err != nil {
 		return err
 	}
-	d.splitter, err = d.bed.StartSplitter(ctx, splitterBin, d.cfgPath, "--log-level", "warn",
+	sp, err := d.bed.StartSplitter(ctx, splitterBin, d.cfgPath, "--log-level", "warn",
 		"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", adminPort), "--signals-interval", "100ms")
 	if err != nil {
 		return err
 	}
-	p, err := testbed.LoopbackParams(envoy.ModeExtProc, d.splitter.GRPCAddr, backends...)
+	d.admin = sp.AdminClient
+	p, err := testbed.LoopbackParams(envoy.ModeExtProc, sp.GRPCAddr, backends...)
 	if err != nil {
 		return err
 	}
@@ -149,7 +179,32 @@ func (d *demo) start(ctx context.Context, splitterBin, envoyBin string, seed []b
 	}
 	d.client = d.envoy.Client()
 	fmt.Fprintf(d.out, "client -> Envoy %s -> ext_proc splitter %s -> v1 %s | v2 %s\n",
-		d.envoy.ListenAddr, d.splitter.GRPCAddr, backends[0].Addr, backends[1].Addr)
+		d.envoy.ListenAddr, sp.GRPCAddr, backends[0].Addr, backends[1].Addr)
+	fmt.Fprintf(d.out, "config: %s (a copy of examples/config/canary.yaml)\n", d.cfgPath)
+	return nil
+}
+
+// startModule runs the splitter inside Envoy (libsplitter.so from dir);
+// the rollout guard reads the module's own response counters.
+func (d *demo) startModule(ctx context.Context, envoyBin, dir string) error {
+	backends, err := d.bed.StartBackends("v1", "v2")
+	if err != nil {
+		return err
+	}
+	d.backends = backends
+	p, err := testbed.LoopbackParams(envoy.ModeModule, "", backends...)
+	if err != nil {
+		return err
+	}
+	settings := map[string]any{"config": d.cfgPath, "log_level": "warn", "signals_interval": "100ms"}
+	e, m, err := d.bed.StartEnvoyModule(ctx, envoyBin, dir, p, settings, testbed.EnvoyOptions{Concurrency: 1})
+	if err != nil {
+		return err
+	}
+	d.envoy, d.admin = e, m.AdminClient
+	d.client = d.envoy.Client()
+	fmt.Fprintf(d.out, "client -> Envoy %s with the splitter inside (libsplitter.so, admin %s) -> v1 %s | v2 %s\n",
+		d.envoy.ListenAddr, m.AdminAddr, backends[0].Addr, backends[1].Addr)
 	fmt.Fprintf(d.out, "config: %s (a copy of examples/config/canary.yaml)\n", d.cfgPath)
 	return nil
 }
@@ -239,8 +294,8 @@ func (d *demo) spoof(ctx context.Context) error {
 }
 
 func (d *demo) adminCanary(ctx context.Context) error {
-	fmt.Fprintf(d.out, "\n5. Admin API: PUT %s {\"percentage\": 50}\n", d.splitter.AdminURL("/v1/services/api/canary"))
-	if err := d.splitter.SetCanary(ctx, "api", 50); err != nil {
+	fmt.Fprintf(d.out, "\n5. Admin API: PUT %s {\"percentage\": 50}\n", d.admin.AdminURL("/v1/services/api/canary"))
+	if err := d.admin.SetCanary(ctx, "api", 50); err != nil {
 		return err
 	}
 	counts, err := d.measure(ctx, nil)
@@ -292,7 +347,7 @@ func (d *demo) waitWeights(ctx context.Context, v2 int) error {
 		var svc struct {
 			Weights map[string]float64 `json:"weights"`
 		}
-		err := d.splitter.Admin(ctx, http.MethodGet, "/v1/services/api", nil, &svc)
+		err := d.admin.Admin(ctx, http.MethodGet, "/v1/services/api", nil, &svc)
 		if err == nil && svc.Weights["v2"] == float64(v2) {
 			return nil
 		}

@@ -14,7 +14,8 @@ import (
 )
 
 // rolloutConfig is the demo's rollout: 5, 25, 50, 100 %, each step held
-// 2s while a 1s window of Envoy's counters says the canary is healthy.
+// 2s while a 1s window of per-version counters (Envoy's, or the module's
+// own) says the canary is healthy.
 const rolloutConfig = `services:
   - name: api
     hosts: ["*"]
@@ -48,12 +49,12 @@ func (tr *traffic) take() (testbed.Counts, int) {
 
 func (d *demo) rolloutStatus(ctx context.Context) (rollout.Status, error) {
 	var s rollout.Status
-	err := d.splitter.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
+	err := d.admin.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
 	return s, err
 }
 
 func (d *demo) rolloutAction(ctx context.Context, a rollout.Action) error {
-	return d.splitter.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, nil)
+	return d.admin.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, nil)
 }
 
 // follow draws the traffic of each step as the rollout moves, until done
@@ -90,7 +91,7 @@ func (d *demo) follow(ctx context.Context, tr *traffic, timeout time.Duration, d
 }
 
 func (d *demo) rollout(ctx context.Context) error {
-	fmt.Fprintln(d.out, "\n8. Guarded rollout: steps 5, 25, 50, 100 %, each held 2s while Envoy's counters say v2 is healthy")
+	fmt.Fprintln(d.out, "\n8. Guarded rollout: steps 5, 25, 50, 100 %, each held 2s while the per-version counters say v2 is healthy")
 	if err := d.writeConfig(ctx, rolloutConfig); err != nil {
 		return err
 	}

@@ -20,6 +20,11 @@ func (a *api) snapshot() (*store.Snapshot, error) {
 	}
 	snap := a.opts.Store.Load()
 	if snap == nil {
+		// Started without one (the module tolerates a bad initial
+		// configuration): say why, so that the operator can fix it.
+		if msg, _ := a.opts.Store.LastReloadError(); msg != "" {
+			return nil, errorf(http.StatusServiceUnavailable, "", "no configuration loaded: %s", msg)
+		}
 		return nil, errorf(http.StatusServiceUnavailable, "", "no configuration loaded")
 	}
 	return snap, nil

@@ -261,6 +261,24 @@ func (m *Metrics) StreamEnded(api, result string) {
 	c.Inc()
 }
 
+// StreamsEnded counts n requests that ended with result at once, for an
+// adapter that counts its requests itself and reports them in batches (the
+// in-process module: its "streams" are Envoy's own HTTP streams, decided
+// inside one hook call, so none is ever active between two batches). It
+// adds to streams_total and stream_results_total alike.
+func (m *Metrics) StreamsEnded(api, result string, n uint64) {
+	if n == 0 {
+		return
+	}
+	m.stream(api).total.Add(float64(n))
+	api = m.closedAPI(api)
+	c, ok := m.resultChildren[[2]string{api, result}]
+	if !ok {
+		c = m.resultChildren[[2]string{api, other}]
+	}
+	c.Add(float64(n))
+}
+
 // PhaseUnexpected counts a message for a phase splitter did not ask for.
 func (m *Metrics) PhaseUnexpected(api, phase string) {
 	api = m.closedAPI(api)
@@ -426,6 +444,49 @@ func NewCacheCollector(api string, stats func() (hits, misses uint64)) prometheu
 }
 
 func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// ResponseCount is how many responses of one version ended in one class.
+type ResponseCount struct {
+	Service, Version, Class string
+	N                       uint64
+}
+
+// ResponseClasses are the classes of NewResponsesCollector: the status
+// class of the response, or "reset" for a request that ended without one.
+func ResponseClasses() []string { return []string{"1xx", "2xx", "3xx", "4xx", "5xx", "reset"} }
+
+type responsesCollector struct {
+	desc  *prometheus.Desc
+	read  func() []ResponseCount
+	known map[string]bool
+}
+
+// NewResponsesCollector returns a collector of splitter_responses_total
+// {api, service, version, class}: the responses an adapter that sees them
+// counted per version (the in-process module), read from read at each
+// scrape. Service and version come from the configurations the adapter
+// decided with, class from ResponseClasses (anything else is "other").
+func NewResponsesCollector(api string, read func() []ResponseCount) prometheus.Collector {
+	return &responsesCollector{
+		desc: prometheus.NewDesc(namespace+"_responses_total",
+			"Responses by the version that served them and status class (reset: ended without a response), counted in process.",
+			[]string{"service", "version", "class"}, prometheus.Labels{"api": api}),
+		read:  read,
+		known: setOf(ResponseClasses()),
+	}
+}
+
+func (c *responsesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *responsesCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, r := range c.read() {
+		class := r.Class
+		if !c.known[class] {
+			class = other
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(r.N), r.Service, r.Version, class)
+	}
+}
 
 func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	hits, misses := c.stats()

@@ -382,3 +382,42 @@ func TestCacheCollector(t *testing.T) {
 		t.Fatalf("(-want +got):\n%s", diff)
 	}
 }
+
+func TestStreamsEnded(t *testing.T) {
+	m, reg := newMetrics(t)
+	m.StreamsEnded("module", "ok", 40)
+	m.StreamsEnded("module", "panic", 2)
+	m.StreamsEnded("module", "no_config", 0)
+	m.StreamsEnded("module", "weird", 1)
+	want := map[string]float64{"api=module,result=ok": 40, "api=module,result=panic": 2, "api=module,result=other": 1}
+	if diff := cmp.Diff(want, nonZero(series(t, reg, "splitter_stream_results_total"))); diff != "" {
+		t.Fatalf("stream_results_total (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]float64{"api=module": 43}, nonZero(series(t, reg, "splitter_streams_total"))); diff != "" {
+		t.Fatalf("streams_total (-want +got):\n%s", diff)
+	}
+	if got := nonZero(series(t, reg, "splitter_streams_active")); len(got) != 0 {
+		t.Fatalf("streams_active = %v, want none active", got)
+	}
+}
+
+func TestResponsesCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.NewResponsesCollector("module", func() []metrics.ResponseCount {
+		return []metrics.ResponseCount{
+			{Service: "api", Version: "v1", Class: "2xx", N: 90},
+			{Service: "api", Version: "v2", Class: "5xx", N: 7},
+			{Service: "api", Version: "v2", Class: "reset", N: 1},
+			{Service: "api", Version: "v2", Class: "9xx", N: 2},
+		}
+	}))
+	want := map[string]float64{
+		"api=module,class=2xx,service=api,version=v1":   90,
+		"api=module,class=5xx,service=api,version=v2":   7,
+		"api=module,class=reset,service=api,version=v2": 1,
+		"api=module,class=other,service=api,version=v2": 2,
+	}
+	if diff := cmp.Diff(want, series(t, reg, "splitter_responses_total")); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+}

@@ -26,6 +26,9 @@ type EnvoyOptions struct {
 	// Edit, if set, rewrites the rendered bootstrap before Envoy reads it;
 	// negative-control tests use it to remove a protection.
 	Edit func(bootstrap []byte) ([]byte, error)
+	// Env ("KEY=value") is added to Envoy's environment, e.g.
+	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH for the module.
+	Env []string
 }
 
 // Envoy is a running Envoy.
@@ -59,7 +62,7 @@ func LoopbackParams(mode envoy.Mode, splitterGRPC string, backends ...*Backend) 
 		MutableHeaders: []string{envoy.DefaultRouteHeader, envoy.DefaultReasonHeader, envoy.DefaultVariantHeader},
 		StripHeaders:   []string{envoy.DefaultRouteHeader, envoy.DefaultReasonHeader, envoy.DefaultVariantHeader},
 	}
-	if mode != envoy.ModeWeighted {
+	if mode == envoy.ModeExtProc || mode == envoy.ModeExtAuthz {
 		a, err := envoy.ParseAddr(splitterGRPC)
 		if err != nil {
 			return p, fmt.Errorf("splitter address: %w", err)
@@ -99,6 +102,7 @@ func (b *Bed) StartEnvoy(ctx context.Context, bin string, p envoy.Params, o Envo
 	if err != nil {
 		return nil, err
 	}
+	proc.Env = append(proc.Env, o.Env...)
 	e := &Envoy{
 		Proc:       proc,
 		Params:     p,

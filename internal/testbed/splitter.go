@@ -16,17 +16,31 @@ import (
 // Splitter is a running `splitter serve`.
 type Splitter struct {
 	*Proc
+	// AdminClient calls its admin API; AdminAddr is the bound address
+	// reported in the ready file.
+	*AdminClient
 	ConfigPath string
-	// GRPCAddr and AdminAddr are the bound addresses (host:port) reported
-	// in the ready file. They stay the same across Restart.
-	GRPCAddr  string
-	AdminAddr string
-	// Token, when set, is sent as the admin API's bearer token.
-	Token string
+	// GRPCAddr is the bound gRPC address reported in the ready file. It and
+	// AdminAddr stay the same across Restart.
+	GRPCAddr string
 
 	readyFile string
 	extra     []string
-	http      *http.Client
+}
+
+// AdminClient calls a splitter's admin API: the sidecar's, or the one the
+// in-process module serves inside Envoy.
+type AdminClient struct {
+	AdminAddr string
+	// Token, when set, is sent as the admin API's bearer token.
+	Token string
+	http  *http.Client
+}
+
+func newAdminClient(b *Bed) *AdminClient {
+	c := &AdminClient{http: &http.Client{Timeout: 5 * time.Second}}
+	b.onClose(c.http.CloseIdleConnections)
+	return c
 }
 
 // readyInfo is the JSON that `splitter serve --ready-file` writes once both
@@ -58,13 +72,12 @@ func (b *Bed) StartSplitterEnv(ctx context.Context, binary, configPath string, e
 	}
 	p.Env = append(p.Env, env...)
 	s := &Splitter{
-		Proc:       p,
-		ConfigPath: configPath,
-		readyFile:  b.path("splitter-ready", ".json"),
-		extra:      extraArgs,
-		http:       &http.Client{Timeout: 5 * time.Second},
+		Proc:        p,
+		AdminClient: newAdminClient(b),
+		ConfigPath:  configPath,
+		readyFile:   b.path("splitter-ready", ".json"),
+		extra:       extraArgs,
 	}
-	b.onClose(s.http.CloseIdleConnections)
 	if err := s.start(ctx, "127.0.0.1:0", "127.0.0.1:0"); err != nil {
 		return nil, err
 	}
@@ -140,11 +153,11 @@ func (s *Splitter) Restart(ctx context.Context) error {
 }
 
 // AdminURL is the admin API's base URL plus path.
-func (s *Splitter) AdminURL(path string) string { return "http://" + s.AdminAddr + path }
+func (s *AdminClient) AdminURL(path string) string { return "http://" + s.AdminAddr + path }
 
 // Admin calls the admin API with an optional JSON body; a non-2xx answer is
 // an error that carries the body. out, if not nil, receives the JSON reply.
-func (s *Splitter) Admin(ctx context.Context, method, path string, body, out any) error {
+func (s *AdminClient) Admin(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		data, err := json.Marshal(body)
@@ -168,7 +181,7 @@ func (s *Splitter) Admin(ctx context.Context, method, path string, body, out any
 	return nil
 }
 
-func (s *Splitter) do(ctx context.Context, method, path string, body io.Reader) (int, []byte, error) {
+func (s *AdminClient) do(ctx context.Context, method, path string, body io.Reader) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, method, s.AdminURL(path), body)
 	if err != nil {
 		return 0, nil, err
@@ -190,6 +203,6 @@ func (s *Splitter) do(ctx context.Context, method, path string, body io.Reader) 
 
 // SetCanary sets a two-version service's canary share through the admin
 // API (PUT /v1/services/{name}/canary).
-func (s *Splitter) SetCanary(ctx context.Context, service string, percentage float64) error {
+func (s *AdminClient) SetCanary(ctx context.Context, service string, percentage float64) error {
 	return s.Admin(ctx, http.MethodPut, "/v1/services/"+service+"/canary", map[string]float64{"percentage": percentage}, nil)
 }

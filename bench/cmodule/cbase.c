@@ -1,0 +1,180 @@
+// cbase.c: the benchmark's C baseline, an Envoy dynamic module that does
+// only what the splitter's module must do to route a request and nothing
+// else: set x-route-version (always "v1") and clear the route cache, in
+// plain C, with no Go runtime in the process. bench/viaenvoy compiles it
+// (cc -O2 -shared -fPIC -I module/abi) into libsplitter_cbase.so and runs it
+// beside the real module, so that "as fast as a C module" is a ratio
+// measured in the same rounds. Every HTTP-filter hook Envoy 1.40 resolves is
+// defined, as in module/abi/hooks.c.
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "envoy_abi.h"
+
+#define RH envoy_dynamic_module_type_http_header_type_RequestHeader
+
+static const char route[] = "x-route-version", version[] = "v1";
+static int config_token, stream_token;
+
+envoy_dynamic_module_type_abi_version_module_ptr envoy_dynamic_module_on_program_init(void) {
+  return SPLITTER_ABI_VERSION;
+}
+
+envoy_dynamic_module_type_http_filter_config_module_ptr envoy_dynamic_module_on_http_filter_config_new(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr filter_config_envoy_ptr,
+    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
+  (void)filter_config_envoy_ptr; (void)name; (void)config;
+  return &config_token;
+}
+void envoy_dynamic_module_on_http_filter_config_destroy(envoy_dynamic_module_type_http_filter_config_module_ptr c) {
+  (void)c;
+}
+envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
+    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
+  (void)name; (void)config;
+  return NULL;
+}
+void envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) { (void)p; }
+
+envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_filter_new(
+    envoy_dynamic_module_type_http_filter_config_module_ptr filter_config_ptr,
+    envoy_dynamic_module_type_http_filter_envoy_ptr filter_envoy_ptr) {
+  (void)filter_config_ptr; (void)filter_envoy_ptr;
+  return &stream_token;
+}
+void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_filter_module_ptr m) { (void)m; }
+
+envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_module_on_http_filter_request_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    bool end_of_stream) {
+  (void)m; (void)end_of_stream;
+  envoy_dynamic_module_callback_http_set_header(f, RH,
+      (envoy_dynamic_module_type_module_buffer){route, sizeof route - 1},
+      (envoy_dynamic_module_type_module_buffer){version, sizeof version - 1});
+  envoy_dynamic_module_callback_http_clear_route_cache(f);
+  return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_module_on_http_filter_response_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m, bool eos) {
+  (void)f; (void)m; (void)eos;
+  return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+}
+
+// ---- nothing to do ----
+
+envoy_dynamic_module_type_on_http_filter_request_body_status envoy_dynamic_module_on_http_filter_request_body(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m, bool eos) {
+  (void)f; (void)m; (void)eos;
+  return envoy_dynamic_module_type_on_http_filter_request_body_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_request_trailers_status envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+  return envoy_dynamic_module_type_on_http_filter_request_trailers_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_response_body_status envoy_dynamic_module_on_http_filter_response_body(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m, bool eos) {
+  (void)f; (void)m; (void)eos;
+  return envoy_dynamic_module_type_on_http_filter_response_body_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_response_trailers_status envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+  return envoy_dynamic_module_type_on_http_filter_response_trailers_status_Continue;
+}
+void envoy_dynamic_module_on_http_filter_stream_complete(envoy_dynamic_module_type_http_filter_envoy_ptr f,
+                                                         envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+envoy_dynamic_module_type_on_http_filter_local_reply_status envoy_dynamic_module_on_http_filter_local_reply(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint32_t response_code, envoy_dynamic_module_type_envoy_buffer details, bool reset_imminent) {
+  (void)f; (void)m; (void)response_code; (void)details; (void)reset_imminent;
+  return envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue;
+}
+void envoy_dynamic_module_on_http_filter_scheduled(envoy_dynamic_module_type_http_filter_envoy_ptr f,
+                                                   envoy_dynamic_module_type_http_filter_module_ptr m, uint64_t event_id) {
+  (void)f; (void)m; (void)event_id;
+}
+void envoy_dynamic_module_on_http_filter_config_scheduled(envoy_dynamic_module_type_http_filter_config_envoy_ptr ce,
+                                                          envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+                                                          uint64_t event_id) {
+  (void)ce; (void)cm; (void)event_id;
+}
+void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+
+// HTTP callouts and streams the filter would start: splitter starts none.
+void envoy_dynamic_module_on_http_filter_http_callout_done(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t callout_id, envoy_dynamic_module_type_http_callout_result result,
+    envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size,
+    envoy_dynamic_module_type_envoy_buffer *body_chunks, size_t body_chunks_size) {
+  (void)f; (void)m; (void)callout_id; (void)result; (void)headers; (void)headers_size; (void)body_chunks;
+  (void)body_chunks_size;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size, bool end_stream) {
+  (void)f; (void)m; (void)stream_id; (void)headers; (void)headers_size; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_data(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, const envoy_dynamic_module_type_envoy_buffer *data, size_t data_count, bool end_stream) {
+  (void)f; (void)m; (void)stream_id; (void)data; (void)data_count; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *trailers, size_t trailers_size) {
+  (void)f; (void)m; (void)stream_id; (void)trailers; (void)trailers_size;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_complete(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id) {
+  (void)f; (void)m; (void)stream_id;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_reset(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_http_stream_reset_reason reason) {
+  (void)f; (void)m; (void)stream_id; (void)reason;
+}
+void envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t callout_id, envoy_dynamic_module_type_http_callout_result result,
+    envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size,
+    envoy_dynamic_module_type_envoy_buffer *body_chunks, size_t body_chunks_size) {
+  (void)ce; (void)cm; (void)callout_id; (void)result; (void)headers; (void)headers_size; (void)body_chunks;
+  (void)body_chunks_size;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size, bool end_stream) {
+  (void)ce; (void)cm; (void)stream_id; (void)headers; (void)headers_size; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, const envoy_dynamic_module_type_envoy_buffer *data, size_t data_count, bool end_stream) {
+  (void)ce; (void)cm; (void)stream_id; (void)data; (void)data_count; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *trailers, size_t trailers_size) {
+  (void)ce; (void)cm; (void)stream_id; (void)trailers; (void)trailers_size;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id) {
+  (void)ce; (void)cm; (void)stream_id;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_http_stream_reset_reason reason) {
+  (void)ce; (void)cm; (void)stream_id; (void)reason;
+}

@@ -1,0 +1,393 @@
+// hooks.c: every HTTP-filter hook Envoy 1.40 resolves, in C. Only the
+// request-headers hook enters Go, once per request (and the filter config
+// hooks, at configuration time); the others do their small work in C or
+// nothing. See docs/module.md.
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "splitter.h"
+#include "_cgo_export.h"
+
+#define RH envoy_dynamic_module_type_http_header_type_RequestHeader
+#define RESP envoy_dynamic_module_type_http_header_type_ResponseHeader
+#define MAX_FREE_STREAMS 4096 // per thread; beyond, streams go back to malloc
+
+// One Envoy worker thread's state, made on its first stream. Only a pointer
+// lives in thread-local storage: a dlopen'd library's static TLS is small.
+typedef struct {
+  int32_t slot;   // index in sp_threads and Go's scratch slot; -1 beyond SP_MAX_THREADS
+  uint64_t last_yield_ns;
+  sp_hdr *hdrs;   // headers handed to Go
+  size_t cap;
+  sp_stream *free;
+  uint32_t nfree;
+  uint64_t (*counts)[SP_CLASSES]; // own[] or, without a slot, sp_shared_counts
+  sp_out out;
+  uint64_t own[SP_MAX_PAIRS][SP_CLASSES]; // written by this thread only
+} sp_thread;
+
+static sp_thread *sp_threads[SP_MAX_THREADS];
+static uint32_t sp_nthreads;
+static uint64_t sp_shared_counts[SP_MAX_PAIRS][SP_CLASSES]; // atomic adds
+static sp_reads *sp_cur_reads;
+typedef struct { uint32_t len; uint8_t plan[]; } sp_plan;
+static sp_plan *sp_fallback;
+static __thread sp_thread *tls_thread;
+static sp_stream sp_no_stream = {NULL, -1, 0}; // when malloc fails: never written
+
+static inline envoy_dynamic_module_type_module_buffer mb(const char *p, size_t n) {
+  return (envoy_dynamic_module_type_module_buffer){p, n};
+}
+
+static sp_thread *thread_state(void) {
+  sp_thread *t = tls_thread;
+  if (__builtin_expect(t != NULL, 1)) return t;
+  t = calloc(1, sizeof *t);
+  if (t == NULL) return NULL;
+  t->cap = 16;
+  t->hdrs = malloc(t->cap * sizeof *t->hdrs);
+  if (t->hdrs == NULL) {
+    free(t);
+    return NULL;
+  }
+  uint32_t i = __atomic_fetch_add(&sp_nthreads, 1, __ATOMIC_RELAXED);
+  if (i < SP_MAX_THREADS) {
+    t->slot = (int32_t)i;
+    t->counts = t->own;
+    __atomic_store_n(&sp_threads[i], t, __ATOMIC_RELEASE);
+  } else {
+    t->slot = -1;
+    t->counts = sp_shared_counts;
+  }
+  tls_thread = t;
+  return t;
+}
+
+sp_reads *sp_set_reads(sp_reads *next) {
+  return __atomic_exchange_n(&sp_cur_reads, next, __ATOMIC_ACQ_REL);
+}
+
+void sp_set_fallback(const uint8_t *plan, uint32_t len) {
+  sp_plan *p = malloc(sizeof *p + len);
+  if (p == NULL) return;
+  p->len = len;
+  memcpy(p->plan, plan, len);
+  // Set once per process (the first filter configuration); the replaced
+  // one, if any, may still be read by a hook: it is left allocated.
+  __atomic_store_n(&sp_fallback, p, __ATOMIC_RELEASE);
+}
+
+void sp_counts(int32_t pair, uint64_t out[SP_CLASSES]) {
+  memset(out, 0, SP_CLASSES * sizeof out[0]);
+  if (pair < 0 || pair >= SP_MAX_PAIRS) return;
+  uint32_t n = __atomic_load_n(&sp_nthreads, __ATOMIC_RELAXED);
+  for (uint32_t i = 0; i < n && i < SP_MAX_THREADS; i++) {
+    sp_thread *t = __atomic_load_n(&sp_threads[i], __ATOMIC_ACQUIRE);
+    if (t == NULL) continue;
+    for (int c = 0; c < SP_CLASSES; c++) out[c] += __atomic_load_n(&t->own[pair][c], __ATOMIC_RELAXED);
+  }
+  for (int c = 0; c < SP_CLASSES; c++) out[c] += __atomic_load_n(&sp_shared_counts[pair][c], __ATOMIC_RELAXED);
+}
+
+static void count(sp_thread *t, int32_t pair, int32_t cls) {
+  if (pair < 0 || pair >= SP_MAX_PAIRS || cls < 0 || cls >= SP_CLASSES) return;
+  uint64_t *c = &t->counts[pair][cls];
+  if (t->slot >= 0) // single writer: a plain increment, published atomically
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+  else
+    __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
+}
+
+// apply writes an encoded plan (module.EncodePlan): a count, then per
+// header an operation (0 remove, 1 set), two 16-bit lengths and the bytes.
+// Envoy copies key and value during set_header.
+static void apply(void *f, const uint8_t *p, uint32_t len) {
+  if (len == 0) return;
+  const uint8_t *end = p + len;
+  unsigned n = *p++;
+  for (unsigned i = 0; i < n && p + 5 <= end; i++) {
+    uint8_t op = p[0];
+    size_t nl = (size_t)p[1] | (size_t)p[2] << 8, vl = (size_t)p[3] | (size_t)p[4] << 8;
+    p += 5;
+    if (p + nl + vl > end) return;
+    const char *name = (const char *)p, *value = (const char *)p + nl;
+    p += nl + vl;
+    envoy_dynamic_module_callback_http_set_header(f, RH, mb(name, nl), op == 1 ? mb(value, vl) : mb(NULL, 0));
+  }
+}
+
+static void apply_fallback(void *f) {
+  sp_plan *p = __atomic_load_n(&sp_fallback, __ATOMIC_ACQUIRE);
+  if (p != NULL) apply(f, p->plan, p->len);
+}
+
+// read_headers fills t->hdrs with every value of each header in r, one
+// get_header call per value, and returns how many it read.
+static size_t read_headers(sp_thread *t, void *f, const sp_reads *r) {
+  size_t n = 0;
+  if (r == NULL) return 0;
+  for (uint32_t i = 0; i < r->n; i++) {
+    envoy_dynamic_module_type_module_buffer key = mb(r->names[i].ptr, r->names[i].len);
+    size_t count = 0;
+    for (size_t k = 0;; k++) {
+      envoy_dynamic_module_type_envoy_buffer v = {NULL, 0};
+      if (!envoy_dynamic_module_callback_http_get_header(f, RH, key, &v, k, k == 0 ? &count : NULL)) break;
+      if (n == t->cap) {
+        sp_hdr *grown = realloc(t->hdrs, 2 * t->cap * sizeof *grown);
+        if (grown == NULL) return n;
+        t->hdrs = grown;
+        t->cap *= 2;
+      }
+      t->hdrs[n++] = (sp_hdr){key.ptr, key.length, v.ptr != NULL ? v.ptr : "", v.length};
+      if (k + 1 >= count) break;
+    }
+  }
+  return n;
+}
+
+static uint64_t coarse_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+envoy_dynamic_module_type_abi_version_module_ptr envoy_dynamic_module_on_program_init(void) {
+  return SPLITTER_ABI_VERSION;
+}
+
+// The module pointer of a filter configuration is Go's handle itself
+// (never 0): nothing to allocate, nothing Envoy dereferences.
+envoy_dynamic_module_type_http_filter_config_module_ptr envoy_dynamic_module_on_http_filter_config_new(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr filter_config_envoy_ptr,
+    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
+  (void)filter_config_envoy_ptr;
+  uint64_t h = splitterConfigNew((char *)name.ptr, name.length, (char *)config.ptr, config.length);
+  return (envoy_dynamic_module_type_http_filter_config_module_ptr)(uintptr_t)h;
+}
+
+void envoy_dynamic_module_on_http_filter_config_destroy(envoy_dynamic_module_type_http_filter_config_module_ptr c) {
+  splitterConfigDestroy((uint64_t)(uintptr_t)c);
+}
+
+// Per-route configuration is not supported: Envoy rejects it.
+envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
+    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
+  (void)name; (void)config;
+  return NULL;
+}
+void envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) { (void)p; }
+
+envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_filter_new(
+    envoy_dynamic_module_type_http_filter_config_module_ptr filter_config_ptr,
+    envoy_dynamic_module_type_http_filter_envoy_ptr filter_envoy_ptr) {
+  (void)filter_config_ptr; (void)filter_envoy_ptr;
+  sp_thread *t = thread_state();
+  sp_stream *s = NULL;
+  if (t != NULL && t->free != NULL) {
+    s = t->free;
+    t->free = s->next;
+    t->nfree--;
+  } else {
+    s = malloc(sizeof *s);
+  }
+  if (s == NULL) return &sp_no_stream;
+  s->next = NULL;
+  s->pair = -1;
+  s->cls = 0; // reset, until a response is seen
+  return s;
+}
+
+envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_module_on_http_filter_request_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    bool end_of_stream) {
+  (void)end_of_stream;
+  sp_stream *s = (sp_stream *)m;
+  sp_thread *t = thread_state();
+  if (t == NULL) {
+    apply_fallback(f);
+  } else {
+    // A C thread that keeps calling Go holds its P without the scheduler
+    // ever running on it; now and then, let it (docs/module.md, threads).
+    int yield = 0;
+    uint64_t now = coarse_ns();
+    if (now - t->last_yield_ns >= SP_YIELD_NS) {
+      t->last_yield_ns = now;
+      yield = 1;
+    }
+    int32_t st = SP_GO_FAILED;
+    for (int attempt = 0; attempt < 2; attempt++) {
+      const sp_reads *r = __atomic_load_n(&sp_cur_reads, __ATOMIC_ACQUIRE);
+      size_t n = read_headers(t, f, r);
+      st = splitterDecide(t->slot, r != NULL ? r->id : 0, t->hdrs, n, attempt, yield, &t->out);
+      yield = 0;
+      if (st != SP_RETRY) break;
+    }
+    if (st == SP_GO_FAILED || st == SP_RETRY) {
+      apply_fallback(f);
+    } else {
+      apply(f, t->out.plan, t->out.plan_len);
+      if (s != &sp_no_stream) s->pair = t->out.pair;
+    }
+  }
+  envoy_dynamic_module_callback_http_clear_route_cache(f);
+  return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
+}
+
+// response_headers notes the status class for the stream's counter; no Go.
+envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_module_on_http_filter_response_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    bool end_of_stream) {
+  (void)end_of_stream;
+  sp_stream *s = (sp_stream *)m;
+  if (s == &sp_no_stream || s->pair < 0) return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+  static const char status[] = ":status";
+  envoy_dynamic_module_type_envoy_buffer v = {NULL, 0};
+  envoy_dynamic_module_callback_http_get_header(f, RESP, mb(status, sizeof status - 1), &v, 0, NULL);
+  int cls = 0;
+  if (v.ptr != NULL && v.length == 3 && v.ptr[0] >= '1' && v.ptr[0] <= '5' && v.ptr[1] >= '0' && v.ptr[1] <= '9' &&
+      v.ptr[2] >= '0' && v.ptr[2] <= '9')
+    cls = v.ptr[0] - '0';
+  s->cls = cls;
+  return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+}
+
+// destroy counts the stream's response (or its reset: no response headers)
+// for its version, on the thread that runs it, and keeps the stream for reuse.
+void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_filter_module_ptr m) {
+  sp_stream *s = (sp_stream *)m;
+  if (s == &sp_no_stream) return;
+  sp_thread *t = thread_state();
+  if (t == NULL) {
+    free(s);
+    return;
+  }
+  if (s->pair >= 0) count(t, s->pair, s->cls);
+  if (t->nfree < MAX_FREE_STREAMS) {
+    s->next = t->free;
+    t->free = s;
+    t->nfree++;
+  } else {
+    free(s);
+  }
+}
+
+// ---- nothing to do: never enter Go ----
+
+envoy_dynamic_module_type_on_http_filter_request_body_status envoy_dynamic_module_on_http_filter_request_body(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m, bool eos) {
+  (void)f; (void)m; (void)eos;
+  return envoy_dynamic_module_type_on_http_filter_request_body_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_request_trailers_status envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+  return envoy_dynamic_module_type_on_http_filter_request_trailers_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_response_body_status envoy_dynamic_module_on_http_filter_response_body(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m, bool eos) {
+  (void)f; (void)m; (void)eos;
+  return envoy_dynamic_module_type_on_http_filter_response_body_status_Continue;
+}
+envoy_dynamic_module_type_on_http_filter_response_trailers_status envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+  return envoy_dynamic_module_type_on_http_filter_response_trailers_status_Continue;
+}
+void envoy_dynamic_module_on_http_filter_stream_complete(envoy_dynamic_module_type_http_filter_envoy_ptr f,
+                                                         envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+envoy_dynamic_module_type_on_http_filter_local_reply_status envoy_dynamic_module_on_http_filter_local_reply(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint32_t response_code, envoy_dynamic_module_type_envoy_buffer details, bool reset_imminent) {
+  (void)f; (void)m; (void)response_code; (void)details; (void)reset_imminent;
+  return envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue;
+}
+void envoy_dynamic_module_on_http_filter_scheduled(envoy_dynamic_module_type_http_filter_envoy_ptr f,
+                                                   envoy_dynamic_module_type_http_filter_module_ptr m, uint64_t event_id) {
+  (void)f; (void)m; (void)event_id;
+}
+void envoy_dynamic_module_on_http_filter_config_scheduled(envoy_dynamic_module_type_http_filter_config_envoy_ptr ce,
+                                                          envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+                                                          uint64_t event_id) {
+  (void)ce; (void)cm; (void)event_id;
+}
+void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m) {
+  (void)f; (void)m;
+}
+
+// HTTP callouts and streams the filter would start: splitter starts none.
+void envoy_dynamic_module_on_http_filter_http_callout_done(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t callout_id, envoy_dynamic_module_type_http_callout_result result,
+    envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size,
+    envoy_dynamic_module_type_envoy_buffer *body_chunks, size_t body_chunks_size) {
+  (void)f; (void)m; (void)callout_id; (void)result; (void)headers; (void)headers_size; (void)body_chunks;
+  (void)body_chunks_size;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_headers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size, bool end_stream) {
+  (void)f; (void)m; (void)stream_id; (void)headers; (void)headers_size; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_data(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, const envoy_dynamic_module_type_envoy_buffer *data, size_t data_count, bool end_stream) {
+  (void)f; (void)m; (void)stream_id; (void)data; (void)data_count; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *trailers, size_t trailers_size) {
+  (void)f; (void)m; (void)stream_id; (void)trailers; (void)trailers_size;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_complete(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id) {
+  (void)f; (void)m; (void)stream_id;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_reset(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint64_t stream_id, envoy_dynamic_module_type_http_stream_reset_reason reason) {
+  (void)f; (void)m; (void)stream_id; (void)reason;
+}
+void envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t callout_id, envoy_dynamic_module_type_http_callout_result result,
+    envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size,
+    envoy_dynamic_module_type_envoy_buffer *body_chunks, size_t body_chunks_size) {
+  (void)ce; (void)cm; (void)callout_id; (void)result; (void)headers; (void)headers_size; (void)body_chunks;
+  (void)body_chunks_size;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *headers, size_t headers_size, bool end_stream) {
+  (void)ce; (void)cm; (void)stream_id; (void)headers; (void)headers_size; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, const envoy_dynamic_module_type_envoy_buffer *data, size_t data_count, bool end_stream) {
+  (void)ce; (void)cm; (void)stream_id; (void)data; (void)data_count; (void)end_stream;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_envoy_http_header *trailers, size_t trailers_size) {
+  (void)ce; (void)cm; (void)stream_id; (void)trailers; (void)trailers_size;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id) {
+  (void)ce; (void)cm; (void)stream_id;
+}
+void envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    envoy_dynamic_module_type_http_filter_config_envoy_ptr ce, envoy_dynamic_module_type_http_filter_config_module_ptr cm,
+    uint64_t stream_id, envoy_dynamic_module_type_http_stream_reset_reason reason) {
+  (void)ce; (void)cm; (void)stream_id; (void)reason;
+}

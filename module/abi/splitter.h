@@ -1,0 +1,53 @@
+// splitter.h: what the C hooks (hooks.c) and the Go side (abi.go) share.
+// Declarations only: cgo forbids definitions in the preamble of a file that
+// exports Go functions. The sizes mirror package module's constants; a Go
+// test checks that they agree.
+#pragma once
+#include "envoy_abi.h"
+
+#define SP_MAX_THREADS 256  // module.MaxThreads: worker threads with their own slot
+#define SP_MAX_PAIRS 1024   // module.MaxPairs: (service, version) pairs counted
+#define SP_CLASSES 6        // module.NumClasses: reset, 1xx .. 5xx
+#define SP_PLAN_MAX 8192    // module.MaxPlanBytes
+#define SP_YIELD_NS 5000000 // a worker lets Go's scheduler run at most this often
+
+// Decide's statuses (module.Status), plus SP_GO_FAILED for a Go call that
+// did not answer (a panic outside the decision): C applies the fallback.
+enum { SP_OK = 0, SP_RETRY = 1, SP_NO_CONFIG = 2, SP_PANIC = 3, SP_GO_FAILED = -1 };
+
+// One header handed to Go: Envoy's own layout, so a name C owns and a value
+// pointing into Envoy's header map (valid during the hook only).
+typedef envoy_dynamic_module_type_envoy_http_header sp_hdr;
+
+// A string in C memory.
+typedef struct { const char *ptr; size_t len; } sp_str;
+
+// The headers read before each decision, published by Go (sp_set_reads).
+// A set stays valid for a grace period after it is replaced, far longer
+// than any hook holds it.
+typedef struct sp_reads {
+  uint32_t id;
+  uint32_t n;
+  sp_str names[];
+} sp_reads;
+
+// Go's answer to one request, written into the calling thread's buffer.
+typedef struct {
+  int32_t pair;      // counter pair of the decided version, -1 for none
+  uint32_t plan_len; // bytes of plan
+  uint8_t plan[SP_PLAN_MAX]; // encoded plan (module.EncodePlan)
+} sp_out;
+
+// What the module keeps per HTTP stream: the decided version's pair and the
+// response's class, counted when the stream is destroyed.
+typedef struct sp_stream {
+  struct sp_stream *next; // free list
+  int32_t pair;
+  int32_t cls;
+} sp_stream;
+
+// Set by Go, read by the hooks.
+sp_reads *sp_set_reads(sp_reads *next); // returns the replaced set
+void sp_set_fallback(const uint8_t *plan, uint32_t len);
+// Read by Go: the responses counted for pair, by class, over every thread.
+void sp_counts(int32_t pair, uint64_t out[SP_CLASSES]);

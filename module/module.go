@@ -1,0 +1,282 @@
+// Package module is the splitter as an Envoy dynamic module, without the
+// cgo: the decision glue between Envoy's request-headers hook and the split
+// engine, and the one control plane a process runs however many filter
+// configurations use the module. Package module/abi holds every line of
+// cgo (the hooks, written in C, and the few exported Go functions they
+// call) and implements Host; this package is tested with -race without it.
+//
+// Per request, C reads the headers the table in force needs (Reads), makes
+// one call into Go, which decides and answers with an encoded Plan (the
+// same headers ext_proc writes, from adapter.Headers.PlanFor) and the
+// counter pair of the version; C writes the headers, clears the route
+// cache, and counts the response per pair in its own memory.
+package module
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"reflect"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trafficsplit/splitter/adapter"
+	"github.com/trafficsplit/splitter/internal/control"
+	"github.com/trafficsplit/splitter/internal/fsutil"
+	"github.com/trafficsplit/splitter/internal/metrics"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// API is the api label this adapter reports to its Recorder.
+const API = adapter.APIModule
+
+// Host is what the module needs from the C side of the library: package
+// module/abi implements it over Envoy's callbacks and C memory, tests with
+// a fake.
+type Host interface {
+	// SetReads makes names the request headers read before each decision
+	// from now on, under id (ids only grow). Requests that read an older
+	// set are asked to read again (StatusRetry).
+	SetReads(id uint32, names []string)
+	// SetFallback is the plan C applies when Go could not answer at all.
+	SetFallback(plan []byte)
+	// Concurrency is Envoy's worker count.
+	Concurrency() int
+	// Counts returns the responses counted so far for pair, by class
+	// (ClassOf).
+	Counts(pair int32) [NumClasses]uint64
+	// Log writes one line into Envoy's log.
+	Log(level slog.Level, msg string)
+}
+
+// Process is the module's state in one Envoy process: the control plane
+// (configuration, reload or fleet, overrides, rollouts, metrics, admin
+// API), started by the first filter configuration and shared by every
+// later one with the same settings.
+type Process struct {
+	host Host
+
+	mu      sync.Mutex // guards everything below it and config changes
+	cfg     *FilterConfig
+	configs map[uint64]bool
+	nextID  uint64
+	plane   *control.Plane
+	stop    context.CancelFunc
+	done    chan struct{}
+	log     *slog.Logger
+
+	// Per request: read without locks.
+	run       atomic.Pointer[running]
+	cur       atomic.Pointer[tableState]
+	installMu sync.Mutex
+	readsID   uint32 // last published, under installMu
+	reads     []string
+	pairs     pairs
+	scratch   [MaxThreads]scratch
+	pool      sync.Pool
+	results   [MaxThreads + 1]resultCounts
+	// faultHeader makes a request carrying it panic inside the decision
+	// (tests and the splitter_fault build only; "" otherwise).
+	faultHeader string
+}
+
+// MaxThreads is how many Envoy worker threads get their own scratch space
+// and counters; more share a pool.
+const MaxThreads = 256
+
+// scratch is one worker thread's request space. A hook never re-enters on
+// its thread, so a slot needs no lock.
+type scratch struct {
+	req split.Request
+	dec split.Decision
+	_   [64]byte // keep two threads' slots off one cache line
+}
+
+// NewProcess returns the module's process state over host. Nothing runs
+// until the first NewConfig.
+func NewProcess(host Host) *Process {
+	p := &Process{host: host, configs: map[uint64]bool{}, faultHeader: faultHeader}
+	p.pool.New = func() any { return new(scratch) }
+	return p
+}
+
+// NewConfig is Envoy's filter config hook: it parses filter_config and
+// returns a handle for the filter configuration. The first one starts the
+// control plane with its settings (a missing or invalid routing
+// configuration is tolerated: every request goes to the stable route and
+// the admin API says why). A later one with the same settings shares it;
+// one with other settings is an error (Envoy rejects that configuration):
+// the settings are the process's, fixed by the first filter_config until
+// Envoy restarts.
+func (p *Process) NewConfig(name string, raw []byte) (handle uint64, err error) {
+	fc, err := ParseFilterConfig(raw)
+	if err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.plane == nil {
+		if err := p.start(fc); err != nil {
+			return 0, err
+		}
+	} else if !reflect.DeepEqual(*p.cfg, fc) {
+		return 0, fmt.Errorf("filter_config of %q differs from the one the module started with: "+
+			"the settings belong to the Envoy process (one control plane, one admin port); "+
+			"use the same filter_config everywhere and restart Envoy to change it", name)
+	}
+	p.nextID++
+	p.configs[p.nextID] = true
+	p.log.Info("filter configuration added", "filter_name", name, "handle", p.nextID, "configs", len(p.configs))
+	return p.nextID, nil
+}
+
+// DestroyConfig is Envoy's filter config destroy hook. The control plane
+// keeps running when the last configuration goes (a listener update may
+// bring the next one), and so does the admin API.
+func (p *Process) DestroyConfig(handle uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.configs, handle)
+	if p.log != nil {
+		p.log.Info("filter configuration removed", "handle", handle, "configs", len(p.configs))
+	}
+}
+
+// start builds and runs the control plane; p.mu is held.
+func (p *Process) start(fc FilterConfig) error {
+	s := fc.Settings
+	log := slog.New(newLogHandler(p.host, s)).With("component", "splitter-module")
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set {
+		// A C thread that keeps calling into Go holds its P; with one P the
+		// runtime's own threads and every goroutine compete with the
+		// workers for it (docs/module.md, threads).
+		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 2, p.host.Concurrency()+1))
+	}
+	plane, err := control.New(s, control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs})
+	if err != nil {
+		return err
+	}
+	if s.GCPercent != 0 {
+		debug.SetGCPercent(s.GCPercent)
+		plane.Metrics().GCPercent(s.GCPercent)
+	}
+	p.cfg, p.plane, p.log = &fc, plane, log
+	p.pairs.counts = p.host.Counts
+	r := &running{plane: plane, rec: plane.Recorder(), headers: plane.Headers(), log: log}
+	var plan adapter.Plan
+	r.headers.PlanFor(nil, &plan)
+	r.unrouted = EncodePlan(&plan)
+	p.host.SetFallback(r.unrouted)
+	r.answers = adapter.NewResponses(plane, r.headers, func(pl *adapter.Plan) *[]byte {
+		b := EncodePlan(pl)
+		if len(b) > MaxPlanBytes {
+			log.Error("answer too large for the module's buffer: sending the request to the stable route",
+				"bytes", len(b), "max", MaxPlanBytes)
+			b = r.unrouted
+		}
+		return &b
+	})
+	plane.Metrics().Register(
+		metrics.NewCacheCollector(API, r.answers.Stats),
+		metrics.NewResponsesCollector(API, p.pairs.responses),
+	)
+	p.run.Store(r)
+	ctx, stop := context.WithCancel(context.Background())
+	p.stop, p.done = stop, make(chan struct{})
+	go func() {
+		defer close(p.done)
+		var wg sync.WaitGroup
+		wg.Go(func() { p.flushResults(ctx) })
+		if err := plane.Run(ctx); err != nil {
+			log.Error("control plane stopped", "error", err)
+		}
+		wg.Wait()
+	}()
+	log.Info("module started", "admin_addr", plane.AdminAddr(), "gomaxprocs", runtime.GOMAXPROCS(0),
+		"envoy_workers", p.host.Concurrency(), "fleet", s.FleetMode())
+	if fc.ReadyFile != "" {
+		b, _ := json.Marshal(map[string]string{"admin_addr": plane.AdminAddr()})
+		if err := fsutil.WriteAtomic(fc.ReadyFile, append(b, '\n'), 0o644, nil); err != nil {
+			log.Error("ready_file not written", "ready_file", fc.ReadyFile, "error", err)
+		}
+	}
+	return nil
+}
+
+// Plane returns the control plane, nil before the first NewConfig.
+func (p *Process) Plane() *control.Plane {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.plane
+}
+
+// Close stops the control plane and waits for it (tests; inside Envoy it
+// runs until the process exits).
+func (p *Process) Close() error {
+	p.mu.Lock()
+	stop, done := p.stop, p.done
+	p.mu.Unlock()
+	if stop == nil {
+		return errors.New("module: not started")
+	}
+	stop()
+	<-done
+	return nil
+}
+
+// running is what a request needs of the started module; it never
+// changes once published.
+type running struct {
+	plane    *control.Plane
+	rec      adapter.Recorder
+	headers  adapter.Headers
+	log      *slog.Logger
+	unrouted []byte
+	answers  *adapter.Responses[[]byte]
+}
+
+// tableState is what the module keeps per table in force: the headers its
+// decisions read (under an id C hands back) and the counter pair of each
+// of its versions.
+type tableState struct {
+	table   *split.Table
+	readsID uint32
+	pairs   [][]int32 // [service][version]
+}
+
+// flushInterval is how often the request results counted per thread reach
+// the metrics.
+const flushInterval = time.Second
+
+func (p *Process) flushResults(ctx context.Context) {
+	var last [numResults]uint64
+	flush := func() {
+		var now [numResults]uint64
+		for i := range p.results {
+			for r := range now {
+				now[r] += p.results[i].n[r].Load()
+			}
+		}
+		for r := range now {
+			p.plane.Metrics().StreamsEnded(API, resultNames[r], now[r]-last[r])
+		}
+		last = now
+	}
+	t := time.NewTicker(flushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			flush()
+			return
+		case <-t.C:
+			flush()
+		}
+	}
+}

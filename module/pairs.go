@@ -1,0 +1,125 @@
+package module
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+
+	"github.com/trafficsplit/splitter/internal/metrics"
+	"github.com/trafficsplit/splitter/internal/signals"
+	"github.com/trafficsplit/splitter/split"
+)
+
+// MaxPairs is how many (service, version) pairs a process can count
+// responses for (module/abi's SP_MAX_PAIRS); pairs are never reused, so a
+// process that has seen more since it started counts no more new ones.
+const MaxPairs = 1024
+
+// The response classes C counts per pair: the status class (1xx..5xx) or
+// ClassReset for a request that ended without a response.
+const (
+	ClassReset = 0
+	NumClasses = 6
+)
+
+// ClassOf returns the class of an HTTP status code.
+func ClassOf(status int) int {
+	if status >= 100 && status <= 599 {
+		return status / 100
+	}
+	return ClassReset
+}
+
+func className(c int) string {
+	if c == ClassReset {
+		return "reset"
+	}
+	return string(rune('0'+c)) + "xx"
+}
+
+// pairs numbers every (service, version) the module has decided with, for
+// the life of the process, and reads their counters: it is the rollout
+// guard's signals.Source and the responses metric's reader.
+type pairs struct {
+	counts func(pair int32) [NumClasses]uint64
+
+	mu     sync.Mutex
+	ids    map[[2]string]int32
+	names  [][2]string // by id
+	warned bool
+}
+
+// forTable returns t's pairs, [service][version], numbering new ones.
+func (ps *pairs) forTable(t *split.Table, log *slog.Logger) [][]int32 {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.ids == nil {
+		ps.ids = map[[2]string]int32{}
+	}
+	cfg := t.Config()
+	out := make([][]int32, len(cfg.Services))
+	for i, s := range cfg.Services {
+		out[i] = make([]int32, len(s.Weights))
+		for j, w := range s.Weights {
+			k := [2]string{s.Name, w.Version}
+			id, ok := ps.ids[k]
+			if !ok {
+				if len(ps.names) >= MaxPairs {
+					if !ps.warned {
+						log.Warn("too many service versions since start: the responses of new ones are not counted (restart Envoy)", "max", MaxPairs)
+						ps.warned = true
+					}
+					out[i][j] = -1
+					continue
+				}
+				id = int32(len(ps.names))
+				ps.ids[k] = id
+				ps.names = append(ps.names, k)
+			}
+			out[i][j] = id
+		}
+	}
+	return out
+}
+
+// Read implements signals.Source: requests are every response counted for
+// the version, errors its 5xx and resets (signals.IsError).
+func (ps *pairs) Read(_ context.Context, targets []signals.Target, out []signals.Counts) error {
+	if len(out) < len(targets) {
+		return signals.ErrShortOut
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for i, t := range targets {
+		out[i] = signals.Counts{}
+		id, ok := ps.ids[[2]string{t.Service, t.Version}]
+		if !ok || ps.counts == nil {
+			continue
+		}
+		for c, n := range ps.counts(id) {
+			out[i].Requests += n
+			if c == ClassReset || c == 5 {
+				out[i].Errors += n
+			}
+		}
+	}
+	return nil
+}
+
+// responses lists every pair's counts by class, for the metrics.
+func (ps *pairs) responses() []metrics.ResponseCount {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var out []metrics.ResponseCount
+	if ps.counts == nil {
+		return nil
+	}
+	for id, k := range ps.names {
+		for c, n := range ps.counts(int32(id)) {
+			if n > 0 {
+				out = append(out, metrics.ResponseCount{Service: k[0], Version: k[1], Class: className(c), N: n})
+			}
+		}
+	}
+	return out
+}
