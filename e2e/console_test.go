@@ -282,7 +282,7 @@ func (p *page) checkAccessible(viewport string) {
 // decision reasons. Screenshots at desktop and phone width.
 func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 	requireChromium(t)
-	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--console-interval", "500ms"}, true)
+	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--console-interval", "500ms"}, true, nil)
 	p := openConsole(t, b.splitter.AdminURL(""))
 
 	if got, want := p.pageWeights(), b.weights(t, "api"); !mapsEqual(got, want) || want["v2"] != 20 {
@@ -344,7 +344,7 @@ func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 // reload.
 func TestConsoleShowsRollbackLive(t *testing.T) {
 	requireChromium(t)
-	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--console-interval", "500ms", "--signals-interval", "100ms"}, true)
+	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--console-interval", "500ms", "--signals-interval", "100ms"}, true, nil)
 	startTraffic(t, b.client, 2)
 	p := openConsole(t, b.splitter.AdminURL(""))
 
@@ -382,7 +382,7 @@ func TestConsoleShowsRollbackLive(t *testing.T) {
 func TestConsoleTokenErrors(t *testing.T) {
 	requireChromium(t)
 	const token = "console-test-token"
-	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--admin-token", token}, true)
+	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--admin-token", token}, true, nil)
 	b.splitter.Token = token
 	p := openConsole(t, b.splitter.AdminURL(""))
 	p.waitJS(3*time.Second, "the token requirement", `document.getElementById('auth-note').textContent.indexOf('requires the admin token')>=0`)
