@@ -8,7 +8,7 @@ import (
 	"github.com/trafficsplit/splitter/split"
 )
 
-// Phase is where a rollout is (SPEC §7).
+// Phase is where a rollout is (docs/rollouts.md, "States").
 type Phase string
 
 // The phases.

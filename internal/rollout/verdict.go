@@ -12,7 +12,7 @@ import (
 // Result is a verdict on the canary over one window.
 type Result string
 
-// The verdicts (SPEC §7).
+// The verdicts (docs/rollouts.md, "The verdict").
 const (
 	// Healthy: enough canary requests, and not failing.
 	Healthy Result = "healthy"
