@@ -1,6 +1,6 @@
 // Package rollout runs guarded progressive rollouts (docs/rollouts.md): a
-// service's canary moves up through its steps while
-// the guard finds it healthy, and back to 0 within seconds when it fails.
+// service's canary moves up through its steps while the guard finds it
+// healthy, and back to 0 within seconds when it fails.
 //
 // The pure parts are Judge (the verdict rule), Act (an operator's action)
 // and Advance (the guard's move). The Manager runs them: on every tick it
