@@ -53,26 +53,7 @@ func TestModuleAgreesWithExtProc(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	reasons, variants, repeated := map[string]int{}, map[string]int{}, 0
-	for i, h := range reqs {
-		p, m := got[envoy.ModeExtProc][i], got[envoy.ModeModule][i]
-		if p != m {
-			t.Fatalf("request %d %v: ext_proc %v, module %v", i, h, p, m)
-		}
-		reasons[p.reason]++
-		variants[p.variant]++
-		for _, vs := range h {
-			if len(vs) > 1 {
-				repeated++
-				break
-			}
-		}
-	}
-	if repeated < 2500 || len(reasons) != 3 || variants["A"] == 0 || variants["B"] == 0 {
-		t.Fatalf("%d of %d requests repeat a header, reasons %v, variants %v: the test does not exercise every path",
-			repeated, len(reqs), reasons, variants)
-	}
-	t.Logf("%d requests agree (%d with a repeated header): reasons %v, variants %v", len(reqs), repeated, reasons, variants)
+	requireAgreement(t, [2]string{"ext_proc", "the module"}, reqs, [2][]seen{got[envoy.ModeExtProc], got[envoy.ModeModule]}, 2500)
 }
 
 // TestModuleConfigErrorSendsToStable: the module starts on a configuration

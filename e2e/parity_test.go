@@ -90,28 +90,15 @@ func TestAdaptersAgreeOnRepeatedHeaders(t *testing.T) {
 		beds[mode] = newBed(t, mode, parityConfig)
 	}
 	reqs := parityRequests(400)
-	repeated := 0
-	reasons, variants := map[string]int{}, map[string]int{}
+	got := [2][]seen{}
 	for i, h := range reqs {
-		p := beds[envoy.ModeExtProc].decision(t, h)
-		a := beds[envoy.ModeExtAuthz].decision(t, h)
-		if p != a {
-			t.Fatalf("request %d %v: ext_proc %v, ext_authz %v", i, h, p, a)
-		}
-		reasons[p.reason]++
-		variants[p.variant]++
-		for _, vs := range h {
-			if len(vs) > 1 {
-				repeated++
-				break
-			}
+		got[0] = append(got[0], beds[envoy.ModeExtProc].decision(t, h))
+		got[1] = append(got[1], beds[envoy.ModeExtAuthz].decision(t, h))
+		if got[0][i] != got[1][i] {
+			t.Fatalf("request %d %v: ext_proc %v, ext_authz %v", i, h, got[0][i], got[1][i])
 		}
 	}
-	if repeated < 100 || len(reasons) != 3 || variants["A"] == 0 || variants["B"] == 0 {
-		t.Fatalf("%d of %d requests repeat a header, reasons %v, variants %v: the test does not exercise every path",
-			repeated, len(reqs), reasons, variants)
-	}
-	t.Logf("%d requests agree (%d with a repeated header): reasons %v, variants %v", len(reqs), repeated, reasons, variants)
+	requireAgreement(t, [2]string{"ext_proc", "ext_authz"}, reqs, got, 100)
 
 	// What a repeated header means, pinned for both adapters: the first
 	// user id is the sticky key, a rule matches when any line matches, and
@@ -134,4 +121,35 @@ func TestAdaptersAgreeOnRepeatedHeaders(t *testing.T) {
 			}
 		})
 	}
+}
+
+// requireAgreement requires two runs of the same requests (answers in
+// request order) to have seen the same version, reason and variant for
+// every request, and the requests to have exercised every path: at least
+// minRepeated with a header on two lines, all three reasons, both variants.
+func requireAgreement(t *testing.T, names [2]string, reqs []http.Header, got [2][]seen, minRepeated int) {
+	t.Helper()
+	if len(got[0]) != len(reqs) || len(got[1]) != len(reqs) {
+		t.Fatalf("%d requests, but %d answers through %s and %d through %s", len(reqs), len(got[0]), names[0], len(got[1]), names[1])
+	}
+	reasons, variants, repeated := map[string]int{}, map[string]int{}, 0
+	for i, h := range reqs {
+		if got[0][i] != got[1][i] {
+			t.Fatalf("request %d %v: %s %v, %s %v", i, h, names[0], got[0][i], names[1], got[1][i])
+		}
+		reasons[got[0][i].reason]++
+		variants[got[0][i].variant]++
+		for _, vs := range h {
+			if len(vs) > 1 {
+				repeated++
+				break
+			}
+		}
+	}
+	if repeated < minRepeated || len(reasons) != 3 || variants["A"] == 0 || variants["B"] == 0 {
+		t.Fatalf("%d of %d requests repeat a header, reasons %v, variants %v: the test does not exercise every path",
+			repeated, len(reqs), reasons, variants)
+	}
+	t.Logf("%d requests agree through %s and %s (%d with a repeated header): reasons %v, variants %v",
+		len(reqs), names[0], names[1], repeated, reasons, variants)
 }
