@@ -29,14 +29,6 @@ envoy_dynamic_module_type_http_filter_config_module_ptr envoy_dynamic_module_on_
 void envoy_dynamic_module_on_http_filter_config_destroy(envoy_dynamic_module_type_http_filter_config_module_ptr c) {
   (void)c;
 }
-envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
-    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
-  (void)name; (void)config;
-  return NULL;
-}
-void envoy_dynamic_module_on_http_filter_per_route_config_destroy(
-    envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) { (void)p; }
-
 envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_filter_new(
     envoy_dynamic_module_type_http_filter_config_module_ptr filter_config_ptr,
     envoy_dynamic_module_type_http_filter_envoy_ptr filter_envoy_ptr) {

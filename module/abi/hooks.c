@@ -171,15 +171,6 @@ void envoy_dynamic_module_on_http_filter_config_destroy(envoy_dynamic_module_typ
   splitterConfigDestroy((uint64_t)(uintptr_t)c);
 }
 
-// Per-route configuration is not supported: Envoy rejects it.
-envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
-    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
-  (void)name; (void)config;
-  return NULL;
-}
-void envoy_dynamic_module_on_http_filter_per_route_config_destroy(
-    envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) { (void)p; }
-
 envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_filter_new(
     envoy_dynamic_module_type_http_filter_config_module_ptr filter_config_ptr,
     envoy_dynamic_module_type_http_filter_envoy_ptr filter_envoy_ptr) {

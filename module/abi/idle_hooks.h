@@ -1,7 +1,8 @@
 // idle_hooks.h: the HTTP-filter hooks Envoy 1.40 resolves that splitter has
-// nothing to do in (bodies, trailers, stream completion, scheduling,
-// callouts, watermarks, local replies). Each answers "continue" or does
-// nothing, in plain C, so these phases never enter the Go runtime. Included
+// nothing to do in (per-route configuration, which is not supported,
+// bodies, trailers, stream completion, scheduling, callouts, watermarks,
+// local replies). Each answers "continue" or does nothing, in plain C, so
+// these phases never enter the Go runtime. Included
 // by exactly one C file of each library that needs the full hook set: the
 // module (hooks.c) and the benchmark's C baseline (bench/cmodule/cbase.c),
 // so the two cannot drift apart.
@@ -9,6 +10,15 @@
 #define SPLITTER_IDLE_HOOKS_H
 
 #include "envoy_abi.h"
+
+// Per-route configuration is not supported: Envoy rejects it.
+envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
+    envoy_dynamic_module_type_envoy_buffer name, envoy_dynamic_module_type_envoy_buffer config) {
+  (void)name; (void)config;
+  return NULL;
+}
+void envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) { (void)p; }
 
 
 envoy_dynamic_module_type_on_http_filter_request_body_status envoy_dynamic_module_on_http_filter_request_body(
