@@ -142,17 +142,8 @@ func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoy
 		return startModuleBed(t, found.moduleDir, config, flagSettings(t, args), versions...)
 	}
 	requireEnvoy(t)
-	if len(versions) == 0 {
-		versions = []string{"v1", "v2"}
-	}
-	b := &bed{Bed: testbed.ForTest(t)}
+	b := startBackends(t, config, versions...)
 	var err error
-	b.backends, err = b.StartBackends(versions...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
-	writeFile(t, b.cfgPath, config)
 	adminPort := 0
 	if envoyAdmin {
 		if adminPort, err = testbed.FreePort(); err != nil {
@@ -188,19 +179,9 @@ func startBed(t *testing.T, mode envoy.Mode, config string, args []string, envoy
 func startModuleBed(t *testing.T, libDir, config string, settings map[string]any, versions ...string) *bed {
 	t.Helper()
 	requireModule(t)
-	if len(versions) == 0 {
-		versions = []string{"v1", "v2"}
-	}
-	b := &bed{Bed: testbed.ForTest(t)}
-	var err error
-	b.backends, err = b.StartBackends(versions...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := startBackends(t, config, versions...)
 	fc := map[string]any{"reload_debounce": "50ms"}
-	if config != "" {
-		b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
-		writeFile(t, b.cfgPath, config)
+	if b.cfgPath != "" {
 		fc["config"] = b.cfgPath
 	}
 	maps.Copy(fc, settings)
@@ -215,6 +196,25 @@ func startModuleBed(t *testing.T, libDir, config string, settings map[string]any
 	b.admin = b.module.AdminClient
 	b.client = b.envoy.Client()
 	t.Cleanup(b.client.Close)
+	return b
+}
+
+// startBackends begins a bed: its backends (v1 and v2 unless versions are
+// given) and, unless config is "", the configuration file at b.cfgPath.
+func startBackends(t *testing.T, config string, versions ...string) *bed {
+	t.Helper()
+	if len(versions) == 0 {
+		versions = []string{"v1", "v2"}
+	}
+	b := &bed{Bed: testbed.ForTest(t)}
+	var err error
+	if b.backends, err = b.StartBackends(versions...); err != nil {
+		t.Fatal(err)
+	}
+	if config != "" {
+		b.cfgPath = filepath.Join(t.TempDir(), "config.yaml")
+		writeFile(t, b.cfgPath, config)
+	}
 	return b
 }
 
