@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -377,8 +379,10 @@ func TestConsoleShowsRollbackLive(t *testing.T) {
 
 // TestConsoleTokenErrors: with an admin token set, a change from the page
 // without the token or with a wrong one shows the refusal in words next
-// to the control and changes nothing; with the right token it works. The
-// token is sent as a bearer header and never lands in a cookie.
+// to the control and changes nothing, and the page counts the attempts
+// under "Refused attempts", not in the recent changes; with the right
+// token it works. The token is sent as a bearer header and never lands in
+// a cookie.
 func TestConsoleTokenErrors(t *testing.T) {
 	requireChromium(t)
 	const token = "console-test-token"
@@ -417,10 +421,17 @@ func TestConsoleTokenErrors(t *testing.T) {
 		})
 	}
 	p.t = t
+	// Two refused changes and two refused starts: counted apart, listed
+	// apart, and none of them among the recent changes.
+	p.waitJS(5*time.Second, "the refusals counted apart from the changes",
+		`/^4 attempts refused/.test(document.getElementById('refusals-count').textContent) && `+
+			`document.querySelectorAll('#refusals-list li[data-result="unauthorized"]').length===4 && `+
+			`document.querySelectorAll('#audit-list li[data-result="unauthorized"]').length===0`)
 
 	p.typeInto(`#token`, token)
 	setCanary("40")
 	p.waitJS(3*time.Second, "the accepted change", `document.querySelector('article[data-service="api"] [data-role="canary-msg"]').textContent.indexOf('Done')===0`)
+	p.waitJS(3*time.Second, "the accepted change in the recent changes", `document.querySelectorAll('#audit-list li[data-result="success"]').length===1`)
 	if w := b.weights(t, "api"); w["v1"] != 60 || w["v2"] != 40 {
 		t.Fatalf("with the right token the admin API reports %v, want v1 60, v2 40", w)
 	}
@@ -433,6 +444,90 @@ func TestConsoleTokenErrors(t *testing.T) {
 		t.Errorf("kept for the tab: cookie %q, sessionStorage %q", got[0], got[1])
 	}
 	p.onlyLocal()
+}
+
+// TestConsoleCrossSitePageRefused: a page on another site (localhost, for
+// a console on 127.0.0.1: another host, so another site) that makes the
+// operator's browser ask the admin port for a profile, a reload and the
+// event stream is refused: the splitter counts a 403 for each, none is
+// served, and the console (same-origin) still works and lists the refused
+// reload under "Refused attempts". No token is set: the loopback Host the
+// browser sends is the only other check.
+func TestConsoleCrossSitePageRefused(t *testing.T) {
+	requireChromium(t)
+	b := startBed(t, envoy.ModeExtProc, consoleConfig, []string{"--pprof"}, false, nil)
+	base := b.splitter.AdminURL("")
+	p := openConsole(t, base)
+
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><title>elsewhere</title><script>
+var admin = %q;
+fetch(admin + '/debug/pprof/cmdline', {mode: 'no-cors'}).catch(function () {});
+fetch(admin + '/v1/reload', {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'text/plain'}, body: '{}'}).catch(function () {});
+new EventSource(admin + '/v1/console/events');
+</script>`, base)
+	}))
+	t.Cleanup(elsewhere.Close)
+	_, port, _ := strings.Cut(strings.TrimPrefix(elsewhere.URL, "http://"), ":")
+	p.do(chromedp.Navigate("http://localhost:" + port + "/"))
+
+	refused := []string{
+		`splitter_admin_requests_total{code="403",endpoint="GET /debug/pprof/cmdline"}`,
+		`splitter_admin_requests_total{code="403",endpoint="POST /v1/reload"}`,
+		`splitter_admin_requests_total{code="403",endpoint="GET /v1/console/events"}`,
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		series := adminSeries(t, b.splitter.AdminURL("/metrics"))
+		var missing []string
+		for _, k := range refused {
+			if series[k] < 1 {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) == 0 {
+			if v := series[`splitter_admin_requests_total{code="200",endpoint="GET /debug/pprof/cmdline"}`]; v != 0 {
+				t.Errorf("pprof served %v times", v)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 15 s the splitter has not refused %v", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	p.do(chromedp.Navigate(base + "/ui/"))
+	p.waitJS(10*time.Second, "the refused reload under Refused attempts",
+		`/^1 attempt refused/.test(document.getElementById('refusals-count').textContent) && `+
+			`/POST \/v1\/reload.*forbidden/.test(document.getElementById('refusals-list').textContent)`)
+	p.waitJS(5*time.Second, "the live stream on the console's own page", `document.getElementById('conn').getAttribute('data-conn')==='live'`)
+}
+
+// adminSeries reads every sample of the splitter_admin_ families at url.
+func adminSeries(t *testing.T, url string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for line := range strings.Lines(string(body)) {
+		if !strings.HasPrefix(line, "splitter_admin_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(strings.TrimSpace(line[i+1:]), 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
 }
 
 // TestConsoleFleet: in etcd mode the page lists every replica with the

@@ -104,7 +104,26 @@
 // keeps the last token); TestAuditEveryMutation [9] (accepted and refused
 // mutations: one audit line each with result, endpoint, remote and actor;
 // reads: none); TestMutationNeedsLoopbackHost [3] (no token and a
-// non-loopback Host: 403, audited); TestMetricLabelsClosed (2,000 requests
+// non-loopback Host: 403, audited forbidden); TestCrossSiteRefused [17]
+// (browser and CLI contexts, each against pprof cmdline and heap, PUT
+// canary, DELETE override, POST reload and the console's event stream,
+// with and without a token; reads, the page and the state always served):
+//
+//	no headers (CLI), Sec-Fetch-Site same-origin (with or       served
+//	  without Origin), none, same-origin behind a Host-
+//	  rewriting proxy; no Sec-Fetch-Site and Origin own
+//	  (http or https)
+//	Sec-Fetch-Site cross-site (alone, with a foreign or the     403 "cross-site request
+//	  own Origin), same-site, an unknown value; no              refused", mutations
+//	  Sec-Fetch-Site and Origin foreign, null, another port,    audited forbidden
+//	  localhost for 127.0.0.1, unparsable
+//
+// TestTokenFingerprintIsKeyed (the actor in the anonymous console state and
+// the log is no prefix of sha256(token), stable in the process, new after a
+// rotation, different in another process); TestRefusalsKeptApartFromChanges
+// (120 anonymous attempts, 401 each, leave the real change and the
+// operator's rejected one in the console's recent changes; counted 120
+// apart, the last 10 shown); TestMetricLabelsClosed (2,000 requests
 // with random authorities, methods, paths, header and cookie values plus
 // random admin paths: no request data in any label, no new series in the
 // second 1,000, decision series within the configuration's set; config_info

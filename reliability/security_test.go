@@ -143,7 +143,8 @@ func TestAuditEveryMutation(t *testing.T) {
 }
 
 // TestMutationNeedsLoopbackHost: without a token, a mutation addressed to a
-// non-loopback Host (DNS rebinding from a browser) is refused and audited.
+// non-loopback Host (DNS rebinding from a browser) is refused and audited
+// as a refusal at the door (result forbidden).
 func TestMutationNeedsLoopbackHost(t *testing.T) {
 	st := startStack(t, baseConfig(t), nil)
 	before := st.serving(t)
@@ -155,8 +156,8 @@ func TestMutationNeedsLoopbackHost(t *testing.T) {
 			if r.code != http.StatusForbidden || !strings.Contains(r.err.Error, "loopback") {
 				t.Errorf("PUT with Host %s = %d %s, want 403 naming loopback", host, r.code, r.body)
 			}
-			if got := st.auditLines()[n:]; len(got) != 1 || got[0]["result"] != "rejected" {
-				t.Errorf("audit lines %v, want one rejected", got)
+			if got := st.auditLines()[n:]; len(got) != 1 || got[0]["result"] != "forbidden" {
+				t.Errorf("audit lines %v, want one forbidden", got)
 			}
 			st.assertServing(t, before)
 		})

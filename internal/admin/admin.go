@@ -26,14 +26,19 @@
 // "Authorization: Bearer <token>" when a token is configured (never a token
 // in the query string), "Content-Type: application/json", and, when no
 // token is configured, a loopback Host header (a page in a browser cannot
-// reach the API through DNS rebinding). Every mutation attempt, allowed or
-// not, is written to the audit log. While a service's rollout is
-// progressing, its canary, weights and override calls answer 409.
+// reach the API through DNS rebinding). Mutations, pprof and the console's
+// event stream refuse requests a browser marks as cross-site (see
+// CheckSameOrigin). Every mutation attempt, allowed or not, is written to
+// the audit log, which names a token by a fingerprint keyed with a secret
+// of the process. While a service's rollout is progressing, its canary,
+// weights and override calls answer 409.
 package admin
 
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -45,6 +50,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -117,6 +123,9 @@ func New(opts Options) http.Handler {
 		opts.Mutator = opts.Store
 	}
 	a := &api{opts: opts, log: opts.Logger, audit: opts.Audit, mux: http.NewServeMux()}
+	// crypto/rand.Read never fails (it crashes the program if the kernel
+	// cannot supply randomness).
+	_, _ = rand.Read(a.fingerprintKey[:])
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -170,6 +179,9 @@ type api struct {
 	log   *slog.Logger
 	audit *slog.Logger
 	mux   *http.ServeMux
+	// fingerprintKey keys the token fingerprints of this process (see
+	// fingerprint); it never leaves memory.
+	fingerprintKey [32]byte
 }
 
 // route is one endpoint. fn returns the status and body of a success, or
@@ -184,7 +196,10 @@ type route struct {
 
 // auditEvent is what a mutation handler reports for the audit line.
 type auditEvent struct {
-	actor      string // token fingerprint or "anonymous"; set before the handler runs
+	actor string // token fingerprint or "anonymous"; set before the handler runs
+	// refused: the attempt did not pass the door (cross-site, token,
+	// Host); the console keeps these apart from the changes.
+	refused    bool
 	service    string
 	old, new   string
 	generation uint64
@@ -224,6 +239,7 @@ func (a *api) wrap(rt route) http.Handler {
 				var aerr *apiError
 				actor, aerr = a.authorize(r)
 				if aerr != nil {
+					ev.refused = true
 					if aerr.status == http.StatusUnauthorized {
 						w.Header().Set("WWW-Authenticate", `Bearer realm="splitter admin"`)
 					}
@@ -263,15 +279,31 @@ func (a *api) count(endpoint string, status int) {
 	}
 }
 
+// Audit results (the "result" attribute of an audit line and the label of
+// splitter_admin_mutations_total). ResultUnauthorized and ResultForbidden
+// are refusals at the door: the attempt never reached the handler.
+const (
+	ResultSuccess      = "success"
+	ResultRejected     = "rejected"     // an authorised attempt with a bad request (4xx)
+	ResultError        = "error"        // 5xx
+	ResultUnauthorized = "unauthorized" // 401: no token, a wrong one
+	ResultForbidden    = "forbidden"    // 403: cross-site, or a non-loopback Host without a token
+)
+
+// Refusal reports whether an audit result is a refusal at the door.
+func Refusal(result string) bool { return result == ResultUnauthorized || result == ResultForbidden }
+
 func (a *api) auditLine(r *http.Request, endpoint, actor string, status int, err error, ev auditEvent) {
-	result := "success"
+	result := ResultSuccess
 	switch {
-	case status == http.StatusUnauthorized:
-		result = "unauthorized"
+	case ev.refused && status == http.StatusUnauthorized:
+		result = ResultUnauthorized
+	case ev.refused:
+		result = ResultForbidden
 	case status >= 500:
-		result = "error"
+		result = ResultError
 	case status >= 400:
-		result = "rejected"
+		result = ResultRejected
 	}
 	if a.opts.Recorder != nil {
 		a.opts.Recorder.AdminMutation(result)
@@ -301,9 +333,14 @@ func (a *api) auditLine(r *http.Request, endpoint, actor string, status int, err
 	a.audit.LogAttrs(r.Context(), slog.LevelInfo, "admin mutation", attrs...)
 }
 
-// authorize checks the bearer token (or, without one, that the request is
-// addressed to a loopback host) and returns the actor for the audit log.
+// authorize is the door of mutations and pprof: it refuses a cross-site
+// request (CheckSameOrigin), then checks the bearer token (or, without one,
+// that the request is addressed to a loopback host), and returns the actor
+// for the audit log.
 func (a *api) authorize(r *http.Request) (string, *apiError) {
+	if err := CheckSameOrigin(r); err != nil {
+		return "anonymous", errorf(http.StatusForbidden, "", "%v", err)
+	}
 	token := ""
 	if a.opts.Token != nil {
 		token = a.opts.Token()
@@ -324,13 +361,62 @@ func (a *api) authorize(r *http.Request) (string, *apiError) {
 	if subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
 		return "anonymous", errorf(http.StatusUnauthorized, "", "invalid bearer token")
 	}
-	return fingerprint(token), nil
+	return a.fingerprint(token), nil
 }
 
-// fingerprint names a token in logs without revealing it.
-func fingerprint(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return "token:" + hex.EncodeToString(sum[:6])
+// fingerprint names a token in the audit log, the rollouts' history and
+// etcd's override records, which anyone who reaches the admin port can
+// read. An unkeyed digest would let such a reader test guessed tokens
+// offline, so it is an HMAC under a random key of this process: the same
+// token has the same fingerprint for the life of the process (a rotation
+// shows as a new one), and nothing outside the process can compute it.
+// Fingerprints from different processes (replicas, restarts) are not
+// comparable (docs/admin-api.md#audit).
+func (a *api) fingerprint(token string) string {
+	m := hmac.New(sha256.New, a.fingerprintKey[:])
+	m.Write([]byte(token))
+	return "token:" + hex.EncodeToString(m.Sum(nil)[:6])
+}
+
+// CheckSameOrigin refuses a request that a browser sent from a page of
+// another origin. It is Go's http.CrossOriginProtection rule, applied to
+// every method (the guarded GETs, pprof and the console's event stream,
+// have effects: CPU time, a stream slot): a Sec-Fetch-Site header other
+// than same-origin or none (typed in the address bar, a bookmark) is
+// refused, same-site included (another port on the same host is
+// same-site); without one (browsers before 2023), an Origin whose host is
+// not the request's Host is refused, "null" included; a request with
+// neither header is not from a browser page (the CLI, curl, Prometheus)
+// and passes. Sec-Fetch-Site decides when present: browsers set it and
+// pages cannot, and it stays right behind a proxy that rewrites Host.
+func CheckSameOrigin(r *http.Request) error {
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "same-origin", "none":
+		return nil
+	case "":
+	default:
+		return fmt.Errorf("cross-site request refused (Sec-Fetch-Site: %.32q): the admin port answers only its own pages and clients that are not browsers", site)
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil
+	}
+	if u, err := url.Parse(origin); err == nil && u.Host != "" && strings.EqualFold(u.Host, r.Host) {
+		return nil
+	}
+	return fmt.Errorf("cross-site request refused (Origin %.64q is not this admin port's %q): the admin port answers only its own pages and clients that are not browsers", origin, r.Host)
+}
+
+// RefuseCrossSite serves h only to requests CheckSameOrigin accepts and
+// answers 403 to the others.
+func RefuseCrossSite(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := CheckSameOrigin(r); err != nil {
+			writeJSON(w, http.StatusForbidden, errorBody{Error: err.Error()})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func loopbackHost(hostport string) bool {
@@ -420,14 +506,27 @@ func (a *api) notFound(w http.ResponseWriter, r *http.Request) {
 	}
 	endpoint := "unmatched"
 	if len(allow) > 0 {
-		w.Header().Set("Allow", strings.Join(allow, ", "))
-		err := errorf(http.StatusMethodNotAllowed, "", "method %s not allowed on %s", r.Method, r.URL.Path)
-		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: err.msg})
-		a.count(endpoint, http.StatusMethodNotAllowed)
 		if isMutatingMethod(r.Method) {
-			// A mutation attempt on the wrong route is still an attempt.
-			a.auditLine(r, endpoint, "unauthenticated", http.StatusMethodNotAllowed, err, auditEvent{})
+			// A mutation attempt on the wrong route is still an attempt,
+			// and passes the same door first: an anonymous caller gets
+			// the door's answer and is counted with the refusals, so that
+			// it cannot crowd the changes out of the console.
+			actor, aerr := a.authorize(r)
+			ev := auditEvent{actor: actor, refused: aerr != nil}
+			if aerr == nil {
+				aerr = errorf(http.StatusMethodNotAllowed, "", "method %s not allowed on %s", r.Method, r.URL.Path)
+				w.Header().Set("Allow", strings.Join(allow, ", "))
+			} else if aerr.status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="splitter admin"`)
+			}
+			writeJSON(w, aerr.status, errorBody{Error: aerr.msg})
+			a.count(endpoint, aerr.status)
+			a.auditLine(r, endpoint, actor, aerr.status, aerr, ev)
+			return
 		}
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)})
+		a.count(endpoint, http.StatusMethodNotAllowed)
 		return
 	}
 	writeJSON(w, http.StatusNotFound, errorBody{Error: "no such endpoint: " + r.URL.Path})

@@ -386,8 +386,12 @@ func TestCanary(t *testing.T) {
 			if got, _ := body["field"].(string); got != tc.wantField {
 				t.Fatalf("field %q, want %q (%s)", got, tc.wantField, w.Body)
 			}
-			if audit[0]["result"] != "rejected" {
-				t.Fatalf("audit result %v, want rejected", audit[0]["result"])
+			want := "rejected"
+			if tc.wantStatus == http.StatusForbidden {
+				want = "forbidden" // refused at the door
+			}
+			if audit[0]["result"] != want {
+				t.Fatalf("audit result %v, want %s", audit[0]["result"], want)
 			}
 		})
 	}

@@ -20,6 +20,12 @@ const (
 // asked for none.
 const DefaultAuditEvents = 50
 
+// RefusalEvents is how many refusals at the door (results unauthorized
+// and forbidden) an AuditRing keeps, apart from the other events: anyone
+// who reaches the admin port can cause one, so they must not push the
+// changes out.
+const RefusalEvents = 10
+
 // AuditEvent is one audit log line, as the operator console shows it.
 type AuditEvent struct {
 	Time    time.Time   `json:"time"`
@@ -34,50 +40,94 @@ type AuditAttr struct {
 	Value string `json:"value"`
 }
 
-// AuditRing keeps the last few audit events in memory (a fixed-size ring):
+// AuditRing keeps the last few audit events in memory (fixed-size rings):
 // every admin mutation attempt and every rollout transition, whatever
 // logger wrote them, when the audit logger's handler is wrapped with Tee.
-// It is safe for concurrent use.
+// Refusals at the door (an audit line whose result is unauthorized or
+// forbidden) go to a ring of their own and a count, so that anonymous
+// attempts cannot crowd the changes out. It is safe for concurrent use.
 type AuditRing struct {
 	onAppend func()
 
-	mu     sync.Mutex
-	events []AuditEvent // ring storage, len == capacity
+	mu       sync.Mutex
+	changes  eventRing
+	refusals eventRing
+	refused  uint64 // refusals since the ring was made
+}
+
+// eventRing is one fixed-size ring of events.
+type eventRing struct {
+	events []AuditEvent // storage, len == capacity
 	next   int          // where the next event goes
 	n      int          // events held, at most len(events)
 }
 
+func (e *eventRing) add(ev AuditEvent) {
+	e.events[e.next] = ev
+	e.next = (e.next + 1) % len(e.events)
+	e.n = min(e.n+1, len(e.events))
+}
+
+func (e *eventRing) recent() []AuditEvent {
+	out := make([]AuditEvent, 0, e.n)
+	for i := 1; i <= e.n; i++ {
+		out = append(out, e.events[(e.next-i+len(e.events))%len(e.events)])
+	}
+	return out
+}
+
 // NewAuditRing keeps the last size events (DefaultAuditEvents when size <=
-// 0); onAppend, if not nil, is called after every event is added (it must
-// not block: the console uses it to push the change).
+// 0) and the last RefusalEvents refusals; onAppend, if not nil, is called
+// after every event but a refusal is added (it must not block: the console
+// uses it to push the change; a flood of refusals must not drive pushes,
+// the console's periodic push shows their count).
 func NewAuditRing(size int, onAppend func()) *AuditRing {
 	if size <= 0 {
 		size = DefaultAuditEvents
 	}
-	return &AuditRing{events: make([]AuditEvent, size), onAppend: onAppend}
+	return &AuditRing{
+		changes:  eventRing{events: make([]AuditEvent, size)},
+		refusals: eventRing{events: make([]AuditEvent, RefusalEvents)},
+		onAppend: onAppend,
+	}
 }
 
-// Add remembers ev, forgetting the oldest event when the ring is full.
+// Add remembers ev, in the refusals when its result is one (see Refusal),
+// forgetting the oldest event of its ring when that ring is full.
 func (r *AuditRing) Add(ev AuditEvent) {
+	refusal := false
+	for _, a := range ev.Attrs {
+		if a.Key == "result" {
+			refusal = Refusal(a.Value)
+			break
+		}
+	}
 	r.mu.Lock()
-	r.events[r.next] = ev
-	r.next = (r.next + 1) % len(r.events)
-	r.n = min(r.n+1, len(r.events))
+	if refusal {
+		r.refusals.add(ev)
+		r.refused++
+	} else {
+		r.changes.add(ev)
+	}
 	r.mu.Unlock()
-	if r.onAppend != nil {
+	if r.onAppend != nil && !refusal {
 		r.onAppend()
 	}
 }
 
-// Recent returns the events held, newest first.
+// Recent returns the events held but refusals, newest first.
 func (r *AuditRing) Recent() []AuditEvent {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]AuditEvent, 0, r.n)
-	for i := 1; i <= r.n; i++ {
-		out = append(out, r.events[(r.next-i+len(r.events))%len(r.events)])
-	}
-	return out
+	return r.changes.recent()
+}
+
+// Refusals returns how many refusals were added since the ring was made
+// and the last RefusalEvents of them, newest first.
+func (r *AuditRing) Refusals() (count uint64, recent []AuditEvent) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refused, r.refusals.recent()
 }
 
 // Tee returns a handler that passes every record to next and remembers it

@@ -84,6 +84,56 @@ func TestAuditRing(t *testing.T) {
 	}
 }
 
+// TestAuditRingKeepsRefusalsApart: audit lines whose result is a refusal
+// at the door (unauthorized, forbidden) go to a small ring of their own
+// and a count, never into the changes, and do not call onAppend.
+func TestAuditRingKeepsRefusalsApart(t *testing.T) {
+	appended := 0
+	ring := admin.NewAuditRing(3, func() { appended++ })
+	l := slog.New(ring.Tee(slog.DiscardHandler)).With("log", "audit")
+	l.Info("admin mutation", "n", 0, "result", "success")
+	l.Warn("rollout transition", "n", 1, "to", "rolled_back")
+	l.Info("admin mutation", "n", 2, "result", "rejected")
+	for i := range 15 {
+		result := "unauthorized"
+		if i%5 == 4 {
+			result = "forbidden"
+		}
+		l.Info("admin mutation", "n", 100+i, "result", result)
+	}
+	render := func(evs []admin.AuditEvent) []string {
+		var out []string
+		for _, ev := range evs {
+			parts := []string{ev.Message}
+			for _, a := range ev.Attrs {
+				parts = append(parts, a.Key+"="+a.Value)
+			}
+			out = append(out, strings.Join(parts, " "))
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{
+		"admin mutation n=2 result=rejected", "rollout transition n=1 to=rolled_back", "admin mutation n=0 result=success",
+	}, render(ring.Recent())); diff != "" {
+		t.Errorf("changes (-want +got):\n%s", diff)
+	}
+	n, recent := ring.Refusals()
+	var want []string
+	for i := 14; i >= 15-admin.RefusalEvents; i-- {
+		result := "unauthorized"
+		if i%5 == 4 {
+			result = "forbidden"
+		}
+		want = append(want, fmt.Sprintf("admin mutation n=%d result=%s", 100+i, result))
+	}
+	if diff := cmp.Diff(want, render(recent)); diff != "" || n != 15 {
+		t.Errorf("refusals: count %d, want 15; recent (-want +got):\n%s", n, diff)
+	}
+	if appended != 3 {
+		t.Errorf("onAppend called %d times, want 3 (not for refusals)", appended)
+	}
+}
+
 // TestAuditRingKeepsChangesTheLogDrops: with the log at warn, audit lines
 // at info still reach the ring (the console shows them) but not the log.
 func TestAuditRingKeepsChangesTheLogDrops(t *testing.T) {
@@ -118,7 +168,8 @@ func TestAuditRingBoundsValues(t *testing.T) {
 }
 
 // TestAuditRingSeesMutations: the admin API's audit line for a mutation,
-// accepted or refused, reaches the ring with its service and result.
+// accepted or refused, reaches the ring with its service and result; a
+// refusal at the door goes to the refusals, not the changes.
 func TestAuditRingSeesMutations(t *testing.T) {
 	s, err := store.New(store.Options{})
 	if err != nil {
@@ -141,8 +192,8 @@ func TestAuditRingSeesMutations(t *testing.T) {
 		h.ServeHTTP(httptest.NewRecorder(), r)
 	}
 	got := ring.Recent()
-	if len(got) != 2 {
-		t.Fatalf("ring holds %d events, want 2: %+v", len(got), got)
+	if len(got) != 1 {
+		t.Fatalf("ring holds %d changes, want 1: %+v", len(got), got)
 	}
 	attr := func(ev admin.AuditEvent, key string) string {
 		for _, a := range ev.Attrs {
@@ -155,8 +206,9 @@ func TestAuditRingSeesMutations(t *testing.T) {
 	if attr(got[0], "result") != "success" || attr(got[0], "service") != "api" || !strings.Contains(attr(got[0], "new"), "30") {
 		t.Errorf("newest event %+v", got[0])
 	}
-	if attr(got[1], "result") != "unauthorized" {
-		t.Errorf("older event %+v, want the unauthorized attempt", got[1])
+	n, refusals := ring.Refusals()
+	if n != 1 || len(refusals) != 1 || attr(refusals[0], "result") != "unauthorized" {
+		t.Errorf("refusals %d %+v, want the unauthorized attempt", n, refusals)
 	}
 }
 
@@ -172,7 +224,9 @@ func TestExtraRoutes(t *testing.T) {
 		t.Fatalf("GET /ui/: %d %q", w.Code, w.Body)
 	}
 	w = httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/ui/", strings.NewReader("{}")))
+	r := httptest.NewRequest(http.MethodPost, "/ui/", strings.NewReader("{}"))
+	r.Host = "127.0.0.1:9002" // a mutation method passes the door first
+	h.ServeHTTP(w, r)
 	if w.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST /ui/: %d, want 405", w.Code)
 	}

@@ -20,6 +20,7 @@ func TestPprof(t *testing.T) {
 		path       string
 		auth       string
 		host       string
+		header     map[string]string
 		wantStatus int
 		wantBody   string // substring
 	}{
@@ -37,6 +38,15 @@ func TestPprof(t *testing.T) {
 		{name: "token guards cmdline", enabled: true, token: token, path: "/debug/pprof/cmdline", wantStatus: 401},
 		{name: "token right", enabled: true, token: token, path: "/debug/pprof/heap?debug=1", auth: "Bearer " + token, host: "10.0.0.7:9002", wantStatus: 200, wantBody: "heap profile"},
 		{name: "wrong method", enabled: true, method: "DELETE", path: "/debug/pprof/cmdline", wantStatus: 405},
+		// A page elsewhere cannot start a profile; the browser says where
+		// the request comes from, and a page cannot forge that.
+		{name: "cross-site", enabled: true, path: "/debug/pprof/profile?seconds=20", header: map[string]string{"Sec-Fetch-Site": "cross-site"}, wantStatus: 403, wantBody: "cross-site"},
+		{name: "same-site (another port)", enabled: true, path: "/debug/pprof/trace?seconds=20", header: map[string]string{"Sec-Fetch-Site": "same-site"}, wantStatus: 403, wantBody: "cross-site"},
+		{name: "foreign Origin (old browser)", enabled: true, path: "/debug/pprof/profile?seconds=20", header: map[string]string{"Origin": "http://evil.example"}, wantStatus: 403, wantBody: "cross-site"},
+		{name: "cross-site with the token", enabled: true, token: token, path: "/debug/pprof/heap", auth: "Bearer " + token, header: map[string]string{"Sec-Fetch-Site": "cross-site"}, wantStatus: 403},
+		{name: "typed in the address bar", enabled: true, path: "/debug/pprof/heap?debug=1", header: map[string]string{"Sec-Fetch-Site": "none"}, wantStatus: 200, wantBody: "heap profile"},
+		{name: "same-origin", enabled: true, path: "/debug/pprof/heap?debug=1", header: map[string]string{"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1:9002"}, wantStatus: 200, wantBody: "heap profile"},
+		{name: "own Origin (old browser)", enabled: true, path: "/debug/pprof/heap?debug=1", header: map[string]string{"Origin": "http://127.0.0.1:9002"}, wantStatus: 200, wantBody: "heap profile"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,6 +66,9 @@ func TestPprof(t *testing.T) {
 			}
 			if tc.auth != "" {
 				r.Header.Set("Authorization", tc.auth)
+			}
+			for k, v := range tc.header {
+				r.Header.Set(k, v)
 			}
 			w := httptest.NewRecorder()
 			h.ServeHTTP(w, r)

@@ -121,13 +121,16 @@ func New(opts Options) *Console {
 	return c
 }
 
-// Handlers are the console's routes, for admin.Options.Extra.
+// Handlers are the console's routes, for admin.Options.Extra. The event
+// stream refuses cross-site requests: a page elsewhere cannot read it (no
+// CORS grant), but it could keep the few stream slots busy until a write
+// fails.
 func (c *Console) Handlers() map[string]http.Handler {
 	return map[string]http.Handler{
 		"GET /ui":                http.RedirectHandler("/ui/", http.StatusMovedPermanently),
 		"GET /ui/":               c.assets,
 		"GET /v1/console/state":  http.HandlerFunc(c.serveState),
-		"GET /v1/console/events": http.HandlerFunc(c.serveEvents),
+		"GET /v1/console/events": admin.RefuseCrossSite(http.HandlerFunc(c.serveEvents)),
 	}
 }
 

@@ -320,8 +320,8 @@ func TestTrafficErrorsInWords(t *testing.T) {
 
 // TestStateDocument: weights (in force, file, override), the canary
 // version, the rollout and its applicable actions, configuration,
-// audit events, fleet and token requirement, and the state before any
-// configuration.
+// audit events and the refusals apart, fleet and token requirement, and
+// the state before any configuration.
 func TestStateDocument(t *testing.T) {
 	st := newStore(t, twoServices)
 	if _, err := st.SetCanary(t.Context(), "api", 5000, "test"); err != nil {
@@ -334,6 +334,7 @@ func TestStateDocument(t *testing.T) {
 	ring := admin.NewAuditRing(10, nil)
 	audit := slog.New(ring.Tee(slog.DiscardHandler)).With("log", "audit")
 	audit.Info("admin mutation", "service", "api", "result", "success")
+	audit.Info("admin mutation", "service", "api", "result", "unauthorized")
 	c := console.New(console.Options{
 		Store: st, Rollouts: mgr, Audit: ring, TokenRequired: func() bool { return true },
 		Fleet: func(context.Context) (any, error) {
@@ -364,6 +365,10 @@ func TestStateDocument(t *testing.T) {
 	if len(got.Audit) != 1 || got.Audit[0].Message != "admin mutation" ||
 		!cmp.Equal(got.Audit[0].Attrs, []admin.AuditAttr{{Key: "service", Value: "api"}, {Key: "result", Value: "success"}}) {
 		t.Errorf("audit %+v", got.Audit)
+	}
+	if r := got.Refusals; r.Count != 1 || len(r.Recent) != 1 ||
+		!cmp.Equal(r.Recent[0].Attrs, []admin.AuditAttr{{Key: "service", Value: "api"}, {Key: "result", Value: "unauthorized"}}) {
+		t.Errorf("refusals %+v, want the unauthorized attempt apart", got.Refusals)
 	}
 	if got.Fleet == nil || got.Fleet.Error != "" || !strings.Contains(fmt.Sprint(got.Fleet.View), "node_id:a") || got.Fleet.Status == nil {
 		t.Errorf("fleet %+v", got.Fleet)

@@ -24,8 +24,21 @@ type State struct {
 	Signals  SignalsView    `json:"signals"`
 	Services []ServiceState `json:"services"`
 	// Fleet is set in fleet mode (etcd) only.
-	Fleet *FleetView         `json:"fleet,omitempty"`
+	Fleet *FleetView `json:"fleet,omitempty"`
+	// Audit is the recent changes: admin mutations that passed the door
+	// (accepted or not) and rollout transitions, newest first.
 	Audit []admin.AuditEvent `json:"audit"`
+	// Refusals are the attempts refused at the door (no or a wrong token,
+	// cross-site, a non-loopback Host), kept apart so that they cannot
+	// push the changes out.
+	Refusals RefusalsView `json:"refusals"`
+}
+
+// RefusalsView counts the refusals since the process started and shows
+// the last few.
+type RefusalsView struct {
+	Count  uint64             `json:"count"`
+	Recent []admin.AuditEvent `json:"recent"`
 }
 
 // ConfigView is where the configuration in force came from.
@@ -101,7 +114,7 @@ type FleetView struct {
 // state builds the document as of now.
 func (c *Console) state(ctx context.Context) State {
 	now := c.now()
-	out := State{Services: []ServiceState{}, Audit: []admin.AuditEvent{}}
+	out := State{Services: []ServiceState{}, Audit: []admin.AuditEvent{}, Refusals: RefusalsView{Recent: []admin.AuditEvent{}}}
 	if c.opts.TokenRequired != nil {
 		out.Auth.TokenRequired = c.opts.TokenRequired()
 	}
@@ -112,6 +125,7 @@ func (c *Console) state(ctx context.Context) State {
 	}
 	if c.opts.Audit != nil {
 		out.Audit = c.opts.Audit.Recent()
+		out.Refusals.Count, out.Refusals.Recent = c.opts.Audit.Refusals()
 	}
 	if c.opts.Fleet != nil {
 		fctx, cancel := context.WithTimeout(ctx, fleetTimeout)

@@ -33,7 +33,7 @@ const other = "other"
 // modified.
 func reloadResults() []string { return []string{"success", "error", "unchanged"} }
 func mutationResults() []string {
-	return []string{"success", "rejected", "unauthorized", "error"}
+	return []string{"success", "rejected", "unauthorized", "forbidden", "error"}
 }
 
 // Metrics holds splitter's collectors. Its methods are safe for concurrent
@@ -155,7 +155,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}, []string{"endpoint", "code"}),
 		adminMutations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "admin_mutations_total",
-			Help: "Admin API mutation attempts by result (success, rejected, unauthorized, error).",
+			Help: "Admin API mutation attempts by result (success, rejected, unauthorized, forbidden, error).",
 		}, []string{"result"}),
 		gcPercent: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "gc_percent",
@@ -399,7 +399,8 @@ func (m *Metrics) AdminRequest(endpoint string, code int) {
 }
 
 // AdminMutation counts an admin mutation attempt: "success", "rejected",
-// "unauthorized" or "error".
+// "unauthorized", "forbidden" (cross-site, or a non-loopback Host without
+// a token) or "error".
 func (m *Metrics) AdminMutation(result string) {
 	if !m.mutationSet[result] {
 		result = other

@@ -319,6 +319,7 @@ func TestAdminMetrics(t *testing.T) {
 	m.AdminRequest("PUT /v1/services/{name}/canary", 401)
 	m.AdminMutation("unauthorized")
 	m.AdminMutation("success")
+	m.AdminMutation("forbidden")
 	m.AdminMutation("made-up")
 	if diff := cmp.Diff(map[string]float64{
 		"code=200,endpoint=GET /v1/services":               2,
@@ -327,7 +328,7 @@ func TestAdminMetrics(t *testing.T) {
 		t.Fatalf("admin_requests_total (-want +got):\n%s", diff)
 	}
 	if diff := cmp.Diff(map[string]float64{
-		"result=unauthorized": 1, "result=success": 1, "result=other": 1,
+		"result=unauthorized": 1, "result=success": 1, "result=forbidden": 1, "result=other": 1,
 	}, nonZero(series(t, reg, "splitter_admin_mutations_total"))); diff != "" {
 		t.Fatalf("admin_mutations_total (-want +got):\n%s", diff)
 	}

@@ -218,6 +218,7 @@
     renderServices(st);
     renderFleet(st.fleet);
     renderAudit(st.audit || []);
+    renderRefusals(st.refusals || { count: 0, recent: [] });
     renderSignals(st.signals || {});
   }
 
@@ -595,15 +596,32 @@
       list.replaceChildren(h('li', { class: 'note', text: 'No changes since the process started.' }));
       return;
     }
-    list.replaceChildren.apply(list, events.map(function (e) {
-      var attrs = e.attrs || [];
-      var result = '';
-      attrs.forEach(function (a) { if (a.key === 'result') result = a.value; });
-      return h('li', { 'data-level': e.level, 'data-result': result },
-        h('time', { datetime: e.time, text: time(e.time) }),
-        h('span', { class: 'what', text: e.message }),
-        attrs.map(function (a) { return h('span', { class: 'kv' }, h('b', { text: a.key + ' ' }), a.value); }));
-    }));
+    list.replaceChildren.apply(list, events.map(auditItem));
+  }
+
+  function auditItem(e) {
+    var attrs = e.attrs || [];
+    var result = '';
+    attrs.forEach(function (a) { if (a.key === 'result') result = a.value; });
+    return h('li', { 'data-level': e.level, 'data-result': result },
+      h('time', { datetime: e.time, text: time(e.time) }),
+      h('span', { class: 'what', text: e.message }),
+      attrs.map(function (a) { return h('span', { class: 'kv' }, h('b', { text: a.key + ' ' }), a.value); }));
+  }
+
+  // Refusals at the door (no or a wrong token, cross-site, a non-loopback
+  // Host) are counted and the last few listed apart: anyone who reaches
+  // the port can cause them, so they never push the changes out.
+  function renderRefusals(r) {
+    var recent = r.recent || [];
+    var count = r.count || 0;
+    byId('refusals-count').textContent = count === 0
+      ? 'None since the process started.'
+      : count + (count === 1 ? ' attempt' : ' attempts') + ' refused since the process started (no or a wrong admin token, ' +
+        'sent from another site, or a Host that is not loopback)' + (recent.length ? '; the last ' + recent.length + ', newest first:' : '.');
+    var list = byId('refusals-list');
+    list.hidden = recent.length === 0;
+    list.replaceChildren.apply(list, recent.map(auditItem));
   }
 
   function renderSignals(sg) {
