@@ -67,12 +67,14 @@ type Rollouts struct {
 	node  string
 	ttl   time.Duration
 	every time.Duration // publish interval
-	// heartbeat: unchanged counts are written again this often; stale: a
-	// record whose revision has not moved for this long is left out.
-	heartbeat, stale time.Duration
-	local            *rollout.Local
-	log              *slog.Logger
-	m                *RolloutMetrics
+	// heartbeat: unchanged counts are written again this often; late: a
+	// record that may be older than this no longer makes a full window
+	// (it is still summed); stale: a record whose revision has not moved
+	// for this long is left out.
+	heartbeat, late, stale time.Duration
+	local                  *rollout.Local
+	log                    *slog.Logger
+	m                      *RolloutMetrics
 
 	observe atomic.Pointer[func(rollout.State)]
 
@@ -84,6 +86,7 @@ type Rollouts struct {
 	cmu      sync.Mutex
 	pub      map[string]*published // per service: what this replica last wrote
 	seen     map[string]seenRecord // leader: per counts key, when its revision last moved
+	lastRead time.Time             // leader: the last read of the counts in this leadership
 	agg      map[string]*aggregate // leader: per service, the counts summed at the last Sample
 	localErr string                // the last local reading's error, "" when it worked
 	excluded map[string]string     // leader: per counts key, why it was left out (logged on change)
@@ -127,7 +130,7 @@ func NewRollouts(src *Source, o RolloutOptions) *Rollouts {
 	step := max(o.PublishInterval, o.SignalsInterval)
 	r := &Rollouts{
 		src: src, keys: src.keys, node: src.opts.NodeID, ttl: o.TTL, every: o.PublishInterval,
-		heartbeat: 4 * step, stale: 10 * step,
+		heartbeat: 2 * step, late: 4 * step, stale: 10 * step,
 		local: o.Local, log: o.Logger, m: o.Metrics,
 		pub: map[string]*published{}, seen: map[string]seenRecord{}, agg: map[string]*aggregate{},
 		excluded: map[string]string{},

@@ -76,7 +76,8 @@ type Manager struct {
 	current  map[string]State
 	verdicts map[string]Verdict // last verdict per service (not persisted)
 	counts   map[string]*serviceCounts
-	sigErr   string // last signal error, "" when the last sample worked
+	sigErr   string    // last signal error, "" when the last sample worked
+	sigSince time.Time // when the signals became unreadable
 }
 
 type serviceCounts struct {
@@ -162,13 +163,15 @@ func (m *Manager) Tick(ctx context.Context) {
 	}
 	lctx, release, leading := m.elector.Lead(ctx)
 	defer release()
-	now := m.now()
 	var watches []Watch
 	if leading {
-		watches = m.prepare(lctx, snap, now)
+		watches = m.prepare(lctx, snap, m.now())
 	} else {
 		watches = m.following(snap)
 	}
+	// The readings are stamped after prepare, which may have waited on an
+	// apply: a stall before the reading is then a gap the windows see.
+	now := m.now()
 	var err error
 	switch {
 	case m.evidence != nil:
@@ -271,6 +274,14 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		if sampleErr == nil {
 			stable, canary, covered := m.evidence.Totals(w.Service, now)
 			v := newVerdict(svc.Rollout.Guard, canary, stable, covered, now)
+			if age := m.now().Sub(now); age > w.Window {
+				// The tick stalled (an apply under the lock, a slow read)
+				// for longer than the window since these readings: they
+				// may still roll back, never step.
+				m.log.Warn("the rollout's readings are older than its window: no step on them",
+					"service", w.Service, "age", age.Round(time.Millisecond), "window", w.Window)
+				covered = 0
+			}
 			if src, ok := m.evidence.(Sourced); ok {
 				v.Replicas = src.Sources(w.Service)
 			}
@@ -308,8 +319,14 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 	}
 	switch {
 	case msg == "":
-		m.log.Info("rollout signals readable again")
+		// Readings are stamped when taken: a gap longer than a rollout's
+		// window starts its window again (docs/rollouts.md, "Signals").
+		m.log.Info("rollout signals readable again; a rollout whose window is shorter than the gap waits for a full window of new readings before any step",
+			"unreadable_for", m.now().Sub(m.sigSince).Round(time.Millisecond))
 	default:
+		if m.sigErr == "" {
+			m.sigSince = m.now()
+		}
 		services := make([]string, len(watches))
 		for i, w := range watches {
 			services[i] = w.Service
