@@ -326,7 +326,8 @@ func (r *Rollouts) onLeader(kvs map[string]*mvccpb.KeyValue, rev int64, _ []stri
 // --- StateStore ---
 
 // Load implements rollout.StateStore: every state under rollouts/. An
-// error wraps store.ErrUnavailable when etcd does not answer.
+// error wraps store.ErrUnavailable when etcd does not answer; a key that
+// cannot be read is left out and named in a *rollout.UnreadableError.
 func (r *Rollouts) Load(ctx context.Context) (map[string]rollout.State, error) {
 	c := r.src.client.Load()
 	if c == nil {
@@ -339,12 +340,22 @@ func (r *Rollouts) Load(ctx context.Context) (map[string]rollout.State, error) {
 		return nil, errUnavailable("read " + r.keys.Rollouts() + ": " + trimErr(err))
 	}
 	out := make(map[string]rollout.State, len(resp.Kvs))
+	var bad map[string]error
 	for _, kv := range resp.Kvs {
 		st, err := r.decodeState(kv)
 		if err != nil {
-			return nil, err
+			// One unreadable key must not hide the others (nor stop a
+			// replica from starting): skipped and named.
+			if bad == nil {
+				bad = map[string]error{}
+			}
+			bad[strings.TrimPrefix(string(kv.Key), r.keys.Rollouts())] = err
+			continue
 		}
 		out[st.Service] = st
+	}
+	if bad != nil {
+		return out, &rollout.UnreadableError{States: bad}
 	}
 	return out, nil
 }

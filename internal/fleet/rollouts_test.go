@@ -55,8 +55,11 @@ type rnode struct {
 	failing  atomic.Bool // its Envoy cannot be read
 	logs     *syncBuilder
 	stopOnce sync.Once
+	ctx      context.Context
 	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 	done     chan struct{}
+	lagging  bool // the Source does not run (configLags) until runSource
 }
 
 type nodeOpts struct {
@@ -69,6 +72,12 @@ type nodeOpts struct {
 	noSignals bool
 	// states wraps the StateStore (race tests).
 	states func(rollout.StateStore) rollout.StateStore
+	// now is the Manager's clock (a replica with a skewed clock); nil:
+	// time.Now.
+	now func() time.Time
+	// configLags: the Source applies the configuration at start only, and
+	// follows etcd once runSource is called (a lagging config watch).
+	configLags bool
 }
 
 // failable is the node's signal source: its counters, or an error while
@@ -112,13 +121,14 @@ func startNode(t *testing.T, endpoint, prefix, name string, o nodeOpts) *rnode {
 	}
 	n.m, err = rollout.New(t.Context(), rollout.Options{
 		Store: st, Mutator: n.ro, States: states, Evidence: n.ro, Elector: n.ro,
-		NodeID: name, Interval: testTick, Logger: log,
+		NodeID: name, Interval: testTick, Logger: log, Now: o.now,
 	})
 	if err != nil {
 		n.src.Close()
 		t.Fatal(err)
 	}
 	n.ro.Follow(n.m.Observe)
+	n.lagging = o.configLags
 	t.Cleanup(func() {
 		n.stop()
 		n.src.Close()
@@ -135,14 +145,22 @@ func startNode(t *testing.T, endpoint, prefix, name string, o nodeOpts) *rnode {
 // run starts the node's loops.
 func (n *rnode) run(manual bool) {
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel, n.done = cancel, make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = n.src.Run(ctx) })
-	wg.Go(func() { n.ro.Run(ctx) })
-	if !manual {
-		wg.Go(func() { _ = n.m.Run(ctx) })
+	n.ctx, n.cancel, n.done = ctx, cancel, make(chan struct{})
+	if !n.lagging {
+		n.wg.Go(func() { _ = n.src.Run(ctx) })
 	}
-	go func() { wg.Wait(); close(n.done) }()
+	n.wg.Go(func() { n.ro.Run(ctx) })
+	if !manual {
+		n.wg.Go(func() { _ = n.m.Run(ctx) })
+	}
+	go func() { n.wg.Wait(); close(n.done) }()
+}
+
+// runSource starts the Source of a node whose configuration lagged: it
+// catches up with etcd.
+func (n *rnode) runSource() {
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); _ = n.src.Run(n.ctx) }()
 }
 
 // stop ends the node's loops (gracefully: its lease is revoked).
@@ -724,4 +742,43 @@ func electionKey(t *testing.T, c *clientv3.Client, prefix string) *mvccpb.KeyVal
 		t.Fatalf("election key: %v %v", resp, err)
 	}
 	return resp.Kvs[0]
+}
+
+// One unreadable rollouts/<service> key (an unknown phase, as a newer or
+// older build may write during an upgrade) does not stop a replica from
+// starting: it is skipped and reported, like a running replica does, and
+// an action on that service says why it cannot act until the key is fixed
+// or deleted. The other services' rollouts are loaded as usual.
+func TestRolloutUnreadableStateAtStart(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	doc := rolloutDoc + strings.ReplaceAll(strings.TrimPrefix(rolloutDoc, "services:\n"), `name: api
+    hosts: ["*"]`, `name: web
+    hosts: ["web.example.com"]`)
+	push(t, c, prefix, doc)
+	if _, err := c.Put(t.Context(), prefix+"rollouts/api", `{"service":"api","phase":"aborted","canary":"v2","stable":"v1","step":2,"weight":0,"history":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(t.Context(), prefix+"rollouts/web", `{"service":"web","phase":"exploded","step":1,"history":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{})
+	if s := a.status(); s.State != rollout.Aborted || s.Step != 2 {
+		t.Fatalf("api after the start: %s step %d, want its stored state", s.State, s.Step)
+	}
+	if !strings.Contains(a.logs.String(), "rollouts/web") || !strings.Contains(a.logs.String(), `unknown phase \"exploded\"`) {
+		t.Fatalf("the unreadable key is not reported:\n%s", a.logs.String())
+	}
+	_, err := a.m.Act(t.Context(), "web", rollout.Start, "op")
+	if !errors.Is(err, rollout.ErrConflict) || !strings.Contains(err.Error(), "rollouts/web") {
+		t.Fatalf("start on web while its stored state is unreadable: %v; want a conflict naming the key", err)
+	}
+	if _, err := c.Delete(t.Context(), prefix+"rollouts/web"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "web startable once the key is deleted", func() bool {
+		s, err := a.m.Act(t.Context(), "web", rollout.Start, "op")
+		return err == nil && s.State == rollout.Progressing
+	})
 }

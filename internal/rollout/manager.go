@@ -118,11 +118,19 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.now = time.Now
 	}
 	loaded, err := m.states.Load(ctx)
+	var unreadable *UnreadableError
 	switch {
 	case errors.Is(err, store.ErrUnavailable):
 		// A shared store (etcd) that does not answer yet: the states
 		// arrive through Observe once it does.
 		m.log.Warn("rollout states unavailable at start; following them once the store answers", "error", err)
+	case errors.As(err, &unreadable):
+		// As a running replica does with a state it cannot read: skip
+		// it, and say so; the others start as usual.
+		for _, name := range slices.Sorted(maps.Keys(unreadable.States)) {
+			m.log.Error("rollout state unreadable; ignoring it (actions on the service answer 409 until it is fixed or deleted)",
+				"service", name, "error", unreadable.States[name])
+		}
 	case err != nil:
 		return nil, err
 	}
@@ -248,7 +256,7 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 		w, reason := watchOf(snap, st)
 		if reason != "" {
 			if err := m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
-				m.refresh(ctx, name)
+				_ = m.refresh(ctx, name)
 			}
 			continue
 		}
@@ -291,7 +299,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 				if err := m.commit(ctx, next); errors.Is(err, ErrStale) {
 					// An operator's action (or another leader) won the
 					// race: judge the state that is stored next time.
-					m.refresh(ctx, w.Service)
+					_ = m.refresh(ctx, w.Service)
 				}
 				continue
 			}
@@ -362,12 +370,19 @@ func (m *Manager) commit(ctx context.Context, next State) error {
 }
 
 // refresh reads service's state from the StateStore after a write lost to
-// a newer one; m.mu is held.
-func (m *Manager) refresh(ctx context.Context, service string) {
+// a newer one; m.mu is held. It returns an error only when service's
+// stored state cannot be read (the state known here is kept).
+func (m *Manager) refresh(ctx context.Context, service string) error {
 	loaded, err := m.states.Load(ctx)
-	if err != nil {
+	var unreadable *UnreadableError
+	if errors.As(err, &unreadable) {
+		if bad := unreadable.States[service]; bad != nil {
+			m.log.Warn("the stored rollout state cannot be read", "service", service, "error", bad)
+			return bad
+		}
+	} else if err != nil {
 		m.log.Warn("cannot read the rollout states again", "service", service, "error", err)
-		return
+		return nil
 	}
 	st, ok := loaded[service]
 	cur, known := m.current[service]
@@ -377,6 +392,7 @@ func (m *Manager) refresh(ctx context.Context, service string) {
 	case !known || st.Revision >= cur.Revision:
 		m.follow(cur, st)
 	}
+	return nil
 }
 
 // Observe takes a state another replica stored (etcd mode: from the watch
@@ -584,10 +600,15 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	unreadable := func(err error) error {
+		return fmt.Errorf("%w: service %q: the stored rollout state cannot be read (%v); fix or delete it", ErrConflict, service, err)
+	}
 	if _, ok := m.states.(FileStates); !ok {
 		// A shared store: this replica's copy may lag behind a step the
 		// leader just took; act on the stored state.
-		m.refresh(ctx, service)
+		if err := m.refresh(ctx, service); err != nil {
+			return Status{}, unreadable(err)
+		}
 	}
 	for attempt := 1; ; attempt++ {
 		st := m.stateOf(service)
@@ -603,7 +624,9 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 		if errors.Is(err, ErrStale) && attempt < maxActAttempts {
 			// The leader stepped (or another operator acted) since this
 			// replica last saw the state: act on the stored one.
-			m.refresh(ctx, service)
+			if err := m.refresh(ctx, service); err != nil {
+				return Status{}, unreadable(err)
+			}
 			continue
 		}
 		if err != nil {
