@@ -782,3 +782,41 @@ func TestRolloutUnreadableStateAtStart(t *testing.T) {
 		return err == nil && s.State == rollout.Progressing
 	})
 }
+
+// The leader's configuration watch lags behind its rollouts/ watch: a
+// rollout started (on another replica) under a configuration the leader
+// has not applied yet is not judged against the older one, so it is not
+// aborted ("the configuration no longer has a rollout"); the leader waits,
+// and judges it once it has applied that configuration.
+func TestRolloutLeaderWaitsForTheStatesConfiguration(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	noRollout := rolloutDoc[:strings.Index(rolloutDoc, "    rollout:")]
+	push(t, c, prefix, noRollout)
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{configLags: true})
+	waitFor(t, 10*time.Second, "a to lead", a.ro.Leading)
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	feed(t, a, b)
+	push(t, c, prefix, rolloutDoc)
+	waitFor(t, 10*time.Second, "b to apply the rollout block", func() bool { _, err := b.m.Status("api"); return err == nil })
+	if _, err := a.m.Status("api"); !errors.Is(err, rollout.ErrNoRollout) {
+		t.Fatalf("a's configuration must still be the old one: %v", err)
+	}
+	b.act(rollout.Start, "op")
+	waitFor(t, 10*time.Second, "a to see the started rollout", func() bool { p, _ := a.m.Owns("api"); return p == rollout.Progressing })
+	time.Sleep(40 * testTick) // forty of the leader's ticks
+	if s := b.status(); s.State != rollout.Progressing || len(s.History) != 1 {
+		t.Fatalf("while the leader's configuration lags: %s, history %+v; want the rollout left alone", s.State, s.History)
+	}
+	if !a.ro.Leading() {
+		t.Fatal("a no longer leads")
+	}
+	a.runSource()
+	waitFor(t, 10*time.Second, "a to apply the rollout block", func() bool { _, err := a.m.Status("api"); return err == nil })
+	waitAll(t, "step 2, judged by a once it applied the configuration", func(s rollout.Status) bool { return s.Step == 2 }, a, b)
+	h := b.status().History
+	if h[1].To != rollout.Progressing || h[1].Node != "a" || slices.ContainsFunc(h, func(tr rollout.Transition) bool { return tr.To == rollout.Aborted }) {
+		t.Fatalf("history %+v: want step 2 by a, no abort", h)
+	}
+}

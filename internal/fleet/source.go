@@ -79,14 +79,14 @@ type Source struct {
 	kvs       map[string]*mvccpb.KeyValue // config and overrides/, as of rev
 	rev       int64                       // revision of the state in force
 	clusterID uint64
-	// live: rev was read from etcd (cluster clusterID) by this process,
-	// not taken from the cache file, so a read at a lower revision of the
-	// same cluster is older than the state in force.
-	live bool
 	good      *goodConfig // last configuration that compiled
 	rejected  *rejection  // the document in etcd, when it is not in force
 	dropped   map[string]int64
 	cleanup   map[string]cleanupOp
+	// live: rev was read from etcd (cluster clusterID) by this process,
+	// not taken from the cache file, so a read at a lower revision of the
+	// same cluster is older than the state in force.
+	live bool
 
 	// applied is closed and replaced after every apply; appliedRev is the
 	// revision then in force. Waiters read both under amu.
@@ -374,8 +374,15 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 		overrides[svc] = rec.override()
 	}
 
+	// The configuration revision decided on: the document's, whether it
+	// is put in force or rejected; a deleted document is decided on as of
+	// rev (the last good one serves).
+	at := store.Revisions{State: rev, Config: cfgModRev}
+	if kv == nil {
+		at.Config = rev
+	}
 	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
-		return s.store.ApplyShared(g.cfg, g.sha, "etcd "+cfgKey, rev, overrides)
+		return s.store.ApplySharedAt(g.cfg, g.sha, "etcd "+cfgKey, at, overrides)
 	}
 	var snap *store.Snapshot
 	var dropped map[string]string

@@ -78,6 +78,9 @@ type Manager struct {
 	counts   map[string]*serviceCounts
 	sigErr   string    // last signal error, "" when the last sample worked
 	sigSince time.Time // when the signals became unreadable
+	// behind: per service, the revision of a stored state written under a
+	// configuration this replica has not decided on yet (logged once).
+	behind map[string]int64
 }
 
 type serviceCounts struct {
@@ -95,6 +98,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
+		behind: map[string]int64{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -204,7 +208,7 @@ func (m *Manager) following(snap *store.Snapshot) []Watch {
 	var watches []Watch
 	for _, name := range slices.Sorted(maps.Keys(m.current)) {
 		st := m.current[name]
-		if !st.Phase.active() {
+		if !st.Phase.active() || m.isBehind(snap, st) {
 			continue
 		}
 		if w, reason := watchOf(snap, st); reason == "" {
@@ -212,6 +216,24 @@ func (m *Manager) following(snap *store.Snapshot) []Watch {
 		}
 	}
 	return watches
+}
+
+// isBehind reports whether st was written under a configuration newer
+// than the one in snap, which this replica has not decided on yet (its
+// configuration watch lags behind its rollouts/ watch): st is then
+// neither judged nor acted on (a lagging leader would abort a rollout
+// its configuration does not have yet); m.mu is held.
+func (m *Manager) isBehind(snap *store.Snapshot, st State) bool {
+	if st.ConfigRevision <= snap.ConfigRevision {
+		delete(m.behind, st.Service)
+		return false
+	}
+	if m.behind[st.Service] != st.Revision {
+		m.behind[st.Service] = st.Revision
+		m.log.Info("the rollout state was written under a configuration this replica has not applied yet; waiting for it",
+			"service", st.Service, "state_config_revision", st.ConfigRevision, "applied_config_revision", snap.ConfigRevision)
+	}
+	return true
 }
 
 // watchOf is what st watches under the configuration in snap, or why the
@@ -250,12 +272,12 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 			_ = m.apply(ctx, name)
 			st = m.current[name]
 		}
-		if !st.Phase.active() {
+		if !st.Phase.active() || m.isBehind(snap, st) {
 			continue
 		}
 		w, reason := watchOf(snap, st)
 		if reason != "" {
-			if err := m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
+			if err := m.commit(ctx, snap, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
 				_ = m.refresh(ctx, name)
 			}
 			continue
@@ -276,7 +298,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		}
 		st := m.current[w.Service]
 		svc, ok := snap.Table.Service(w.Service)
-		if !st.Phase.active() || !ok || svc.Rollout == nil {
+		if !st.Phase.active() || !ok || svc.Rollout == nil || m.isBehind(snap, st) {
 			continue // an action or the configuration changed it meanwhile
 		}
 		if sampleErr == nil {
@@ -296,7 +318,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
 			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
-				if err := m.commit(ctx, next); errors.Is(err, ErrStale) {
+				if err := m.commit(ctx, snap, next); errors.Is(err, ErrStale) {
 					// An operator's action (or another leader) won the
 					// race: judge the state that is stored next time.
 					_ = m.refresh(ctx, w.Service)
@@ -345,12 +367,14 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 	m.sigErr = msg
 }
 
-// commit persists next, then applies its weights. The state is saved with
-// Applying set first, so a crash between the two is finished at the next
-// start (or by the next leader); m.mu is held. An error wraps ErrStale
-// when the stored state is no longer the one next was derived from.
-func (m *Manager) commit(ctx context.Context, next State) error {
+// commit persists next, computed under the configuration of snap, then
+// applies its weights. The state is saved with Applying set first, so a
+// crash between the two is finished at the next start (or by the next
+// leader); m.mu is held. An error wraps ErrStale when the stored state is
+// no longer the one next was derived from.
+func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) error {
 	next.Applying = true
+	next.ConfigRevision = snap.ConfigRevision
 	if n := len(next.History); n > 0 && next.History[n-1].Node == "" {
 		next.History[n-1].Node = m.node
 	}
@@ -612,6 +636,10 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	}
 	for attempt := 1; ; attempt++ {
 		st := m.stateOf(service)
+		if st.ConfigRevision > snap.ConfigRevision {
+			return Status{}, fmt.Errorf("%w: service %q: this replica has applied configuration revision %d, older than revision %d the rollout state was written under; retry once it has caught up",
+				store.ErrUnavailable, service, snap.ConfigRevision, st.ConfigRevision)
+		}
 		next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
 		if err != nil {
 			return Status{}, err
@@ -620,7 +648,7 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 			m.evidence.Forget(service)
 			delete(m.verdicts, service)
 		}
-		err = m.commit(ctx, next)
+		err = m.commit(ctx, snap, next)
 		if errors.Is(err, ErrStale) && attempt < maxActAttempts {
 			// The leader stepped (or another operator acted) since this
 			// replica last saw the state: act on the stored one.

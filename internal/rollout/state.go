@@ -81,6 +81,13 @@ type State struct {
 	PausedAt time.Time     `json:"paused_at,omitzero"`
 	// StartedAt is when the run in force was started (see Started).
 	StartedAt time.Time `json:"started_at,omitzero"`
+	// ConfigRevision is the revision of the configuration the state was
+	// computed under (fleet mode: etcd's revision of the document, see
+	// store.Snapshot.ConfigRevision; 0 in file mode). A replica that has
+	// not decided on that configuration yet neither judges nor acts on
+	// the state: against an older configuration it could look like one
+	// the configuration no longer allows.
+	ConfigRevision int64 `json:"config_revision,omitempty"`
 	// Applying is set while the weights of a transition are being applied:
 	// a state read back with it set (a crash in between) has its weights
 	// applied again.
