@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -818,5 +819,53 @@ func TestRolloutLeaderWaitsForTheStatesConfiguration(t *testing.T) {
 	h := b.status().History
 	if h[1].To != rollout.Progressing || h[1].Node != "a" || slices.ContainsFunc(h, func(tr rollout.Transition) bool { return tr.To == rollout.Aborted }) {
 		t.Fatalf("history %+v: want step 2 by a, no abort", h)
+	}
+}
+
+// skewed is a clock off the real one by d.
+func skewed(d time.Duration) func() time.Time { return func() time.Time { return time.Now().Add(d) } }
+
+// The hold is measured on one clock: the leader's clock is an hour ahead
+// of the replica that starts the rollout, and an hour and a half ahead of
+// the one that resumes it, yet each step is held for the hold as the
+// test's clock measures it, not cut short by the hour between the clocks.
+func TestRolloutHoldAcrossSkewedClocks(t *testing.T) {
+	const hold = 3 * time.Second
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	push(t, newClient(t, e.Endpoint), prefix, strings.Replace(rolloutDoc, "hold: 1s", fmt.Sprintf("hold: %s", hold), 1))
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{now: skewed(time.Hour)})
+	waitFor(t, 10*time.Second, "a to lead", a.ro.Leading)
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	cc := startNode(t, e.Endpoint, prefix, "c", nodeOpts{now: skewed(-30 * time.Minute)})
+	feed(t, a, b, cc)
+
+	started := time.Now()
+	b.act(rollout.Start, "op")
+	waitAll(t, "step 2", func(s rollout.Status) bool { return s.Step == 2 }, b)
+	if took := time.Since(started); took < hold {
+		t.Fatalf("step 2 %v after the start: the %v hold was cut short", took, hold)
+	}
+	b.act(rollout.Pause, "op")
+	paused := time.Now()
+	resumed := time.Now()
+	cc.act(rollout.Resume, "op")
+	waitAll(t, "step 3", func(s rollout.Status) bool { return s.Step == 3 }, b)
+	// At most paused-started-hold of the step was held before the pause
+	// (step 2 began no sooner than hold after the start).
+	if took, atLeast := time.Since(resumed), hold-(paused.Sub(started)-hold); took < atLeast {
+		t.Fatalf("step 3 %v after the resume: want at least %v, the rest of the hold", took, atLeast)
+	}
+	moves := 0
+	for _, tr := range b.status().History {
+		if tr.Actor == rollout.Actor {
+			moves++
+			if tr.Node != "a" {
+				t.Fatalf("move %+v by %q, want a", tr, tr.Node)
+			}
+		}
+	}
+	if moves != 2 {
+		t.Fatalf("%d guard moves, want 2", moves)
 	}
 }

@@ -81,6 +81,16 @@ type Manager struct {
 	// behind: per service, the revision of a stored state written under a
 	// configuration this replica has not decided on yet (logged once).
 	behind map[string]int64
+	// seen: per service whose progressing state another replica's clock
+	// wrote, when this replica first saw that state's Since (local).
+	seen map[string]seenSince
+}
+
+// seenSince is when this replica saw a hold clock another replica started.
+type seenSince struct {
+	since time.Time // the state's Since, on the writer's clock
+	clock string
+	at    time.Time // on this replica's clock
 }
 
 type serviceCounts struct {
@@ -98,7 +108,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
-		behind: map[string]int64{},
+		behind: map[string]int64{}, seen: map[string]seenSince{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -140,9 +150,10 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	}
 	maps.Copy(m.current, loaded)
 	for name, st := range loaded {
+		m.saw(st)
 		if st.Phase.active() {
 			m.log.Info("rollout resumed from the saved state", "service", name, "state", st.Phase,
-				"step", st.Step, "weight", split.FormatPercent(int(st.Weight)), "since", st.Since, "held", st.Held(m.now()).Round(time.Millisecond))
+				"step", st.Step, "weight", split.FormatPercent(int(st.Weight)), "since", st.Since, "held", m.local(st).Held(m.now()).Round(time.Millisecond))
 		}
 	}
 	return m, nil
@@ -317,7 +328,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 			}
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
-			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
+			if next, changed := Advance(m.local(st), svc.Rollout, v, covered, now); changed {
 				if err := m.commit(ctx, snap, next); errors.Is(err, ErrStale) {
 					// An operator's action (or another leader) won the
 					// race: judge the state that is stored next time.
@@ -375,6 +386,7 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) error {
 	next.Applying = true
 	next.ConfigRevision = snap.ConfigRevision
+	next.Clock = m.node
 	if n := len(next.History); n > 0 && next.History[n-1].Node == "" {
 		next.History[n-1].Node = m.node
 	}
@@ -388,6 +400,7 @@ func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) 
 		return fmt.Errorf("saving the rollout state: %w", err)
 	}
 	m.current[next.Service] = saved
+	m.saw(saved)
 	m.countsOf(next.Service).transitions[next.Phase]++
 	m.logTransition(ctx, saved)
 	return m.apply(ctx, next.Service)
@@ -432,6 +445,7 @@ func (m *Manager) Observe(st State) {
 		if known {
 			delete(m.current, st.Service)
 			delete(m.verdicts, st.Service)
+			delete(m.seen, st.Service)
 			m.log.Warn("rollout state deleted from the store: the service is idle", "service", st.Service)
 		}
 		return
@@ -446,14 +460,7 @@ func (m *Manager) Observe(st State) {
 // and logged (as followed: the replica that made them audited them); m.mu
 // is held.
 func (m *Manager) follow(cur, st State) {
-	var last time.Time
-	if n := len(cur.History); n > 0 {
-		last = cur.History[n-1].At
-	}
-	for _, tr := range st.History {
-		if !tr.At.After(last) {
-			continue
-		}
+	for _, tr := range added(cur.History, st.History) {
 		m.countsOf(st.Service).transitions[tr.To]++
 		m.log.Info("rollout transition followed", "service", st.Service, "from", tr.From, "to", tr.To, "step", tr.Step,
 			"weight", split.FormatPercent(int(tr.Weight)), "actor", tr.Actor, "node", tr.Node, "reason", tr.Reason)
@@ -462,6 +469,55 @@ func (m *Manager) follow(cur, st State) {
 		delete(m.verdicts, st.Service)
 	}
 	m.current[st.Service] = st
+	m.saw(st)
+}
+
+// added is the transitions of next after those of cur: next's history
+// continues cur's (capped to MaxHistory), found by cur's last transition.
+// Transitions carry their writers' clocks, so they are matched, never
+// ordered by time.
+func added(cur, next []Transition) []Transition {
+	if len(cur) == 0 {
+		return next
+	}
+	last := cur[len(cur)-1]
+	for i := len(next) - 1; i >= 0; i-- {
+		tr := next[i]
+		if tr.At.Equal(last.At) && tr.From == last.From && tr.To == last.To && tr.Step == last.Step && tr.Actor == last.Actor && tr.Node == last.Node {
+			return next[i+1:]
+		}
+	}
+	return next
+}
+
+// saw notes when this replica first saw st's hold clock, when another
+// replica's clock started it; m.mu is held.
+func (m *Manager) saw(st State) {
+	if st.Phase != Progressing || st.Clock == m.node {
+		delete(m.seen, st.Service)
+		return
+	}
+	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
+		return
+	}
+	m.seen[st.Service] = seenSince{since: st.Since, clock: st.Clock, at: m.now()}
+}
+
+// local is st with its hold clock on this replica's clock: a Since that
+// another replica's clock wrote is replaced by when this replica saw it,
+// so that the hold is never measured across two clocks (it is measured
+// short by how long the state took to arrive, never long by how far the
+// clocks are apart); m.mu is held.
+func (m *Manager) local(st State) State {
+	if st.Phase != Progressing || st.Clock == m.node {
+		return st
+	}
+	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
+		st.Since = s.at
+	} else {
+		st.Since = m.now()
+	}
+	return st
 }
 
 // apply sets the weights of service's state (unless they are in force
@@ -510,6 +566,7 @@ func (m *Manager) apply(ctx context.Context, service string) error {
 		m.log.Warn("cannot save the rollout state after applying its weights", "service", service, "error", err)
 	default:
 		m.current[service] = saved
+		m.saw(saved)
 	}
 	return nil
 }
@@ -640,7 +697,7 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 			return Status{}, fmt.Errorf("%w: service %q: this replica has applied configuration revision %d, older than revision %d the rollout state was written under; retry once it has caught up",
 				store.ErrUnavailable, service, snap.ConfigRevision, st.ConfigRevision)
 		}
-		next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
+		next, err := Act(m.local(st), svc.Rollout, svc.Stable, action, m.now(), actor)
 		if err != nil {
 			return Status{}, err
 		}
@@ -734,7 +791,7 @@ func (m *Manager) statusLocked(svc split.Service) Status {
 	out := Status{
 		Service: svc.Name, State: st.Phase, Canary: st.Canary, Stable: st.Stable,
 		Step: st.Step, Steps: len(svc.Rollout.Steps), Weight: st.Weight, Since: st.Since,
-		Held: split.Duration(st.Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
+		Held: split.Duration(m.local(st).Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
 		History: slices.Clone(st.History), Config: svc.Rollout,
 		Leader: m.elector.Leader(), Node: m.node, Revision: st.Revision,
 	}
