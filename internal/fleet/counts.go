@@ -106,7 +106,9 @@ func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.
 		r.cmu.Lock()
 		// A later leadership starts over: it knows nothing of how old
 		// the records it finds then are.
-		r.agg, r.seen, r.lastRead = map[string]*aggregate{}, map[string]seenRecord{}, time.Time{}
+		clear(r.agg)
+		clear(r.seen)
+		r.lastRead = time.Time{}
 		r.cmu.Unlock()
 		return localErr
 	}

@@ -160,6 +160,17 @@ func TestWindow(t *testing.T) {
 			sumAt: 7500 * time.Millisecond, want: signals.Counts{Requests: 40}, covered: 4 * time.Second,
 		},
 		{
+			// Readings as far apart as the span (a signals interval as
+			// long as the guard's window), each a little late.
+			name: "late readings a whole span apart are not gaps", span: time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{1010 * time.Millisecond, signals.Counts{Requests: 10}},
+				{2020 * time.Millisecond, signals.Counts{Requests: 20, Errors: 1}},
+			},
+			sumAt: 2020 * time.Millisecond, want: signals.Counts{Requests: 10, Errors: 1}, covered: time.Second,
+		},
+		{
 			name: "a reading before the previous one is a new baseline", span: 10 * time.Second, width: time.Second,
 			readings: []reading{
 				{5 * time.Second, signals.Counts{Requests: 10}},

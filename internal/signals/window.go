@@ -33,8 +33,10 @@ func (c Counts) Since(prev Counts) (Counts, bool) {
 // Growth read after a gap (readings that failed, a tick that stalled) is
 // known only in sum, not when within the gap it happened. So:
 //
-//   - a reading more than span after the previous one is a new baseline:
-//     nothing before it is summed, and the window fills again from it;
+//   - a reading more than span (plus one bucket, so that a late tick
+//     changes nothing even when a bucket is the whole span) after the
+//     previous one is a new baseline: nothing before it is summed, and the
+//     window fills again from it;
 //   - growth read across a shorter gap is summed only while the whole gap
 //     lies inside the window (with a tolerance of two buckets, so that a
 //     late tick changes nothing); once the gap begins before the window,
@@ -83,10 +85,10 @@ func NewWindow[V Cumulative[V]](span, width time.Duration) *Window[V] {
 func (w *Window[V]) Span() time.Duration { return w.span }
 
 // Observe records the cumulative reading c taken at now. The first
-// reading, and one taken more than span after the previous one (or before
-// it), only sets a new baseline.
+// reading, and one taken more than span plus a bucket after the previous
+// one (or before it), only sets a new baseline.
 func (w *Window[V]) Observe(now time.Time, c V) {
-	if !w.primed || now.Before(w.lastAt) || now.Sub(w.lastAt) > w.span {
+	if !w.primed || now.Before(w.lastAt) || now.Sub(w.lastAt) > w.span+w.width {
 		w.clear()
 		w.primed, w.first, w.last, w.lastAt = true, now, c, now
 		return
