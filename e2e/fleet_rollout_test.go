@@ -328,3 +328,45 @@ func nodeIndex(t *testing.T, rf *rolloutFleet, name string) int {
 	t.Fatalf("no replica %q", name)
 	return -1
 }
+
+// A rollouts/<service> key that this build cannot read (an unknown phase,
+// as a newer or older build may write during an upgrade) does not stop
+// `splitter serve` from starting: the key is skipped and reported, the
+// other services' rollouts are served, and an action on that service
+// answers 409 naming the key until it is fixed or deleted.
+func TestFleetReplicaStartsWithAnUnreadableRolloutKey(t *testing.T) {
+	requireEtcd(t)
+	b := testbed.ForTest(t)
+	e, err := b.StartEtcd(t.Context(), found.etcdBin, testbed.EtcdOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := filepath.Join(t.TempDir(), "fleet.yaml")
+	writeFile(t, doc, fleetRolloutConfig("2s")+`  - name: web
+    hosts: ["web.example.com"]
+    stable: v1
+    weights: {v1: 100, v2: 0}
+    rollout: {}
+`)
+	if out, err := testbedCLI(t, e, "config", "push", doc); err != nil {
+		t.Fatalf("config push: %v\n%s", err, out)
+	}
+	c := (&fleetBed{etcd: e}).etcdClient(t)
+	if _, err := c.Put(t.Context(), "/splitter/rollouts/web", `{"service":"web","phase":"exploded","step":1,"history":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.StartSplitter(t.Context(), found.splitterBin, "", "--etcd-endpoints", e.Endpoint, "--node-id", "replica-a", "--envoy-admin", "")
+	if err != nil {
+		t.Fatalf("splitter serve with an unreadable rollouts/web: %v", err)
+	}
+	if st := rolloutOf(t, s); st.State != rollout.Idle {
+		t.Fatalf("api: %+v", st)
+	}
+	err = s.Admin(t.Context(), http.MethodPost, "/v1/services/web/rollout", map[string]rollout.Action{"action": rollout.Abort}, nil)
+	if err == nil || !strings.Contains(err.Error(), "409") || !strings.Contains(err.Error(), "rollouts/web") {
+		t.Fatalf("an action on web: %v; want 409 naming the key", err)
+	}
+	if !strings.Contains(s.Tail(200), "rollouts/web") {
+		t.Fatalf("the unreadable key is not reported in the log:\n%s", s.Tail(200))
+	}
+}

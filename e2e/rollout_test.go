@@ -216,6 +216,79 @@ func TestRolloutRestartResumes(t *testing.T) {
 	tr.Halt()
 }
 
+// newRolloutBedViaProxy is newRolloutBed (ext_proc) with the splitter
+// reading Envoy's admin port through a proxy the test can cut.
+func newRolloutBedViaProxy(t *testing.T, config string) (*bed, *testbed.Proxy) {
+	t.Helper()
+	requireEnvoy(t)
+	b := startBackends(t, config)
+	adminPort, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := b.StartProxy(fmt.Sprintf("127.0.0.1:%d", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath, "--envoy-admin", proxy.Addr, "--signals-interval", "100ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.admin = b.splitter.AdminClient
+	p, err := testbed.LoopbackParams(envoy.ModeExtProc, b.splitter.GRPCAddr, b.backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Admin.Port = adminPort
+	if b.envoy, err = b.StartEnvoy(t.Context(), found.envoyBin, p, testbed.EnvoyOptions{Concurrency: 1}); err != nil {
+		t.Fatal(err)
+	}
+	b.client = b.envoy.Client()
+	t.Cleanup(b.client.Close)
+	return b, proxy
+}
+
+// TestRolloutReadingGapStartsANewWindow: Envoy's admin port is unreadable
+// for 8s (four windows, longer than the hold) while traffic flows, and the
+// canary starts failing a fifth of its requests just before the port is
+// readable again. Read across the gap, 8s of healthy traffic would bury
+// the failure in one bucket and step the canary up; instead the first
+// reading after the gap is a new baseline: no step until the window is
+// full again, and the failure rolls the canary back from its first step.
+func TestRolloutReadingGapStartsANewWindow(t *testing.T) {
+	b, proxy := newRolloutBedViaProxy(t, `
+services:
+  - name: api
+    hosts: ["*"]
+    stable: v1
+    weights: {v1: 100, v2: 0}
+    rollout:
+      steps: [20, 50, 100]
+      hold: 5s
+      guard: {window: 2s, min_requests: 10, max_error_rate: 1, max_error_ratio: 2}
+`)
+	tr := startTraffic(t, b.client, 2)
+	defer tr.Halt()
+	b.act(t, rollout.Start)
+	b.waitRollout(t, 30*time.Second, "a first reading", func(s rollout.Status) bool { return s.Verdict != nil })
+	proxy.Cut()
+	cut := time.Now()
+	if s := b.waitRollout(t, 30*time.Second, "the signal error", func(s rollout.Status) bool { return s.SignalError != "" }); s.Step != 1 {
+		t.Fatalf("the rollout moved before the admin port was cut: %+v", s)
+	}
+	time.Sleep(8*time.Second - time.Since(cut))
+	b.backends[1].Fail(20)
+	proxy.Restore()
+	restored := time.Now()
+	s := b.waitRollout(t, 30*time.Second, "a move after the gap", func(s rollout.Status) bool { return s.State != rollout.Progressing || s.Step != 1 })
+	if s.State != rollout.RolledBack || s.Step != 1 {
+		t.Fatalf("after the gap: %s at step %d (history %+v): want rolled back from step 1, never stepped on readings across the gap", s.State, s.Step, s.History)
+	}
+	rb := s.History[len(s.History)-1]
+	t.Logf("rolled back %v after the admin port was readable again: %s (window covered %v)",
+		rb.At.Sub(restored).Round(time.Millisecond), rb.Verdict.Reason, rb.Verdict.Covered.D())
+}
+
 // TestStatsListener: the compose bootstrap's stats listener (rendered on
 // loopback) lets a splitter in another container read Envoy's counters
 // with GET /stats?filter=..., and nothing else of the admin interface.

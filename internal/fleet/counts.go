@@ -47,15 +47,26 @@ type published struct {
 	tried   time.Time // when last considered
 }
 
-// seenRecord is when the leader saw a counts key's revision move.
+// seenRecord is when the leader saw a counts key's revision move, on its
+// own clock (never the record's at, which is the writer's).
 type seenRecord struct {
-	rev   int64
-	since time.Time
+	rev int64
+	// seen is the read that first saw rev: the record is at least
+	// now-seen old (staleness).
+	seen time.Time
+	// after is the read before that one: rev was written after it, so
+	// the record is at most now-after old (lateness); zero when unknown
+	// (the first read of a leadership).
+	after time.Time
 }
 
-// countsEntry is one replica's fresh record as the leader read it.
+// countsEntry is the fresh records of one service's other replicas as
+// the leader read them.
 type countsEntry struct {
 	records []countsRecord
+	// current[i]: records[i] is known to be at most the lateness bound
+	// old, so its covered counts toward a full window.
+	current []bool
 }
 
 // aggregate is a service's evidence at the last Sample on the leader.
@@ -93,7 +104,11 @@ func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.
 	r.cmu.Unlock()
 	if fence(ctx) == nil {
 		r.cmu.Lock()
-		r.agg = map[string]*aggregate{}
+		// A later leadership starts over: it knows nothing of how old
+		// the records it finds then are.
+		clear(r.agg)
+		clear(r.seen)
+		r.lastRead = time.Time{}
 		r.cmu.Unlock()
 		return localErr
 	}
@@ -110,10 +125,18 @@ func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.
 			a.stable, a.canary, a.covered = a.stable.Add(s), a.canary.Add(c), cov
 			a.nodes = append(a.nodes, r.node)
 		}
-		for _, rec := range others[w.Service].records {
+		e := others[w.Service]
+		for i, rec := range e.records {
 			a.stable, a.canary = a.stable.Add(rec.Stable), a.canary.Add(rec.Canary)
-			if a.covered < 0 || rec.Covered.D() < a.covered {
-				a.covered = rec.Covered.D()
+			covered := rec.Covered.D()
+			if !e.current[i] {
+				// Summed (its counts may show a failure), but a window
+				// that ended an unknown or too long time ago is not a
+				// window watched up to now.
+				covered = 0
+			}
+			if a.covered < 0 || covered < a.covered {
+				a.covered = covered
 			}
 			a.nodes = append(a.nodes, rec.Node)
 		}
@@ -268,6 +291,9 @@ func (r *Rollouts) publish(ctx context.Context, now time.Time, watches []rollout
 func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []rollout.Watch) (map[string]countsEntry, error) {
 	out := map[string]countsEntry{}
 	if len(watches) == 0 {
+		r.cmu.Lock()
+		r.lastRead = time.Time{} // reads that are not made bound nothing
+		r.cmu.Unlock()
 		return out, nil
 	}
 	c := r.src.client.Load()
@@ -289,6 +315,8 @@ func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []roll
 	}
 	r.cmu.Lock()
 	defer r.cmu.Unlock()
+	prevRead := r.lastRead
+	r.lastRead = now
 	present := make(map[string]bool, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		key := string(kv.Key)
@@ -305,7 +333,7 @@ func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []roll
 		}
 		sn, ok := r.seen[key]
 		if !ok || sn.rev != kv.ModRevision {
-			sn = seenRecord{rev: kv.ModRevision, since: now}
+			sn = seenRecord{rev: kv.ModRevision, seen: now, after: prevRead}
 			r.seen[key] = sn
 		}
 		var rec countsRecord
@@ -317,8 +345,8 @@ func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []roll
 			why = "the replica cannot read its Envoy: " + rec.Error
 		case !rec.Run.Equal(run):
 			why = "counts of another run"
-		case now.Sub(sn.since) > r.stale:
-			why = fmt.Sprintf("stale: not renewed for %s", now.Sub(sn.since).Round(time.Millisecond))
+		case now.Sub(sn.seen) > r.stale:
+			why = fmt.Sprintf("stale: not renewed for %s", now.Sub(sn.seen).Round(time.Millisecond))
 		}
 		r.noteExcluded(key, why)
 		if why != "" {
@@ -327,6 +355,7 @@ func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []roll
 		rec.Node = node
 		e := out[service]
 		e.records = append(e.records, rec)
+		e.current = append(e.current, !sn.after.IsZero() && now.Sub(sn.after) <= r.late)
 		out[service] = e
 	}
 	for key := range r.seen {

@@ -8,3 +8,7 @@ func WithTerm(ctx context.Context, key string, rev int64) context.Context {
 	tctx, cancel := context.WithCancel(ctx)
 	return context.WithValue(ctx, termKey{}, &term{ctx: tctx, cancel: cancel, key: key, rev: rev})
 }
+
+// AfterRead makes f run between every full read's answer and its apply
+// (reason: "start", "reload", "resync").
+func AfterRead(s *Source, f func(reason string)) { s.afterRead.Store(&f) }

@@ -481,3 +481,76 @@ func TestSameStickyAnswers(t *testing.T) {
 		t.Fatalf("%d of 10000 users on v2 at 37%%", v2)
 	}
 }
+
+// A reload (POST /v1/reload, SIGHUP) whose read is overtaken by the watch
+// never puts the older read in force: here the reload's read is served at
+// revision R, then a weights change is committed at R+1 and applied from
+// the watch before the reload applies. The replica keeps R+1's weights (the
+// watch will not send them again), and its applied revision never goes
+// back, whatever the reload answers.
+func TestReloadNeverAppliesAnOlderRead(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	push(t, c, prefix, baseConfig)
+	r := startReplica(t, e.Endpoint, prefix, replicaOpts{node: "a"})
+
+	var history []int64 // applied revisions, in the order seen
+	var hmu sync.Mutex
+	stopRec := make(chan struct{})
+	recDone := make(chan struct{})
+	go func() {
+		defer close(recDone)
+		for {
+			rev := r.src.AppliedRevision()
+			hmu.Lock()
+			if n := len(history); n == 0 || history[n-1] != rev {
+				history = append(history, rev)
+			}
+			hmu.Unlock()
+			select {
+			case <-stopRec:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+
+	changed := strings.Replace(baseConfig, "{v1: 80, v2: 20}", "{v1: 50, v2: 50}", 1)
+	var committed int64
+	fleet.AfterRead(r.src, func(reason string) {
+		if reason != "reload" || committed != 0 {
+			return
+		}
+		committed = push(t, c, prefix, changed)
+		waitFor(t, 10*time.Second, "the watch to apply the change", func() bool { return r.weights("api") == "v1: 50, v2: 50" })
+	})
+	if _, err := r.src.Reload(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if committed == 0 {
+		t.Fatal("the reload's read was not overtaken")
+	}
+	if got := r.weights("api"); got != "v1: 50, v2: 50" || r.src.AppliedRevision() < committed {
+		t.Fatalf("after the reload: api %q at revision %d; want revision %d's weights (v1: 50, v2: 50)", got, r.src.AppliedRevision(), committed)
+	}
+	// Nothing will bring them back if they were lost: the watch has sent
+	// them. A second later they are still in force.
+	time.Sleep(time.Second)
+	if got := r.weights("api"); got != "v1: 50, v2: 50" {
+		t.Fatalf("a second after the reload: api %q", got)
+	}
+	// A reload that is not overtaken still re-reads (and changes nothing).
+	if res, err := r.src.Reload(t.Context()); err != nil || res != "unchanged" {
+		t.Fatalf("second reload: %q, %v", res, err)
+	}
+	close(stopRec)
+	<-recDone
+	hmu.Lock()
+	defer hmu.Unlock()
+	for i := 1; i < len(history); i++ {
+		if history[i] < history[i-1] {
+			t.Fatalf("applied revision went back: %v", history)
+		}
+	}
+}

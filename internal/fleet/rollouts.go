@@ -67,12 +67,14 @@ type Rollouts struct {
 	node  string
 	ttl   time.Duration
 	every time.Duration // publish interval
-	// heartbeat: unchanged counts are written again this often; stale: a
-	// record whose revision has not moved for this long is left out.
-	heartbeat, stale time.Duration
-	local            *rollout.Local
-	log              *slog.Logger
-	m                *RolloutMetrics
+	// heartbeat: unchanged counts are written again this often; late: a
+	// record that may be older than this no longer makes a full window
+	// (it is still summed); stale: a record whose revision has not moved
+	// for this long is left out.
+	heartbeat, late, stale time.Duration
+	local                  *rollout.Local
+	log                    *slog.Logger
+	m                      *RolloutMetrics
 
 	observe atomic.Pointer[func(rollout.State)]
 
@@ -84,6 +86,7 @@ type Rollouts struct {
 	cmu      sync.Mutex
 	pub      map[string]*published // per service: what this replica last wrote
 	seen     map[string]seenRecord // leader: per counts key, when its revision last moved
+	lastRead time.Time             // leader: the last read of the counts in this leadership
 	agg      map[string]*aggregate // leader: per service, the counts summed at the last Sample
 	localErr string                // the last local reading's error, "" when it worked
 	excluded map[string]string     // leader: per counts key, why it was left out (logged on change)
@@ -127,7 +130,7 @@ func NewRollouts(src *Source, o RolloutOptions) *Rollouts {
 	step := max(o.PublishInterval, o.SignalsInterval)
 	r := &Rollouts{
 		src: src, keys: src.keys, node: src.opts.NodeID, ttl: o.TTL, every: o.PublishInterval,
-		heartbeat: 4 * step, stale: 10 * step,
+		heartbeat: 2 * step, late: 4 * step, stale: 10 * step,
 		local: o.Local, log: o.Logger, m: o.Metrics,
 		pub: map[string]*published{}, seen: map[string]seenRecord{}, agg: map[string]*aggregate{},
 		excluded: map[string]string{},
@@ -323,7 +326,8 @@ func (r *Rollouts) onLeader(kvs map[string]*mvccpb.KeyValue, rev int64, _ []stri
 // --- StateStore ---
 
 // Load implements rollout.StateStore: every state under rollouts/. An
-// error wraps store.ErrUnavailable when etcd does not answer.
+// error wraps store.ErrUnavailable when etcd does not answer; a key that
+// cannot be read is left out and named in a *rollout.UnreadableError.
 func (r *Rollouts) Load(ctx context.Context) (map[string]rollout.State, error) {
 	c := r.src.client.Load()
 	if c == nil {
@@ -336,12 +340,22 @@ func (r *Rollouts) Load(ctx context.Context) (map[string]rollout.State, error) {
 		return nil, errUnavailable("read " + r.keys.Rollouts() + ": " + trimErr(err))
 	}
 	out := make(map[string]rollout.State, len(resp.Kvs))
+	var bad map[string]error
 	for _, kv := range resp.Kvs {
 		st, err := r.decodeState(kv)
 		if err != nil {
-			return nil, err
+			// One unreadable key must not hide the others (nor stop a
+			// replica from starting): skipped and named.
+			if bad == nil {
+				bad = map[string]error{}
+			}
+			bad[strings.TrimPrefix(string(kv.Key), r.keys.Rollouts())] = err
+			continue
 		}
 		out[st.Service] = st
+	}
+	if bad != nil {
+		return out, &rollout.UnreadableError{States: bad}
 	}
 	return out, nil
 }

@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -55,8 +56,11 @@ type rnode struct {
 	failing  atomic.Bool // its Envoy cannot be read
 	logs     *syncBuilder
 	stopOnce sync.Once
+	ctx      context.Context
 	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 	done     chan struct{}
+	lagging  bool // the Source does not run (configLags) until runSource
 }
 
 type nodeOpts struct {
@@ -69,6 +73,12 @@ type nodeOpts struct {
 	noSignals bool
 	// states wraps the StateStore (race tests).
 	states func(rollout.StateStore) rollout.StateStore
+	// now is the Manager's clock (a replica with a skewed clock); nil:
+	// time.Now.
+	now func() time.Time
+	// configLags: the Source applies the configuration at start only, and
+	// follows etcd once runSource is called (a lagging config watch).
+	configLags bool
 }
 
 // failable is the node's signal source: its counters, or an error while
@@ -112,13 +122,14 @@ func startNode(t *testing.T, endpoint, prefix, name string, o nodeOpts) *rnode {
 	}
 	n.m, err = rollout.New(t.Context(), rollout.Options{
 		Store: st, Mutator: n.ro, States: states, Evidence: n.ro, Elector: n.ro,
-		NodeID: name, Interval: testTick, Logger: log,
+		NodeID: name, Interval: testTick, Logger: log, Now: o.now,
 	})
 	if err != nil {
 		n.src.Close()
 		t.Fatal(err)
 	}
 	n.ro.Follow(n.m.Observe)
+	n.lagging = o.configLags
 	t.Cleanup(func() {
 		n.stop()
 		n.src.Close()
@@ -135,14 +146,22 @@ func startNode(t *testing.T, endpoint, prefix, name string, o nodeOpts) *rnode {
 // run starts the node's loops.
 func (n *rnode) run(manual bool) {
 	ctx, cancel := context.WithCancel(context.Background())
-	n.cancel, n.done = cancel, make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = n.src.Run(ctx) })
-	wg.Go(func() { n.ro.Run(ctx) })
-	if !manual {
-		wg.Go(func() { _ = n.m.Run(ctx) })
+	n.ctx, n.cancel, n.done = ctx, cancel, make(chan struct{})
+	if !n.lagging {
+		n.wg.Go(func() { _ = n.src.Run(ctx) })
 	}
-	go func() { wg.Wait(); close(n.done) }()
+	n.wg.Go(func() { n.ro.Run(ctx) })
+	if !manual {
+		n.wg.Go(func() { _ = n.m.Run(ctx) })
+	}
+	go func() { n.wg.Wait(); close(n.done) }()
+}
+
+// runSource starts the Source of a node whose configuration lagged: it
+// catches up with etcd.
+func (n *rnode) runSource() {
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); _ = n.src.Run(n.ctx) }()
 }
 
 // stop ends the node's loops (gracefully: its lease is revoked).
@@ -724,4 +743,129 @@ func electionKey(t *testing.T, c *clientv3.Client, prefix string) *mvccpb.KeyVal
 		t.Fatalf("election key: %v %v", resp, err)
 	}
 	return resp.Kvs[0]
+}
+
+// One unreadable rollouts/<service> key (an unknown phase, as a newer or
+// older build may write during an upgrade) does not stop a replica from
+// starting: it is skipped and reported, like a running replica does, and
+// an action on that service says why it cannot act until the key is fixed
+// or deleted. The other services' rollouts are loaded as usual.
+func TestRolloutUnreadableStateAtStart(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	doc := rolloutDoc + strings.ReplaceAll(strings.TrimPrefix(rolloutDoc, "services:\n"), `name: api
+    hosts: ["*"]`, `name: web
+    hosts: ["web.example.com"]`)
+	push(t, c, prefix, doc)
+	if _, err := c.Put(t.Context(), prefix+"rollouts/api", `{"service":"api","phase":"aborted","canary":"v2","stable":"v1","step":2,"weight":0,"history":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Put(t.Context(), prefix+"rollouts/web", `{"service":"web","phase":"exploded","step":1,"history":[]}`); err != nil {
+		t.Fatal(err)
+	}
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{})
+	if s := a.status(); s.State != rollout.Aborted || s.Step != 2 {
+		t.Fatalf("api after the start: %s step %d, want its stored state", s.State, s.Step)
+	}
+	if !strings.Contains(a.logs.String(), "rollouts/web") || !strings.Contains(a.logs.String(), `unknown phase \"exploded\"`) {
+		t.Fatalf("the unreadable key is not reported:\n%s", a.logs.String())
+	}
+	_, err := a.m.Act(t.Context(), "web", rollout.Start, "op")
+	if !errors.Is(err, rollout.ErrConflict) || !strings.Contains(err.Error(), "rollouts/web") {
+		t.Fatalf("start on web while its stored state is unreadable: %v; want a conflict naming the key", err)
+	}
+	if _, err := c.Delete(t.Context(), prefix+"rollouts/web"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "web startable once the key is deleted", func() bool {
+		s, err := a.m.Act(t.Context(), "web", rollout.Start, "op")
+		return err == nil && s.State == rollout.Progressing
+	})
+}
+
+// The leader's configuration watch lags behind its rollouts/ watch: a
+// rollout started (on another replica) under a configuration the leader
+// has not applied yet is not judged against the older one, so it is not
+// aborted ("the configuration no longer has a rollout"); the leader waits,
+// and judges it once it has applied that configuration.
+func TestRolloutLeaderWaitsForTheStatesConfiguration(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	noRollout := rolloutDoc[:strings.Index(rolloutDoc, "    rollout:")]
+	push(t, c, prefix, noRollout)
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{configLags: true})
+	waitFor(t, 10*time.Second, "a to lead", a.ro.Leading)
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	feed(t, a, b)
+	push(t, c, prefix, rolloutDoc)
+	waitFor(t, 10*time.Second, "b to apply the rollout block", func() bool { _, err := b.m.Status("api"); return err == nil })
+	if _, err := a.m.Status("api"); !errors.Is(err, rollout.ErrNoRollout) {
+		t.Fatalf("a's configuration must still be the old one: %v", err)
+	}
+	b.act(rollout.Start, "op")
+	waitFor(t, 10*time.Second, "a to see the started rollout", func() bool { p, _ := a.m.Owns("api"); return p == rollout.Progressing })
+	time.Sleep(40 * testTick) // forty of the leader's ticks
+	if s := b.status(); s.State != rollout.Progressing || len(s.History) != 1 {
+		t.Fatalf("while the leader's configuration lags: %s, history %+v; want the rollout left alone", s.State, s.History)
+	}
+	if !a.ro.Leading() {
+		t.Fatal("a no longer leads")
+	}
+	a.runSource()
+	waitFor(t, 10*time.Second, "a to apply the rollout block", func() bool { _, err := a.m.Status("api"); return err == nil })
+	waitAll(t, "step 2, judged by a once it applied the configuration", func(s rollout.Status) bool { return s.Step == 2 }, a, b)
+	h := b.status().History
+	if h[1].To != rollout.Progressing || h[1].Node != "a" || slices.ContainsFunc(h, func(tr rollout.Transition) bool { return tr.To == rollout.Aborted }) {
+		t.Fatalf("history %+v: want step 2 by a, no abort", h)
+	}
+}
+
+// skewed is a clock off the real one by d.
+func skewed(d time.Duration) func() time.Time { return func() time.Time { return time.Now().Add(d) } }
+
+// The hold is measured on one clock: the leader's clock is an hour ahead
+// of the replica that starts the rollout, and an hour and a half ahead of
+// the one that resumes it, yet each step is held for the hold as the
+// test's clock measures it, not cut short by the hour between the clocks.
+func TestRolloutHoldAcrossSkewedClocks(t *testing.T) {
+	const hold = 3 * time.Second
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	push(t, newClient(t, e.Endpoint), prefix, strings.Replace(rolloutDoc, "hold: 1s", fmt.Sprintf("hold: %s", hold), 1))
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{now: skewed(time.Hour)})
+	waitFor(t, 10*time.Second, "a to lead", a.ro.Leading)
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	cc := startNode(t, e.Endpoint, prefix, "c", nodeOpts{now: skewed(-30 * time.Minute)})
+	feed(t, a, b, cc)
+
+	started := time.Now()
+	b.act(rollout.Start, "op")
+	waitAll(t, "step 2", func(s rollout.Status) bool { return s.Step == 2 }, b)
+	if took := time.Since(started); took < hold {
+		t.Fatalf("step 2 %v after the start: the %v hold was cut short", took, hold)
+	}
+	b.act(rollout.Pause, "op")
+	paused := time.Now()
+	resumed := time.Now()
+	cc.act(rollout.Resume, "op")
+	waitAll(t, "step 3", func(s rollout.Status) bool { return s.Step == 3 }, b)
+	// At most paused-started-hold of the step was held before the pause
+	// (step 2 began no sooner than hold after the start).
+	if took, atLeast := time.Since(resumed), hold-(paused.Sub(started)-hold); took < atLeast {
+		t.Fatalf("step 3 %v after the resume: want at least %v, the rest of the hold", took, atLeast)
+	}
+	moves := 0
+	for _, tr := range b.status().History {
+		if tr.Actor == rollout.Actor {
+			moves++
+			if tr.Node != "a" {
+				t.Fatalf("move %+v by %q, want a", tr, tr.Node)
+			}
+		}
+	}
+	if moves != 2 {
+		t.Fatalf("%d guard moves, want 2", moves)
+	}
 }

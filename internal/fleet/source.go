@@ -83,6 +83,10 @@ type Source struct {
 	rejected  *rejection  // the document in etcd, when it is not in force
 	dropped   map[string]int64
 	cleanup   map[string]cleanupOp
+	// live: rev was read from etcd (cluster clusterID) by this process,
+	// not taken from the cache file, so a read at a lower revision of the
+	// same cluster is older than the state in force.
+	live bool
 
 	// applied is closed and replaced after every apply; appliedRev is the
 	// revision then in force. Waiters read both under amu.
@@ -98,6 +102,9 @@ type Source struct {
 	startedFrom atomic.Value
 	// rollouts, when set, names the rollout leader in GET /v1/fleet.
 	rollouts atomic.Pointer[Rollouts]
+	// afterRead, when set (tests), runs between a full read's answer and
+	// its apply: the window in which a watch event can overtake it.
+	afterRead atomic.Pointer[func(reason string)]
 }
 
 type goodConfig struct {
@@ -259,15 +266,33 @@ func (s *Source) fullRead(ctx context.Context, reason string) error {
 	}
 	s.m.resync(reason)
 	s.setConnected(true, nil)
+	if hook := s.afterRead.Load(); hook != nil {
+		(*hook)(reason)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	rev := resp.Header.Revision
+	if s.live && resp.Header.ClusterId == s.clusterID && rev <= s.rev {
+		// The watch applied a newer revision while this read was on its
+		// way (a reload racing a change): applying the read would put
+		// older keys in force for good, as the watch does not send those
+		// events again. The state in force is as new as the read, or
+		// newer: the read is done.
+		s.log.Info("fleet state read from etcd is not newer than the state in force; keeping that",
+			"reason", reason, "read_revision", rev, "applied_revision", s.rev)
+		return nil
+	}
 	s.kvs = make(map[string]*mvccpb.KeyValue, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		s.kvs[string(kv.Key)] = kv
 	}
 	s.clusterID = resp.Header.ClusterId
-	s.log.Info("fleet state read from etcd", "reason", reason, "revision", resp.Header.Revision, "keys", len(resp.Kvs))
-	return s.applyLocked(resp.Header.Revision, nil)
+	s.log.Info("fleet state read from etcd", "reason", reason, "revision", rev, "keys", len(resp.Kvs))
+	if err := s.applyLocked(rev, nil); err != nil {
+		return err
+	}
+	s.live = true
+	return nil
 }
 
 // Reload re-reads everything from etcd (SIGHUP, POST /v1/reload).
@@ -349,8 +374,15 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 		overrides[svc] = rec.override()
 	}
 
+	// The configuration revision decided on: the document's, whether it
+	// is put in force or rejected; a deleted document is decided on as of
+	// rev (the last good one serves).
+	at := store.Revisions{State: rev, Config: cfgModRev}
+	if kv == nil {
+		at.Config = rev
+	}
 	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
-		return s.store.ApplyShared(g.cfg, g.sha, "etcd "+cfgKey, rev, overrides)
+		return s.store.ApplySharedAt(g.cfg, g.sha, "etcd "+cfgKey, at, overrides)
 	}
 	var snap *store.Snapshot
 	var dropped map[string]string

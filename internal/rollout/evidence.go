@@ -46,7 +46,7 @@ type Local struct {
 
 type series struct {
 	watch          Watch
-	stable, canary *signals.Window
+	stable, canary *signals.Window[signals.Counts]
 }
 
 // NewLocal reads src, keeping windows of buckets of width (the sampling
@@ -66,7 +66,7 @@ func (l *Local) Sample(ctx context.Context, now time.Time, watches []Watch) erro
 		s := l.series[w.Service]
 		if s == nil || s.watch != w {
 			// New, or its versions, clusters or window changed: start over.
-			s = &series{watch: w, stable: signals.NewWindow(w.Window, l.width), canary: signals.NewWindow(w.Window, l.width)}
+			s = &series{watch: w, stable: signals.NewWindow[signals.Counts](w.Window, l.width), canary: signals.NewWindow[signals.Counts](w.Window, l.width)}
 			l.series[w.Service] = s
 		}
 		targets = append(targets, w.Stable, w.Canary)

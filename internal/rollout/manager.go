@@ -76,7 +76,21 @@ type Manager struct {
 	current  map[string]State
 	verdicts map[string]Verdict // last verdict per service (not persisted)
 	counts   map[string]*serviceCounts
-	sigErr   string // last signal error, "" when the last sample worked
+	sigErr   string    // last signal error, "" when the last sample worked
+	sigSince time.Time // when the signals became unreadable
+	// behind: per service, the revision of a stored state written under a
+	// configuration this replica has not decided on yet (logged once).
+	behind map[string]int64
+	// seen: per service whose progressing state another replica's clock
+	// wrote, when this replica first saw that state's Since (local).
+	seen map[string]seenSince
+}
+
+// seenSince is when this replica saw a hold clock another replica started.
+type seenSince struct {
+	since time.Time // the state's Since, on the writer's clock
+	clock string
+	at    time.Time // on this replica's clock
 }
 
 type serviceCounts struct {
@@ -94,6 +108,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
+		behind: map[string]int64{}, seen: map[string]seenSince{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -117,19 +132,28 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.now = time.Now
 	}
 	loaded, err := m.states.Load(ctx)
+	var unreadable *UnreadableError
 	switch {
 	case errors.Is(err, store.ErrUnavailable):
 		// A shared store (etcd) that does not answer yet: the states
 		// arrive through Observe once it does.
 		m.log.Warn("rollout states unavailable at start; following them once the store answers", "error", err)
+	case errors.As(err, &unreadable):
+		// As a running replica does with a state it cannot read: skip
+		// it, and say so; the others start as usual.
+		for _, name := range slices.Sorted(maps.Keys(unreadable.States)) {
+			m.log.Error("rollout state unreadable; ignoring it (actions on the service answer 409 until it is fixed or deleted)",
+				"service", name, "error", unreadable.States[name])
+		}
 	case err != nil:
 		return nil, err
 	}
 	maps.Copy(m.current, loaded)
 	for name, st := range loaded {
+		m.saw(st)
 		if st.Phase.active() {
 			m.log.Info("rollout resumed from the saved state", "service", name, "state", st.Phase,
-				"step", st.Step, "weight", split.FormatPercent(int(st.Weight)), "since", st.Since, "held", st.Held(m.now()).Round(time.Millisecond))
+				"step", st.Step, "weight", split.FormatPercent(int(st.Weight)), "since", st.Since, "held", m.local(st).Held(m.now()).Round(time.Millisecond))
 		}
 	}
 	return m, nil
@@ -162,13 +186,15 @@ func (m *Manager) Tick(ctx context.Context) {
 	}
 	lctx, release, leading := m.elector.Lead(ctx)
 	defer release()
-	now := m.now()
 	var watches []Watch
 	if leading {
-		watches = m.prepare(lctx, snap, now)
+		watches = m.prepare(lctx, snap, m.now())
 	} else {
 		watches = m.following(snap)
 	}
+	// The readings are stamped after prepare, which may have waited on an
+	// apply: a stall before the reading is then a gap the windows see.
+	now := m.now()
 	var err error
 	switch {
 	case m.evidence != nil:
@@ -193,7 +219,7 @@ func (m *Manager) following(snap *store.Snapshot) []Watch {
 	var watches []Watch
 	for _, name := range slices.Sorted(maps.Keys(m.current)) {
 		st := m.current[name]
-		if !st.Phase.active() {
+		if !st.Phase.active() || m.isBehind(snap, st) {
 			continue
 		}
 		if w, reason := watchOf(snap, st); reason == "" {
@@ -201,6 +227,24 @@ func (m *Manager) following(snap *store.Snapshot) []Watch {
 		}
 	}
 	return watches
+}
+
+// isBehind reports whether st was written under a configuration newer
+// than the one in snap, which this replica has not decided on yet (its
+// configuration watch lags behind its rollouts/ watch): st is then
+// neither judged nor acted on (a lagging leader would abort a rollout
+// its configuration does not have yet); m.mu is held.
+func (m *Manager) isBehind(snap *store.Snapshot, st State) bool {
+	if st.ConfigRevision <= snap.ConfigRevision {
+		delete(m.behind, st.Service)
+		return false
+	}
+	if m.behind[st.Service] != st.Revision {
+		m.behind[st.Service] = st.Revision
+		m.log.Info("the rollout state was written under a configuration this replica has not applied yet; waiting for it",
+			"service", st.Service, "state_config_revision", st.ConfigRevision, "applied_config_revision", snap.ConfigRevision)
+	}
+	return true
 }
 
 // watchOf is what st watches under the configuration in snap, or why the
@@ -239,13 +283,13 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 			_ = m.apply(ctx, name)
 			st = m.current[name]
 		}
-		if !st.Phase.active() {
+		if !st.Phase.active() || m.isBehind(snap, st) {
 			continue
 		}
 		w, reason := watchOf(snap, st)
 		if reason != "" {
-			if err := m.commit(ctx, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
-				m.refresh(ctx, name)
+			if err := m.commit(ctx, snap, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
+				_ = m.refresh(ctx, name)
 			}
 			continue
 		}
@@ -265,22 +309,30 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		}
 		st := m.current[w.Service]
 		svc, ok := snap.Table.Service(w.Service)
-		if !st.Phase.active() || !ok || svc.Rollout == nil {
+		if !st.Phase.active() || !ok || svc.Rollout == nil || m.isBehind(snap, st) {
 			continue // an action or the configuration changed it meanwhile
 		}
 		if sampleErr == nil {
 			stable, canary, covered := m.evidence.Totals(w.Service, now)
 			v := newVerdict(svc.Rollout.Guard, canary, stable, covered, now)
+			if age := m.now().Sub(now); age > w.Window {
+				// The tick stalled (an apply under the lock, a slow read)
+				// for longer than the window since these readings: they
+				// may still roll back, never step.
+				m.log.Warn("the rollout's readings are older than its window: no step on them",
+					"service", w.Service, "age", age.Round(time.Millisecond), "window", w.Window)
+				covered = 0
+			}
 			if src, ok := m.evidence.(Sourced); ok {
 				v.Replicas = src.Sources(w.Service)
 			}
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
-			if next, changed := Advance(st, svc.Rollout, v, covered, now); changed {
-				if err := m.commit(ctx, next); errors.Is(err, ErrStale) {
+			if next, changed := Advance(m.local(st), svc.Rollout, v, covered, now); changed {
+				if err := m.commit(ctx, snap, next); errors.Is(err, ErrStale) {
 					// An operator's action (or another leader) won the
 					// race: judge the state that is stored next time.
-					m.refresh(ctx, w.Service)
+					_ = m.refresh(ctx, w.Service)
 				}
 				continue
 			}
@@ -308,8 +360,14 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 	}
 	switch {
 	case msg == "":
-		m.log.Info("rollout signals readable again")
+		// Readings are stamped when taken: a gap longer than a rollout's
+		// window starts its window again (docs/rollouts.md, "Signals").
+		m.log.Info("rollout signals readable again; a rollout whose window is shorter than the gap waits for a full window of new readings before any step",
+			"unreadable_for", m.now().Sub(m.sigSince).Round(time.Millisecond))
 	default:
+		if m.sigErr == "" {
+			m.sigSince = m.now()
+		}
 		services := make([]string, len(watches))
 		for i, w := range watches {
 			services[i] = w.Service
@@ -320,12 +378,15 @@ func (m *Manager) signalResult(err error, watches []Watch) {
 	m.sigErr = msg
 }
 
-// commit persists next, then applies its weights. The state is saved with
-// Applying set first, so a crash between the two is finished at the next
-// start (or by the next leader); m.mu is held. An error wraps ErrStale
-// when the stored state is no longer the one next was derived from.
-func (m *Manager) commit(ctx context.Context, next State) error {
+// commit persists next, computed under the configuration of snap, then
+// applies its weights. The state is saved with Applying set first, so a
+// crash between the two is finished at the next start (or by the next
+// leader); m.mu is held. An error wraps ErrStale when the stored state is
+// no longer the one next was derived from.
+func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) error {
 	next.Applying = true
+	next.ConfigRevision = snap.ConfigRevision
+	next.Clock = m.node
 	if n := len(next.History); n > 0 && next.History[n-1].Node == "" {
 		next.History[n-1].Node = m.node
 	}
@@ -339,18 +400,26 @@ func (m *Manager) commit(ctx context.Context, next State) error {
 		return fmt.Errorf("saving the rollout state: %w", err)
 	}
 	m.current[next.Service] = saved
+	m.saw(saved)
 	m.countsOf(next.Service).transitions[next.Phase]++
 	m.logTransition(ctx, saved)
 	return m.apply(ctx, next.Service)
 }
 
 // refresh reads service's state from the StateStore after a write lost to
-// a newer one; m.mu is held.
-func (m *Manager) refresh(ctx context.Context, service string) {
+// a newer one; m.mu is held. It returns an error only when service's
+// stored state cannot be read (the state known here is kept).
+func (m *Manager) refresh(ctx context.Context, service string) error {
 	loaded, err := m.states.Load(ctx)
-	if err != nil {
+	var unreadable *UnreadableError
+	if errors.As(err, &unreadable) {
+		if bad := unreadable.States[service]; bad != nil {
+			m.log.Warn("the stored rollout state cannot be read", "service", service, "error", bad)
+			return bad
+		}
+	} else if err != nil {
 		m.log.Warn("cannot read the rollout states again", "service", service, "error", err)
-		return
+		return nil
 	}
 	st, ok := loaded[service]
 	cur, known := m.current[service]
@@ -360,6 +429,7 @@ func (m *Manager) refresh(ctx context.Context, service string) {
 	case !known || st.Revision >= cur.Revision:
 		m.follow(cur, st)
 	}
+	return nil
 }
 
 // Observe takes a state another replica stored (etcd mode: from the watch
@@ -375,6 +445,7 @@ func (m *Manager) Observe(st State) {
 		if known {
 			delete(m.current, st.Service)
 			delete(m.verdicts, st.Service)
+			delete(m.seen, st.Service)
 			m.log.Warn("rollout state deleted from the store: the service is idle", "service", st.Service)
 		}
 		return
@@ -389,14 +460,7 @@ func (m *Manager) Observe(st State) {
 // and logged (as followed: the replica that made them audited them); m.mu
 // is held.
 func (m *Manager) follow(cur, st State) {
-	var last time.Time
-	if n := len(cur.History); n > 0 {
-		last = cur.History[n-1].At
-	}
-	for _, tr := range st.History {
-		if !tr.At.After(last) {
-			continue
-		}
+	for _, tr := range added(cur.History, st.History) {
 		m.countsOf(st.Service).transitions[tr.To]++
 		m.log.Info("rollout transition followed", "service", st.Service, "from", tr.From, "to", tr.To, "step", tr.Step,
 			"weight", split.FormatPercent(int(tr.Weight)), "actor", tr.Actor, "node", tr.Node, "reason", tr.Reason)
@@ -405,6 +469,55 @@ func (m *Manager) follow(cur, st State) {
 		delete(m.verdicts, st.Service)
 	}
 	m.current[st.Service] = st
+	m.saw(st)
+}
+
+// added is the transitions of next after those of cur: next's history
+// continues cur's (capped to MaxHistory), found by cur's last transition.
+// Transitions carry their writers' clocks, so they are matched, never
+// ordered by time.
+func added(cur, next []Transition) []Transition {
+	if len(cur) == 0 {
+		return next
+	}
+	last := cur[len(cur)-1]
+	for i := len(next) - 1; i >= 0; i-- {
+		tr := next[i]
+		if tr.At.Equal(last.At) && tr.From == last.From && tr.To == last.To && tr.Step == last.Step && tr.Actor == last.Actor && tr.Node == last.Node {
+			return next[i+1:]
+		}
+	}
+	return next
+}
+
+// saw notes when this replica first saw st's hold clock, when another
+// replica's clock started it; m.mu is held.
+func (m *Manager) saw(st State) {
+	if st.Phase != Progressing || st.Clock == m.node {
+		delete(m.seen, st.Service)
+		return
+	}
+	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
+		return
+	}
+	m.seen[st.Service] = seenSince{since: st.Since, clock: st.Clock, at: m.now()}
+}
+
+// local is st with its hold clock on this replica's clock: a Since that
+// another replica's clock wrote is replaced by when this replica saw it,
+// so that the hold is never measured across two clocks (it is measured
+// short by how long the state took to arrive, never long by how far the
+// clocks are apart); m.mu is held.
+func (m *Manager) local(st State) State {
+	if st.Phase != Progressing || st.Clock == m.node {
+		return st
+	}
+	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
+		st.Since = s.at
+	} else {
+		st.Since = m.now()
+	}
+	return st
 }
 
 // apply sets the weights of service's state (unless they are in force
@@ -453,6 +566,7 @@ func (m *Manager) apply(ctx context.Context, service string) error {
 		m.log.Warn("cannot save the rollout state after applying its weights", "service", service, "error", err)
 	default:
 		m.current[service] = saved
+		m.saw(saved)
 	}
 	return nil
 }
@@ -567,14 +681,23 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	unreadable := func(err error) error {
+		return fmt.Errorf("%w: service %q: the stored rollout state cannot be read (%v); fix or delete it", ErrConflict, service, err)
+	}
 	if _, ok := m.states.(FileStates); !ok {
 		// A shared store: this replica's copy may lag behind a step the
 		// leader just took; act on the stored state.
-		m.refresh(ctx, service)
+		if err := m.refresh(ctx, service); err != nil {
+			return Status{}, unreadable(err)
+		}
 	}
 	for attempt := 1; ; attempt++ {
 		st := m.stateOf(service)
-		next, err := Act(st, svc.Rollout, svc.Stable, action, m.now(), actor)
+		if st.ConfigRevision > snap.ConfigRevision {
+			return Status{}, fmt.Errorf("%w: service %q: this replica has applied configuration revision %d, older than revision %d the rollout state was written under; retry once it has caught up",
+				store.ErrUnavailable, service, snap.ConfigRevision, st.ConfigRevision)
+		}
+		next, err := Act(m.local(st), svc.Rollout, svc.Stable, action, m.now(), actor)
 		if err != nil {
 			return Status{}, err
 		}
@@ -582,11 +705,13 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 			m.evidence.Forget(service)
 			delete(m.verdicts, service)
 		}
-		err = m.commit(ctx, next)
+		err = m.commit(ctx, snap, next)
 		if errors.Is(err, ErrStale) && attempt < maxActAttempts {
 			// The leader stepped (or another operator acted) since this
 			// replica last saw the state: act on the stored one.
-			m.refresh(ctx, service)
+			if err := m.refresh(ctx, service); err != nil {
+				return Status{}, unreadable(err)
+			}
 			continue
 		}
 		if err != nil {
@@ -666,7 +791,7 @@ func (m *Manager) statusLocked(svc split.Service) Status {
 	out := Status{
 		Service: svc.Name, State: st.Phase, Canary: st.Canary, Stable: st.Stable,
 		Step: st.Step, Steps: len(svc.Rollout.Steps), Weight: st.Weight, Since: st.Since,
-		Held: split.Duration(st.Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
+		Held: split.Duration(m.local(st).Held(m.now())), Hold: svc.Rollout.Hold, OwnsWeights: st.Phase.Owns(),
 		History: slices.Clone(st.History), Config: svc.Rollout,
 		Leader: m.elector.Leader(), Node: m.node, Revision: st.Revision,
 	}

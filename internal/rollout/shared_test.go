@@ -2,9 +2,11 @@ package rollout_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -308,5 +310,68 @@ func TestActSavedThenOvertakenIsDone(t *testing.T) {
 	}
 	if s := b.act(rollout.Abort); s.State != rollout.Aborted {
 		t.Fatalf("abort: %s", s.State)
+	}
+}
+
+// A state written under a configuration revision this replica has not
+// applied yet (its rollout moves v3, which the configuration in force
+// here does not have) is neither judged nor aborted, and an action on it
+// answers "unavailable" rather than being computed on the older
+// configuration.
+func TestStateOfANewerConfigurationWaits(t *testing.T) {
+	states, el := newRevStates(), &switchElector{}
+	el.lead.Store(true)
+	b := sharedBed(t, states, el)
+	newer := states.put(rollout.State{
+		Service: "api", Phase: rollout.Progressing, Canary: "v3", Stable: "v1", Step: 1, Weight: 500,
+		Since: b.clock.Now(), StartedAt: b.clock.Now(), ConfigRevision: 9, History: []rollout.Transition{},
+	})
+	b.m.Observe(newer)
+	b.run(5*time.Second, traffic{stable: 30, canary: 10, canaryErrs: 10}, nil)
+	s := b.status()
+	if s.State != rollout.Progressing || s.Revision != newer.Revision || s.Verdict != nil {
+		t.Fatalf("a state of a newer configuration: %s rev %d, verdict %+v; want it left alone", s.State, s.Revision, s.Verdict)
+	}
+	if _, err := b.m.Act(t.Context(), "api", rollout.Pause, "op"); !errors.Is(err, store.ErrUnavailable) || !strings.Contains(err.Error(), "revision 9") {
+		t.Fatalf("pause: %v; want unavailable until this replica has applied configuration revision 9", err)
+	}
+	if !strings.Contains(b.logs.String(), "state_config_revision=9") {
+		t.Errorf("the wait is not logged:\n%s", b.logs.String())
+	}
+}
+
+// The hold is measured on one clock: a rollout started on a replica whose
+// clock is an hour behind this one is held here for the hold from when
+// this replica saw it start, not judged an hour old. A pause made there
+// later is counted as a transition although its time, on that clock,
+// is before the step this replica made.
+func TestHoldMeasuredOnOneClock(t *testing.T) {
+	states, el := newRevStates(), &switchElector{}
+	el.lead.Store(true)
+	b := sharedBed(t, states, el)
+	cfg, err := b.m.Status("api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := func() time.Time { return b.clock.Now().Add(-time.Hour) }
+	actThere := func(st rollout.State, a rollout.Action) rollout.State {
+		t.Helper()
+		next, err := rollout.Act(st, cfg.Config, "v1", a, elsewhere(), "op")
+		if err != nil {
+			t.Fatal(err)
+		}
+		next.Clock, next.History[len(next.History)-1].Node = "node-2", "node-2"
+		next = states.put(next)
+		b.m.Observe(next)
+		return next
+	}
+	actThere(rollout.State{Service: "api", Phase: rollout.Idle}, rollout.Start)
+	took := b.run(time.Minute, healthy, func(s rollout.Status) bool { return s.Step == 2 })
+	if took < 10*time.Second {
+		t.Fatalf("step 2 %v after a start on a clock an hour behind: the 10s hold was cut short", took)
+	}
+	actThere(mustLoad(t, states)["api"], rollout.Pause)
+	if s := b.status(); s.State != rollout.Paused || transitionsTo(t, b.m, "paused") != 1 {
+		t.Fatalf("after node-2's pause: %s, %v pauses counted; want it followed and counted", s.State, transitionsTo(t, b.m, "paused"))
 	}
 }

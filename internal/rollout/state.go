@@ -62,9 +62,14 @@ var (
 // MaxHistory bounds the transitions a state keeps (the oldest go first).
 const MaxHistory = 32
 
-// State is one service's rollout, as it is persisted. Times are instants,
-// never countdowns, so that a restart resumes with honest hold time: Since
-// is when the step in force began (pushed later by the time spent paused).
+// State is one service's rollout, as it is persisted. The hold is an
+// instant and a duration, never a countdown, so that a restart resumes
+// with honest hold time: Since is when the hold clock last started (the
+// step's start, or the last resume; the pause while paused), on the clock
+// of the replica named in Clock, and HeldBefore what had been held before
+// it. Instants are read only on the clock that wrote them: another
+// replica measures the time since Since from when it saw the state
+// (Manager), never by comparing two clocks.
 type State struct {
 	Service string `json:"service"`
 	Phase   Phase  `json:"phase"`
@@ -79,8 +84,22 @@ type State struct {
 	Weight   split.Percent `json:"weight"`
 	Since    time.Time     `json:"since,omitzero"`
 	PausedAt time.Time     `json:"paused_at,omitzero"`
+	// HeldBefore is how long the step had been held before Since (pauses
+	// excluded): 0 at a step's start, the hold so far at a pause or a
+	// resume.
+	HeldBefore split.Duration `json:"held_before,omitempty"`
+	// Clock names the replica whose clock wrote Since and PausedAt (its
+	// node id; "" in file mode, where there is one).
+	Clock string `json:"clock,omitempty"`
 	// StartedAt is when the run in force was started (see Started).
 	StartedAt time.Time `json:"started_at,omitzero"`
+	// ConfigRevision is the revision of the configuration the state was
+	// computed under (fleet mode: etcd's revision of the document, see
+	// store.Snapshot.ConfigRevision; 0 in file mode). A replica that has
+	// not decided on that configuration yet neither judges nor acts on
+	// the state: against an older configuration it could look like one
+	// the configuration no longer allows.
+	ConfigRevision int64 `json:"config_revision,omitempty"`
 	// Applying is set while the weights of a transition are being applied:
 	// a state read back with it set (a crash in between) has its weights
 	// applied again.
@@ -108,13 +127,14 @@ type Transition struct {
 	Verdict *Verdict `json:"verdict,omitempty"`
 }
 
-// Held is how long the step in force has been held, pauses excluded.
+// Held is how long the step in force has been held, pauses excluded, at
+// now on the clock of s.Clock.
 func (s State) Held(now time.Time) time.Duration {
 	switch s.Phase {
 	case Progressing:
-		return max(now.Sub(s.Since), 0)
+		return s.HeldBefore.D() + max(now.Sub(s.Since), 0)
 	case Paused:
-		return max(s.PausedAt.Sub(s.Since), 0)
+		return s.HeldBefore.D() + max(s.PausedAt.Sub(s.Since), 0)
 	}
 	return 0
 }
@@ -141,7 +161,7 @@ func (s State) Started() time.Time {
 func (s State) to(phase Phase, step, weight int, now time.Time, actor, reason string, v *Verdict) State {
 	next := s
 	next.Phase, next.Step, next.Weight = phase, step, split.Percent(weight)
-	next.Since, next.PausedAt = now, time.Time{}
+	next.Since, next.PausedAt, next.HeldBefore = now, time.Time{}, 0
 	tr := Transition{At: now, From: s.Phase, To: phase, Step: step, Weight: split.Percent(weight), Actor: actor, Reason: reason, Verdict: v}
 	next.History = append(append(make([]Transition, 0, len(s.History)+1), s.History...), tr)
 	if len(next.History) > MaxHistory {
@@ -171,14 +191,17 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 			return conflict("pause")
 		}
 		next := s.to(Paused, s.Step, int(s.Weight), now, actor, "paused", nil)
-		next.Since, next.PausedAt = s.Since, now // the hold clock stops
+		// The hold clock stops: what was held is carried as a duration.
+		next.HeldBefore, next.Since, next.PausedAt = split.Duration(s.Held(now)), now, now
 		return next, nil
 	case Resume:
 		if s.Phase != Paused {
 			return conflict("resume")
 		}
 		next := s.to(Progressing, s.Step, int(s.Weight), now, actor, "resumed", nil)
-		next.Since = s.Since.Add(now.Sub(s.PausedAt)) // the paused time does not count
+		// The paused time does not count: the hold goes on from what was
+		// held, from now.
+		next.HeldBefore = split.Duration(s.Held(now))
 		return next, nil
 	case Abort:
 		if !s.Phase.active() {

@@ -7,16 +7,37 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
+
+// UnreadableError is what a StateStore's Load returns, beside the states
+// it could read, when some stored states cannot be read (an unknown
+// phase, as another build may write during an upgrade): one bad state
+// must not hide the others. Each is skipped and reported.
+type UnreadableError struct {
+	// States maps a service to why its stored state cannot be read (the
+	// error names the key).
+	States map[string]error
+}
+
+func (e *UnreadableError) Error() string {
+	msgs := make([]string, 0, len(e.States))
+	for _, name := range slices.Sorted(maps.Keys(e.States)) {
+		msgs = append(msgs, e.States[name].Error())
+	}
+	return "unreadable rollout states: " + strings.Join(msgs, "; ")
+}
 
 // StateStore keeps rollout states durably. FileStates keeps them in the
 // state file (file mode). In etcd mode they live under rollouts/<service>,
 // written with a compare-and-swap on the key's revision, and every replica
 // follows them through a watch (Manager.Observe; docs/rollouts.md).
 type StateStore interface {
+	// Load reads every stored state. A state that cannot be read is left
+	// out and named in an *UnreadableError, returned with the others.
 	Load(ctx context.Context) (map[string]State, error)
 	// Save makes s durable and returns it as stored. A store with
 	// revisions sets State.Revision, and saves s only while the stored

@@ -52,9 +52,12 @@ func TestWindow(t *testing.T) {
 			readings: []reading{
 				{0, signals.Counts{}},
 				{time.Second, signals.Counts{Requests: 10, Errors: 10}}, // old burst
+				{2 * time.Second, signals.Counts{Requests: 15, Errors: 10}},
+				{3 * time.Second, signals.Counts{Requests: 20, Errors: 10}},
+				{4 * time.Second, signals.Counts{Requests: 25, Errors: 10}},
 				{5 * time.Second, signals.Counts{Requests: 30, Errors: 10}},
 			},
-			sumAt: 5 * time.Second, want: signals.Counts{Requests: 20}, covered: 3 * time.Second,
+			sumAt: 5 * time.Second, want: signals.Counts{Requests: 15}, covered: 3 * time.Second,
 		},
 		{
 			name: "a ring slot reused for a later bucket starts from zero", span: 2 * time.Second, width: time.Second,
@@ -75,6 +78,108 @@ func TestWindow(t *testing.T) {
 			sumAt: 2 * time.Second, want: signals.Counts{Requests: 50, Errors: 2}, covered: 2 * time.Second,
 		},
 		{
+			// Requests went backwards, errors did not (they were few before
+			// the restart and grew past their old value since): both restarted.
+			name: "one counter went backwards: both restarted", span: 10 * time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{Requests: 1000, Errors: 10}},
+				{time.Second, signals.Counts{Requests: 40, Errors: 12}},
+			},
+			sumAt: time.Second, want: signals.Counts{Requests: 40, Errors: 12}, covered: time.Second,
+		},
+		{
+			name: "errors went backwards, requests did not: both restarted", span: 10 * time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{Requests: 100, Errors: 50}},
+				{time.Second, signals.Counts{Requests: 150, Errors: 3}},
+			},
+			sumAt: time.Second, want: signals.Counts{Requests: 150, Errors: 3}, covered: time.Second,
+		},
+		{
+			// Two minutes without a reading, then one: its growth cannot
+			// be placed in the window, so it is a new baseline.
+			name: "a gap longer than the span starts a new baseline", span: 2 * time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{time.Second, signals.Counts{Requests: 10}},
+				{121 * time.Second, signals.Counts{Requests: 4810, Errors: 25}},
+			},
+			sumAt: 121 * time.Second, want: signals.Counts{}, covered: 0,
+		},
+		{
+			name: "after a gap the window fills again from the new baseline", span: 2 * time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{time.Second, signals.Counts{Requests: 10}},
+				{121 * time.Second, signals.Counts{Requests: 4810, Errors: 25}},
+				{122 * time.Second, signals.Counts{Requests: 4850, Errors: 45}},
+			},
+			sumAt: 122 * time.Second, want: signals.Counts{Requests: 40, Errors: 20}, covered: time.Second,
+		},
+		{
+			// A 3s gap inside a 4s window: its growth (30 requests, 30
+			// errors) is summed while the whole gap lies in the window
+			// (give or take two buckets), then left out; covered is
+			// measured from the reading that ended the gap.
+			name: "growth read across a gap is summed while the gap is in the window", span: 4 * time.Second, width: 500 * time.Millisecond,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{500 * time.Millisecond, signals.Counts{Requests: 5}},
+				{time.Second, signals.Counts{Requests: 10}},
+				{4 * time.Second, signals.Counts{Requests: 40, Errors: 30}},
+				{4500 * time.Millisecond, signals.Counts{Requests: 45, Errors: 30}},
+			},
+			sumAt: 4500 * time.Millisecond, want: signals.Counts{Requests: 40, Errors: 30}, covered: 4 * time.Second,
+		},
+		{
+			name: "growth read across a gap that began before the window is left out", span: 4 * time.Second, width: 500 * time.Millisecond,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{500 * time.Millisecond, signals.Counts{Requests: 5}},
+				{time.Second, signals.Counts{Requests: 10}},
+				{4 * time.Second, signals.Counts{Requests: 40, Errors: 30}},
+				{4500 * time.Millisecond, signals.Counts{Requests: 45, Errors: 30}},
+				{5 * time.Second, signals.Counts{Requests: 50, Errors: 30}},
+				{5500 * time.Millisecond, signals.Counts{Requests: 55, Errors: 30}},
+				{6 * time.Second, signals.Counts{Requests: 60, Errors: 30}},
+				{6500 * time.Millisecond, signals.Counts{Requests: 65, Errors: 30}},
+			},
+			sumAt: 6500 * time.Millisecond, want: signals.Counts{Requests: 25}, covered: 2500 * time.Millisecond,
+		},
+		{
+			name: "a late tick changes nothing", span: 4 * time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{time.Second, signals.Counts{Requests: 10}},
+				{2 * time.Second, signals.Counts{Requests: 20}},
+				{3 * time.Second, signals.Counts{Requests: 30}},
+				{5 * time.Second, signals.Counts{Requests: 50}},
+				{6 * time.Second, signals.Counts{Requests: 60}},
+				{7 * time.Second, signals.Counts{Requests: 70}},
+			},
+			sumAt: 7500 * time.Millisecond, want: signals.Counts{Requests: 40}, covered: 4 * time.Second,
+		},
+		{
+			// Readings as far apart as the span (a signals interval as
+			// long as the guard's window), each a little late.
+			name: "late readings a whole span apart are not gaps", span: time.Second, width: time.Second,
+			readings: []reading{
+				{0, signals.Counts{}},
+				{1010 * time.Millisecond, signals.Counts{Requests: 10}},
+				{2020 * time.Millisecond, signals.Counts{Requests: 20, Errors: 1}},
+			},
+			sumAt: 2020 * time.Millisecond, want: signals.Counts{Requests: 10, Errors: 1}, covered: time.Second,
+		},
+		{
+			name: "a reading before the previous one is a new baseline", span: 10 * time.Second, width: time.Second,
+			readings: []reading{
+				{5 * time.Second, signals.Counts{Requests: 10}},
+				{6 * time.Second, signals.Counts{Requests: 20}},
+				{2 * time.Second, signals.Counts{Requests: 30}},
+			},
+			sumAt: 3 * time.Second, want: signals.Counts{}, covered: time.Second,
+		},
+		{
 			name: "sub-second buckets", span: time.Second, width: 250 * time.Millisecond,
 			readings: []reading{
 				{0, signals.Counts{}},
@@ -87,7 +192,7 @@ func TestWindow(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := signals.NewWindow(tc.span, tc.width)
+			w := signals.NewWindow[signals.Counts](tc.span, tc.width)
 			for _, r := range tc.readings {
 				w.Observe(at(r.at), r.c)
 			}
@@ -100,7 +205,7 @@ func TestWindow(t *testing.T) {
 }
 
 func TestWindowReset(t *testing.T) {
-	w := signals.NewWindow(time.Second, 100*time.Millisecond)
+	w := signals.NewWindow[signals.Counts](time.Second, 100*time.Millisecond)
 	w.Observe(at(0), signals.Counts{})
 	w.Observe(at(100*time.Millisecond), signals.Counts{Requests: 9, Errors: 9})
 	w.Reset()

@@ -18,10 +18,24 @@ type Override struct {
 	Against split.Weights
 }
 
-// ApplyShared publishes cfg with exactly the given overrides in force, for
-// a configuration that lives in a shared store rather than a file: the
-// store holds no overrides of its own and writes no state file; the caller
-// passes the whole state (configuration and overrides) as of revision.
+// Revisions say what a shared store's state is as of: State is the
+// revision of the whole state (configuration and overrides), Config the
+// revision of the configuration document decided on (Snapshot.Revision
+// and Snapshot.ConfigRevision).
+type Revisions struct {
+	State, Config int64
+}
+
+// ApplyShared is ApplySharedAt at revision, the configuration's revision
+// unknown (0).
+func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int64, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
+	return s.ApplySharedAt(cfg, sha, source, Revisions{State: revision}, overrides)
+}
+
+// ApplySharedAt publishes cfg with exactly the given overrides in force,
+// for a configuration that lives in a shared store rather than a file:
+// the store holds no overrides of its own and writes no state file; the
+// caller passes the whole state (configuration and overrides) as of at.
 //
 // An override applies only when the configuration still has the weights
 // it was set against, names the same versions and sums to 100; the others
@@ -30,7 +44,7 @@ type Override struct {
 // overrides in place (services whose effective weights did not change keep
 // their round-robin position). An error means the configuration itself is
 // invalid: nothing changes.
-func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int64, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
+func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
 	if cfg == nil {
 		return nil, nil, errors.New("apply: nil configuration")
 	}
@@ -87,13 +101,14 @@ func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int6
 		loadedAt = old.LoadedAt // the configuration did not change, only overrides
 	}
 	snap = &Snapshot{
-		Table:     table,
-		File:      cfg,
-		Overrides: nilIfEmpty(kept),
-		SHA256:    sha,
-		Source:    source,
-		LoadedAt:  loadedAt,
-		Revision:  revision,
+		Table:          table,
+		File:           cfg,
+		Overrides:      nilIfEmpty(kept),
+		SHA256:         sha,
+		Source:         source,
+		LoadedAt:       loadedAt,
+		Revision:       at.State,
+		ConfigRevision: at.Config,
 	}
 	// The last error is the caller's to keep or clear: a rejected
 	// configuration stays reported while overrides apply on the last good.

@@ -45,6 +45,11 @@ type Snapshot struct {
 	// Revision is the etcd revision the state is as of, in fleet mode
 	// (ApplyShared); 0 for a file.
 	Revision int64
+	// ConfigRevision is, in fleet mode, the etcd revision of the
+	// configuration document this state was decided after: the one in
+	// force, or a newer one that was rejected (the last good one then
+	// serves); 0 for a file.
+	ConfigRevision int64
 }
 
 // FileService returns the service as written in the file, before
