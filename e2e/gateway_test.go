@@ -32,6 +32,7 @@ type gwBed struct {
 	mode     string // "ext_proc" or "module"
 	cfgPath  string
 	gateway  *testbed.Gateway
+	envoy    *testbed.GatewayEnvoy
 	splitter *testbed.Splitter // ext_proc only
 	admin    *testbed.AdminClient
 	client   *testbed.Client
@@ -145,7 +146,7 @@ func newGatewayBed(t *testing.T, mode string) *gwBed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.gateway.WaitEnvoy(t.Context(), listen); err != nil {
+	if b.envoy, err = b.gateway.WaitEnvoy(t.Context(), listen); err != nil {
 		t.Fatal(err)
 	}
 	b.client = testbed.ClientFor("127.0.0.1:" + strconv.Itoa(listen))
@@ -177,7 +178,7 @@ func (b *gwBed) get(t *testing.T, h http.Header) (string, map[string]string) {
 // splitter's answer (ext_proc fail-open), over every ext_proc filter.
 func (b *gwBed) failedOpen(t *testing.T) uint64 {
 	t.Helper()
-	stats, err := b.gateway.Envoy().Stats(t.Context(), "failure_mode_allowed")
+	stats, err := b.envoy.Stats(t.Context(), "failure_mode_allowed")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +234,7 @@ func TestEnvoyGateway(t *testing.T) {
 
 func testEnvoyGateway(t *testing.T, mode string) {
 	b := newGatewayBed(t, mode)
-	gwPid, envoyPid := b.gateway.Pid(), b.gateway.EnvoyPID
+	gwPid, envoyPid := b.gateway.Pid(), b.envoy.PID
 	steps := []struct {
 		name string
 		run  func(t *testing.T)
@@ -303,7 +304,7 @@ func testEnvoyGateway(t *testing.T, mode string) {
 			return
 		}
 	}
-	if b.gateway.Pid() != gwPid || !b.gateway.Running() || b.gateway.EnvoyPID != envoyPid || !b.gateway.EnvoyRunning() {
+	if b.gateway.Pid() != gwPid || !b.gateway.Running() || b.envoy.PID != envoyPid || !b.envoy.Running() {
 		t.Fatal("Envoy Gateway or its Envoy was restarted; nothing above may need that")
 	}
 }
@@ -317,7 +318,7 @@ func (b *gwBed) filterOnEveryRoute(t *testing.T) {
 	if b.mode == "module" {
 		prefix = "envoy.filters.http.dynamic_modules/"
 	}
-	body, err := b.gateway.Envoy().ConfigDump(t.Context(), "?resource=dynamic_route_configs")
+	body, err := b.envoy.ConfigDump(t.Context(), "?resource=dynamic_route_configs")
 	if err != nil {
 		t.Fatal(err)
 	}

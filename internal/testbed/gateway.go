@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -89,11 +91,11 @@ func RealEnvoy(ctx context.Context, bin string) (string, error) {
 	return real, nil
 }
 
-// GatewayFixedPorts are the ports Envoy Gateway v1.9 and its Envoy always
-// bind, whatever the configuration: xDS, admin, metrics, health, the Wasm
-// cache, and Envoy's readiness listener. Hence one Envoy Gateway per
-// machine at a time.
-var GatewayFixedPorts = []int{18000, 19000, 19001, 8081, 18002, 19003}
+// GatewayFixedPorts returns the ports Envoy Gateway v1.9 and its Envoy
+// always bind, whatever the configuration: xDS, admin, metrics, health,
+// the Wasm cache, and Envoy's readiness listener. Hence one Envoy Gateway
+// per machine at a time.
+func GatewayFixedPorts() []int { return []int{18000, 19000, 19001, 8081, 18002, 19003} }
 
 // gatewayLock serialises Envoy Gateways across processes: two test runs (or
 // a test and the benchmark) on one machine wait for each other instead of
@@ -145,19 +147,27 @@ type GatewayOptions struct {
 }
 
 // Gateway is a running `envoy-gateway server` in standalone mode (file
-// resources, host infrastructure) and the Envoy it started.
+// resources, host infrastructure).
 type Gateway struct {
 	*Proc
 	Dirs GatewayDirs
-	// EnvoyPID and EnvoyAdmin are those of the Envoy Envoy Gateway started
-	// (set by WaitEnvoy).
-	EnvoyPID   int
-	EnvoyAdmin string
 
-	envoyBin string
-	lock     *os.File
-	http     *http.Client
+	lock *os.File
+	http *http.Client
+	mu   sync.Mutex
+	pids []int // every Envoy WaitEnvoy found, killed by PID at the bed's close
 }
+
+// GatewayEnvoy is an Envoy that Envoy Gateway started (one per Gateway
+// resource). It is not a child of this process: Envoy gives its admin
+// interface (Stats, ConfigDump), not Restart or Kill.
+type GatewayEnvoy struct {
+	*Envoy
+	PID int
+}
+
+// Running reports whether this Envoy still runs.
+func (e *GatewayEnvoy) Running() bool { return alive(e.PID) }
 
 // StartGateway runs `envoy-gateway certgen --local` and then
 // `envoy-gateway server` on o.ConfigPath. It returns once the server runs;
@@ -182,7 +192,6 @@ func (b *Bed) StartGateway(ctx context.Context, bin string, o GatewayOptions) (*
 	if err != nil {
 		return nil, err
 	}
-	g.envoyBin = real
 	link := filepath.Join(o.Dirs.DataHome, "envoy-versions", o.EnvoyVersion, "bin", "envoy")
 	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
 		return nil, err
@@ -208,58 +217,90 @@ func (b *Bed) StartGateway(ctx context.Context, bin string, o GatewayOptions) (*
 	return g, nil
 }
 
-// WaitEnvoy waits until Envoy Gateway has started its Envoy, that Envoy's
-// admin interface says LIVE, and a listener on listenPort is bound; it
-// sets EnvoyPID and EnvoyAdmin.
-func (g *Gateway) WaitEnvoy(ctx context.Context, listenPort int) error {
+// WaitEnvoy waits until Envoy Gateway has started an Envoy whose admin
+// interface says LIVE and that has a listener bound on listenPort, and
+// returns it.
+func (g *Gateway) WaitEnvoy(ctx context.Context, listenPort int) (*GatewayEnvoy, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*StartupTimeout)
 	defer cancel()
-	return g.poll(ctx, "its Envoy (LIVE, listener bound)", func() error {
-		if g.EnvoyPID == 0 {
-			pid, err := childNamed(g.Pid(), "envoy")
+	var found *GatewayEnvoy
+	err := g.poll(ctx, fmt.Sprintf("an Envoy with a listener on port %d", listenPort), func() error {
+		pids, err := children(g.Pid(), "envoy")
+		if err != nil {
+			return err
+		}
+		if len(pids) == 0 {
+			return errors.New("no Envoy started yet")
+		}
+		var last error
+		for _, pid := range pids {
+			g.remember(pid)
+			e, err := g.envoyAt(ctx, pid)
 			if err != nil {
-				return err
+				last = err
+				continue
 			}
-			g.EnvoyPID = pid
-		}
-		if g.EnvoyAdmin == "" {
-			files, _ := filepath.Glob(filepath.Join(g.Dirs.RuntimeDir, "*", "admin-address.txt"))
-			if len(files) == 0 {
-				return errors.New("no admin-address.txt yet")
+			if err := e.hasListener(ctx, listenPort); err != nil {
+				last = err
+				continue
 			}
-			data, err := os.ReadFile(files[0])
-			if err != nil || len(bytes.TrimSpace(data)) == 0 {
-				return errors.New("admin-address.txt empty")
-			}
-			g.EnvoyAdmin = strings.TrimSpace(string(data))
+			found = &GatewayEnvoy{Envoy: e, PID: pid}
+			return nil
 		}
-		e := g.Envoy()
-		body, err := e.adminGet(ctx, "/ready")
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(body) != "LIVE" {
-			return fmt.Errorf("/ready: %s", body)
-		}
-		body, err = e.adminGet(ctx, "/listeners")
-		if err != nil {
-			return err
-		}
-		// One "name::address:port" line per listener.
-		for line := range strings.Lines(body) {
-			if strings.HasSuffix(strings.TrimSpace(line), ":"+strconv.Itoa(listenPort)) {
-				return nil
-			}
-		}
-		return fmt.Errorf("no listener on port %d yet: %s", listenPort, strings.TrimSpace(body))
+		return last
 	})
+	return found, err
 }
 
-// Envoy returns a handle on the Envoy that Envoy Gateway started, for its
-// admin interface (Stats, ConfigDump). It is not a child of this process:
-// it cannot be restarted through it.
-func (g *Gateway) Envoy() *Envoy {
-	return &Envoy{AdminAddr: g.EnvoyAdmin, http: g.http}
+// envoyAt returns a LIVE Envoy's admin handle: func-e starts Envoy with
+// --admin-address-path, a file Envoy writes its admin address into.
+func (g *Gateway) envoyAt(ctx context.Context, pid int) (*Envoy, error) {
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	args := strings.Split(string(cmdline), "\x00")
+	i := slices.Index(args, "--admin-address-path")
+	if i < 0 || i+1 >= len(args) {
+		return nil, fmt.Errorf("envoy %d: no --admin-address-path in %q", pid, args)
+	}
+	data, err := os.ReadFile(args[i+1])
+	if err != nil || len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("envoy %d: no admin address yet in %s", pid, args[i+1])
+	}
+	e := &Envoy{AdminAddr: strings.TrimSpace(string(data)), http: g.http}
+	body, err := e.adminGet(ctx, "/ready")
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(body) != "LIVE" {
+		return nil, fmt.Errorf("envoy %d: /ready: %s", pid, strings.TrimSpace(body))
+	}
+	return e, nil
+}
+
+// hasListener returns nil once a listener of e is bound on port.
+func (e *Envoy) hasListener(ctx context.Context, port int) error {
+	body, err := e.adminGet(ctx, "/listeners")
+	if err != nil {
+		return err
+	}
+	// One "name::address:port" line per listener.
+	for line := range strings.Lines(body) {
+		if strings.HasSuffix(strings.TrimSpace(line), ":"+strconv.Itoa(port)) {
+			e.ListenAddr = "127.0.0.1:" + strconv.Itoa(port)
+			return nil
+		}
+	}
+	return fmt.Errorf("no listener on port %d yet: %s", port, strings.TrimSpace(body))
+}
+
+func (g *Gateway) remember(pid int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !slices.Contains(g.pids, pid) {
+		g.pids = append(g.pids, pid)
+	}
 }
 
 // ConfigDump returns Envoy's /config_dump (JSON), e.g. with
@@ -268,21 +309,27 @@ func (e *Envoy) ConfigDump(ctx context.Context, query string) (string, error) {
 	return e.adminGet(ctx, "/config_dump"+query)
 }
 
-// EnvoyRunning reports whether the Envoy found by WaitEnvoy still runs.
-func (g *Gateway) EnvoyRunning() bool {
-	return g.EnvoyPID != 0 && alive(g.EnvoyPID)
+// Clusters returns Envoy's /clusters (text: one
+// "cluster::host:port::stat::value" line per host and statistic).
+func (e *Envoy) Clusters(ctx context.Context) (string, error) {
+	return e.adminGet(ctx, "/clusters")
 }
 
 // cleanup runs at the bed's close, after Envoy Gateway was killed: its
 // Envoy dies with it (func-e sets the parent-death signal), and is killed
 // here by PID if it has not; then the machine-wide lock is released.
 func (g *Gateway) cleanup() {
-	if g.EnvoyPID != 0 && alive(g.EnvoyPID) {
-		_ = syscall.Kill(g.EnvoyPID, syscall.SIGKILL)
-	}
+	g.mu.Lock()
+	pids := g.pids
+	g.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
-	for g.EnvoyPID != 0 && alive(g.EnvoyPID) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	for _, pid := range pids {
+		if alive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		for alive(pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 	if g.lock != nil {
 		_ = syscall.Flock(int(g.lock.Fd()), syscall.LOCK_UN)
@@ -300,36 +347,33 @@ func alive(pid int) bool {
 	return i >= 0 && i+2 < len(data) && data[i+2] != 'Z'
 }
 
-// childNamed returns the pid of a child of parent whose command name is
-// name.
-func childNamed(parent int, name string) (int, error) {
+// children returns the pids of the children of parent whose command name
+// is name.
+func children(parent int, name string) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	var out []int
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
 		if err != nil {
 			continue
 		}
-		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
 		// pid (comm) state ppid ...
 		open, closing := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
-		if open < 0 || closing < open {
+		if open < 0 || closing < open || string(data[open+1:closing]) != name {
 			continue
 		}
-		f := strings.Fields(string(data[closing+1:]))
-		if len(f) < 2 || string(data[open+1:closing]) != name {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(f[1]); ppid == parent {
-			return pid, nil
+		if f := strings.Fields(string(data[closing+1:])); len(f) >= 2 && f[1] == strconv.Itoa(parent) {
+			out = append(out, pid)
 		}
 	}
-	return 0, fmt.Errorf("no %s child of pid %d yet", name, parent)
+	return out, nil
 }
 
 // lockGateway takes the machine-wide Envoy Gateway lock, waiting up to
@@ -366,7 +410,7 @@ func lockGateway(ctx context.Context, path string, timeout time.Duration) (*os.F
 // another Envoy Gateway (or a leftover Envoy) runs outside the lock.
 func checkFixedPorts() error {
 	var busy []string
-	for _, port := range GatewayFixedPorts {
+	for _, port := range GatewayFixedPorts() {
 		l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
 		if err != nil {
 			busy = append(busy, strconv.Itoa(port))
