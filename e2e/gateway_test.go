@@ -47,9 +47,10 @@ type substitution struct {
 	n        int
 }
 
-// shipped reads examples/envoy-gateway/name, applies subs, writes the
-// result into dir and returns its path.
-func shipped(t *testing.T, dir, name string, subs ...substitution) string {
+// shipped reads examples/envoy-gateway/name, applies subs (and edit, a
+// negative control's change, if set), writes the result into dir and
+// returns its path.
+func shipped(t *testing.T, dir, name string, edit func(name, content string) string, subs ...substitution) string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(found.root, "examples", "envoy-gateway", name))
 	if err != nil {
@@ -61,6 +62,9 @@ func shipped(t *testing.T, dir, name string, subs ...substitution) string {
 			t.Fatalf("examples/envoy-gateway/%s: %q occurs %d times, the test substitutes %d (did the example change?)", name, sub.old, got, sub.n)
 		}
 		s = strings.ReplaceAll(s, sub.old, sub.new)
+	}
+	if edit != nil {
+		s = edit(name, s)
 	}
 	out := filepath.Join(dir, name)
 	if err := os.WriteFile(out, []byte(s), 0o644); err != nil {
@@ -83,6 +87,14 @@ func portOf(t *testing.T, addr string) string {
 // it returns once a beta tester's request is decided through it.
 func newGatewayBed(t *testing.T, mode string) *gwBed {
 	t.Helper()
+	return startGatewayBed(t, mode, nil, true)
+}
+
+// startGatewayBed is newGatewayBed with edit applied to each recipe file
+// (negative controls), and, unless decided, returning once requests are
+// answered and the splitter's filter is in Envoy's configuration.
+func startGatewayBed(t *testing.T, mode string, edit func(name, content string) string, decided bool) *gwBed {
+	t.Helper()
 	bin := testbed.RequireGateway(t)
 	requireEnvoy(t)
 	if mode == "module" {
@@ -104,7 +116,7 @@ func newGatewayBed(t *testing.T, mode string) *gwBed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gatewayFile := shipped(t, res, "gateway.yaml",
+	gatewayFile := shipped(t, res, "gateway.yaml", edit,
 		substitution{"port: 10080", "port: " + strconv.Itoa(listen), 1},
 		substitution{"port: 9101}", "port: " + portOf(t, b.backends[0].Addr) + "}", 1},
 		substitution{"port: 9102}", "port: " + portOf(t, b.backends[1].Addr) + "}", 1})
@@ -116,7 +128,7 @@ func newGatewayBed(t *testing.T, mode string) *gwBed {
 			t.Fatal(err)
 		}
 		b.admin = b.splitter.AdminClient
-		pathFile = shipped(t, res, "ext-proc.yaml",
+		pathFile = shipped(t, res, "ext-proc.yaml", edit,
 			substitution{"port: 9001}", "port: " + portOf(t, b.splitter.GRPCAddr) + "}", 1})
 	case "module":
 		adminPort, err := testbed.FreePort()
@@ -125,14 +137,14 @@ func newGatewayBed(t *testing.T, mode string) *gwBed {
 		}
 		adminAddr := "127.0.0.1:" + strconv.Itoa(adminPort)
 		b.admin = b.AdminAt(adminAddr)
-		pathFile = shipped(t, res, "module.yaml",
+		pathFile = shipped(t, res, "module.yaml", edit,
 			substitution{"/usr/local/lib/splitter/libsplitter.so", filepath.Join(found.moduleDir, "libsplitter.so"), 1},
 			substitution{"config: /etc/splitter/config.yaml", "config: " + b.cfgPath, 1},
 			substitution{"admin_addr: 127.0.0.1:9002", "admin_addr: " + adminAddr, 1})
 	default:
 		t.Fatalf("unknown mode %q", mode)
 	}
-	egFile := shipped(t, res, "envoy-gateway.yaml",
+	egFile := shipped(t, res, "envoy-gateway.yaml", edit,
 		substitution{"/etc/splitter/envoy-gateway/gateway.yaml", gatewayFile, 1},
 		// The example lists ext-proc.yaml; module.yaml takes its place.
 		substitution{"/etc/splitter/envoy-gateway/ext-proc.yaml", pathFile, 1},
@@ -153,6 +165,14 @@ func newGatewayBed(t *testing.T, mode string) *gwBed {
 	t.Cleanup(b.client.Close)
 	// Envoy Gateway pushes the routes and the filter after the listener:
 	// ready when a beta tester is decided (pinned to v2).
+	if !decided {
+		waitFor(t, 60*time.Second, "answers and the splitter's filter in Envoy's configuration", func() bool {
+			_, err := b.client.Get(t.Context(), "/", nil)
+			dump, derr := b.envoy.ConfigDump(t.Context(), "?resource=dynamic_listeners")
+			return err == nil && derr == nil && strings.Contains(dump, "envoy.filters.http.ext_proc/")
+		})
+		return b
+	}
 	waitFor(t, 60*time.Second, "a decided request through Envoy Gateway's Envoy", func() bool {
 		rep, err := b.client.Get(t.Context(), "/", hdr("x-beta", "true"))
 		return err == nil && rep.Version == "v2" && rep.Headers["x-route-reason"] == "header_match"
@@ -402,4 +422,52 @@ func (b *gwBed) killUnderTraffic(t *testing.T) {
 		t.Error("Envoy counted no fail-open request while the splitter was down")
 	}
 	t.Logf("%d requests, 0 failed; %d while the splitter was down (%v)", all.Total(), down.Total(), down)
+}
+
+// TestEnvoyGatewayNegativeControls removes, one at a time, two settings of
+// the ext_proc recipe and shows what breaks without them, so the checks
+// above can fail and the recipe's comments are true.
+func TestEnvoyGatewayNegativeControls(t *testing.T) {
+	t.Run("without processingMode the splitter is never asked", func(t *testing.T) {
+		b := startGatewayBed(t, "ext_proc", func(name, s string) string {
+			if name != "ext-proc.yaml" {
+				return s
+			}
+			out := strings.Replace(s, "      processingMode:\n        request: {}\n", "", 1)
+			if out == s {
+				t.Fatal("ext-proc.yaml has no processingMode block to remove")
+			}
+			return out
+		}, false)
+		b.allOn(t, 20, "v1", hdr("x-beta", "true"))
+		stats, err := b.envoy.Stats(t.Context(), "ext_proc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, v := range stats {
+			if strings.HasSuffix(name, ".streams_started") && v != 0 {
+				t.Fatalf("%s = %d: the splitter was asked", name, v)
+			}
+		}
+	})
+	t.Run("without the ClientTrafficPolicy a spoofed header picks v2 while the splitter is down", func(t *testing.T) {
+		b := startGatewayBed(t, "ext_proc", func(name, s string) string {
+			if name != "gateway.yaml" {
+				return s
+			}
+			start := strings.Index(s, "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy")
+			end := strings.Index(s, "remove: [x-route-version, x-route-reason, x-variant]\n---\n")
+			if start < 0 || end < start {
+				t.Fatal("gateway.yaml has no ClientTrafficPolicy to remove")
+			}
+			return s[:start] + s[end+len("remove: [x-route-version, x-route-reason, x-variant]\n---\n"):]
+		}, true)
+		// Up, the splitter overwrites the client's header: still split.
+		b.exactSplit(t, 100, 80, hdr("x-route-version", "v2"))
+		if err := b.splitter.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		// Down, nothing picks the route again: the client's header wins.
+		b.allOn(t, 10, "v2", hdr("x-route-version", "v2"))
+	})
 }
