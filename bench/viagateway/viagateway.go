@@ -143,11 +143,9 @@ extensionApis:
   enableBackend: true
 `
 
-// resources are three Gateways: Envoy Gateway's weighted backendRefs, and
-// the resources of examples/envoy-gateway/ for ext_proc and for the module
-// (the strip of client route headers, the route on x-route-version, the
-// policy on the Gateway).
-const resources = `apiVersion: gateway.networking.k8s.io/v1
+// commonResources are the GatewayClass and the Backends every Gateway
+// uses.
+const commonResources = `apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: bench}
 spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
@@ -166,32 +164,39 @@ apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
 metadata: {name: splitter}
 spec: {endpoints: [{ip: {address: 127.0.0.1, port: {{.Splitter}}}}]}
-{{range .Setups}}---
-apiVersion: gateway.envoyproxy.io/v1alpha1
+`
+
+// setupResources are one Gateway, in a file of its own (Envoy Gateway's
+// file provider keeps one EnvoyProxy per file): Envoy Gateway's weighted
+// backendRefs, or the resources of examples/envoy-gateway/ for ext_proc or
+// the module (the strip of client route headers, the route on
+// x-route-version, the policy on the Gateway).
+const setupResources = `apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: EnvoyProxy
-metadata: {name: {{.Name}}}
+metadata: {name: {{.S.Name}}}
 spec:
-  provider: {type: Host, host: {envoyVersion: "{{$.EnvoyVersion}}"}}
-{{- if eq .Kind "module"}}
+  provider: {type: Host, host: {envoyVersion: "{{.EnvoyVersion}}"}}
+  extraArgs: ["--disable-hot-restart"]
+{{- if eq .S.Kind "module"}}
   dynamicModules:
-    - {name: splitter, source: {type: Local, local: {path: {{$.Library}}}}, doNotClose: true}
+    - {name: splitter, source: {type: Local, local: {path: {{.Library}}}}, doNotClose: true}
 {{- end}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: {{.Name}}}
+metadata: {name: {{.S.Name}}}
 spec:
   gatewayClassName: bench
-  infrastructure: {parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: {{.Name}}}}
-  listeners: [{name: http, protocol: HTTP, port: {{.Port}}}]
+  infrastructure: {parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: {{.S.Name}}}}
+  listeners: [{name: http, protocol: HTTP, port: {{.S.Port}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {name: {{.Name}}}
+metadata: {name: {{.S.Name}}}
 spec:
-  parentRefs: [{name: {{.Name}}}]
+  parentRefs: [{name: {{.S.Name}}}]
   rules:
-{{- if eq .Kind "weighted"}}
+{{- if eq .S.Kind "weighted"}}
     - backendRefs:
         - {group: gateway.envoyproxy.io, kind: Backend, name: api-v1, weight: 80}
         - {group: gateway.envoyproxy.io, kind: Backend, name: api-v2, weight: 20}
@@ -202,17 +207,17 @@ spec:
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: ClientTrafficPolicy
-metadata: {name: {{.Name}}}
+metadata: {name: {{.S.Name}}}
 spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: {{.Name}}}]
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: {{.S.Name}}}]
   headers: {earlyRequestHeaders: {remove: [x-route-version, x-route-reason, x-variant]}}
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: EnvoyExtensionPolicy
-metadata: {name: {{.Name}}}
+metadata: {name: {{.S.Name}}}
 spec:
-  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: {{.Name}}}]
-{{- if eq .Kind "ext_proc"}}
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: {{.S.Name}}}]
+{{- if eq .S.Kind "ext_proc"}}
   extProc:
     - backendRefs: [{group: gateway.envoyproxy.io, kind: Backend, name: splitter}]
       processingMode: {request: {}}
@@ -222,10 +227,10 @@ spec:
   dynamicModule:
     - name: splitter
       filterName: splitter
-      config: {config: {{$.Config}}, admin_addr: "127.0.0.1:{{$.ModuleAdmin}}", log_level: warn}
+      config: {config: {{.Config}}, admin_addr: "127.0.0.1:{{.ModuleAdmin}}", log_level: warn}
 {{- end}}
 {{- end}}
-{{end}}`
+`
 
 type setupSpec struct {
 	Name, Kind string
@@ -314,15 +319,24 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	resPath, egPath := filepath.Join(dir, "resources.yaml"), filepath.Join(dir, "envoy-gateway.yaml")
 	port := func(addr string) string { return addr[strings.LastIndexByte(addr, ':')+1:] }
-	if err := render(resPath, resources, map[string]any{
+	files := []string{filepath.Join(dir, "common.yaml")}
+	if err := render(files[0], commonResources, map[string]any{
 		"V1": port(backends[0].Addr), "V2": port(backends[1].Addr), "Splitter": port(sp.GRPCAddr),
-		"Setups": setups, "EnvoyVersion": EnvoyVersion, "Library": lib, "Config": cfgPath, "ModuleAdmin": moduleAdmin,
 	}); err != nil {
 		return nil, err
 	}
-	if err := render(egPath, envoyGatewayConfig, map[string]any{"Resources": resPath, "Dirs": dirs}); err != nil {
+	for _, s := range setups {
+		f := filepath.Join(dir, s.Name+".yaml")
+		if err := render(f, setupResources, map[string]any{
+			"S": s, "EnvoyVersion": EnvoyVersion, "Library": lib, "Config": cfgPath, "ModuleAdmin": moduleAdmin,
+		}); err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
+	egPath := filepath.Join(dir, "envoy-gateway.yaml")
+	if err := render(egPath, envoyGatewayConfig, map[string]any{"Resources": strings.Join(files, ", "), "Dirs": dirs}); err != nil {
 		return nil, err
 	}
 	gw, err := bed.StartGateway(ctx, gatewayBin, testbed.GatewayOptions{
