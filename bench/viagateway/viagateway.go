@@ -354,7 +354,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		if err := waitDecided(ctx, e, s.Kind); err != nil {
 			return nil, fmt.Errorf("viagateway: %s: %w\n%s", s.Kind, err, gw.Tail(30))
 		}
-		targets[i] = viaenvoy.Target{URL: e.URL("/"), EnvoyPID: e.PID, Stats: versionStats(e, backends), ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU}
+		targets[i] = viaenvoy.Target{URL: e.URL("/"), EnvoyPID: e.PID, Stats: versionStats(func(ctx context.Context) (map[string]uint64, error) { return e.Stats(ctx, "") }, e.Clusters, addrs(backends)), ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU}
 		if s.Kind == SetupExtProc {
 			targets[i].SplitterPID = sp.Pid()
 		}
@@ -460,36 +460,44 @@ func waitDecided(ctx context.Context, e *testbed.GatewayEnvoy, kind string) erro
 	return fmt.Errorf("no decided request within 2 minutes: %v", last)
 }
 
-// versionStats returns e's counters in the names bench/viaenvoy reads:
-// the requests each backend got (from /clusters, per host, whatever
-// cluster Envoy Gateway put it in) as cluster.<version>.upstream_rq_total,
-// and the ext_proc Backend's cluster as cluster.splitter.*.
-func versionStats(e *testbed.GatewayEnvoy, backends []*testbed.Backend) func(context.Context) (map[string]uint64, error) {
-	byAddr := map[string]string{}
+// addrs maps each backend's address to its version.
+func addrs(backends []*testbed.Backend) map[string]string {
+	out := map[string]string{}
 	for _, b := range backends {
-		byAddr[b.Addr] = b.Version
+		out[b.Addr] = b.Version
 	}
+	return out
+}
+
+// versionStats returns an Envoy's counters (from stats and clusters, its
+// /stats and /clusters) in the names bench/viaenvoy reads: the requests
+// each backend got (per host in /clusters, whatever cluster Envoy Gateway
+// put it in) as cluster.<version>.upstream_rq_total, and the ext_proc
+// Backend's cluster as cluster.splitter.*.
+func versionStats(stats func(context.Context) (map[string]uint64, error), clusters func(context.Context) (string, error), byAddr map[string]string) func(context.Context) (map[string]uint64, error) {
 	return func(ctx context.Context) (map[string]uint64, error) {
-		stats, err := e.Stats(ctx, "")
+		st, err := stats(ctx)
 		if err != nil {
 			return nil, err
 		}
 		out := map[string]uint64{}
-		for k, v := range stats {
-			name, rest, ok := strings.Cut(strings.TrimPrefix(k, "cluster."), ".")
-			if strings.HasPrefix(k, "cluster.") && ok && strings.Contains(name, "/extproc/") {
-				out["cluster.splitter."+rest] = v
+		for k, v := range st {
+			rest, isCluster := strings.CutPrefix(k, "cluster.")
+			if !isCluster {
+				out[k] = v
 				continue
 			}
-			if !strings.HasPrefix(k, "cluster.") {
-				out[k] = v
+			// Envoy Gateway names the ext_proc Backend's cluster
+			// envoyextensionpolicy/<ns>/<policy>/extproc/<n>.
+			if name, stat, ok := strings.Cut(rest, "."); ok && strings.Contains(name, "/extproc/") {
+				out["cluster.splitter."+stat] = v
 			}
 		}
-		clusters, err := e.Clusters(ctx)
+		cl, err := clusters(ctx)
 		if err != nil {
 			return nil, err
 		}
-		for line := range strings.Lines(clusters) {
+		for line := range strings.Lines(cl) {
 			// cluster::host:port::rq_total::N
 			f := strings.Split(strings.TrimSpace(line), "::")
 			if len(f) != 4 || f[2] != "rq_total" {
