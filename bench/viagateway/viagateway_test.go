@@ -112,12 +112,16 @@ func TestCheckAndRender(t *testing.T) {
 		{Mode: SetupExtProc, RPS: 50, Versions: map[string]uint64{"v1": 100}, Stats: map[string]uint64{"ext_proc.failure_mode_allowed": 100}},
 	}, EnvoyRatios: map[string]compare.Ratio{SetupExtProc: {Median: 2.2, Min: 2.1, Max: 2.3}}}
 	r.Notes = notes(r)
-	if err := Check(r); err == nil || !strings.Contains(err.Error(), "not split") || !strings.Contains(err.Error(), "failure_mode_allowed") {
+	if err := Check(r); err == nil || !strings.Contains(err.Error(), "ext_proc: upstream v1=100 v2=0") {
 		t.Fatalf("Check: %v", err)
+	}
+	r.Modes[1].Versions["v2"] = 30
+	if err := Check(r); err != nil {
+		t.Fatalf("Check of a split with warnings: %v", err)
 	}
 	var b strings.Builder
 	Render(&b, r)
-	for _, want := range []string{"| ext_proc | 50 |", "2.20 (2.10..2.30)", "Warnings:"} {
+	for _, want := range []string{"| ext_proc | 50 |", "2.20 (2.10..2.30)", "Warnings:", "failure_mode_allowed"} {
 		if !strings.Contains(b.String(), want) {
 			t.Fatalf("report lacks %q:\n%s", want, b.String())
 		}
