@@ -221,7 +221,9 @@ func (b *Bed) StartGateway(ctx context.Context, bin string, o GatewayOptions) (*
 // interface says LIVE and that has a listener bound on listenPort, and
 // returns it.
 func (g *Gateway) WaitEnvoy(ctx context.Context, listenPort int) (*GatewayEnvoy, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*StartupTimeout)
+	// Envoy Gateway reads its resources, translates them and only then
+	// starts Envoy: slower than an Envoy of our own on a loaded machine.
+	ctx, cancel := context.WithTimeout(ctx, 3*StartupTimeout)
 	defer cancel()
 	var found *GatewayEnvoy
 	err := g.poll(ctx, fmt.Sprintf("an Envoy with a listener on port %d", listenPort), func() error {
