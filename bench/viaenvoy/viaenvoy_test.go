@@ -82,15 +82,15 @@ func TestSummarizeAndRender(t *testing.T) {
 		{RPS: 50, P50us: 20, P99us: 300, Versions: map[string]uint64{"v1": 70, "v2": 30}},
 		{RPS: 150, P50us: 30, P99us: 200, Versions: map[string]uint64{"v1": 72, "v2": 28}, Stats: map[string]uint64{"ext_proc.failure_mode_allowed": 2}},
 	}
-	m := summarize("ext_proc", slow, base)
+	m := Summarize("ext_proc", slow, base)
 	if got := m.Ratios["rps"]; got.Min != 0.5 || got.Max != 0.75 || got.Median != 0.625 {
 		t.Errorf("rps ratio %+v, want 0.5..0.75 median 0.625", got)
 	}
 	if m.Versions["v2"] != 58 || m.Stats["ext_proc.failure_mode_allowed"] != 2 {
 		t.Errorf("versions %v stats %v", m.Versions, m.Stats)
 	}
-	silent := summarize("module", []Run{{RPS: 90, Versions: map[string]uint64{"v1": 100}}, {RPS: 180, Versions: map[string]uint64{"v1": 100}}}, base)
-	r := &Result{Rounds: 2, Modes: []Mode{summarize("weighted", base, base), m, silent}}
+	silent := Summarize("module", []Run{{RPS: 90, Versions: map[string]uint64{"v1": 100}}, {RPS: 180, Versions: map[string]uint64{"v1": 100}}}, base)
+	r := &Result{Rounds: 2, Modes: []Mode{Summarize("weighted", base, base), m, silent}}
 	r.Notes = notes(r)
 	var b strings.Builder
 	Render(&b, r)
@@ -223,7 +223,7 @@ func TestRenderCPU(t *testing.T) {
 		{RPS: 70, Requests: 700, CPU: CPU{Envoy: 50, Splitter: 30, ProxyBusy: 1, LoadBusy: 0.5},
 			Stats: map[string]uint64{"splitter.upstream_rq_total": 700, "splitter.upstream_cx_active": 2}},
 	}
-	m := summarize("ext_proc", proc, base)
+	m := Summarize("ext_proc", proc, base)
 	if got := m.Ratios["proxy_cpu"]; got.Min != 2 || got.Max != 2 || got.Median != 2 {
 		t.Errorf("proxy_cpu ratio %+v, want 2 in both rounds", got)
 	}
@@ -233,7 +233,7 @@ func TestRenderCPU(t *testing.T) {
 	if m.CPU.Envoy != 47.5 || m.CPU.Splitter != 22.5 {
 		t.Errorf("CPU medians %+v", m.CPU)
 	}
-	r := &Result{Rounds: 2, ProxyCPU: 0, SplitterCPU: 0, SplitterProcs: "1", LoadCPU: 1, Modes: []Mode{summarize("weighted", base, base), m}}
+	r := &Result{Rounds: 2, ProxyCPU: 0, SplitterCPU: 0, SplitterProcs: "1", LoadCPU: 1, Modes: []Mode{Summarize("weighted", base, base), m}}
 	var b strings.Builder
 	Render(&b, r)
 	for _, want := range []string{

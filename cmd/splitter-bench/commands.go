@@ -19,6 +19,7 @@ import (
 	"github.com/trafficsplit/splitter/bench/report"
 	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
+	"github.com/trafficsplit/splitter/bench/viagateway"
 )
 
 func newNoopCmd() *cobra.Command {
@@ -337,6 +338,50 @@ func registerEnvoy(cmd *cobra.Command, v *viaenvoy.Config, withSplitter bool) {
 	f.StringVar(&v.CC, "cc", "cc", "C compiler for the C baseline module")
 }
 
+func newGatewayCmd() *cobra.Command {
+	var (
+		g viagateway.Config
+		o outFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Load Envoy Gateway's Envoy with wrk: its weighted backendRefs vs the splitter over ext_proc and the module",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			g.Logger = logger()
+			res, err := viagateway.Execute(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			if err := o.save(&report.Results{Gateway: res}); err != nil {
+				return err
+			}
+			return viagateway.Check(res)
+		},
+	}
+	registerGateway(cmd, &g, true)
+	o.register(cmd)
+	return cmd
+}
+
+// registerGateway adds the Envoy Gateway run's flags; `all` shares
+// --splitter, --envoy, --wrk, the CPUs and --module-dir with the Envoy runs.
+func registerGateway(cmd *cobra.Command, g *viagateway.Config, standalone bool) {
+	f := cmd.Flags()
+	if standalone {
+		f.StringVar(&g.Splitter, "splitter", "bin/splitter", "splitter binary")
+		f.StringVar(&g.Envoy, "envoy", "", "Envoy binary (default: $ENVOY_BIN, .venv/bin/envoy, PATH)")
+		f.StringVar(&g.Wrk, "wrk", "wrk", "wrk binary (scripts/loadtool.sh installs it)")
+		f.IntVar(&g.ProxyCPU, "proxy-cpu", 0, "CPU Envoy Gateway, its Envoys and the splitter are pinned to (-1: none)")
+		f.IntVar(&g.LoadCPU, "load-cpu", 1, "CPU wrk and the backends are pinned to (-1: none)")
+		f.StringVar(&g.ModuleDir, "module-dir", "bin", "directory holding libsplitter.so (make module)")
+	}
+	f.StringVar(&g.Gateway, "gateway", "", "envoy-gateway binary (default: $ENVOY_GATEWAY_BIN, .venv/bin/envoy-gateway, PATH); with `all`, the Envoy Gateway runs happen only when it is set")
+	f.IntVar(&g.Rounds, "gateway-rounds", 10, "rounds through Envoy Gateway (each runs every setup)")
+	f.DurationVar(&g.Duration, "gateway-duration", 5*time.Second, "wrk duration per run through Envoy Gateway")
+	f.IntVar(&g.Connections, "gateway-connections", 32, "wrk connections through Envoy Gateway")
+}
+
 func newReportCmd() *cobra.Command {
 	var o outFlags
 	cmd := &cobra.Command{
@@ -356,12 +401,13 @@ func newAllCmd() *cobra.Command {
 		e         extprocFlags
 		m         microFlags
 		v         viaenvoy.Config
+		g         viagateway.Config
 		o         outFlags
 		skipEnvoy bool
 	)
 	cmd := &cobra.Command{
 		Use:   "all",
-		Short: "Micro-benchmarks, the ext_proc comparison and (unless --skip-envoy) the Envoy runs; writes BENCH.md",
+		Short: "Micro-benchmarks, the ext_proc comparison and (unless --skip-envoy) the Envoy runs, through Envoy Gateway too with --gateway; writes BENCH.md",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -385,16 +431,28 @@ func newAllCmd() *cobra.Command {
 				if res.Envoy, err = viaenvoy.Execute(ctx, v); err != nil {
 					return err
 				}
+				if g.Gateway != "" {
+					g.Splitter, g.Envoy, g.Wrk, g.ModuleDir = v.Splitter, v.Envoy, v.Wrk, v.ModuleDir
+					g.ProxyCPU, g.LoadCPU, g.Threads, g.Logger = v.ProxyCPU, v.LoadCPU, v.Threads, logger()
+					if res.Gateway, err = viagateway.Execute(ctx, g); err != nil {
+						return err
+					}
+				}
 			}
 			if err := o.save(res); err != nil {
 				return err
 			}
-			return checkLevels(res.ExtProc)
+			var gwErr error
+			if res.Gateway != nil {
+				gwErr = viagateway.Check(res.Gateway)
+			}
+			return errors.Join(checkLevels(res.ExtProc), gwErr)
 		},
 	}
 	e.register(cmd)
 	m.register(cmd)
 	registerEnvoy(cmd, &v, false)
+	registerGateway(cmd, &g, false)
 	cmd.PreRun = func(*cobra.Command, []string) { v.Splitter = e.splitter }
 	o.register(cmd)
 	cmd.Flags().BoolVar(&skipEnvoy, "skip-envoy", false, "leave out the runs through Envoy")

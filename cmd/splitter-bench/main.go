@@ -8,6 +8,7 @@
 //	splitter-bench noop                              # the baseline server
 //	splitter-bench fleet --splitter bin/splitter --etcd .venv/bin/etcd  # fleet propagation
 //	splitter-bench rollout --splitter bin/splitter  # the rollout guard's rollback time
+//	splitter-bench gateway --splitter bin/splitter  # through Envoy Gateway's Envoy (make gateway)
 package main
 
 import (
@@ -37,7 +38,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newReportCmd(), newAllCmd(), newFleetCmd(), newRolloutCmd())
+	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newGatewayCmd(), newReportCmd(), newAllCmd(), newFleetCmd(), newRolloutCmd())
 	return root
 }
 
