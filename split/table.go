@@ -13,7 +13,8 @@ func (t *Table) Outcomes() int { return t.outcomes }
 // RequestHeaders returns the lower-case names of the request headers that
 // t's decisions read, each once, ":authority" first and the others in
 // order of first use: every header a condition, sticky key or experiment
-// key names, "cookie" when one of them is a cookie, and ":path" when a
+// key names, "cookie" when one of them is a cookie (or a service assigns
+// keys, which it reads back from a cookie), and ":path" when a
 // condition looks at the query string.
 // Headers not listed cannot change a decision of t, so an adapter that
 // pays per header read (the in-process module) reads only these.
@@ -48,6 +49,9 @@ func (t *Table) requestHeaders() []string {
 			}
 		}
 		key(s.sticky)
+		if s.assign != nil {
+			add("cookie")
+		}
 	}
 	for _, e := range t.exps {
 		key(e.key)
