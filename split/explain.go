@@ -10,15 +10,15 @@ import (
 // for humans and the admin API; it allocates and does not advance the
 // round-robin counter.
 type Explanation struct {
-	Decision    Decision    `json:"-"`
-	Service     string      `json:"service,omitempty"`
-	Version     string      `json:"version,omitempty"`
-	Reason      string      `json:"reason"`
-	Rule        string      `json:"rule,omitempty"`
-	Bucket      *int        `json:"bucket,omitempty"`
-	RulesTried  []RuleTrace `json:"rules_tried,omitempty"`
-	Weights     Weights     `json:"weights,omitempty"`
-	StickyKey   string      `json:"sticky_key,omitempty"`
+	Decision   Decision    `json:"-"`
+	Service    string      `json:"service,omitempty"`
+	Version    string      `json:"version,omitempty"`
+	Reason     string      `json:"reason"`
+	Rule       string      `json:"rule,omitempty"`
+	Bucket     *int        `json:"bucket,omitempty"`
+	RulesTried []RuleTrace `json:"rules_tried,omitempty"`
+	Weights    Weights     `json:"weights,omitempty"`
+	StickyKey  string      `json:"sticky_key,omitempty"`
 	// Assign describes the service's key assignment (sticky.assign);
 	// Assign.Assigned says this request would be given a fresh key.
 	Assign *AssignTrace `json:"assign,omitempty"`
@@ -27,7 +27,7 @@ type Explanation struct {
 	Mirror        string    `json:"mirror,omitempty"`
 	MirrorPercent *Percent  `json:"mirror_percent,omitempty"`
 	Experiments   []Variant `json:"experiments,omitempty"`
-	Notes       []string    `json:"notes,omitempty"`
+	Notes         []string  `json:"notes,omitempty"`
 }
 
 // AssignTrace is a service's key assignment in an Explanation.
