@@ -26,8 +26,8 @@ type Plan struct {
 	// so its response must carry the key's Set-Cookie. The cookie itself is
 	// per request and not part of the plan.
 	Assigned bool
-	set    [3 + split.MaxExperiments]split.Header
-	n      int
+	set      [3 + split.MaxExperiments]split.Header
+	n        int
 	// Skipped counts experiment headers left out because their name or
 	// value cannot be written (validation makes this impossible for a
 	// loaded configuration; adapters log it where they build answers).
