@@ -95,14 +95,20 @@ const MaxThreads = 256
 type scratch struct {
 	req split.Request
 	dec split.Decision
-	_   [64]byte // keep two threads' slots off one cache line
+	// cookie holds the Set-Cookie value of a request given a fresh key
+	// (Result.Cookie), reused from one such request to the next.
+	cookie []byte
+	_      [64]byte // keep two threads' slots off one cache line
 }
 
 // NewProcess returns the module's process state over host. Nothing runs
 // until the first NewConfig.
 func NewProcess(host Host) *Process {
 	p := &Process{host: host, configs: map[uint64]bool{}, faultHeader: faultHeader}
-	p.pool.New = func() any { return new(scratch) }
+	for i := range p.scratch {
+		p.scratch[i].req.NewKey = adapter.RandomKey
+	}
+	p.pool.New = func() any { return &scratch{req: split.Request{NewKey: adapter.RandomKey}} }
 	return p
 }
 
