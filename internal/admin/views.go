@@ -35,6 +35,9 @@ type serviceView struct {
 	OverrideWeights split.Weights `json:"override_weights,omitempty"`
 	Sticky          *split.Key    `json:"sticky"`
 	Rules           []split.Rule  `json:"rules"`
+	// Mirror is the mirror in force (null: none); FileMirror the file's.
+	Mirror     *split.Mirror `json:"mirror"`
+	FileMirror *split.Mirror `json:"file_mirror"`
 }
 
 type experimentView struct {
@@ -80,6 +83,8 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 		FileWeights: file.Weights,
 		Sticky:      newKeyView(eff.Sticky),
 		Rules:       eff.Rules,
+		Mirror:      eff.Mirror,
+		FileMirror:  file.Mirror,
 	}
 	if w, ok := snap.Overrides[name]; ok {
 		v.Override, v.OverrideWeights = true, w
@@ -94,10 +99,11 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 }
 
 func newKeyView(k *split.Key) *split.Key {
-	if k == nil || (k.Header == "" && k.Cookie == "") {
+	if k == nil || (k.Header == "" && k.Cookie == "" && k.Assign == nil) {
 		return nil
 	}
-	return &split.Key{Header: k.Header, Cookie: k.Cookie}
+	c := k.Clone()
+	return &c
 }
 
 // weightsAnswer is {"service":"api","v1":50,"v2":50}: the service, then
