@@ -166,3 +166,37 @@ func InDeclaredOrder(w, declared Weights) Weights {
 	}
 	return out
 }
+
+// WithMirror returns a new Table in which service mirrors as m (nil: not
+// at all), validated as in Compile with error paths relative to the
+// service ("mirror.version"). Round-robin positions carry over, the
+// mirror's own included when its share did not change.
+func (t *Table) WithMirror(service string, m *Mirror) (*Table, error) {
+	i, ok := t.byName[service]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownService, service)
+	}
+	cfg := t.cfg.Clone()
+	if m != nil {
+		c := *m
+		m = &c
+	}
+	cfg.Services[i].Mirror = m
+	nt, errs := compile(cfg, t)
+	if len(errs) > 0 {
+		prefix := index("services", i) + "."
+		for _, e := range errs {
+			e.Path = strings.TrimPrefix(e.Path, prefix)
+		}
+		return nil, joinFieldErrors(errs)
+	}
+	return nt, nil
+}
+
+// Equal reports whether two mirrors (either may be nil) are the same.
+func (m *Mirror) Equal(o *Mirror) bool {
+	if m == nil || o == nil {
+		return m == o
+	}
+	return *m == *o
+}
