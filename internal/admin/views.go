@@ -35,9 +35,11 @@ type serviceView struct {
 	OverrideWeights split.Weights `json:"override_weights,omitempty"`
 	Sticky          *split.Key    `json:"sticky"`
 	Rules           []split.Rule  `json:"rules"`
-	// Mirror is the mirror in force (null: none); FileMirror the file's.
-	Mirror     *split.Mirror `json:"mirror"`
-	FileMirror *split.Mirror `json:"file_mirror"`
+	// Mirror is the mirror in force (null: none); FileMirror the file's;
+	// MirrorOverride says a runtime mirror is in force.
+	Mirror         *split.Mirror `json:"mirror"`
+	FileMirror     *split.Mirror `json:"file_mirror"`
+	MirrorOverride bool          `json:"mirror_override,omitempty"`
 }
 
 type experimentView struct {
@@ -89,6 +91,7 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 	if w, ok := snap.Overrides[name]; ok {
 		v.Override, v.OverrideWeights = true, w
 	}
+	_, v.MirrorOverride = snap.Mirrors[name]
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}

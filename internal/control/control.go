@@ -177,6 +177,7 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		Interval: s.ConsoleInterval, Logger: logger.With("component", "console"),
 	}
 	if p.fleet != nil {
+		adminOpts.Mirrors = p.fleet
 		adminOpts.Reload = p.fleet.Reload
 		adminOpts.Fleet = func(ctx context.Context) (any, error) { return p.fleet.Fleet(ctx) }
 		adminOpts.FleetStatus = func() any { return p.fleet.Status() }
