@@ -36,7 +36,7 @@ func TestMirrorEndpoints(t *testing.T) {
 
 	for _, c := range []struct {
 		name, body, field string
-		status           int
+		status            int
 	}{
 		{"unknown version", `{"version": "v9", "percent": 10}`, "version", 400},
 		{"no version", `{"percent": 10}`, "version", 400},
