@@ -296,7 +296,17 @@
     card.badges.replaceChildren();
     append(card.badges, [
       h('span', { class: 'badge stable', text: 'stable ' + svc.stable }), ' ',
-      svc.override ? h('span', { class: 'badge override', 'data-role': 'override', text: 'override in force' }) : null
+      svc.override ? h('span', { class: 'badge override', 'data-role': 'override', text: 'override in force' }) : null, ' ',
+      svc.mirror ? h('span', {
+        class: 'badge mirror', 'data-role': 'mirror',
+        title: 'A dark launch: this share of the requests is also copied to ' + svc.mirror.version + ', whose answers are discarded',
+        text: 'mirror ' + pct(svc.mirror.percent) + ' \u2192 ' + svc.mirror.version + (svc.mirror.runtime ? ' (runtime)' : '')
+      }) : null, ' ',
+      svc.assign_cookie ? h('span', {
+        class: 'badge assign', 'data-role': 'assign',
+        title: 'Clients without a sticky key are given one in the cookie ' + svc.assign_cookie,
+        text: 'keys in cookie ' + svc.assign_cookie
+      }) : null
     ]);
     renderWeights(card, svc);
     renderCanary(card, svc);
