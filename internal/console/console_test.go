@@ -200,6 +200,7 @@ func TestSampledTraffic(t *testing.T) {
 		{Reason: "header_match", Recent: 1, Total: 1},
 		{Reason: "sticky_routing", Recent: 2, Total: 2},
 		{Reason: "weighted_routing", Recent: 3, Total: 3},
+		{Reason: "sticky_assigned"},
 	}
 	if diff := cmp.Diff(wantReasons, api.Reasons); diff != "" {
 		t.Errorf("api reasons (-want +got):\n%s", diff)

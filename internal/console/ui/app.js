@@ -14,7 +14,7 @@
     idle: 'Idle', progressing: 'Progressing', paused: 'Paused', promoted: 'Promoted',
     rolled_back: 'Rolled back', aborted: 'Aborted'
   };
-  var REASON_LABELS = { header_match: 'header rule', sticky_routing: 'sticky user', weighted_routing: 'weighted' };
+  var REASON_LABELS = { header_match: 'header rule', sticky_routing: 'sticky user', weighted_routing: 'weighted', sticky_assigned: 'key assigned' };
 
   var cards = new Map(); // service name -> card
   var seq = 0;
