@@ -1,7 +1,10 @@
 package module
 
 import (
+	"io"
+	"net/http"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/trafficsplit/splitter/split"
@@ -75,5 +78,25 @@ func TestAssignedDecisionAllocatesNothingInGo(t *testing.T) {
 	}
 	if res.Cookie == nil {
 		t.Fatal("no cookie")
+	}
+}
+
+// TestShadowStepNeedsEnvoyAdmin: without envoy_admin the module judges
+// rollouts on its own counters, which never see mirrored requests, so a
+// rollout with a shadow step is refused and says what to set.
+func TestShadowStepNeedsEnvoyAdmin(t *testing.T) {
+	s := start(t, `services:
+  - name: api
+    weights: {v1: 100, v2: 0}
+    rollout: {shadow: {percent: 10, hold: 1s}}
+`)
+	resp, err := http.Post("http://"+s.admin+"/v1/services/api/rollout", "application/json", strings.NewReader(`{"action": "start"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), "set envoy_admin") {
+		t.Fatalf("start: %d %s", resp.StatusCode, body)
 	}
 }

@@ -164,7 +164,13 @@ func (p *Process) start(fc FilterConfig) error {
 		// workers for it (docs/module.md, threads).
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 2, p.host.Concurrency()+1))
 	}
-	plane, err := control.New(s, control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs})
+	opts := control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs}
+	if s.EnvoyAdmin != "" {
+		// Envoy's cluster statistics, which count mirrored requests too
+		// (filterconfig.go, envoy_admin).
+		opts.Signals = nil
+	}
+	plane, err := control.New(s, opts)
 	if err != nil {
 		return err
 	}

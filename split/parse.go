@@ -546,7 +546,7 @@ func (p *parser) names(path string, n *yaml.Node, what string) map[string]string
 // its default.
 func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 	r := DefaultRollout()
-	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure") {
+	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure", "shadow") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "canary":
@@ -562,9 +562,32 @@ func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 			r.Guard = p.guard(fp, e.v, r.Guard)
 		case "on_failure":
 			r.OnFailure, _ = p.name(fp, e.v, "on_failure")
+		case "shadow":
+			sh := DefaultShadow()
+			if !isNull(e.v) { // "shadow:" alone means every default
+				sh = p.shadow(fp, e.v)
+			}
+			r.Shadow = &sh
 		}
 	}
 	return r
+}
+
+// shadow reads a rollout's shadow step over DefaultShadow.
+func (p *parser) shadow(path string, n *yaml.Node) Shadow {
+	sh := DefaultShadow()
+	for _, e := range p.fields(path, n, "percent", "hold") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "percent":
+			if bp, ok := p.percent(fp, e.v); ok {
+				sh.Percent = Percent(bp)
+			}
+		case "hold":
+			sh.Hold = p.duration(fp, e.v, sh.Hold)
+		}
+	}
+	return sh
 }
 
 func (p *parser) guard(path string, n *yaml.Node, g Guard) Guard {

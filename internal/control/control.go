@@ -154,7 +154,11 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
 	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
 	src, srcName := signalSource(s, opts)
-	if p.rollouts, p.fleetRollouts, err = newRollouts(s, src, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
+	noShadow := ""
+	if opts.Signals != nil {
+		noShadow = "needs Envoy's cluster statistics: the responses counted in process never include the mirrored requests' (set envoy_admin)"
+	}
+	if p.rollouts, p.fleetRollouts, err = newRollouts(s, src, noShadow, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
 		p.closeFleet()
 		return nil, err
 	}
@@ -226,10 +230,10 @@ func signalSource(s settings.Settings, opts Options) (src signals.Source, name s
 // exist but cannot be started. In fleet mode (fl set) the states live in
 // etcd, one replica elected through etcd decides on the counts every
 // replica publishes, and the others follow (fleet.Rollouts).
-func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut admin.Mutator, fl *fleet.Source,
+func newRollouts(s settings.Settings, src signals.Source, noShadow string, st *store.Store, mut admin.Mutator, fl *fleet.Source,
 	reg prometheus.Registerer, logger, audit *slog.Logger) (*rollout.Manager, *fleet.Rollouts, error) {
 	var local *rollout.Local
-	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit}
+	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit, NoShadow: noShadow}
 	if src != nil {
 		local = rollout.NewLocal(src, s.SignalsInterval)
 		ro.Evidence = local
@@ -243,6 +247,7 @@ func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut a
 		// Evidence even without a local source: the leader judges on the
 		// counts the other replicas publish.
 		ro.States, ro.Elector, ro.Mutator, ro.Evidence, ro.NodeID = fr, fr, fr, fr, s.NodeID
+		ro.Mirrors = fr
 	}
 	m, err := rollout.New(context.Background(), ro)
 	if err != nil {

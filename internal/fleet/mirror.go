@@ -205,3 +205,22 @@ func describeMirror(m *split.Mirror) string {
 	}
 	return m.Version + " " + split.FormatPercent(int(m.Percent)) + "%"
 }
+
+// SetMirror implements rollout.MirrorMutator: the Source's write.
+func (r *Rollouts) SetMirror(ctx context.Context, service string, m split.Mirror, actor string) (store.MirrorChange, error) {
+	return r.src.SetMirror(ctx, service, m, actor)
+}
+
+// ClearMirror implements rollout.MirrorMutator: the Source's delete.
+func (r *Rollouts) ClearMirror(ctx context.Context, service string, actor string) (store.MirrorChange, error) {
+	return r.src.ClearMirror(ctx, service, actor)
+}
+
+// SetStateMirror implements rollout.StateMirrorMutator: a shadow step's
+// mirror (m nil: its removal) written on the condition that
+// rollouts/<service> is still at st.Revision and the leadership of ctx
+// holds.
+func (r *Rollouts) SetStateMirror(ctx context.Context, st rollout.State, m *split.Mirror) (store.MirrorChange, error) {
+	f := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(r.keys.Rollout(st.Service)), "=", st.Revision)}, fence(ctx)...)
+	return r.src.mutateMirror(ctx, st.Service, rollout.Actor, m, f)
+}

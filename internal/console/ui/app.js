@@ -431,7 +431,8 @@
     R.shownState = r.state;
     R.state.setAttribute('data-state', r.state);
     R.state.textContent = STATE_LABELS[r.state] || r.state;
-    R.summary.textContent = (r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
+    R.summary.textContent = (r.shadow ? 'Shadow step: ' + pct(r.shadow_percent) + ' mirrored, no user served'
+      : r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
       ' · canary ' + r.canary + ' at ' + pct(r.weight) + ' against ' + r.stable;
     if (r.state === 'progressing' || r.state === 'paused') {
       R.hold.hidden = false;
