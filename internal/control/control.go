@@ -247,7 +247,6 @@ func newRollouts(s settings.Settings, src signals.Source, noShadow string, st *s
 		// Evidence even without a local source: the leader judges on the
 		// counts the other replicas publish.
 		ro.States, ro.Elector, ro.Mutator, ro.Evidence, ro.NodeID = fr, fr, fr, fr, s.NodeID
-		ro.Mirrors = fr
 	}
 	m, err := rollout.New(context.Background(), ro)
 	if err != nil {

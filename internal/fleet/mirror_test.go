@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -88,4 +89,49 @@ func TestMirrorWritesReachEveryReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "b back to the document's mirror", func() bool { return b.mirrorOf("api") == "v2 1" })
+}
+
+// TestRolloutShadowStepOnEveryReplica: a rollout with a shadow step, led
+// by one replica, puts the canary's mirror in force on every replica (in
+// etcd, fenced by the rollout's state), steps on when healthy and removes
+// the mirror everywhere; started again with a failing canary, it rolls
+// back from the shadow step, the mirror gone too.
+func TestRolloutShadowStepOnEveryReplica(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	push(t, c, prefix, strings.Replace(rolloutDoc, "      hold: 1s\n", "      hold: 1s\n      shadow: {percent: 20, hold: 1s}\n", 1))
+	a := startNode(t, e.Endpoint, prefix, "a", nodeOpts{})
+	waitFor(t, 10*time.Second, "a to lead", a.ro.Leading)
+	b := startNode(t, e.Endpoint, prefix, "b", nodeOpts{})
+	tr := feed(t, a, b)
+
+	if s := b.act(rollout.Start, "op"); !s.Shadow || s.Step != 0 {
+		t.Fatalf("start: %+v", s)
+	}
+	for _, n := range []*rnode{a, b} {
+		waitFor(t, 10*time.Second, n.name+": the shadow mirror", func() bool {
+			m := store.EffectiveMirror(n.store.Load(), "api")
+			return m != nil && m.Version == "v2" && m.Percent == 2000
+		})
+	}
+	waitAll(t, "the first step", func(s rollout.Status) bool { return !s.Shadow && s.Step == 1 }, a, b)
+	for _, n := range []*rnode{a, b} {
+		waitFor(t, 10*time.Second, n.name+": the mirror removed", func() bool { return store.EffectiveMirror(n.store.Load(), "api") == nil })
+	}
+
+	b.act(rollout.Abort, "op")
+	tr.errPct.Store(50)
+	a.act(rollout.Start, "op")
+	waitAll(t, "the rollback from the shadow step", func(s rollout.Status) bool { return s.State == rollout.RolledBack }, a, b)
+	s := a.status()
+	if last := s.History[len(s.History)-1]; last.Step != 0 || !strings.Contains(last.Reason, "in shadow") {
+		t.Fatalf("rollback %+v", last)
+	}
+	for _, n := range []*rnode{a, b} {
+		waitFor(t, 10*time.Second, n.name+": no mirror after the rollback", func() bool { return store.EffectiveMirror(n.store.Load(), "api") == nil })
+		if w := weightOf(n, "v2"); w != 0 {
+			t.Errorf("%s: canary at %d after the rollback", n.name, w)
+		}
+	}
 }

@@ -42,7 +42,8 @@ type Mutator interface {
 type Options struct {
 	Store   *store.Store // the configuration in force (required)
 	Mutator Mutator      // nil: Store
-	// Mirrors sets a shadow step's mirror; nil: Store.
+	// Mirrors sets a shadow step's mirror; nil: the Mutator when it sets
+	// mirrors too, else Store.
 	Mirrors MirrorMutator
 	// NoShadow, when set, says why this process cannot judge a shadow
 	// step (its signals do not see the mirrored requests): a rollout with
@@ -122,7 +123,13 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		m.mut = opts.Store
 	}
 	if m.mirrors == nil {
-		m.mirrors = opts.Store
+		// The Mutator's own mirrors when it has them (etcd mode's
+		// write-through store), else the store's.
+		if mm, ok := m.mut.(MirrorMutator); ok {
+			m.mirrors = mm
+		} else {
+			m.mirrors = opts.Store
+		}
 	}
 	if m.states == nil {
 		m.states = FileStates{Store: opts.Store}
