@@ -159,7 +159,7 @@ func Render(b *strings.Builder, r *Result) {
 		"Over ext_proc an assigned request is two messages on its stream (the request headers, whose reply asks for the "+
 		"response headers with `mode_override`, then the response headers, answered with the cookie), a keyed one is one; "+
 		"in the module the cookie is kept with the stream and added by the response-headers hook in C. "+
-		"Envoy %s (%d worker) pinned to CPU %d with the splitter, wrk %s and the backends on CPU %d; %d connections; "+
+		"Envoy %s (%d worker) pinned to CPU %d with the splitter, %s and the backends on CPU %d; %d connections; "+
 		"%d rounds of %s per setup, the order rotated each round; ratios assigned / keyed between the two runs of a round "+
 		"(median, min..max). Machine: %s.\n\n",
 		e.EnvoyVer, e.Workers, e.ProxyCPU, e.Tool, e.LoadCPU, e.Connections, e.Rounds, e.Duration, r.Machine)
