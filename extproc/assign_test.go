@@ -5,9 +5,11 @@ import (
 	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilter "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/split"
@@ -71,8 +73,16 @@ func TestAssignedStreamSetsCookie(t *testing.T) {
 		t.Errorf("reason %q, want sticky_assigned", r)
 	}
 	set := st.sent[1].GetResponseHeaders().GetResponse().GetHeaderMutation().GetSetHeaders()
-	if len(set) != 1 || set[0].GetHeader().GetKey() != "set-cookie" || !set[0].GetAppend().GetValue() {
-		t.Fatalf("response answer %v: want one appended set-cookie", st.sent[1])
+	if len(set) != 1 {
+		t.Fatalf("response answer %v: want one set-cookie", st.sent[1])
+	}
+	// append: true (ext_proc ignores append_action): an entry beside the
+	// backend's Set-Cookie, never in its place. The field is deprecated in
+	// the API but the one ext_proc reads, so it is read by name here.
+	opt := set[0].ProtoReflect()
+	app, _ := opt.Get(opt.Descriptor().Fields().ByName("append")).Message().Interface().(*wrapperspb.BoolValue)
+	if set[0].GetHeader().GetKey() != "set-cookie" || !app.GetValue() || set[0].GetAppendAction() != corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD {
+		t.Fatalf("response answer %v: want the set-cookie appended", set[0])
 	}
 	m := cookieRE.FindStringSubmatch(string(set[0].GetHeader().GetRawValue()))
 	if m == nil {
