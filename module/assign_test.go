@@ -102,3 +102,17 @@ func TestShadowStepNeedsEnvoyAdmin(t *testing.T) {
 		t.Fatalf("start: %d %s", resp.StatusCode, body)
 	}
 }
+
+// TestPooledSlotCookieIsItsOwn: a thread beyond MaxThreads decides with a
+// pooled scratch, which returns to the pool before C copies the answer;
+// its cookie must not be overwritten by the next request on that scratch.
+func TestPooledSlotCookieIsItsOwn(t *testing.T) {
+	s := start(t, assignConfig)
+	hs := []split.Header{{Name: ":authority", Value: "a"}}
+	first := s.decide(t, MaxThreads+1, hs)
+	kept := string(first.Cookie)
+	second := s.decide(t, MaxThreads+1, hs)
+	if string(first.Cookie) != kept || string(second.Cookie) == kept {
+		t.Fatalf("the first request's cookie changed to %q (second %q)", first.Cookie, second.Cookie)
+	}
+}

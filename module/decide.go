@@ -80,8 +80,8 @@ type Result struct {
 	Pair int32
 	// Cookie is the Set-Cookie value the response of a request given a
 	// fresh sticky key must carry (added in the response headers hook);
-	// nil for every other request. It is the thread's buffer, valid until
-	// its next Decide: C copies it at once.
+	// nil for every other request. It is the thread's buffer (a fresh one
+	// for a pooled slot), valid until its next Decide: C copies it at once.
 	Cookie []byte
 }
 
@@ -135,8 +135,14 @@ func (p *Process) Decide(r Request, readsID uint32, retried bool, res *Result) {
 	run.rec.Decided(API, &sc.dec)
 	res.Status, res.Plan, res.Pair, res.Cookie = StatusOK, *run.answers.Get(ts.table, &sc.dec), -1, nil
 	if sc.dec.Assigned() {
-		sc.cookie = sc.dec.AppendSetCookie(sc.cookie[:0])
-		res.Cookie = sc.cookie
+		if r.pooled {
+			// A pooled scratch goes back to the pool before C copies the
+			// answer: the cookie must not live in it.
+			res.Cookie = sc.dec.AppendSetCookie(nil)
+		} else {
+			sc.cookie = sc.dec.AppendSetCookie(sc.cookie[:0])
+			res.Cookie = sc.cookie
+		}
 	}
 	if s, v := sc.dec.Target(); s >= 0 && s < len(ts.pairs) && v < len(ts.pairs[s]) {
 		res.Pair = ts.pairs[s][v]
