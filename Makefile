@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
+.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout bench-assign validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,10 @@ bench-fleet: build etcd ## Fleet propagation: admin call on one replica to appli
 bench-rollout: build envoy ## Time the rollout guard's rollback of a failing canary (20 runs per window); updates BENCH.md
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench rollout --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
+bench-assign: build module envoy ## Through Envoy: a request given a sticky key against a keyed one, ext_proc and the module; updates BENCH.md
+	scripts/loadtool.sh
+	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
+	./$(BIN)/splitter-bench assign --splitter $(BIN)/splitter --module-dir $(BIN) --envoy "$$(scripts/envoy.sh)" --envoy-rounds 10 --envoy-duration 3s --results bench/results --out BENCH.md
 
 validate: build ## Validate every example configuration
 	./$(BIN)/splitter validate examples/config/*.yaml

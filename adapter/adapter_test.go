@@ -20,8 +20,9 @@ func TestNewHeaders(t *testing.T) {
 		wantErr             string
 	}{
 		{name: "defaults", route: "x-route-version", reason: "x-route-reason", want: adapter.DefaultHeaders()},
-		{name: "reason disabled", route: "x-version", want: adapter.Headers{Route: "x-version"}},
-		{name: "upper case is lower-cased", route: "X-Version", reason: "X-Why", want: adapter.Headers{Route: "x-version", Reason: "x-why"}},
+		{name: "reason disabled", route: "x-version", want: adapter.Headers{Route: "x-version", Mirror: "x-mirror-version"}},
+		{name: "upper case is lower-cased", route: "X-Version", reason: "X-Why", want: adapter.Headers{Route: "x-version", Reason: "x-why", Mirror: "x-mirror-version"}},
+		{name: "route is the mirror header", route: "x-mirror-version", wantErr: "mirror_header: must differ from route_header"},
 		{name: "empty route", reason: "x-why", wantErr: "route_header: must not be empty"},
 		{name: "bad route", route: "x bad", wantErr: "route_header: \"x bad\" is not a valid header name"},
 		{name: "pseudo-header", route: ":path", wantErr: "route_header"},
@@ -46,6 +47,32 @@ func TestNewHeaders(t *testing.T) {
 	}
 }
 
+func TestWithMirror(t *testing.T) {
+	h := adapter.DefaultHeaders()
+	for _, c := range []struct {
+		name, mirror, want, wantErr string
+	}{
+		{name: "lower-cased", mirror: "X-Shadow", want: "x-shadow"},
+		{name: "empty", mirror: "", wantErr: "mirror_header: must not be empty"},
+		{name: "bad", mirror: "x shadow", wantErr: "mirror_header: \"x shadow\" is not a valid header name"},
+		{name: "route header", mirror: "X-Route-Version", wantErr: "mirror_header: must differ from route_header"},
+		{name: "reason header", mirror: "x-route-reason", wantErr: "mirror_header: must differ from reason_header"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := h.WithMirror(c.mirror)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || got.Mirror != c.want || got.Route != h.Route || got.Reason != h.Reason {
+				t.Fatalf("got %+v, %v; want mirror %q", got, err, c.want)
+			}
+		})
+	}
+}
+
 func TestCheckConfigIgnoresCase(t *testing.T) {
 	h := adapter.DefaultHeaders()
 	for _, c := range []struct {
@@ -55,6 +82,7 @@ func TestCheckConfigIgnoresCase(t *testing.T) {
 		{"x-route-version", `experiments[0].header: "x-route-version" is the route header`},
 		{"X-Route-Version", `experiments[0].header: "X-Route-Version" is the route header`},
 		{"X-ROUTE-REASON", `experiments[0].header: "X-ROUTE-REASON" is the reason header`},
+		{"X-Mirror-Version", `experiments[0].header: "X-Mirror-Version" is the mirror header`},
 	} {
 		t.Run(c.header, func(t *testing.T) {
 			cfg := split.Default()
@@ -137,10 +165,18 @@ func decide(tb *split.Table, authority string, kv ...string) *split.Decision {
 func TestPlanFor(t *testing.T) {
 	tb := load(t, planConfig)
 	type plan struct {
-		Remove   string
-		Set      []split.Header
-		Unrouted bool
+		Remove, RemoveMirror string
+		Set                  []split.Header
+		Unrouted, Assigned   bool
 	}
+	mt := load(t, `services:
+  - name: api
+    weights: {v1: 100, v2: 0}
+    sticky: {assign: {cookie: sid}}
+    mirror: {version: v2, percent: 100}
+`)
+	assigned := &split.Decision{}
+	mt.Decide(&split.Request{NewKey: func() (k [split.KeyBytes]byte) { return k }}, assigned)
 	for _, c := range []struct {
 		name string
 		h    adapter.Headers
@@ -150,7 +186,7 @@ func TestPlanFor(t *testing.T) {
 		{
 			name: "rule match with variants", h: adapter.DefaultHeaders(),
 			d: decide(tb, "api", "x-beta", "true", "x-user-id", "user-123"),
-			want: plan{Set: []split.Header{
+			want: plan{RemoveMirror: "x-mirror-version", Set: []split.Header{
 				{Name: "x-route-version", Value: "v2"}, {Name: "x-route-reason", Value: "header_match"},
 				{Name: "x-variant", Value: "A"}, {Name: "x-color", Value: "red"},
 			}},
@@ -158,29 +194,33 @@ func TestPlanFor(t *testing.T) {
 		{
 			name: "reason disabled", h: adapter.Headers{Route: "x-v"},
 			d:    decide(tb, "api", "x-beta", "true"),
-			want: plan{Set: []split.Header{{Name: "x-v", Value: "v2"}}},
+			want: plan{RemoveMirror: "x-mirror-version", Set: []split.Header{{Name: "x-v", Value: "v2"}}},
 		},
 		{
 			name: "unmatched removes the route header, sets no variant", h: adapter.DefaultHeaders(),
 			d: decide(tb, "nowhere", "x-user-id", "user-123"),
-			want: plan{Remove: "x-route-version", Unrouted: true,
+			want: plan{Remove: "x-route-version", RemoveMirror: "x-mirror-version", Unrouted: true,
 				Set: []split.Header{{Name: "x-route-reason", Value: "unmatched"}}},
 		},
 		{
 			name: "no decision (no config, panic)", h: adapter.DefaultHeaders(), d: nil,
-			want: plan{Remove: "x-route-version", Unrouted: true,
+			want: plan{Remove: "x-route-version", RemoveMirror: "x-mirror-version", Unrouted: true,
 				Set: []split.Header{{Name: "x-route-reason", Value: "unmatched"}}},
 		},
 		{
 			name: "zero Headers mean the defaults", h: adapter.Headers{}, d: nil,
-			want: plan{Remove: "x-route-version", Unrouted: true,
+			want: plan{Remove: "x-route-version", RemoveMirror: "x-mirror-version", Unrouted: true,
 				Set: []split.Header{{Name: "x-route-reason", Value: "unmatched"}}},
+		},
+		{
+			name: "assigned and mirrored", h: adapter.Headers{Route: "x-v", Mirror: "x-shadow"}, d: assigned,
+			want: plan{Assigned: true, Set: []split.Header{{Name: "x-v", Value: "v1"}, {Name: "x-shadow", Value: "v2"}}},
 		},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var p adapter.Plan
 			c.h.PlanFor(c.d, &p)
-			got := plan{Remove: p.Remove, Set: p.Set(), Unrouted: p.Unrouted}
+			got := plan{Remove: p.Remove, RemoveMirror: p.RemoveMirror, Set: p.Set(), Unrouted: p.Unrouted, Assigned: p.Assigned}
 			if d := cmp.Diff(c.want, got); d != "" {
 				t.Errorf("(-want +got):\n%s", d)
 			}

@@ -12,20 +12,24 @@ import (
 const (
 	DefaultRouteHeader  = "x-route-version"
 	DefaultReasonHeader = "x-route-reason"
+	DefaultMirrorHeader = "x-mirror-version"
 )
 
 // Headers are the names of the headers an adapter writes besides the
-// experiments': the route header (the version Envoy routes on) and the
-// reason header ("" disables it). Build them with NewHeaders; the zero
-// value means the defaults.
+// experiments': the route header (the version Envoy routes on), the
+// reason header ("" disables it) and the mirror header (the version a
+// mirrored request is also copied to; Envoy's routes carry the mirror
+// policies). Build them with NewHeaders and WithMirror; the zero value
+// means the defaults, and so does an empty Mirror.
 type Headers struct {
 	Route  string
 	Reason string
+	Mirror string
 }
 
-// DefaultHeaders returns the default route and reason headers.
+// DefaultHeaders returns the default route, reason and mirror headers.
 func DefaultHeaders() Headers {
-	return Headers{Route: DefaultRouteHeader, Reason: DefaultReasonHeader}
+	return Headers{Route: DefaultRouteHeader, Reason: DefaultReasonHeader, Mirror: DefaultMirrorHeader}
 }
 
 // NewHeaders validates and lower-cases the names (HTTP header names are
@@ -48,7 +52,26 @@ func NewHeaders(route, reason string) (Headers, error) {
 	if len(errs) > 0 {
 		return Headers{}, errors.Join(errs...)
 	}
-	return Headers{Route: route, Reason: reason}, nil
+	return Headers{Route: route, Reason: reason, Mirror: DefaultMirrorHeader}.WithMirror(DefaultMirrorHeader)
+}
+
+// WithMirror returns h with the mirror header name (lower-cased): a valid
+// header name that differs from the route and reason headers. Errors name
+// the setting mirror_header.
+func (h Headers) WithMirror(mirror string) (Headers, error) {
+	h = h.orDefault()
+	mirror = strings.ToLower(mirror)
+	if err := CheckHeaderName(mirror); err != nil {
+		return Headers{}, fmt.Errorf("mirror_header: %w", err)
+	}
+	switch {
+	case mirror == h.Route:
+		return Headers{}, errors.New("mirror_header: must differ from route_header")
+	case mirror == h.Reason:
+		return Headers{}, errors.New("mirror_header: must differ from reason_header")
+	}
+	h.Mirror = mirror
+	return h, nil
 }
 
 // orDefault returns h, or the defaults for the zero value.
@@ -56,18 +79,22 @@ func (h Headers) orDefault() Headers {
 	if h.Route == "" {
 		return DefaultHeaders()
 	}
+	if h.Mirror == "" {
+		h.Mirror = DefaultMirrorHeader
+	}
 	return h
 }
 
 // Clashes reports whether an experiment writing header would overwrite the
-// route or reason header (compared case-insensitively).
+// route, reason or mirror header (compared case-insensitively).
 func (h Headers) Clashes(header string) bool {
 	h = h.orDefault()
-	return strings.EqualFold(header, h.Route) || (h.Reason != "" && strings.EqualFold(header, h.Reason))
+	return strings.EqualFold(header, h.Route) || (h.Reason != "" && strings.EqualFold(header, h.Reason)) ||
+		strings.EqualFold(header, h.Mirror)
 }
 
 // CheckConfig rejects a routing configuration whose experiments would
-// write the route or reason header: a variant there would overwrite the
+// write the route, reason or mirror header: a variant there would overwrite the
 // version Envoy routes on. The engine cannot see this on its own, since the
 // header names are process settings. Names compare case-insensitively, as
 // HTTP header names do.
@@ -84,6 +111,9 @@ func (h Headers) CheckConfig(cfg *split.Config) error {
 		case h.Reason != "" && strings.EqualFold(e.Header, h.Reason):
 			errs = append(errs, &split.FieldError{Path: path,
 				Reason: fmt.Sprintf("%q is the reason header (reason_header %q)", e.Header, h.Reason)})
+		case strings.EqualFold(e.Header, h.Mirror):
+			errs = append(errs, &split.FieldError{Path: path,
+				Reason: fmt.Sprintf("%q is the mirror header (mirror_header %q); a variant would decide what is mirrored", e.Header, h.Mirror)})
 		}
 	}
 	return errors.Join(errs...)

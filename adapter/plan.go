@@ -6,17 +6,28 @@ import (
 	"github.com/trafficsplit/splitter/split"
 )
 
-// Plan is what a decision writes into a request: the header to remove
-// (the route header, when nothing was decided) and the headers to set, in
-// order: route, reason, then each experiment's variant in declared order.
+// Plan is what a decision writes into a request: the headers to remove
+// (the route header, when nothing was decided; the mirror header, when the
+// request is not mirrored) and the headers to set, in order: route,
+// reason, mirror (when mirrored), then each experiment's variant in
+// declared order; and, for a request given a fresh sticky key, that its
+// response must set the key's cookie (Assigned).
 // Every adapter writes exactly its Plan, so the same decision sets the same
 // headers through ext_proc, ext_authz and the module. A Plan lives on the
 // stack: filling it does not allocate.
 type Plan struct {
 	// Remove is the header to remove ("" for none).
 	Remove string
-	set    [2 + split.MaxExperiments]split.Header
-	n      int
+	// RemoveMirror is the mirror header, removed from every request that
+	// is not mirrored, so that no client can ask for a copy even if an
+	// Envoy in front does not strip it ("" when mirrored).
+	RemoveMirror string
+	// Assigned: the request was given a fresh key (split.Decision.Assigned),
+	// so its response must carry the key's Set-Cookie. The cookie itself is
+	// per request and not part of the plan.
+	Assigned bool
+	set      [3 + split.MaxExperiments]split.Header
+	n        int
 	// Skipped counts experiment headers left out because their name or
 	// value cannot be written (validation makes this impossible for a
 	// loaded configuration; adapters log it where they build answers).
@@ -44,7 +55,7 @@ func (p *Plan) add(name, value string) {
 // experiment header is set (there is no decision to label).
 func (h Headers) PlanFor(d *split.Decision, p *Plan) {
 	h = h.orDefault()
-	*p = Plan{}
+	*p = Plan{RemoveMirror: h.Mirror}
 	if d == nil || d.Version == "" || !ValidHeaderValue(d.Version) {
 		p.Unrouted = true
 		p.Remove = h.Route
@@ -57,6 +68,11 @@ func (h Headers) PlanFor(d *split.Decision, p *Plan) {
 	if h.Reason != "" {
 		p.add(h.Reason, d.Reason.String())
 	}
+	if m := d.Mirror(); m != "" && ValidHeaderValue(m) {
+		p.add(h.Mirror, m)
+		p.RemoveMirror = ""
+	}
+	p.Assigned = d.Assigned()
 	for _, v := range d.Variants() {
 		if !ValidHeaderName(v.Header) || !ValidHeaderValue(v.Variant) || !utf8.ValidString(v.Variant) || h.Clashes(v.Header) {
 			p.Skipped++

@@ -1,6 +1,7 @@
 package adapter
 
 import (
+	"crypto/rand"
 	"strings"
 	"sync"
 
@@ -28,8 +29,22 @@ func (p *Pool) Get() *Scratch {
 	if s, ok := p.p.Get().(*Scratch); ok {
 		return s
 	}
-	return &Scratch{Req: split.Request{Headers: make([]split.Header, 0, 32)}}
+	return &Scratch{Req: split.Request{Headers: make([]split.Header, 0, 32), NewKey: RandomKey}}
 }
+
+// RandomKey is the key generator every adapter gives the engine
+// (split.Request.NewKey): 128 bits from crypto/rand, the operating
+// system's generator. Keys name clients, so they must not be guessable
+// from one another.
+func RandomKey() (k [split.KeyBytes]byte) {
+	// crypto/rand.Read never fails on the platforms Go supports (it
+	// crashes the program rather than return predictable bytes).
+	_, _ = rand.Read(k[:])
+	return k
+}
+
+// SetCookieHeader is the response header an assigned key is set in.
+const SetCookieHeader = "set-cookie"
 
 // Put clears s and returns it to the pool.
 func (p *Pool) Put(s *Scratch) {

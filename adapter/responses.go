@@ -126,11 +126,12 @@ func (r *Responses[E]) install(t *split.Table) *responseSet[E] {
 }
 
 // appendKey identifies everything a decision's headers depend on: version,
-// reason and every (header, variant) pair, length-prefixed so that distinct
+// reason, mirror and every (header, variant) pair, length-prefixed so that distinct
 // decisions never share a key.
 func appendKey(b []byte, d *split.Decision) []byte {
 	b = appendField(b, d.Version)
 	b = append(b, byte(d.Reason))
+	b = appendField(b, d.Mirror())
 	for _, v := range d.Variants() {
 		b = appendField(b, v.Header)
 		b = appendField(b, v.Variant)

@@ -322,6 +322,12 @@ func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 	}
 	p.waitJS(5*time.Second, "weighted decisions in the mix", `/weighted \(weighted_routing\): [1-9]/.test(document.querySelector('article[data-service="api"] li[data-reason="weighted_routing"]').textContent)`)
 	p.waitJS(3*time.Second, "the change in the audit list", `/admin mutation.*canary.*success/.test(document.getElementById('audit-list').textContent)`)
+
+	// A runtime mirror (a dark launch) shows its share on the card.
+	if err := b.admin.Admin(t.Context(), http.MethodPut, "/v1/services/api/mirror", map[string]any{"version": "v2", "percent": 10}, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.waitJS(3*time.Second, "the mirror badge", `(document.querySelector('article[data-service="api"] [data-role="mirror"]')||{}).textContent==='mirror 10 % \u2192 v2 (runtime)'`)
 	if !js[bool](p, `window.__sameDocument === true`) {
 		t.Error("the page was reloaded")
 	}

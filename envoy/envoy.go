@@ -105,11 +105,16 @@ type Params struct {
 	MessageTimeout time.Duration
 	// RouteHeader is the header the splitter sets and routes match on.
 	RouteHeader string
+	// MirrorHeader names the version a mirrored request is also copied to:
+	// for every pair of versions a route matches it with the route header
+	// and carries a request_mirror_policy (default x-mirror-version).
+	MirrorHeader string
 	// MutableHeaders are the headers the splitter may set (mutation rules);
-	// RouteHeader is always included.
+	// RouteHeader and MirrorHeader are always included.
 	MutableHeaders []string
 	// StripHeaders are removed from every client request before the route is
-	// picked (early header mutation). RouteHeader is always included.
+	// picked (early header mutation). RouteHeader and MirrorHeader are
+	// always included: a client can neither pin a version nor ask for a copy.
 	StripHeaders []string
 	// AccessLog turns on a one-line stdout access log.
 	AccessLog bool
@@ -119,6 +124,7 @@ type Params struct {
 const (
 	DefaultRouteHeader    = "x-route-version"
 	DefaultReasonHeader   = "x-route-reason"
+	DefaultMirrorHeader   = "x-mirror-version"
 	DefaultVariantHeader  = "x-variant"
 	DefaultMessageTimeout = 200 * time.Millisecond
 )
@@ -130,12 +136,21 @@ type view struct {
 	Summary     string
 	ClusterType string
 	AllowRegex  string
-	Timeout     string // Envoy's Duration form, e.g. "0.2s"
+	// ExtProcAllowRegex is AllowRegex plus set-cookie: ext_proc's mutation
+	// rules also cover its response mutations, and a request given a
+	// sticky key gets its cookie there.
+	ExtProcAllowRegex string
+	Timeout           string // Envoy's Duration form, e.g. "0.2s"
 	// ModuleConfig is Module.Config as a YAML (JSON) string literal.
 	ModuleConfig string
 	Stable       Backend
 	Canaries     []Backend
+	// MirrorRoutes are the routes of mirrored requests: one per ordered
+	// pair of versions (served, copied to).
+	MirrorRoutes []mirrorRoute
 }
+
+type mirrorRoute struct{ Served, Mirror string }
 
 var (
 	tmpl = template.Must(template.New("bootstrap").Option("missingkey=error").Parse(templateText))
@@ -171,8 +186,11 @@ func newView(p Params) (view, error) {
 	if p.Module.Name == "" {
 		p.Module.Name = DefaultModuleName
 	}
-	p.MutableHeaders = withFirst(p.RouteHeader, p.MutableHeaders)
-	p.StripHeaders = withFirst(p.RouteHeader, p.StripHeaders)
+	if p.MirrorHeader == "" {
+		p.MirrorHeader = DefaultMirrorHeader
+	}
+	p.MutableHeaders = withFirst(p.RouteHeader, append(append([]string(nil), p.MutableHeaders...), p.MirrorHeader))
+	p.StripHeaders = withFirst(p.RouteHeader, append(append([]string(nil), p.StripHeaders...), p.MirrorHeader))
 
 	var errs []error
 	bad := func(field, format string, args ...any) {
@@ -249,6 +267,9 @@ func newView(p Params) (view, error) {
 			bad(fmt.Sprintf("strip_headers[%d]", i), "%q is not a lower-case header name", h)
 		}
 	}
+	if !headerName.MatchString(p.MirrorHeader) || p.MirrorHeader == p.RouteHeader {
+		bad("mirror_header", "%q is not a lower-case header name other than the route header", p.MirrorHeader)
+	}
 	if p.MessageTimeout < time.Millisecond || p.MessageTimeout%time.Millisecond != 0 {
 		bad("message_timeout", "%v must be a positive whole number of milliseconds", p.MessageTimeout)
 	}
@@ -263,6 +284,14 @@ func newView(p Params) (view, error) {
 		AllowRegex:  "^(" + strings.Join(p.MutableHeaders, "|") + ")$",
 		Stable:      p.Backends[0],
 		Canaries:    p.Backends[1:],
+	}
+	v.ExtProcAllowRegex = "^(" + strings.Join(withFirst(p.MutableHeaders[0], append(p.MutableHeaders[1:], "set-cookie")), "|") + ")$"
+	for _, served := range p.Backends {
+		for _, m := range p.Backends {
+			if m.Version != served.Version {
+				v.MirrorRoutes = append(v.MirrorRoutes, mirrorRoute{Served: served.Version, Mirror: m.Version})
+			}
+		}
 	}
 	if p.DNS {
 		v.ClusterType = "STRICT_DNS"
@@ -321,6 +350,7 @@ func Compose(mode Mode) Params {
 		DNS:            true,
 		MessageTimeout: DefaultMessageTimeout,
 		RouteHeader:    DefaultRouteHeader,
+		MirrorHeader:   DefaultMirrorHeader,
 		MutableHeaders: []string{DefaultRouteHeader, DefaultReasonHeader, DefaultVariantHeader},
 		StripHeaders:   []string{DefaultRouteHeader, DefaultReasonHeader, DefaultVariantHeader},
 		AccessLog:      true,

@@ -120,6 +120,9 @@ func TestRenderedBootstrap(t *testing.T) {
 				if got := d.get(hcm + ".early_header_mutation_extensions.0.typed_config.mutations.0.remove"); got != "x-route-version" {
 					t.Fatalf("first early mutation removes %v, want x-route-version", got)
 				}
+				if got := d.get(hcm + ".early_header_mutation_extensions.0.typed_config.mutations.1.remove"); got != "x-mirror-version" {
+					t.Fatalf("second early mutation removes %v, want x-mirror-version", got)
+				}
 			},
 		},
 		{
@@ -137,8 +140,9 @@ func TestRenderedBootstrap(t *testing.T) {
 					".failure_mode_allow":                    true,
 					".message_timeout":                       "0.2s",
 					".route_cache_action":                    "DEFAULT",
+					".allow_mode_override":                   true,
 					".mutation_rules.disallow_all":           true,
-					".mutation_rules.allow_expression.regex": "^(x-route-version)$",
+					".mutation_rules.allow_expression.regex": "^(x-route-version|x-mirror-version|set-cookie)$",
 				}
 				for path, w := range want {
 					if got := d.get(f + path); got != w {
@@ -151,16 +155,33 @@ func TestRenderedBootstrap(t *testing.T) {
 			},
 		},
 		{
-			name: "routes: one per canary on the route header, stable last",
+			name: "routes: mirror pairs, then one per canary on the route header, stable last",
 			p:    loopback(ModeExtProc, "v1", "v2", "v3"),
 			checks: func(t *testing.T, d doc) {
 				routes := d.get(hcm + ".route_config.virtual_hosts.0.routes").([]any)
-				if len(routes) != 3 {
-					t.Fatalf("%d routes, want 3", len(routes))
+				if len(routes) != 6+3 {
+					t.Fatalf("%d routes, want 6 mirror routes and 3", len(routes))
 				}
+				i := 0
+				for _, served := range []string{"v1", "v2", "v3"} {
+					for _, m := range []string{"v1", "v2", "v3"} {
+						if m == served {
+							continue
+						}
+						r := doc{t, routes[i]}
+						if r.get("match.headers.0.name") != "x-route-version" || r.get("match.headers.0.string_match.exact") != served ||
+							r.get("match.headers.1.name") != "x-mirror-version" || r.get("match.headers.1.string_match.exact") != m ||
+							r.get("route.cluster") != served || r.get("route.request_mirror_policies.0.cluster") != m || r.has("route.request_mirror_policies.1") {
+							t.Errorf("route %d = %v, want %s mirrored to %s", i, routes[i], served, m)
+						}
+						i++
+					}
+				}
+				routes = routes[6:]
 				for i, v := range []string{"v2", "v3"} {
 					r := doc{t, routes[i]}
-					if r.get("match.headers.0.name") != "x-route-version" || r.get("match.headers.0.string_match.exact") != v || r.get("route.cluster") != v {
+					if r.get("match.headers.0.name") != "x-route-version" || r.get("match.headers.0.string_match.exact") != v || r.get("route.cluster") != v ||
+						r.has("match.headers.1") || r.has("route.request_mirror_policies") {
 						t.Errorf("route %d = %v, want x-route-version %s -> %s", i, routes[i], v, v)
 					}
 				}
@@ -207,7 +228,7 @@ func TestRenderedBootstrap(t *testing.T) {
 					".typed_config.grpc_service.timeout":  "0.15s",
 					".typed_config.failure_mode_allow":    true,
 					".typed_config.clear_route_cache":     true,
-					".typed_config.decoder_header_mutation_rules.allow_expression.regex": "^(x-route-version|x-route-reason|x-variant)$",
+					".typed_config.decoder_header_mutation_rules.allow_expression.regex": "^(x-route-version|x-route-reason|x-variant|x-mirror-version)$",
 				}
 				for path, w := range want {
 					if got := d.get(f + path); got != w {
@@ -268,7 +289,7 @@ func TestRenderedBootstrap(t *testing.T) {
 					t.Error("module mode has a third (splitter) cluster")
 				}
 				routes := d.get(hcm + ".route_config.virtual_hosts.0.routes").([]any)
-				if len(routes) != 2 || (doc{t, routes[0]}).get("match.headers.0.string_match.exact") != "v2" {
+				if len(routes) != 4 || (doc{t, routes[2]}).get("match.headers.0.string_match.exact") != "v2" {
 					t.Errorf("routes %v", routes)
 				}
 			},
@@ -328,6 +349,8 @@ func TestRenderRejectsBadParams(t *testing.T) {
 		{"cluster name clash", func(p *Params) { p.Backends[1].Version = "splitter" }, "cluster name"},
 		{"yaml injection in a host", func(p *Params) { p.Backends[0].Addr.Host = "a } }" }, "host"},
 		{"upper-case header", func(p *Params) { p.MutableHeaders = []string{"X-Variant"} }, "mutable_headers[1]"},
+		{"mirror header is the route header", func(p *Params) { p.MirrorHeader = "x-route-version" }, "mirror_header"},
+		{"mirror header injection", func(p *Params) { p.MirrorHeader = "x-m } }" }, "mirror_header"},
 		{"sub-millisecond timeout", func(p *Params) { p.MessageTimeout = 1500 * time.Microsecond }, "message_timeout"},
 		{"splitter port unknown", func(p *Params) { p.Splitter.Port = 0 }, "splitter"},
 		{"admin cluster name clash", func(p *Params) { p.Backends[1].Version = "envoy_admin" }, "cluster name"},

@@ -3,7 +3,8 @@
 // the same headers as the other adapters. It never denies: every answer is
 // OK, carrying the route header (in value, which is what ext_authz reads)
 // or, for a request no service claims, the removal of a client-sent route
-// header.
+// header. A request given a fresh sticky key (sticky.assign) also gets the
+// key's Set-Cookie in response_headers_to_add.
 //
 // Repeated headers: by default Envoy sends ext_authz a map of headers in
 // which repeated ones are joined with commas, which would make a request
@@ -140,7 +141,26 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (resp *fas
 		s.log.DebugContext(ctx, "decided", "api", API, "authority", sc.Req.Authority,
 			"service", sc.Dec.Service, "version", sc.Dec.Version, "reason", sc.Dec.Reason.String(), "rule", sc.Dec.Rule)
 	}
+	if sc.Dec.Assigned() {
+		return s.assigned(&sc.Dec)
+	}
 	return s.responses.Get(table, &sc.Dec)
+}
+
+// assigned answers a request given a fresh sticky key: its plan, plus the
+// key's Set-Cookie in response_headers_to_add, which Envoy adds to the
+// response sent downstream. APPEND_IF_EXISTS_OR_ADD adds an entry beside a
+// Set-Cookie the backend sent, never replacing it. Built per request (the
+// key is the request's own); every other answer is shared.
+func (s *Server) assigned(d *split.Decision) *fastcodec.Encoded {
+	var p adapter.Plan
+	s.headers.PlanFor(d, &p)
+	resp := s.message(&p)
+	resp.GetOkResponse().ResponseHeadersToAdd = []*corev3.HeaderValueOption{{
+		Header:       &corev3.HeaderValue{Key: adapter.SetCookieHeader, Value: string(d.AppendSetCookie(make([]byte, 0, 128)))},
+		AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD,
+	}}
+	return fastcodec.Encode(resp)
 }
 
 // fromCheck fills req from ext_authz attributes: header_map (sent with
@@ -182,9 +202,17 @@ func (s *Server) build(p *adapter.Plan) *fastcodec.Encoded {
 	if p.Skipped > 0 {
 		s.log.Error("experiment headers not written: invalid or clashing name or value", "skipped", p.Skipped)
 	}
+	return fastcodec.Encode(s.message(p))
+}
+
+// message is the OK answer that applies p.
+func (s *Server) message(p *adapter.Plan) *authv3.CheckResponse {
 	ok := &authv3.OkHttpResponse{}
 	if p.Remove != "" {
-		ok.HeadersToRemove = []string{p.Remove}
+		ok.HeadersToRemove = append(ok.HeadersToRemove, p.Remove)
+	}
+	if p.RemoveMirror != "" {
+		ok.HeadersToRemove = append(ok.HeadersToRemove, p.RemoveMirror)
 	}
 	for _, h := range p.Set() {
 		ok.Headers = append(ok.Headers, &corev3.HeaderValueOption{
@@ -192,8 +220,8 @@ func (s *Server) build(p *adapter.Plan) *fastcodec.Encoded {
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		})
 	}
-	return fastcodec.Encode(&authv3.CheckResponse{
+	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{}, // code 0: OK
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: ok},
-	})
+	}
 }

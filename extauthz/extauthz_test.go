@@ -73,7 +73,16 @@ func hostConfig() *split.Config {
 
 type hv struct{ name, value string }
 
+// ok is the answer that removes remove and sets hs; a request that is not
+// mirrored also loses any mirror header a client sent.
 func ok(remove []string, hs ...hv) *authv3.CheckResponse {
+	mirrored := false
+	for _, h := range hs {
+		mirrored = mirrored || h.name == "x-mirror-version"
+	}
+	if !mirrored {
+		remove = append(remove, "x-mirror-version")
+	}
 	r := &authv3.OkHttpResponse{HeadersToRemove: remove}
 	for _, h := range hs {
 		r.Headers = append(r.Headers, &corev3.HeaderValueOption{

@@ -92,3 +92,42 @@ func BenchmarkGRPCStream(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkProcessAssigned is an Envoy-like stream of a service that
+// assigns keys: "keyed" carries x-user-id (one message, as without
+// assign); "assigned" carries none, so its reply asks for the response
+// headers and the stream carries them too (two messages), answered with the
+// fresh key's Set-Cookie. The ratio is the adapter's cost of an assigned
+// request; the key (crypto/rand) and the cookie are built per request.
+func BenchmarkProcessAssigned(b *testing.B) {
+	cfg := split.Default()
+	cfg.Services[0].Sticky.Assign = &split.Assign{Cookie: "splitter-id", MaxAge: split.Duration(split.DefaultAssignMaxAge)}
+	tab, err := split.Compile(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		steps []step
+		sent  int
+	}{
+		{"keyed", []step{{req: reqHeaders(raw(envoyHeaders("x-user-id", "user-123")...))}}, 1},
+		{"assigned", []step{{req: reqHeaders(raw(envoyHeaders()...))}, {req: respHeaders(":status", "200", "content-type", "application/json")}}, 2},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			s := newTestServer(fixedSource{tab}, nil)
+			st := newFakeStream(b.Context(), c.steps...)
+			st.keep = false
+			b.ReportAllocs()
+			for b.Loop() {
+				st.next = 0
+				if err := s.Process(st); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if st.nsent != c.sent*b.N {
+				b.Fatalf("%d answers for %d streams, want %d each", st.nsent, b.N, c.sent)
+			}
+		})
+	}
+}

@@ -2,9 +2,11 @@
 // (envoy.service.ext_proc.v3.ExternalProcessor/Process): one stream per
 // HTTP request, decided on request_headers by the split engine and answered
 // with a header mutation that sets the route header and clears Envoy's route
-// cache. Every other phase gets its matching empty answer, so an Envoy
-// configured to send more than request headers never stalls; a stream reset
-// by Envoy ends quietly.
+// cache. A request given a fresh sticky key (sticky.assign) also asks
+// Envoy, through the reply's mode_override, for its response headers, and
+// the answer to those adds the key's Set-Cookie. Every other phase gets its
+// matching empty answer, so an Envoy configured to send more than request
+// headers never stalls; a stream reset by Envoy ends quietly.
 package extproc
 
 import (
@@ -103,6 +105,10 @@ type streamState struct {
 	sawHeaders bool // a request_headers message was handled
 	answered   bool // at least one message was handled to the end
 	result     string
+	// setCookie is the Set-Cookie value of a request given a fresh key,
+	// added to its response headers (which its mode_override asked for);
+	// nil for every other request.
+	setCookie []byte
 	// pending is the message being handled, so a panic can still answer it.
 	pending *extprocv3.ProcessingRequest
 }
@@ -187,6 +193,12 @@ func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.Pr
 		s.rec.PhaseUnexpected(API, adapter.PhaseRequestTrailers)
 		return s.empty.requestTrailers
 	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		if st.setCookie != nil {
+			// Asked for by the assigned request's mode_override.
+			resp := fastcodec.Encode(setCookie(st.setCookie))
+			st.setCookie = nil
+			return resp
+		}
 		s.rec.PhaseUnexpected(API, adapter.PhaseResponseHeaders)
 		return s.empty.responseHeaders
 	case *extprocv3.ProcessingRequest_ResponseBody:
@@ -236,6 +248,9 @@ func (s *Server) decide(ctx context.Context, st *streamState, hm *corev3.HeaderM
 	envoypb.FromHeaders(&sc.Req, hm.GetHeaders())
 	st.table.Decide(&sc.Req, &sc.Dec)
 	s.rec.Decided(API, &sc.Dec)
+	if sc.Dec.Assigned() {
+		st.setCookie = sc.Dec.AppendSetCookie(make([]byte, 0, 128))
+	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.DebugContext(ctx, "decided", "api", API, "authority", sc.Req.Authority,
 			"service", sc.Dec.Service, "version", sc.Dec.Version, "reason", sc.Dec.Reason.String(), "rule", sc.Dec.Rule)

@@ -26,6 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const (
 	routeHdr  = "x-route-version"
 	reasonHdr = "x-route-reason"
+	mirrorHdr = "x-mirror-version"
 )
 
 // fixedSource serves one table for the whole test.
@@ -230,9 +231,10 @@ func reference(tab *split.Table, hm *corev3.HeaderMap) split.Decision {
 
 type hv struct{ name, value string }
 
-// wantSet is the expected answer that sets headers in this order.
+// wantSet is the expected answer that sets headers in this order (and
+// removes a client's mirror header: the request is not mirrored).
 func wantSet(hs ...hv) *extprocv3.ProcessingResponse {
-	m := &extprocv3.HeaderMutation{}
+	m := &extprocv3.HeaderMutation{RemoveHeaders: []string{mirrorHdr}}
 	for _, h := range hs {
 		m.SetHeaders = append(m.SetHeaders, &corev3.HeaderValueOption{
 			Header:       &corev3.HeaderValue{Key: h.name, RawValue: []byte(h.value)},
@@ -256,7 +258,7 @@ func wantFor(d split.Decision) *extprocv3.ProcessingResponse {
 // wantUnmatched removes the client's route header (and says why).
 func wantUnmatched() *extprocv3.ProcessingResponse {
 	r := wantSet(hv{reasonHdr, "unmatched"})
-	r.GetRequestHeaders().GetResponse().GetHeaderMutation().RemoveHeaders = []string{routeHdr}
+	r.GetRequestHeaders().GetResponse().GetHeaderMutation().RemoveHeaders = []string{routeHdr, mirrorHdr}
 	return r
 }
 

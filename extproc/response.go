@@ -2,7 +2,9 @@ package extproc
 
 import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocv3v3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/trafficsplit/splitter/adapter"
 	"github.com/trafficsplit/splitter/internal/fastcodec"
@@ -23,7 +25,10 @@ func (s *Server) build(p *adapter.Plan) *fastcodec.Encoded {
 	}
 	m := &extprocv3.HeaderMutation{}
 	if p.Remove != "" {
-		m.RemoveHeaders = []string{p.Remove}
+		m.RemoveHeaders = append(m.RemoveHeaders, p.Remove)
+	}
+	if p.RemoveMirror != "" {
+		m.RemoveHeaders = append(m.RemoveHeaders, p.RemoveMirror)
 	}
 	for _, h := range p.Set() {
 		m.SetHeaders = append(m.SetHeaders, &corev3.HeaderValueOption{
@@ -31,10 +36,42 @@ func (s *Server) build(p *adapter.Plan) *fastcodec.Encoded {
 			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
 		})
 	}
-	return fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
+	resp := &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 		RequestHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
 			HeaderMutation:  m,
 			ClearRouteCache: true,
 		}},
-	}})
+	}}
+	if p.Assigned {
+		resp.ModeOverride = assignedMode
+	}
+	return fastcodec.Encode(resp)
+}
+
+// assignedMode is the mode_override of a request given a fresh key: Envoy
+// sends its response headers too (the reply adds the key's cookie), and
+// nothing else changes. Header and trailer modes left DEFAULT mean
+// "unchanged"; body modes are taken literally, and NONE is what the
+// filter is configured with. Envoy honours it only with
+// allow_mode_override: true (the bootstraps set it).
+var assignedMode = &extprocv3v3.ProcessingMode{
+	ResponseHeaderMode: extprocv3v3.ProcessingMode_SEND,
+	RequestBodyMode:    extprocv3v3.ProcessingMode_NONE,
+	ResponseBodyMode:   extprocv3v3.ProcessingMode_NONE,
+}
+
+// setCookie answers the response headers of a request given a fresh key:
+// it adds the key's Set-Cookie beside any the backend set (append: true
+// makes Envoy add an entry, never replace one). Built per request: the
+// key is the request's own.
+func setCookie(value []byte) *extprocv3.ProcessingResponse {
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+		ResponseHeaders: &extprocv3.HeadersResponse{Response: &extprocv3.CommonResponse{
+			HeaderMutation: &extprocv3.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{{
+				Header:       &corev3.HeaderValue{Key: adapter.SetCookieHeader, RawValue: value},
+				Append:       wrapperspb.Bool(true),
+				AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD,
+			}}},
+		}},
+	}}
 }

@@ -78,7 +78,17 @@ type Result struct {
 	Plan []byte
 	// Pair is the counter pair of the decided version, -1 for none.
 	Pair int32
+	// Cookie is the Set-Cookie value the response of a request given a
+	// fresh sticky key must carry (added in the response headers hook);
+	// nil for every other request. It is the thread's buffer (a fresh one
+	// for a pooled slot), valid until its next Decide: C copies it at once.
+	Cookie []byte
 }
+
+// MaxCookieBytes bounds a Set-Cookie value (module/abi's SP_COOKIE_MAX): a
+// cookie name of at most split.MaxHeaderNameLen, the key and the fixed
+// attributes stay below it.
+const MaxCookieBytes = 512
 
 // Decide decides the request whose headers r holds, read for the header
 // set readsID, and ends r. retried says the headers were read again after
@@ -123,7 +133,17 @@ func (p *Process) Decide(r Request, readsID uint32, retried bool, res *Result) {
 	adapter.FinishRequest(&sc.req)
 	ts.table.Decide(&sc.req, &sc.dec)
 	run.rec.Decided(API, &sc.dec)
-	res.Status, res.Plan, res.Pair = StatusOK, *run.answers.Get(ts.table, &sc.dec), -1
+	res.Status, res.Plan, res.Pair, res.Cookie = StatusOK, *run.answers.Get(ts.table, &sc.dec), -1, nil
+	if sc.dec.Assigned() {
+		if r.pooled {
+			// A pooled scratch goes back to the pool before C copies the
+			// answer: the cookie must not live in it.
+			res.Cookie = sc.dec.AppendSetCookie(nil)
+		} else {
+			sc.cookie = sc.dec.AppendSetCookie(sc.cookie[:0])
+			res.Cookie = sc.cookie
+		}
+	}
 	if s, v := sc.dec.Target(); s >= 0 && s < len(ts.pairs) && v < len(ts.pairs[s]) {
 		res.Pair = ts.pairs[s][v]
 	}

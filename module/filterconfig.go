@@ -30,17 +30,22 @@ type FilterConfig struct {
 const readyFileKey = "ready_file"
 
 // unusedKeys are settings the module has no use for: there is no gRPC
-// server to address, drain or stop, and the rollout guard reads the
-// module's own counters instead of Envoy's statistics. Naming one is an
-// error rather than silently ignored.
+// server to address, drain or stop. Naming one is an error rather than
+// silently ignored.
 func unusedKeys() map[string]string {
 	return map[string]string{
 		"grpc_addr":        "the module answers inside Envoy, not over gRPC",
 		"drain_delay":      "the module decides for as long as Envoy runs",
 		"shutdown_timeout": "the module stops with Envoy",
-		"envoy_admin":      "rollouts read the module's own response counters",
 	}
 }
+
+// envoyAdminKey is optional in the module: without it (the default, unlike
+// the sidecar's) rollouts read the module's own response counters; with
+// it, Envoy's cluster statistics, which also count the requests Envoy
+// mirrors (a rollout's shadow step needs them: the module never sees the
+// answers to mirrored requests).
+const envoyAdminKey = "envoy_admin"
 
 // ParseFilterConfig reads filter_config: a JSON object whose keys are the
 // settings keys ("config", "admin_addr", "etcd_endpoints", "route_header",
@@ -98,7 +103,22 @@ func ParseFilterConfig(raw []byte) (FilterConfig, error) {
 		return FilterConfig{}, fmt.Errorf("filter_config: %w", err)
 	}
 	s.ConfigPath = path
+	if _, set := values[envoyAdminKey]; !set && !(usable && fileSets(path, envoyAdminKey)) {
+		s.EnvoyAdmin = ""
+	}
 	return FilterConfig{Settings: s, ReadyFile: values[readyFileKey]}, nil
+}
+
+// fileSets reports whether the configuration file at path sets the
+// top-level settings key.
+func fileSets(path, key string) bool {
+	data, err := fsutil.ReadCapped(path, split.MaxConfigBytes)
+	if err != nil {
+		return false
+	}
+	fs, err := settings.FileSettings(data)
+	_, ok := fs[key]
+	return err == nil && ok
 }
 
 // fileSettingsReadable reports whether path can be read and its settings

@@ -47,8 +47,26 @@ func TestParseFilterConfig(t *testing.T) {
 		{name: "two objects", raw: `{} {}`, wantErr: []string{"data after it"}},
 		{name: "unknown keys are named", raw: `{"confg": "x", "admin": "y"}`,
 			wantErr: []string{"filter_config: admin: unknown key", "filter_config: confg: unknown key"}},
-		{name: "keys the module does not use", raw: `{"grpc_addr": "127.0.0.1:9001", "envoy_admin": "127.0.0.1:9901"}`,
-			wantErr: []string{"grpc_addr: not used by the module", "envoy_admin: not used by the module"}},
+		{name: "keys the module does not use", raw: `{"grpc_addr": "127.0.0.1:9001", "drain_delay": "1s"}`,
+			wantErr: []string{"grpc_addr: not used by the module", "drain_delay: not used by the module"}},
+		{
+			name: "envoy_admin is off unless given (the module's own counters)",
+			raw:  `{}`,
+			check: func(t *testing.T, fc FilterConfig) {
+				if fc.Settings.EnvoyAdmin != "" {
+					t.Fatalf("envoy_admin %q, want none", fc.Settings.EnvoyAdmin)
+				}
+			},
+		},
+		{
+			name: "envoy_admin given: Envoy's cluster statistics (shadow steps)",
+			raw:  `{"envoy_admin": "127.0.0.1:9901"}`,
+			check: func(t *testing.T, fc FilterConfig) {
+				if fc.Settings.EnvoyAdmin != "127.0.0.1:9901" {
+					t.Fatalf("envoy_admin %q", fc.Settings.EnvoyAdmin)
+				}
+			},
+		},
 		{name: "nested value", raw: `{"admin_addr": {"host": "x"}}`, wantErr: []string{"admin_addr: must be a string"}},
 		{name: "list of numbers", raw: `{"etcd_endpoints": [1]}`, wantErr: []string{"etcd_endpoints[0]"}},
 		{name: "invalid setting names its key", raw: `{"route_header": "x bad", "signals_interval": "1h"}`,

@@ -95,14 +95,20 @@ const MaxThreads = 256
 type scratch struct {
 	req split.Request
 	dec split.Decision
-	_   [64]byte // keep two threads' slots off one cache line
+	// cookie holds the Set-Cookie value of a request given a fresh key
+	// (Result.Cookie), reused from one such request to the next.
+	cookie []byte
+	_      [64]byte // keep two threads' slots off one cache line
 }
 
 // NewProcess returns the module's process state over host. Nothing runs
 // until the first NewConfig.
 func NewProcess(host Host) *Process {
 	p := &Process{host: host, configs: map[uint64]bool{}, faultHeader: faultHeader}
-	p.pool.New = func() any { return new(scratch) }
+	for i := range p.scratch {
+		p.scratch[i].req.NewKey = adapter.RandomKey
+	}
+	p.pool.New = func() any { return &scratch{req: split.Request{NewKey: adapter.RandomKey}} }
 	return p
 }
 
@@ -158,7 +164,13 @@ func (p *Process) start(fc FilterConfig) error {
 		// workers for it (docs/module.md, threads).
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 2, p.host.Concurrency()+1))
 	}
-	plane, err := control.New(s, control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs})
+	opts := control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs}
+	if s.EnvoyAdmin != "" {
+		// Envoy's cluster statistics, which count mirrored requests too
+		// (filterconfig.go, envoy_admin).
+		opts.Signals = nil
+	}
+	plane, err := control.New(s, opts)
 	if err != nil {
 		return err
 	}

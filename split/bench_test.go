@@ -1,6 +1,8 @@
 package split_test
 
 import (
+	crand "crypto/rand"
+	"strings"
 	"testing"
 
 	"github.com/trafficsplit/splitter/split"
@@ -141,3 +143,72 @@ func BenchmarkLoad(b *testing.B) {
 		}
 	}
 }
+
+// benchAssignYAML is benchYAML with key assignment and a mirror on api.
+var benchAssignYAML = strings.Replace(benchYAML, "    sticky: {header: x-user-id}\n",
+	"    sticky: {header: x-user-id, assign: {cookie: sid}}\n    mirror: {version: v2, percent: 10}\n", 1)
+
+// cryptoKey is what the adapters pass as Request.NewKey.
+func cryptoKey() (k [split.KeyBytes]byte) {
+	_, _ = crand.Read(k[:])
+	return k
+}
+
+// TestDecideAssignDoesNotAllocate: with assign and mirror configured, keyed
+// and unkeyed decisions stay allocation-free, including the fresh key's
+// encoding (the key generator is the adapter's cost, measured apart).
+func TestDecideAssignDoesNotAllocate(t *testing.T) {
+	tb := mustLoad(t, benchAssignYAML)
+	var raw [split.KeyBytes]byte
+	gen := func() [split.KeyBytes]byte { raw[0]++; return raw }
+	cookie := benchRequest(false, "/products?page=2")
+	cookie.Headers = append(cookie.Headers, split.Header{Name: "cookie", Value: "sid=AAAAAAAAAAAAAAAAAAAAAA"})
+	for _, c := range []struct {
+		name string
+		req  split.Request
+		want split.Reason
+	}{
+		{"keyed", allocCases[0].req, split.ReasonStickyRouting},
+		{"assign cookie", cookie, split.ReasonStickyRouting},
+		{"assigned", allocCases[1].req, split.ReasonStickyAssigned},
+		{"rule match", allocCases[2].req, split.ReasonHeaderMatch},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req := c.req
+			req.NewKey = gen
+			var d split.Decision
+			tb.Decide(&req, &d)
+			if d.Reason != c.want {
+				t.Fatalf("reason %v, want %v", d.Reason, c.want)
+			}
+			if allocs := testing.AllocsPerRun(200, func() { tb.Decide(&req, &d) }); allocs != 0 {
+				t.Errorf("Decide allocates %.1f times per request", allocs)
+			}
+		})
+	}
+	var d split.Decision
+	req := allocCases[1].req
+	req.NewKey = gen
+	tb.Decide(&req, &d)
+	buf := make([]byte, 0, 256)
+	if allocs := testing.AllocsPerRun(200, func() { buf = d.AppendSetCookie(buf[:0]) }); allocs != 0 {
+		t.Errorf("AppendSetCookie allocates %.1f times", allocs)
+	}
+}
+
+func benchAssign(b *testing.B, req split.Request) {
+	tb := mustLoad(b, benchAssignYAML)
+	req.NewKey = cryptoKey
+	var d split.Decision
+	b.ReportAllocs()
+	for b.Loop() {
+		tb.Decide(&req, &d)
+	}
+}
+
+// BenchmarkDecideAssignKeyed: a keyed request of a service that assigns keys.
+func BenchmarkDecideAssignKeyed(b *testing.B) { benchAssign(b, allocCases[0].req) }
+
+// BenchmarkDecideAssigned: an unkeyed request given a fresh key from
+// crypto/rand (16 bytes), decided by it, mirrored by its key.
+func BenchmarkDecideAssigned(b *testing.B) { benchAssign(b, allocCases[1].req) }

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Table is a compiled, immutable configuration (plus lock-free round-robin
@@ -25,6 +27,8 @@ type Table struct {
 	outcomes int
 	// reads are the request headers decisions look at (RequestHeaders).
 	reads []string
+	// mirrors is the number of distinct mirror versions plus one (none).
+	mirrors int
 }
 
 type hostEntry struct {
@@ -47,6 +51,28 @@ type service struct {
 	sticky keySource
 	rules  []rule
 	rr     *roundRobin
+	assign *assignSpec // nil: unkeyed requests are not given a key
+	mirror *mirrorSpec // nil: no mirroring
+}
+
+// assignSpec is a compiled Assign: the cookie read as a key, and the
+// Set-Cookie value around a fresh key, prebuilt.
+type assignSpec struct {
+	cookie string
+	prefix string // "name="
+	suffix string // "; Path=/; Max-Age=N; HttpOnly; SameSite=Lax[; Secure]"
+}
+
+// mirrorSpec is a compiled Mirror.
+type mirrorSpec struct {
+	version int    // index in the service's versions
+	name    string // the version's name, the mirror header's value
+	mid     int    // table-wide id of name among mirror versions (1-based)
+	bp      int    // share in basis points
+	// salt is "<service>:mirror:": keyed requests are mirrored when
+	// FNV-1a-32(salt + key) % Buckets < bp.
+	salt string
+	rr   *roundRobin // unkeyed requests: index 0 is mirrored; nil when bp is 0
 }
 
 type keySource struct {
@@ -232,6 +258,12 @@ func compile(in *Config, prev *Table) (*Table, []*FieldError) {
 			if j, ok := prev.byName[s.name]; ok && prev.services[j].rr.weights.Equal(cfg.Services[i].Weights) {
 				s.rr = prev.services[j].rr
 			}
+			// An unchanged mirror keeps its place in its cycle too.
+			if j, ok := prev.byName[s.name]; ok && s.mirror != nil && s.mirror.rr != nil {
+				if pm := prev.services[j].mirror; pm != nil && pm.rr != nil && pm.rr.weights.Equal(s.mirror.rr.weights) {
+					s.mirror.rr = pm.rr
+				}
+			}
 		}
 	}
 	return t, nil
@@ -291,8 +323,9 @@ func (c *checker) service(path string, s *Service) *service {
 	}
 
 	if s.Sticky != nil {
-		cs.sticky = c.key(path+".sticky", s.Sticky)
+		cs.sticky, cs.assign = c.stickyKey(path+".sticky", s.Sticky)
 	}
+	cs.mirror = c.mirror(path+".mirror", s, versions)
 	c.clusters(path, s, versions)
 	c.rollout(path, s, versions)
 
@@ -434,6 +467,96 @@ func (c *checker) key(path string, k *Key) keySource {
 	return keySource{header: k.Header, cookie: k.Cookie}
 }
 
+// stickyKey checks a service's sticky key, which may assign keys (and then
+// need neither a header nor a cookie of its own).
+func (c *checker) stickyKey(path string, k *Key) (keySource, *assignSpec) {
+	if k.Assign == nil {
+		return c.key(path, k), nil
+	}
+	var ks keySource
+	switch {
+	case k.Header != "" && k.Cookie != "":
+		c.add(path, "names both a header and a cookie; use one")
+	case k.Header != "":
+		k.Header = strings.ToLower(k.Header)
+		c.headerName(path+".header", k.Header)
+	case k.Cookie != "":
+		c.cookieName(path+".cookie", k.Cookie)
+	}
+	ks = keySource{header: k.Header, cookie: k.Cookie}
+	return ks, c.assign(path+".assign", k.Assign)
+}
+
+// assign checks an assign block and prebuilds its Set-Cookie value.
+func (c *checker) assign(path string, a *Assign) *assignSpec {
+	ok := true
+	if a.Cookie == "" {
+		c.add(path+".cookie", "cookie name is empty")
+		ok = false
+	} else if len(a.Cookie) > MaxHeaderNameLen || !isToken(a.Cookie) {
+		c.cookieName(path+".cookie", a.Cookie)
+		ok = false
+	}
+	switch d := a.MaxAge.D(); {
+	case d < time.Second || d > MaxAssignMaxAge:
+		c.add(path+".max_age", "must be between 1s and %s (browsers cap cookies at 400 days), got %s", MaxAssignMaxAge, d)
+		ok = false
+	case d%time.Second != 0:
+		c.add(path+".max_age", "must be whole seconds (Max-Age is in seconds), got %s", d)
+		ok = false
+	}
+	if !ok {
+		return nil
+	}
+	suffix := "; Path=/; Max-Age=" + strconv.FormatInt(int64(a.MaxAge.D()/time.Second), 10) + "; HttpOnly; SameSite=Lax"
+	if a.Secure {
+		suffix += "; Secure"
+	}
+	return &assignSpec{cookie: a.Cookie, prefix: a.Cookie + "=", suffix: suffix}
+}
+
+// MaxAssignMaxAge bounds an assign cookie's max_age: 400 days, the most
+// browsers keep a cookie (RFC 6265bis).
+const MaxAssignMaxAge = 400 * 24 * time.Hour
+
+// mirror checks a service's mirror block against its versions.
+func (c *checker) mirror(path string, s *Service, versions map[string]int) *mirrorSpec {
+	m := s.Mirror
+	if m == nil {
+		return nil
+	}
+	ms := &mirrorSpec{version: -1, name: m.Version, bp: int(m.Percent), salt: s.Name + ":mirror:"}
+	ok := true
+	switch v, known := versions[m.Version]; {
+	case m.Version == "":
+		c.add(path+".version", "missing: the version requests are copied to")
+		ok = false
+	case !known:
+		c.add(path+".version", "unknown version %q (declared: %s)", m.Version, versionNames(s.Weights))
+		ok = false
+	default:
+		ms.version = v
+	}
+	switch {
+	case m.Percent < 0 && m.Percent != -1:
+		c.add(path+".percent", "must be between 0 and 100 (got %s)", FormatPercent(int(m.Percent)))
+		ok = false
+	case m.Percent == -1:
+		c.add(path+".percent", "missing: the share of requests copied, 0 to 100")
+		ok = false
+	case m.Percent > Buckets:
+		c.add(path+".percent", "must be between 0 and 100 (got %s)", FormatPercent(int(m.Percent)))
+		ok = false
+	}
+	if !ok {
+		return nil
+	}
+	if ms.bp > 0 {
+		ms.rr = newRoundRobin(Weights{{Version: m.Version, BasisPoints: ms.bp}, {BasisPoints: Buckets - ms.bp}})
+	}
+	return ms
+}
+
 func (c *checker) headerName(path, h string) {
 	name := strings.TrimPrefix(h, ":") // pseudo-headers such as :path
 	switch {
@@ -570,6 +693,9 @@ func (c *checker) experiments(t *Table, cfg *Config) {
 			}
 		}
 		ce.key = c.key(path+".key", &x.Key)
+		if x.Key.Assign != nil {
+			c.add(path+".key.assign", "only a service's sticky key can assign keys")
+		}
 		c.weights(path+".variants", x.Variants, "variant")
 		bound := 0
 		for _, v := range x.Variants {
@@ -685,7 +811,8 @@ func lowerASCII(s string) string {
 const MaxOutcomes = 1 << 16
 
 // numberOutcomes gives every version name an id and counts the outcomes:
-// (version names + none) x reasons x every experiment's (variants + none).
+// (version names + none) x reasons x (mirror versions + none) x every
+// experiment's (variants + none).
 func (t *Table) numberOutcomes() {
 	ids := map[string]int{}
 	for _, s := range t.services {
@@ -699,7 +826,20 @@ func (t *Table) numberOutcomes() {
 			s.vids[i] = id
 		}
 	}
-	n := (len(ids) + 1) * len(reasonNames)
+	mids := map[string]int{}
+	for _, s := range t.services {
+		if s.mirror == nil {
+			continue
+		}
+		id, ok := mids[s.mirror.name]
+		if !ok {
+			id = len(mids) + 1
+			mids[s.mirror.name] = id
+		}
+		s.mirror.mid = id
+	}
+	t.mirrors = len(mids) + 1
+	n := (len(ids) + 1) * len(reasonNames) * t.mirrors
 	for _, e := range t.exps {
 		n *= len(e.variants) + 1
 		if n > MaxOutcomes {

@@ -1,6 +1,9 @@
 package split
 
-import "maps"
+import (
+	"maps"
+	"time"
+)
 
 // Buckets is the number of sticky/experiment buckets; weights are kept in
 // basis points (1 bp = 0.01 %), so one bucket is one basis point.
@@ -40,6 +43,9 @@ type Service struct {
 	Weights Weights  `json:"weights"`          // declared order is kept
 	Sticky  *Key     `json:"sticky,omitempty"` // nil: no sticky routing
 	Rules   []Rule   `json:"rules,omitempty"`
+	// Mirror copies a share of the service's requests to another version,
+	// whose answers Envoy discards (a dark launch); nil: none.
+	Mirror *Mirror `json:"mirror,omitempty"`
 	// Clusters maps a version to the Envoy cluster that serves it, where
 	// its signals are read (rollouts); a version not listed is served by
 	// the cluster of its own name.
@@ -59,10 +65,46 @@ type Weight struct {
 type Weights []Weight
 
 // Key names where a sticky or experiment key is read: exactly one of a
-// request header or a cookie.
+// request header or a cookie. A service's sticky key may also (or only)
+// have Assign: then a request that carries no key is given one.
 type Key struct {
 	Header string `json:"header,omitempty"`
 	Cookie string `json:"cookie,omitempty"`
+	// Assign gives a request without a key a fresh random one, set as a
+	// cookie on its response and read as its key afterwards (sticky keys
+	// only; nil: unkeyed requests follow the round-robin).
+	Assign *Assign `json:"assign,omitempty"`
+}
+
+// Assign is how keys are given to requests that carry none
+// (docs/anonymous-and-mirror.md).
+type Assign struct {
+	// Cookie is the cookie the key is set in and read from.
+	Cookie string `json:"cookie"`
+	// MaxAge is the cookie's Max-Age: how long a client keeps its key.
+	MaxAge Duration `json:"max_age"`
+	// Secure adds the Secure attribute (HTTPS only).
+	Secure bool `json:"secure,omitempty"`
+}
+
+// Defaults of an assign block: `assign: {}` means a session cookie
+// splitter-id kept for 30 days, without Secure.
+const (
+	DefaultAssignCookie = "splitter-id"
+	DefaultAssignMaxAge = 30 * 24 * time.Hour
+)
+
+// DefaultAssign returns the assign block `assign: {}` means.
+func DefaultAssign() Assign {
+	return Assign{Cookie: DefaultAssignCookie, MaxAge: Duration(DefaultAssignMaxAge)}
+}
+
+// Mirror copies Percent of a service's requests to Version as well: Envoy
+// sends the copy and discards its answer. A request that Version itself
+// serves is not copied.
+type Mirror struct {
+	Version string  `json:"version"`
+	Percent Percent `json:"percent"` // basis points of the service's requests
 }
 
 // Rule routes every request for which all conditions hold to Version.
@@ -158,6 +200,7 @@ func (c *Config) Clone() *Config {
 		out.Experiments = make([]Experiment, len(c.Experiments))
 		for i, e := range c.Experiments {
 			e.Variants = e.Variants.Clone()
+			e.Key = e.Key.Clone()
 			out.Experiments[i] = e
 		}
 	}
@@ -170,8 +213,12 @@ func (s Service) Clone() Service {
 	out.Hosts = cloneSlice(s.Hosts)
 	out.Weights = s.Weights.Clone()
 	if s.Sticky != nil {
-		k := *s.Sticky
+		k := s.Sticky.Clone()
 		out.Sticky = &k
+	}
+	if s.Mirror != nil {
+		m := *s.Mirror
+		out.Mirror = &m
 	}
 	out.Clusters = maps.Clone(s.Clusters)
 	out.Rollout = s.Rollout.Clone()
@@ -186,6 +233,15 @@ func (s Service) Clone() Service {
 		}
 	}
 	return out
+}
+
+// Clone returns a copy of k that shares nothing with it.
+func (k Key) Clone() Key {
+	if k.Assign != nil {
+		a := *k.Assign
+		k.Assign = &a
+	}
+	return k
 }
 
 // Clone returns a copy of w that shares nothing with it.

@@ -18,7 +18,22 @@ type Request struct {
 	Method    string
 	Path      string // with query string
 	Headers   []Header
+	// NewKey gives a fresh random key to a request that carries none, for
+	// a service whose sticky key assigns them (sticky.assign). The engine
+	// does no I/O: randomness comes from the adapter. nil: such requests
+	// follow the round-robin, as without assign.
+	NewKey KeyGen
 }
+
+// KeyBytes is the number of random bytes in an assigned key (128 bits);
+// the key is their unpadded base64url text, KeyLen characters.
+const (
+	KeyBytes = 16
+	KeyLen   = 22
+)
+
+// KeyGen returns KeyBytes fresh random bytes (crypto/rand in the adapters).
+type KeyGen func() [KeyBytes]byte
 
 // Reason says why a version was chosen.
 type Reason uint8
@@ -29,12 +44,15 @@ const (
 	ReasonHeaderMatch
 	ReasonStickyRouting
 	ReasonWeightedRouting
+	// ReasonStickyAssigned: the request carried no sticky key and was
+	// given a fresh one (sticky.assign), which decided it like a key.
+	ReasonStickyAssigned
 )
 
-var reasonNames = [...]string{"unmatched", "header_match", "sticky_routing", "weighted_routing"}
+var reasonNames = [...]string{"unmatched", "header_match", "sticky_routing", "weighted_routing", "sticky_assigned"}
 
 // String returns the wire name: unmatched, header_match, sticky_routing,
-// weighted_routing.
+// weighted_routing, sticky_assigned.
 func (r Reason) String() string {
 	if int(r) < len(reasonNames) {
 		return reasonNames[r]
@@ -72,7 +90,7 @@ func ParseReason(s string) (Reason, error) {
 
 // Reasons returns every Reason, in order (for pre-creating metric series).
 func Reasons() []Reason {
-	return []Reason{ReasonUnmatched, ReasonHeaderMatch, ReasonStickyRouting, ReasonWeightedRouting}
+	return []Reason{ReasonUnmatched, ReasonHeaderMatch, ReasonStickyRouting, ReasonWeightedRouting, ReasonStickyAssigned}
 }
 
 // Variant is one experiment's assignment for a request.
@@ -96,6 +114,38 @@ type Decision struct {
 	vid      int // version name id in the table, 0 for none
 	outcome  int // Outcome()+1; 0 when not numbered
 	svc, ver int // Target()+1 each; 0 when no service matched
+	mirror   string
+	assign   *assignSpec
+	key      [KeyLen]byte // the assigned key, when Reason is ReasonStickyAssigned
+}
+
+// Mirror returns the version the request is also copied to (the mirror
+// header's value), "" for none.
+func (d *Decision) Mirror() string { return d.mirror }
+
+// Assigned reports whether the request was given a fresh key, whose cookie
+// its response must set (SetCookie).
+func (d *Decision) Assigned() bool { return d.Reason == ReasonStickyAssigned && d.assign != nil }
+
+// AssignedKey returns the fresh key of an assigned request, "" otherwise.
+// It allocates; adapters use AppendSetCookie.
+func (d *Decision) AssignedKey() string {
+	if !d.Assigned() {
+		return ""
+	}
+	return string(d.key[:])
+}
+
+// AppendSetCookie appends the Set-Cookie value of an assigned request to
+// dst: "<cookie>=<key>; Path=/; Max-Age=<seconds>; HttpOnly; SameSite=Lax"
+// and "; Secure" when configured. For any other decision it returns dst.
+func (d *Decision) AppendSetCookie(dst []byte) []byte {
+	if !d.Assigned() {
+		return dst
+	}
+	dst = append(dst, d.assign.prefix...)
+	dst = append(dst, d.key[:]...)
+	return append(dst, d.assign.suffix...)
 }
 
 // Variants returns the experiments that applied, in declared order.
@@ -132,6 +182,10 @@ func (t *Table) decide(req *Request, d *Decision, peek bool) {
 		t.route(s, req, d, peek)
 	}
 	outcome := d.vid*len(reasonNames) + int(d.Reason)
+	outcome *= t.mirrors
+	if d.mirror != "" {
+		outcome += t.services[d.svc-1].mirror.mid
+	}
 	for i := range t.exps {
 		e := &t.exps[i]
 		outcome *= len(e.variants) + 1
@@ -157,12 +211,29 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 		if r.matches(req, query) {
 			s.set(d, r.version, ReasonHeaderMatch)
 			d.Rule = r.name
+			if s.mirror != nil {
+				if key := s.stickyKey(req); key != "" {
+					mirrorKeyed(s, d, key)
+				} else {
+					s.mirrorUnkeyed(d, peek)
+				}
+			}
 			return
 		}
 	}
-	if key := keyValue(req, s.sticky); key != "" {
+	if key := s.stickyKey(req); key != "" {
 		d.Bucket = Bucket(s.name, key)
 		s.set(d, s.order[pick(s.upper, d.Bucket)], ReasonStickyRouting)
+		mirrorKeyed(s, d, key)
+		return
+	}
+	if s.assign != nil && req.NewKey != nil && !peek {
+		raw := req.NewKey()
+		encodeKey(&d.key, &raw)
+		d.assign = s.assign
+		d.Bucket = bucketOf(s.name, ":", d.key[:])
+		s.set(d, s.order[pick(s.upper, d.Bucket)], ReasonStickyAssigned)
+		mirrorKeyed(s, d, d.key[:])
 		return
 	}
 	v := 0
@@ -172,6 +243,84 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 		v = s.rr.take()
 	}
 	s.set(d, v, ReasonWeightedRouting)
+	s.mirrorUnkeyed(d, peek)
+}
+
+// stickyKey returns the request's sticky key: the configured header or
+// cookie, else a well-formed assign cookie (a malformed or oversized one
+// is no key: the request is given a new one).
+func (s *service) stickyKey(req *Request) string {
+	if key := keyValue(req, s.sticky); key != "" {
+		return key
+	}
+	if s.assign != nil {
+		if key := keyValue(req, keySource{cookie: s.assign.cookie}); ValidKey(key) {
+			return key
+		}
+	}
+	return ""
+}
+
+// Assigned keys that a request may bring back: base64url text of 16 to
+// MaxKeyLen characters (the keys splitter makes are KeyLen long).
+const (
+	MinKeyLen = 16
+	MaxKeyLen = 64
+)
+
+// ValidKey reports whether s is a well-formed assigned key: MinKeyLen to
+// MaxKeyLen characters of the URL-safe base64 alphabet.
+func ValidKey[T text](s T) bool {
+	if len(s) < MinKeyLen || len(s) > MaxKeyLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+const base64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+// encodeKey writes raw as unpadded base64url (RFC 4648 §5) into dst.
+func encodeKey(dst *[KeyLen]byte, raw *[KeyBytes]byte) {
+	j := 0
+	for i := 0; i+3 <= KeyBytes; i += 3 {
+		v := uint(raw[i])<<16 | uint(raw[i+1])<<8 | uint(raw[i+2])
+		dst[j], dst[j+1], dst[j+2], dst[j+3] = base64URL[v>>18&63], base64URL[v>>12&63], base64URL[v>>6&63], base64URL[v&63]
+		j += 4
+	}
+	// 16 bytes: one byte left, two characters.
+	v := uint(raw[KeyBytes-1]) << 16
+	dst[j], dst[j+1] = base64URL[v>>18&63], base64URL[v>>12&63]
+}
+
+// mirrorKeyed marks d as mirrored when its key falls in s's mirror share.
+func mirrorKeyed[T text](s *service, d *Decision, key T) {
+	if m := s.mirror; m != nil && m.bp > 0 && d.ver-1 != m.version && bucketOf(m.salt, "", key) < m.bp {
+		d.mirror = m.name
+	}
+}
+
+// mirrorUnkeyed marks d as mirrored by the mirror's own round-robin, so
+// that exactly its share of the unkeyed requests is copied.
+func (s *service) mirrorUnkeyed(d *Decision, peek bool) {
+	m := s.mirror
+	if m == nil || m.rr == nil || d.ver-1 == m.version {
+		return
+	}
+	v := 0
+	if peek {
+		v = m.rr.peek()
+	} else {
+		v = m.rr.take()
+	}
+	if v == 0 {
+		d.mirror = m.name
+	}
 }
 
 func (s *service) set(d *Decision, version int, reason Reason) {

@@ -357,7 +357,7 @@ func TestStickyKeySources(t *testing.T) {
 }
 
 func TestReasons(t *testing.T) {
-	want := []string{"unmatched", "header_match", "sticky_routing", "weighted_routing"}
+	want := []string{"unmatched", "header_match", "sticky_routing", "weighted_routing", "sticky_assigned"}
 	rs := split.Reasons()
 	if len(rs) != len(want) {
 		t.Fatalf("Reasons() = %v", rs)

@@ -10,17 +10,36 @@ import (
 // for humans and the admin API; it allocates and does not advance the
 // round-robin counter.
 type Explanation struct {
-	Decision    Decision    `json:"-"`
-	Service     string      `json:"service,omitempty"`
-	Version     string      `json:"version,omitempty"`
-	Reason      string      `json:"reason"`
-	Rule        string      `json:"rule,omitempty"`
-	Bucket      *int        `json:"bucket,omitempty"`
-	RulesTried  []RuleTrace `json:"rules_tried,omitempty"`
-	Weights     Weights     `json:"weights,omitempty"`
-	StickyKey   string      `json:"sticky_key,omitempty"`
-	Experiments []Variant   `json:"experiments,omitempty"`
-	Notes       []string    `json:"notes,omitempty"`
+	Decision   Decision    `json:"-"`
+	Service    string      `json:"service,omitempty"`
+	Version    string      `json:"version,omitempty"`
+	Reason     string      `json:"reason"`
+	Rule       string      `json:"rule,omitempty"`
+	Bucket     *int        `json:"bucket,omitempty"`
+	RulesTried []RuleTrace `json:"rules_tried,omitempty"`
+	Weights    Weights     `json:"weights,omitempty"`
+	StickyKey  string      `json:"sticky_key,omitempty"`
+	// Assign describes the service's key assignment (sticky.assign);
+	// Assign.Assigned says this request would be given a fresh key.
+	Assign *AssignTrace `json:"assign,omitempty"`
+	// Mirror is the version this request would also be copied to ("":
+	// none); MirrorPercent the service's mirror share, when it has one.
+	Mirror        string    `json:"mirror,omitempty"`
+	MirrorPercent *Percent  `json:"mirror_percent,omitempty"`
+	Experiments   []Variant `json:"experiments,omitempty"`
+	Notes         []string  `json:"notes,omitempty"`
+}
+
+// AssignTrace is a service's key assignment in an Explanation.
+type AssignTrace struct {
+	Cookie string   `json:"cookie"`
+	MaxAge Duration `json:"max_age"`
+	Secure bool     `json:"secure"`
+	// Assigned: the request carries no key and would be given one; the
+	// version is then its bucket's (unknown until the key is drawn).
+	Assigned bool `json:"assigned"`
+	// SetCookie is the response header's value, with <key> for the key.
+	SetCookie string `json:"set_cookie,omitempty"`
 }
 
 // RuleTrace is one rule's evaluation in an Explanation.
@@ -54,6 +73,18 @@ func (t *Table) Explain(req *Request) Explanation {
 	cfg := &t.cfg.Services[si]
 	e.Weights = cfg.Weights.Clone()
 	e.StickyKey = s.sticky.String()
+	if s.assign != nil {
+		a := cfg.Sticky.Assign
+		e.Assign = &AssignTrace{Cookie: a.Cookie, MaxAge: a.MaxAge, Secure: a.Secure}
+		if e.StickyKey == "" {
+			e.StickyKey = "cookie " + a.Cookie
+		}
+	}
+	if s.mirror != nil {
+		p := Percent(s.mirror.bp)
+		e.MirrorPercent = &p
+	}
+	e.Mirror = d.mirror
 	e.Notes = append(e.Notes, fmt.Sprintf("host %q matched service %s (hosts %s)", host, s.name, strings.Join(cfg.Hosts, ", ")))
 
 	query := queryOf(req.Path)
@@ -76,7 +107,17 @@ func (t *Table) Explain(req *Request) Explanation {
 		if s.sticky != (keySource{}) {
 			e.Notes = append(e.Notes, fmt.Sprintf("no sticky key (%s) in the request", s.sticky))
 		}
+		if s.assign != nil {
+			if v := keyValue(req, keySource{cookie: s.assign.cookie}); v != "" {
+				e.Notes = append(e.Notes, fmt.Sprintf("cookie %s is malformed or oversized (a key is %d to %d characters of A-Z a-z 0-9 - _): it is no key", s.assign.cookie, MinKeyLen, MaxKeyLen))
+			}
+			e.explainAssigned(s)
+			break
+		}
 		e.Notes = append(e.Notes, fmt.Sprintf("smooth weighted round-robin: the next unkeyed request goes to %s (this explanation did not count as one)", d.Version))
+	}
+	if s.mirror != nil && (e.Assign == nil || !e.Assign.Assigned) {
+		e.explainMirror(s, d, req)
 	}
 	for _, w := range cfg.Weights {
 		if w.BasisPoints == 0 {
@@ -84,6 +125,52 @@ func (t *Table) Explain(req *Request) Explanation {
 		}
 	}
 	return e
+}
+
+// explainAssigned rewrites the explanation of an unkeyed request of a
+// service that assigns keys: it would get a fresh key, and the key's
+// bucket (not the round-robin) would pick its version.
+func (e *Explanation) explainAssigned(s *service) {
+	e.Assign.Assigned = true
+	e.Assign.SetCookie = s.assign.prefix + "<key>" + s.assign.suffix
+	e.Reason, e.Version, e.Bucket = ReasonStickyAssigned.String(), "", nil
+	var ranges []string
+	lo := 0
+	for i, vi := range s.order {
+		if s.upper[i] > lo {
+			ranges = append(ranges, fmt.Sprintf("%s [%d, %d)", s.versions[vi], lo, s.upper[i]))
+		}
+		lo = s.upper[i]
+	}
+	e.Notes = append(e.Notes, fmt.Sprintf("a fresh random key would be assigned and set in cookie %s on the response; its bucket picks the version: %s",
+		s.assign.cookie, strings.Join(ranges, ", ")))
+	if s.mirror != nil && s.mirror.bp > 0 {
+		e.Notes = append(e.Notes, fmt.Sprintf("%s of keys are also copied to %s (by the key's mirror bucket)", FormatPercent(s.mirror.bp)+" %", s.mirror.name))
+	}
+}
+
+// explainMirror says whether and why the request would be copied.
+func (e *Explanation) explainMirror(s *service, d *Decision, req *Request) {
+	m := s.mirror
+	share := FormatPercent(m.bp) + " %"
+	switch key := s.stickyKey(req); {
+	case d.ver-1 == m.version:
+		e.Notes = append(e.Notes, fmt.Sprintf("not mirrored: %s serves the request itself", m.name))
+	case m.bp == 0:
+		e.Notes = append(e.Notes, fmt.Sprintf("mirror to %s at 0 %%: nothing is copied", m.name))
+	case key != "":
+		b := MirrorBucket(s.name, key)
+		verb := "not mirrored"
+		if d.mirror != "" {
+			verb = "mirrored"
+		}
+		e.Notes = append(e.Notes, fmt.Sprintf("%s to %s: FNV-1a-32(%q) %% %d = mirror bucket %d, the share is [0, %d) (%s)",
+			verb, m.name, s.name+":mirror:"+key, Buckets, b, m.bp, share))
+	case d.mirror != "":
+		e.Notes = append(e.Notes, fmt.Sprintf("mirrored to %s: the mirror's round-robin copies exactly %s of unkeyed requests, and the next one is copied", m.name, share))
+	default:
+		e.Notes = append(e.Notes, fmt.Sprintf("not mirrored: the mirror's round-robin copies exactly %s of unkeyed requests to %s, and not the next one", share, m.name))
+	}
 }
 
 // rangeOf describes the sticky buckets version owns, e.g. "[0, 2000)".

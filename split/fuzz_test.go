@@ -17,6 +17,10 @@ func FuzzParseCompile(f *testing.F) {
 	f.Add([]byte("services:\n- name: x\n  weights: {v1: 1e3}\n"))
 	f.Add([]byte("services:\n- name: x\n  weights: {v1: 100, v2: 0}\n  clusters: {v2: c2}\n" +
 		"  rollout: {steps: [5, 100], hold: 1s, guard: {window: 2s, min_requests: 3, max_error_rate: 0.5, max_error_ratio: 1.5}}\n"))
+	f.Add([]byte(assignYAML))
+	f.Add([]byte(mirrorYAML))
+	f.Add([]byte("services:\n- name: x\n  weights: {v1: 100, v2: 0}\n  sticky: {assign: {cookie: k, max_age: 1h, secure: true}}\n" +
+		"  mirror: {version: v2, percent: 0.01}\n  rollout: {shadow: {percent: 5, hold: 2s}}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := split.Parse(data, processKeys)
 		if err != nil {
@@ -54,7 +58,15 @@ func FuzzDecide(f *testing.F) {
     sticky: {cookie: s}
     rules: [{when: [{query: "q q", regex: "(?s).*x.*", ignore_case: true}], version: v3}]
 `),
+		mustLoad(f, `services:
+  - name: m
+    weights: {v1: 70, v2: 30}
+    sticky: {header: x-user-id, assign: {cookie: sid}}
+    mirror: {version: v2, percent: 25}
+    rules: [{when: [{header: x-beta, present: true}], version: v2}]
+`),
 	}
+	keys := seqKeys(5)
 	f.Add("api.example.com:443", "/?force=v2", "x-user-id", "user-123", "session=1; canary=always")
 	f.Add("A.EXAMPLE.COM", "/?q+q=%58", "x-beta", "true", "s=abc")
 	f.Add("", "", "", "", "")
@@ -64,6 +76,7 @@ func FuzzDecide(f *testing.F) {
 			Authority: authority,
 			Path:      path,
 			Headers:   []split.Header{{Name: name, Value: value}, {Name: "cookie", Value: cookie}, {Name: "x-user-id", Value: value}},
+			NewKey:    keys,
 		}
 		for i, tb := range tables {
 			var d split.Decision
@@ -84,9 +97,25 @@ func FuzzDecide(f *testing.F) {
 			if d.Reason == split.ReasonWeightedRouting {
 				continue
 			}
+			if d.Reason == split.ReasonStickyAssigned {
+				// The key it was given keys the next request alike.
+				key := d.AssignedKey()
+				if !split.ValidKey(key) {
+					t.Fatalf("table %d: assigned key %q", i, key)
+				}
+				back := req
+				back.Headers = append([]split.Header{{Name: "cookie", Value: "sid=" + key}}, req.Headers...)
+				var again split.Decision
+				tb.Decide(&back, &again)
+				if again.Reason != split.ReasonStickyRouting || again.Version != d.Version || again.Bucket != d.Bucket || again.Mirror() != d.Mirror() {
+					t.Fatalf("table %d: assigned %+v, then with its cookie %+v", i, d, again)
+				}
+				continue
+			}
 			var again split.Decision
 			tb.Decide(&req, &again)
-			if again.Version != d.Version || again.Reason != d.Reason || again.Bucket != d.Bucket || again.Rule != d.Rule {
+			if again.Version != d.Version || again.Reason != d.Reason || again.Bucket != d.Bucket || again.Rule != d.Rule ||
+				(d.Reason == split.ReasonStickyRouting && again.Mirror() != d.Mirror()) {
 				t.Fatalf("table %d: %+v then %+v", i, d, again)
 			}
 			if e := tb.Explain(&req); e.Version != d.Version || e.Reason != d.Reason.String() {

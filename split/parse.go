@@ -474,7 +474,7 @@ func (p *parser) config(root *yaml.Node) *Config {
 
 func (p *parser) service(path string, n *yaml.Node) Service {
 	var s Service
-	for _, e := range p.fields(path, n, "name", "hosts", "stable", "weights", "sticky", "rules", "clusters", "rollout") {
+	for _, e := range p.fields(path, n, "name", "hosts", "stable", "weights", "sticky", "rules", "clusters", "rollout", "mirror") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "name":
@@ -500,8 +500,14 @@ func (p *parser) service(path string, n *yaml.Node) Service {
 		case "weights":
 			s.Weights, _ = p.weights(fp, e.v)
 		case "sticky":
-			k := p.key(fp, e.v)
+			k := p.stickyKey(fp, e.v)
 			s.Sticky = &k
+		case "mirror":
+			if isNull(e.v) {
+				continue // "mirror:" with every field commented out
+			}
+			m := p.mirror(fp, e.v)
+			s.Mirror = &m
 		case "rules":
 			if isNull(e.v) {
 				continue // "rules:" with every rule commented out
@@ -540,7 +546,7 @@ func (p *parser) names(path string, n *yaml.Node, what string) map[string]string
 // its default.
 func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 	r := DefaultRollout()
-	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure") {
+	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure", "shadow") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "canary":
@@ -556,9 +562,32 @@ func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 			r.Guard = p.guard(fp, e.v, r.Guard)
 		case "on_failure":
 			r.OnFailure, _ = p.name(fp, e.v, "on_failure")
+		case "shadow":
+			sh := DefaultShadow()
+			if !isNull(e.v) { // "shadow:" alone means every default
+				sh = p.shadow(fp, e.v)
+			}
+			r.Shadow = &sh
 		}
 	}
 	return r
+}
+
+// shadow reads a rollout's shadow step over DefaultShadow.
+func (p *parser) shadow(path string, n *yaml.Node) Shadow {
+	sh := DefaultShadow()
+	for _, e := range p.fields(path, n, "percent", "hold") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "percent":
+			if bp, ok := p.percent(fp, e.v); ok {
+				sh.Percent = Percent(bp)
+			}
+		case "hold":
+			sh.Hold = p.duration(fp, e.v, sh.Hold)
+		}
+	}
+	return sh
 }
 
 func (p *parser) guard(path string, n *yaml.Node, g Guard) Guard {
@@ -639,6 +668,63 @@ func (p *parser) key(path string, n *yaml.Node) Key {
 		}
 	}
 	return k
+}
+
+// stickyKey is key plus the sticky-only assign block.
+func (p *parser) stickyKey(path string, n *yaml.Node) Key {
+	var k Key
+	for _, e := range p.fields(path, n, "header", "cookie", "assign") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "header":
+			k.Header, _ = p.name(fp, e.v, "header name")
+		case "cookie":
+			k.Cookie, _ = p.name(fp, e.v, "cookie name")
+		case "assign":
+			a := DefaultAssign()
+			if !isNull(e.v) { // "assign:" alone means every default
+				a = p.assign(fp, e.v)
+			}
+			k.Assign = &a
+		}
+	}
+	return k
+}
+
+// assign reads an assign block over DefaultAssign.
+func (p *parser) assign(path string, n *yaml.Node) Assign {
+	a := DefaultAssign()
+	for _, e := range p.fields(path, n, "cookie", "max_age", "secure") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "cookie":
+			a.Cookie, _ = p.name(fp, e.v, "cookie name")
+		case "max_age":
+			a.MaxAge = p.duration(fp, e.v, a.MaxAge)
+		case "secure":
+			a.Secure, _ = p.boolean(fp, e.v)
+		}
+	}
+	return a
+}
+
+// mirror reads a mirror block; both keys are required (Compile says so).
+func (p *parser) mirror(path string, n *yaml.Node) Mirror {
+	m := Mirror{Percent: -1}
+	for _, e := range p.fields(path, n, "version", "percent") {
+		fp := join(path, e.key)
+		switch e.key {
+		case "version":
+			m.Version, _ = p.name(fp, e.v, "mirror version")
+		case "percent":
+			if bp, ok := p.percent(fp, e.v); ok {
+				m.Percent = Percent(bp)
+			} else {
+				m.Percent = 0 // reported; do not report it missing too
+			}
+		}
+	}
+	return m
 }
 
 func (p *parser) rule(path string, n *yaml.Node) Rule {

@@ -235,8 +235,8 @@ experiments:
   - {name: e1, key: {header: x-user-id}, variants: {A: 50, B: 50}, header: x-e1}
   - {name: e2, key: {header: x-other}, variants: {X: 30, Y: 30, Z: 40}, header: x-e2}
 `)
-	// versions v1 v2 v3 + none = 4, 4 reasons, (2+1) * (3+1) variants
-	if got, want := tb.Outcomes(), 4*4*3*4; got != want {
+	// versions v1 v2 v3 + none = 4, 5 reasons, no mirror (1), (2+1) * (3+1) variants
+	if got, want := tb.Outcomes(), 4*5*1*3*4; got != want {
 		t.Fatalf("Outcomes = %d, want %d", got, want)
 	}
 	type shape struct {

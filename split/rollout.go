@@ -24,6 +24,22 @@ type Rollout struct {
 	Guard Guard    `json:"guard"`
 	// OnFailure is what a failing verdict does: "rollback" (canary to 0).
 	OnFailure string `json:"on_failure"`
+	// Shadow, when set, is a dark step before the first: the canary
+	// serves no user, Shadow.Percent of the requests are mirrored to it,
+	// and the guard judges it on them for Shadow.Hold.
+	Shadow *Shadow `json:"shadow,omitempty"`
+}
+
+// Shadow is a rollout's dark step.
+type Shadow struct {
+	Percent Percent  `json:"percent"` // of the service's requests, mirrored to the canary
+	Hold    Duration `json:"hold"`
+}
+
+// DefaultShadow returns the shadow step `shadow: {}` means: 10 % mirrored
+// for 60s.
+func DefaultShadow() Shadow {
+	return Shadow{Percent: 1000, Hold: Duration(60 * time.Second)}
 }
 
 // Guard is the rule that judges the canary over a sliding window.
@@ -77,6 +93,10 @@ func (r *Rollout) Clone() *Rollout {
 	}
 	out := *r
 	out.Steps = cloneSlice(r.Steps)
+	if r.Shadow != nil {
+		sh := *r.Shadow
+		out.Shadow = &sh
+	}
 	return &out
 }
 
@@ -219,6 +239,14 @@ func (c *checker) rollout(path string, s *Service, versions map[string]int) {
 	}
 	if r.OnFailure != OnFailureRollback {
 		c.add(path+".on_failure", "must be %q (canary to 0, stable to 100), not %q", OnFailureRollback, r.OnFailure)
+	}
+	if sh := r.Shadow; sh != nil {
+		if sh.Percent <= 0 || sh.Percent > Buckets {
+			c.add(path+".shadow.percent", "must be above 0 and at most 100 (got %s): the guard judges the canary on the mirrored requests", FormatPercent(int(sh.Percent)))
+		}
+		if sh.Hold < 0 || sh.Hold.D() > MaxHold {
+			c.add(path+".shadow.hold", "must be between 0s and %s (got %s)", MaxHold, sh.Hold.D())
+		}
 	}
 }
 

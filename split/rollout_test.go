@@ -3,6 +3,7 @@ package split_test
 import (
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,5 +95,41 @@ func TestRolloutSurvivesWithWeights(t *testing.T) {
 	}
 	if diff := cmp.Diff(before.Clusters, after.Clusters); diff != "" {
 		t.Errorf("clusters changed:\n%s", diff)
+	}
+}
+
+func TestShadowStep(t *testing.T) {
+	base := "services:\n  - name: api\n    weights: {v1: 100, v2: 0}\n    rollout:\n"
+	for _, c := range []struct {
+		name, yaml string
+		want       *split.Shadow
+		err        string
+	}{
+		{"every key", base + "      shadow: {percent: 12.5, hold: 30s}\n", &split.Shadow{Percent: 1250, Hold: split.Duration(30 * time.Second)}, ""},
+		{"defaults", base + "      shadow: {}\n", &split.Shadow{Percent: 1000, Hold: split.Duration(time.Minute)}, ""},
+		{"null", base + "      shadow:\n", &split.Shadow{Percent: 1000, Hold: split.Duration(time.Minute)}, ""},
+		{"none", base + "      steps: [50, 100]\n", nil, ""},
+		{"zero percent", base + "      shadow: {percent: 0}\n", nil, "services[0].rollout.shadow.percent: must be above 0 and at most 100"},
+		{"over 100", base + "      shadow: {percent: 101}\n", nil, "services[0].rollout.shadow.percent: must be between 0 and 100"},
+		{"hold without unit", base + "      shadow: {hold: 60}\n", nil, "services[0].rollout.shadow.hold: must be a duration with a unit"},
+		{"negative hold", base + "      shadow: {hold: -1s}\n", nil, "services[0].rollout.shadow.hold: must be between 0s"},
+		{"unknown key", base + "      shadow: {percentage: 5}\n", nil, "services[0].rollout.shadow.percentage: unknown key (expected one of percent, hold)"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tb, err := split.Load([]byte(c.yaml), split.ParseOptions{})
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("error %v, want %q", err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, _ := tb.Service("api")
+			if got := svc.Rollout.Shadow; (got == nil) != (c.want == nil) || got != nil && *got != *c.want {
+				t.Fatalf("shadow %+v, want %+v", got, c.want)
+			}
+		})
 	}
 }

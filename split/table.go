@@ -13,7 +13,8 @@ func (t *Table) Outcomes() int { return t.outcomes }
 // RequestHeaders returns the lower-case names of the request headers that
 // t's decisions read, each once, ":authority" first and the others in
 // order of first use: every header a condition, sticky key or experiment
-// key names, "cookie" when one of them is a cookie, and ":path" when a
+// key names, "cookie" when one of them is a cookie (or a service assigns
+// keys, which it reads back from a cookie), and ":path" when a
 // condition looks at the query string.
 // Headers not listed cannot change a decision of t, so an adapter that
 // pays per header read (the in-process module) reads only these.
@@ -48,6 +49,9 @@ func (t *Table) requestHeaders() []string {
 			}
 		}
 		key(s.sticky)
+		if s.assign != nil {
+			add("cookie")
+		}
 	}
 	for _, e := range t.exps {
 		key(e.key)
@@ -161,4 +165,38 @@ func InDeclaredOrder(w, declared Weights) Weights {
 		out = append(out, Weight{Version: d.Version, BasisPoints: bp})
 	}
 	return out
+}
+
+// WithMirror returns a new Table in which service mirrors as m (nil: not
+// at all), validated as in Compile with error paths relative to the
+// service ("mirror.version"). Round-robin positions carry over, the
+// mirror's own included when its share did not change.
+func (t *Table) WithMirror(service string, m *Mirror) (*Table, error) {
+	i, ok := t.byName[service]
+	if !ok {
+		return nil, fmt.Errorf("%w %q", ErrUnknownService, service)
+	}
+	cfg := t.cfg.Clone()
+	if m != nil {
+		c := *m
+		m = &c
+	}
+	cfg.Services[i].Mirror = m
+	nt, errs := compile(cfg, t)
+	if len(errs) > 0 {
+		prefix := index("services", i) + "."
+		for _, e := range errs {
+			e.Path = strings.TrimPrefix(e.Path, prefix)
+		}
+		return nil, joinFieldErrors(errs)
+	}
+	return nt, nil
+}
+
+// Equal reports whether two mirrors (either may be nil) are the same.
+func (m *Mirror) Equal(o *Mirror) bool {
+	if m == nil || o == nil {
+		return m == o
+	}
+	return *m == *o
 }

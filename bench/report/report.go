@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trafficsplit/splitter/bench/assign"
 	"github.com/trafficsplit/splitter/bench/compare"
 	"github.com/trafficsplit/splitter/bench/fleetprop"
 	"github.com/trafficsplit/splitter/bench/rollback"
@@ -161,6 +162,9 @@ type Results struct {
 	Fleet *fleetprop.Result `json:"fleet,omitempty"`
 	// Rollback is the rollout guard's time to take a failing canary to 0.
 	Rollback *rollback.Result `json:"rollback,omitempty"`
+	// Assign is a request given a sticky key against a keyed one
+	// (make bench-assign); it names its machine itself.
+	Assign *assign.Result `json:"assign,omitempty"`
 }
 
 const (
@@ -171,6 +175,7 @@ const (
 	gatewayFile  = "gateway.json"
 	fleetFile    = "fleet.json"
 	rollbackFile = "rollback.json"
+	assignFile   = "assign.json"
 )
 
 // Save writes the non-nil parts of r as JSON files in dir.
@@ -190,6 +195,7 @@ func Save(dir string, r *Results) error {
 		{gatewayFile, r.Gateway, r.Gateway != nil},
 		{fleetFile, r.Fleet, r.Fleet != nil},
 		{rollbackFile, r.Rollback, r.Rollback != nil},
+		{assignFile, r.Assign, r.Assign != nil},
 	}
 	for _, p := range parts {
 		if !p.set {
@@ -217,6 +223,7 @@ func Load(dir string) (*Results, error) {
 		{gatewayFile, &r.Gateway},
 		{fleetFile, &r.Fleet},
 		{rollbackFile, &r.Rollback},
+		{assignFile, &r.Assign},
 	}
 	for _, p := range parts {
 		data, err := os.ReadFile(filepath.Join(dir, p.name))
@@ -257,6 +264,9 @@ func Render(w io.Writer, r *Results) error {
 	}
 	if r.Gateway != nil {
 		viagateway.Render(&b, r.Gateway)
+	}
+	if r.Assign != nil {
+		assign.Render(&b, r.Assign)
 	}
 	if r.Fleet != nil {
 		fleetprop.Render(&b, r.Fleet)

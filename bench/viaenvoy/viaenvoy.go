@@ -54,7 +54,10 @@ type Config struct {
 	// Setups are the Envoys to compare, in report order; the first is the
 	// baseline. Default: Setups().
 	Setups []Setup
-	Logger *slog.Logger
+	// SplitterConfig is the routing configuration the splitter (and the
+	// module) runs on; "" is the seed configuration.
+	SplitterConfig string
+	Logger         *slog.Logger
 }
 
 // Setup is one Envoy under test: a mode with the template's defaults,
@@ -70,6 +73,9 @@ type Setup struct {
 	Module string
 	// Edit rewrites the rendered bootstrap, for knobs Params lacks.
 	Edit func(bootstrap []byte) ([]byte, error)
+	// Script is wrk's Lua request generator for this setup; "" is the
+	// standard mix (Config.BetaShare, Config.Users).
+	Script string
 }
 
 // The libraries of the module setups.
@@ -258,7 +264,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("viaenvoy: backends: %w", err)
 	}
 	cfgPath := filepath.Join(dir, "split.yaml")
-	if err := os.WriteFile(cfgPath, []byte(compare.SeedConfig), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(cmp.Or(cfg.SplitterConfig, compare.SeedConfig)), 0o644); err != nil {
 		return nil, err
 	}
 	splitterCPU := cfg.ProxyCPU
@@ -325,6 +331,16 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	if err := WriteScript(scriptPath, cfg); err != nil {
 		return nil, err
 	}
+	scripts := make([]string, len(setups))
+	for i, s := range setups {
+		scripts[i] = scriptPath
+		if s.Script != "" {
+			scripts[i] = filepath.Join(dir, fmt.Sprintf("setup-%d.lua", i))
+			if err := os.WriteFile(scripts[i], []byte(s.Script), 0o644); err != nil {
+				return nil, err
+			}
+		}
+	}
 
 	res := &Result{
 		Started: time.Now().UTC(), EnvoyBin: envoyBin, EnvoyVer: EnvoyVersion(ctx, envoyBin), Tool: wrkVersion(ctx, wrk),
@@ -347,7 +363,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	warm := cfg
 	warm.Duration = time.Second
 	for i := range envoys {
-		if _, err := RunOne(ctx, wrk, scriptPath, target(i), warm); err != nil {
+		if _, err := RunOne(ctx, wrk, scripts[i], target(i), warm); err != nil {
 			return nil, fmt.Errorf("viaenvoy: warm-up %s: %w", setups[i].Name, err)
 		}
 	}
@@ -356,7 +372,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 		for k := range setups {
 			// Rotate the order so no setup always runs first or last.
 			i := (k + round) % len(setups)
-			r, err := RunOne(ctx, wrk, scriptPath, target(i), cfg)
+			r, err := RunOne(ctx, wrk, scripts[i], target(i), cfg)
 			if err != nil {
 				return nil, fmt.Errorf("viaenvoy: round %d, %s: %w", round+1, setups[i].Name, err)
 			}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/trafficsplit/splitter/bench/assign"
 	"github.com/trafficsplit/splitter/bench/compare"
 	"github.com/trafficsplit/splitter/bench/fleetprop"
 	"github.com/trafficsplit/splitter/bench/loadgen"
@@ -360,6 +361,35 @@ func newGatewayCmd() *cobra.Command {
 		},
 	}
 	registerGateway(cmd, &g, true)
+	o.register(cmd)
+	return cmd
+}
+
+func newAssignCmd() *cobra.Command {
+	var (
+		v viaenvoy.Config
+		o outFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "assign",
+		Short: "Through a real Envoy: a request given a sticky key (two ext_proc messages, a Set-Cookie) against a keyed one, over ext_proc and in the module",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v.Logger = logger()
+			m := report.ReadMachine()
+			res, err := assign.Execute(cmd.Context(), v)
+			if err != nil {
+				return err
+			}
+			res.Machine = fmt.Sprintf("%s, %d cores; %s; %s; load average at start %s", m.Model, m.Cores, m.Go, m.Date, m.Load)
+			for _, p := range res.Pairs {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-8s assigned/keyed: req/s %.2f, Envoy+splitter CPU/req %.2f, messages/stream %.2f -> %.2f\n",
+					p.Adapter, p.Ratios["rps"].Median, p.Ratios["proxy_cpu"].Median, p.KeyedMessages, p.AssignedMessages)
+			}
+			return o.save(&report.Results{Assign: res})
+		},
+	}
+	registerEnvoy(cmd, &v, true)
 	o.register(cmd)
 	return cmd
 }

@@ -38,7 +38,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newGatewayCmd(), newReportCmd(), newAllCmd(), newFleetCmd(), newRolloutCmd())
+	root.AddCommand(newNoopCmd(), newLoadCmd(), newExtProcCmd(), newMicroCmd(), newEnvoyCmd(), newGatewayCmd(), newReportCmd(), newAllCmd(), newFleetCmd(), newRolloutCmd(), newAssignCmd())
 	return root
 }
 

@@ -206,6 +206,12 @@ func TestValidate(t *testing.T) {
 
 func TestExplain(t *testing.T) {
 	cfg := writeFile(t, "split.yaml", seedConfig)
+	anon := writeFile(t, "anon.yaml", `services:
+  - name: api
+    weights: {v1: 80, v2: 20}
+    sticky: {header: x-user-id, assign: {cookie: sid, secure: true}}
+    mirror: {version: v2, percent: 10}
+`)
 	tests := []struct {
 		name       string
 		args       []string
@@ -225,6 +231,18 @@ func TestExplain(t *testing.T) {
 			name:      "sticky with variants",
 			args:      []string{"explain", "--config", cfg, "--authority", "api.example.com", "-H", "x-user-id: user-123"},
 			stdoutHas: []string{"version  v2", "reason   sticky_routing", "bucket   1301", "variants:", "default  A  (bucket 338, header x-variant)", "no match"},
+		},
+		{
+			name: "a key would be assigned",
+			args: []string{"explain", "--config", anon},
+			stdoutHas: []string{"version  (the fresh key's bucket decides)", "reason   sticky_assigned",
+				"assign   a fresh key, in the response's Set-Cookie: sid=<key>; Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax; Secure",
+				"v2 [0, 2000), v1 [2000, 10000)", "10 % of keys are also copied to v2"},
+		},
+		{
+			name:      "a keyed request and its mirror bucket",
+			args:      []string{"explain", "--config", anon, "-H", "x-user-id: user-9"},
+			stdoutHas: []string{"reason   sticky_routing", "mirror   not mirrored (the service mirrors 10%)", `FNV-1a-32("api:mirror:user-9") % 10000 = mirror bucket 1739`},
 		},
 		{
 			name:      "bad header flag",

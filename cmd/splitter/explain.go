@@ -129,9 +129,23 @@ func printExplanation(w io.Writer, ex *split.Explanation) error {
 		line("version", "(none: Envoy's default route applies)")
 	} else {
 		line("service", ex.Service)
-		line("version", ex.Version)
+		if ex.Version == "" && ex.Assign != nil && ex.Assign.Assigned {
+			line("version", "(the fresh key's bucket decides)")
+		} else {
+			line("version", ex.Version)
+		}
 	}
 	line("reason", ex.Reason)
+	if a := ex.Assign; a != nil && a.Assigned {
+		line("assign", "a fresh key, in the response's Set-Cookie: "+a.SetCookie)
+	}
+	if ex.MirrorPercent != nil {
+		m := "not mirrored"
+		if ex.Mirror != "" {
+			m = "copied to " + ex.Mirror
+		}
+		line("mirror", fmt.Sprintf("%s (the service mirrors %s%%)", m, split.FormatPercent(int(*ex.MirrorPercent))))
+	}
 	if ex.Rule != "" {
 		line("rule", ex.Rule)
 	}
@@ -141,7 +155,7 @@ func printExplanation(w io.Writer, ex *split.Explanation) error {
 			b += " (sticky key " + ex.StickyKey + ")"
 		}
 		line("bucket", b)
-	} else if ex.StickyKey != "" {
+	} else if ex.StickyKey != "" && (ex.Assign == nil || !ex.Assign.Assigned) {
 		line("sticky key", ex.StickyKey+" (not in the request)")
 	}
 	if len(ex.Weights) > 0 {

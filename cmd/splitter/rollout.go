@@ -147,7 +147,10 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 // printRollout writes a status for people.
 func printRollout(w io.Writer, s *rollout.Status) error {
 	fmt.Fprintf(w, "%s: %s", s.Service, s.State)
-	if s.Step > 0 {
+	switch {
+	case s.Shadow && s.ShadowPercent != nil:
+		fmt.Fprintf(w, ", shadow step (%s%% mirrored to the canary, which serves no user)", split.FormatPercent(int(*s.ShadowPercent)))
+	case s.Step > 0:
 		fmt.Fprintf(w, ", step %d of %d", s.Step, s.Steps)
 	}
 	fmt.Fprintf(w, ", canary %s at %s%% (stable %s)\n", s.Canary, split.FormatPercent(int(s.Weight)), s.Stable)
@@ -183,7 +186,11 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 		if tr.Node != "" {
 			actor += "@" + tr.Node
 		}
-		fmt.Fprintf(tw, "  %s\t%s -> %s\tstep %d\t%s%%\t%s\t%s\n", tr.At.Format(time.RFC3339), tr.From, tr.To, tr.Step,
+		step := fmt.Sprintf("step %d", tr.Step)
+		if tr.Shadow {
+			step = "shadow"
+		}
+		fmt.Fprintf(tw, "  %s\t%s -> %s\t%s\t%s%%\t%s\t%s\n", tr.At.Format(time.RFC3339), tr.From, tr.To, step,
 			split.FormatPercent(int(tr.Weight)), actor, tr.Reason)
 	}
 	return tw.Flush()

@@ -1,7 +1,8 @@
 // Command demo shows the whole loop from nothing: it starts two example
 // backends, the splitter and a real Envoy on loopback, sends traffic
 // through Envoy and draws the split as it changes (admin API, config file
-// edit, a guarded rollout stepping up, a failing canary rolled back).
+// edit, a guarded rollout stepping up, a failing canary rolled back,
+// anonymous clients keeping their version as the canary grows).
 // Everything is stopped and the temporary directory removed at the
 // end, also on Ctrl-C. It exits non-zero when anything looks wrong.
 //
@@ -140,7 +141,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 		return err
 	}
 	for _, step := range []func(context.Context) error{
-		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit, d.rollout, d.badCanary,
+		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit, d.rollout, d.badCanary, d.anonymous,
 	} {
 		if err := step(ctx); err != nil {
 			return err

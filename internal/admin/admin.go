@@ -9,6 +9,8 @@
 //	PUT    /v1/services/{name}/canary     {"percentage": 12.5} on a two-version service
 //	PUT    /v1/services/{name}/weights    {"v1": 70, "v2": 20, "v3": 10} (every version)
 //	DELETE /v1/services/{name}/override   back to the file's weights
+//	PUT    /v1/services/{name}/mirror     {"version": "v2", "percent": 10}: copy a share to a version
+//	DELETE /v1/services/{name}/mirror     back to the file's mirror (or none)
 //	GET    /v1/services/{name}/rollout    the rollout: state, step, weight, last verdict, history
 //	POST   /v1/services/{name}/rollout    {"action": "start" | "pause" | "resume" | "abort" | "promote"}
 //	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
@@ -31,7 +33,7 @@
 // CheckSameOrigin). Every mutation attempt, allowed or not, is written to
 // the audit log, which names a token by a fingerprint keyed with a secret
 // of the process. While a service's rollout is progressing, its canary,
-// weights and override calls answer 409.
+// weights, override and mirror calls answer 409.
 package admin
 
 import (
@@ -82,6 +84,8 @@ type Options struct {
 	Store *store.Store
 	// Mutator applies canary, weights and override changes; nil: Store.
 	Mutator Mutator
+	// Mirrors sets and clears runtime mirrors; nil: Store.
+	Mirrors MirrorMutator
 	// Reload runs the same reload as the file watcher and returns its
 	// result (success, unchanged) or its error; nil disables POST
 	// /v1/reload (501).
@@ -138,6 +142,8 @@ func New(opts Options) http.Handler {
 		{pattern: "PUT /v1/services/{name}/canary", fn: a.putCanary, mutation: true, body: true},
 		{pattern: "PUT /v1/services/{name}/weights", fn: a.putWeights, mutation: true, body: true},
 		{pattern: "DELETE /v1/services/{name}/override", fn: a.deleteOverride, mutation: true},
+		{pattern: "PUT /v1/services/{name}/mirror", fn: a.putMirror, mutation: true, body: true},
+		{pattern: "DELETE /v1/services/{name}/mirror", fn: a.deleteMirror, mutation: true},
 		{pattern: "GET /v1/services/{name}/rollout", fn: a.getRollout},
 		{pattern: "POST /v1/services/{name}/rollout", fn: a.postRollout, mutation: true, body: true},
 		{pattern: "POST /v1/assign", fn: a.assign, body: true},

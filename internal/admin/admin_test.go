@@ -193,6 +193,8 @@ func TestServicesView(t *testing.T) {
 			"name": "beta-testers", "version": "v2",
 			"when": []any{map[string]any{"header": "x-beta", "exact": "true"}},
 		}},
+		"mirror":      nil,
+		"file_mirror": nil,
 		"config": map[string]any{
 			"sha256": "sha-1", "source": "config.yaml", "loaded_at": "2026-03-04T05:06:07Z",
 			"generation": 1.0, "last_reload_error": nil, "last_reload_error_at": nil,

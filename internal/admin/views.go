@@ -35,6 +35,11 @@ type serviceView struct {
 	OverrideWeights split.Weights `json:"override_weights,omitempty"`
 	Sticky          *split.Key    `json:"sticky"`
 	Rules           []split.Rule  `json:"rules"`
+	// Mirror is the mirror in force (null: none); FileMirror the file's;
+	// MirrorOverride says a runtime mirror is in force.
+	Mirror         *split.Mirror `json:"mirror"`
+	FileMirror     *split.Mirror `json:"file_mirror"`
+	MirrorOverride bool          `json:"mirror_override,omitempty"`
 }
 
 type experimentView struct {
@@ -80,10 +85,13 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 		FileWeights: file.Weights,
 		Sticky:      newKeyView(eff.Sticky),
 		Rules:       eff.Rules,
+		Mirror:      eff.Mirror,
+		FileMirror:  file.Mirror,
 	}
 	if w, ok := snap.Overrides[name]; ok {
 		v.Override, v.OverrideWeights = true, w
 	}
+	_, v.MirrorOverride = snap.Mirrors[name]
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}
@@ -94,10 +102,11 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 }
 
 func newKeyView(k *split.Key) *split.Key {
-	if k == nil || (k.Header == "" && k.Cookie == "") {
+	if k == nil || (k.Header == "" && k.Cookie == "" && k.Assign == nil) {
 		return nil
 	}
-	return &split.Key{Header: k.Header, Cookie: k.Cookie}
+	c := k.Clone()
+	return &c
 }
 
 // weightsAnswer is {"service":"api","v1":50,"v2":50}: the service, then

@@ -200,6 +200,7 @@ func TestSampledTraffic(t *testing.T) {
 		{Reason: "header_match", Recent: 1, Total: 1},
 		{Reason: "sticky_routing", Recent: 2, Total: 2},
 		{Reason: "weighted_routing", Recent: 3, Total: 3},
+		{Reason: "sticky_assigned"},
 	}
 	if diff := cmp.Diff(wantReasons, api.Reasons); diff != "" {
 		t.Errorf("api reasons (-want +got):\n%s", diff)
@@ -373,6 +374,24 @@ func TestStateDocument(t *testing.T) {
 	if got.Fleet == nil || got.Fleet.Error != "" || !strings.Contains(fmt.Sprint(got.Fleet.View), "node_id:a") || got.Fleet.Status == nil {
 		t.Errorf("fleet %+v", got.Fleet)
 	}
+
+	if api.Mirror != nil || api.AssignCookie != "" {
+		t.Errorf("api without mirror or assign: mirror %+v, assign %q", api.Mirror, api.AssignCookie)
+	}
+	t.Run("mirror share and key assignment", func(t *testing.T) {
+		if _, err := st.SetMirror(t.Context(), "api", split.Mirror{Version: "v2", Percent: 1250}, "test"); err != nil {
+			t.Fatal(err)
+		}
+		got := service(t, getState(t, c), "api")
+		if got.Mirror == nil || *got.Mirror != (console.MirrorView{Version: "v2", Percent: 12.5, Runtime: true}) {
+			t.Errorf("mirror %+v", got.Mirror)
+		}
+		anon := newStore(t, "services:\n  - {name: api, weights: {v1: 90, v2: 10}, sticky: {assign: {cookie: sid}}, mirror: {version: v2, percent: 5}}\n")
+		got = service(t, getState(t, console.New(console.Options{Store: anon})), "api")
+		if got.AssignCookie != "sid" || got.Mirror == nil || *got.Mirror != (console.MirrorView{Version: "v2", Percent: 5}) {
+			t.Errorf("assign %q, mirror %+v", got.AssignCookie, got.Mirror)
+		}
+	})
 
 	t.Run("fleet unreachable", func(t *testing.T) {
 		c := console.New(console.Options{Store: st, Fleet: func(context.Context) (any, error) {

@@ -82,6 +82,20 @@ type ServiceState struct {
 	RolloutError string       `json:"rollout_error,omitempty"`
 	Traffic      *Traffic     `json:"traffic,omitempty"`
 	Reasons      []Reason     `json:"reasons"`
+	// Mirror is the share of requests copied to a version (a dark
+	// launch), when the service mirrors; AssignCookie the cookie keys are
+	// given in to clients without one (sticky.assign), "" when none.
+	Mirror       *MirrorView `json:"mirror,omitempty"`
+	AssignCookie string      `json:"assign_cookie,omitempty"`
+}
+
+// MirrorView is a service's mirror in force: the version copied to, the
+// share in percent, and whether it was set at runtime (PUT .../mirror, a
+// rollout's shadow step) rather than by the file.
+type MirrorView struct {
+	Version string  `json:"version"`
+	Percent float64 `json:"percent"`
+	Runtime bool    `json:"runtime"`
 }
 
 // VersionWeight is one version's share in percent: in force, in the file,
@@ -180,6 +194,13 @@ func (c *Console) service(snap *store.Snapshot, name string, now time.Time) Serv
 		if len(eff.Weights) == 2 && w.Version != eff.Stable {
 			s.Canary = w.Version
 		}
+	}
+	if m := eff.Mirror; m != nil {
+		_, runtime := snap.Mirrors[name]
+		s.Mirror = &MirrorView{Version: m.Version, Percent: percent(int(m.Percent)), Runtime: runtime}
+	}
+	if eff.Sticky != nil && eff.Sticky.Assign != nil {
+		s.AssignCookie = eff.Sticky.Assign.Cookie
 	}
 	if eff.Rollout != nil && c.opts.Rollouts != nil {
 		st, err := c.opts.Rollouts.Status(name)

@@ -154,7 +154,11 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
 	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
 	src, srcName := signalSource(s, opts)
-	if p.rollouts, p.fleetRollouts, err = newRollouts(s, src, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
+	noShadow := ""
+	if opts.Signals != nil {
+		noShadow = "needs Envoy's cluster statistics: the responses counted in process never include the mirrored requests' (set envoy_admin)"
+	}
+	if p.rollouts, p.fleetRollouts, err = newRollouts(s, src, noShadow, st, mutator, p.fleet, p.registry, logger, audit); err != nil {
 		p.closeFleet()
 		return nil, err
 	}
@@ -177,6 +181,7 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		Interval: s.ConsoleInterval, Logger: logger.With("component", "console"),
 	}
 	if p.fleet != nil {
+		adminOpts.Mirrors = p.fleet
 		adminOpts.Reload = p.fleet.Reload
 		adminOpts.Fleet = func(ctx context.Context) (any, error) { return p.fleet.Fleet(ctx) }
 		adminOpts.FleetStatus = func() any { return p.fleet.Status() }
@@ -225,10 +230,10 @@ func signalSource(s settings.Settings, opts Options) (src signals.Source, name s
 // exist but cannot be started. In fleet mode (fl set) the states live in
 // etcd, one replica elected through etcd decides on the counts every
 // replica publishes, and the others follow (fleet.Rollouts).
-func newRollouts(s settings.Settings, src signals.Source, st *store.Store, mut admin.Mutator, fl *fleet.Source,
+func newRollouts(s settings.Settings, src signals.Source, noShadow string, st *store.Store, mut admin.Mutator, fl *fleet.Source,
 	reg prometheus.Registerer, logger, audit *slog.Logger) (*rollout.Manager, *fleet.Rollouts, error) {
 	var local *rollout.Local
-	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit}
+	ro := rollout.Options{Store: st, Mutator: mut, Interval: s.SignalsInterval, Logger: logger, Audit: audit, NoShadow: noShadow}
 	if src != nil {
 		local = rollout.NewLocal(src, s.SignalsInterval)
 		ro.Evidence = local

@@ -16,6 +16,12 @@ func (k Keys) Overrides() string { return k.Prefix + "overrides/" }
 // Override is service's override key.
 func (k Keys) Override(service string) string { return k.Overrides() + service }
 
+// Mirrors is the prefix of the runtime mirrors' keys.
+func (k Keys) Mirrors() string { return k.Prefix + "mirrors/" }
+
+// Mirror is service's runtime mirror key.
+func (k Keys) Mirror(service string) string { return k.Mirrors() + service }
+
 // Replicas is the prefix of the replica records.
 func (k Keys) Replicas() string { return k.Prefix + "replicas/" }
 
@@ -48,7 +54,7 @@ func (k Keys) RolloutElection() string { return k.Prefix + "rollout-leader" }
 // 's'), so only a state change wakes the states' watch.
 
 // stateRange is the key range a replica reads and watches: [Prefix,
-// Prefix+"replicas/"), which holds config and overrides/ but not the
+// Prefix+"replicas/"), which holds config, mirrors/ and overrides/ but not the
 // replica records, so that N replicas reporting their progress after a
 // change do not wake N watchers each (N² events per change).
 func (k Keys) stateRange() (start, end string) { return k.Prefix, k.Replicas() }
@@ -56,6 +62,15 @@ func (k Keys) stateRange() (start, end string) { return k.Prefix, k.Replicas() }
 // service returns the service an override key names, or "".
 func (k Keys) service(key string) string {
 	name, ok := strings.CutPrefix(key, k.Overrides())
+	if !ok || name == "" || strings.Contains(name, "/") {
+		return ""
+	}
+	return name
+}
+
+// mirrorService returns the service a runtime mirror key names, or "".
+func (k Keys) mirrorService(key string) string {
+	name, ok := strings.CutPrefix(key, k.Mirrors())
 	if !ok || name == "" || strings.Contains(name, "/") {
 		return ""
 	}

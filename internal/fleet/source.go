@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
@@ -87,6 +88,9 @@ type Source struct {
 	// not taken from the cache file, so a read at a lower revision of the
 	// same cluster is older than the state in force.
 	live bool
+	// mirrorDrops are the runtime mirror records that do not apply, by
+	// service, as of their mod revision (logged once each).
+	mirrorDrops map[string]int64
 
 	// applied is closed and replaced after every apply; appliedRev is the
 	// revision then in force. Waiters read both under amu.
@@ -311,7 +315,8 @@ func (s *Source) Reload(ctx context.Context) (string, error) {
 		return "error", rej.err
 	}
 	after := s.store.Load()
-	if before != nil && after != nil && before.SHA256 == after.SHA256 && store.OverridesEqual(toOverrides(before), toOverrides(after)) {
+	if before != nil && after != nil && before.SHA256 == after.SHA256 && store.OverridesEqual(toOverrides(before), toOverrides(after)) &&
+		maps.Equal(before.Mirrors, after.Mirrors) {
 		return "unchanged", nil
 	}
 	return "success", nil
@@ -381,8 +386,12 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	if kv == nil {
 		at.Config = rev
 	}
+	mirrors, badMirrors := s.mirrorsLocked()
+	var droppedMirrors map[string]string
 	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
-		return s.store.ApplySharedAt(g.cfg, g.sha, "etcd "+cfgKey, at, overrides)
+		snap, dropped, dm, err := s.store.ApplySharedMirrors(g.cfg, g.sha, "etcd "+cfgKey, at, overrides, mirrors)
+		droppedMirrors = dm
+		return snap, dropped, err
 	}
 	var snap *store.Snapshot
 	var dropped map[string]string
@@ -439,6 +448,7 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 		dropped[svc] = reason
 	}
 	s.noteDropped(dropped, inForce, cfgModRev)
+	s.noteDroppedMirrors(droppedMirrors, badMirrors)
 	if snap == nil && s.store.Load() == nil {
 		return docErr
 	}
@@ -840,6 +850,11 @@ func StateSHA256(snap *store.Snapshot) string {
 	for _, n := range names {
 		fmt.Fprintf(h, "\n%s=%s", n, snap.Overrides[n].String())
 	}
+	// Runtime mirrors change what a replica decides too.
+	for _, n := range slices.Sorted(maps.Keys(snap.Mirrors)) {
+		m := snap.Mirrors[n]
+		fmt.Fprintf(h, "\nmirror %s=%s:%d", n, m.Version, m.Percent)
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -878,7 +893,9 @@ func (s *Source) writeCache() error {
 		Overrides: map[string]string{}, WrittenAt: s.now().UTC(),
 	}
 	for key, kv := range s.kvs {
-		if s.keys.service(key) != "" {
+		// Runtime mirrors go with the overrides: the cache keeps their
+		// records by key, and a start from it puts them back as they were.
+		if s.keys.service(key) != "" || s.keys.mirrorService(key) != "" {
 			doc.Overrides[key] = string(kv.Value)
 		}
 	}

@@ -40,6 +40,8 @@ func mutationResults() []string {
 // use.
 type Metrics struct {
 	decisions         *prometheus.CounterVec
+	assignedKeys      *prometheus.CounterVec
+	mirrored          *prometheus.CounterVec
 	reloads           *prometheus.CounterVec
 	configInfo        *prometheus.GaugeVec
 	lastReloadSuccess prometheus.Gauge
@@ -57,9 +59,9 @@ type Metrics struct {
 	gcPercent         prometheus.Gauge
 	reg               prometheus.Registerer
 
-	// decided maps a decision's labels to its counter; it is replaced, never
-	// modified, so readers need no lock.
-	decided atomic.Pointer[map[decisionKey]prometheus.Counter]
+	// decided maps a decision's labels to its counters; it is replaced,
+	// never modified, so readers need no lock.
+	decided atomic.Pointer[map[decisionKey]decisionCounters]
 	// mu guards copy-on-write updates of decided, and known.
 	mu sync.Mutex
 	// known holds every (service, version) of every configuration observed,
@@ -85,6 +87,14 @@ type Metrics struct {
 type decisionKey struct {
 	api, service, version string
 	reason                split.Reason
+	mirror                string // the version the request is copied to, "" for none
+}
+
+// decisionCounters are what one decision counts: always the decision; a
+// key given out (reason sticky_assigned) and a mirrored request when it
+// was one (nil otherwise).
+type decisionCounters struct {
+	decision, assigned, mirrored prometheus.Counter
 }
 
 type streamChildren struct {
@@ -101,6 +111,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "decisions_total",
 			Help: "Routing decisions by adapter, service, version and reason.",
 		}, []string{"api", "service", "version", "reason"}),
+		assignedKeys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sticky_keys_assigned_total",
+			Help: "Fresh sticky keys given to requests that carried none (sticky.assign), by adapter and service.",
+		}, []string{"api", "service"}),
+		mirrored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "mirrored_requests_total",
+			Help: "Requests marked to be copied to a mirror version (Envoy sends the copy), by adapter, service and mirror version.",
+		}, []string{"api", "service", "version"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "config_reloads_total",
 			Help: "Configuration reloads by result (success, error, unchanged).",
@@ -163,12 +181,12 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(
-		m.decisions, m.reloads, m.configInfo, m.lastReloadSuccess, m.lastReloadError,
+		m.decisions, m.assignedKeys, m.mirrored, m.reloads, m.configInfo, m.lastReloadSuccess, m.lastReloadError,
 		m.generation, m.weightPercent, m.overrideActive, m.streams, m.streamsActive,
 		m.streamResults, m.unexpectedPhases, m.panics, m.adminRequests, m.adminMutations,
 		m.gcPercent,
 	)
-	empty := map[decisionKey]prometheus.Counter{}
+	empty := map[decisionKey]decisionCounters{}
 	m.decided.Store(&empty)
 
 	// Pre-create the closed-set children: the hot path then only reads
@@ -206,16 +224,22 @@ func (m *Metrics) Decided(api string, d *split.Decision) {
 	if d == nil {
 		return
 	}
-	k := decisionKey{api: api, service: d.Service, version: d.Version, reason: d.Reason}
-	if c, ok := (*m.decided.Load())[k]; ok {
-		c.Inc()
-		return
+	k := decisionKey{api: api, service: d.Service, version: d.Version, reason: d.Reason, mirror: d.Mirror()}
+	c, ok := (*m.decided.Load())[k]
+	if !ok {
+		c = m.decidedSlow(k)
 	}
-	m.decidedSlow(k).Inc()
+	c.decision.Inc()
+	if c.assigned != nil {
+		c.assigned.Inc()
+	}
+	if c.mirrored != nil {
+		c.mirrored.Inc()
+	}
 }
 
-// decidedSlow adds the counter for a new label combination.
-func (m *Metrics) decidedSlow(k decisionKey) prometheus.Counter {
+// decidedSlow adds the counters for a new label combination.
+func (m *Metrics) decidedSlow(k decisionKey) decisionCounters {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := *m.decided.Load()
@@ -233,8 +257,21 @@ func (m *Metrics) decidedSlow(k decisionKey) prometheus.Counter {
 	if !m.reasons[reason] {
 		reason = other
 	}
-	c := m.decisions.WithLabelValues(api, service, version, reason)
-	next := make(map[decisionKey]prometheus.Counter, len(cur)+1)
+	c := decisionCounters{decision: m.decisions.WithLabelValues(api, service, version, reason)}
+	if k.reason == split.ReasonStickyAssigned {
+		c.assigned = m.assignedKeys.WithLabelValues(api, service)
+	}
+	if k.mirror != "" {
+		mirror := k.mirror
+		if m.known != nil && !m.known[[2]string{k.service, mirror}] {
+			mirror = other
+		}
+		if service == other {
+			mirror = other
+		}
+		c.mirrored = m.mirrored.WithLabelValues(api, service, mirror)
+	}
+	next := make(map[decisionKey]decisionCounters, len(cur)+1)
 	for kk, v := range cur {
 		next[kk] = v
 	}

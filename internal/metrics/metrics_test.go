@@ -422,3 +422,34 @@ func TestResponsesCollector(t *testing.T) {
 		t.Fatalf("(-want +got):\n%s", diff)
 	}
 }
+
+// TestAssignedAndMirrored: keys given out and requests marked for a copy
+// are counted beside the decisions, with labels from the configuration.
+func TestAssignedAndMirrored(t *testing.T) {
+	m, reg := newMetrics(t)
+	tb, err := split.Load([]byte(`services:
+  - name: api
+    weights: {v1: 100, v2: 0}
+    sticky: {assign: {}}
+    mirror: {version: v2, percent: 100}
+`), split.ParseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func() (k [split.KeyBytes]byte) { return k }
+	for range 3 {
+		var d split.Decision
+		tb.Decide(&split.Request{NewKey: keys}, &d)
+		m.Decided("module", &d)
+	}
+	var d split.Decision
+	tb.Decide(&split.Request{Headers: []split.Header{{Name: "cookie", Value: "splitter-id=AAAAAAAAAAAAAAAAAAAAAA"}}}, &d)
+	m.Decided("ext_proc", &d)
+	if diff := cmp.Diff(map[string]float64{"api=module,service=api": 3}, series(t, reg, "splitter_sticky_keys_assigned_total")); diff != "" {
+		t.Errorf("assigned (-want +got):\n%s", diff)
+	}
+	want := map[string]float64{"api=module,service=api,version=v2": 3, "api=ext_proc,service=api,version=v2": 1}
+	if diff := cmp.Diff(want, series(t, reg, "splitter_mirrored_requests_total")); diff != "" {
+		t.Errorf("mirrored (-want +got):\n%s", diff)
+	}
+}

@@ -42,7 +42,14 @@ type Mutator interface {
 type Options struct {
 	Store   *store.Store // the configuration in force (required)
 	Mutator Mutator      // nil: Store
-	States  StateStore   // nil: FileStates{Store}
+	// Mirrors sets a shadow step's mirror; nil: the Mutator when it sets
+	// mirrors too, else Store.
+	Mirrors MirrorMutator
+	// NoShadow, when set, says why this process cannot judge a shadow
+	// step (its signals do not see the mirrored requests): a rollout with
+	// one then cannot be started.
+	NoShadow string
+	States   StateStore // nil: FileStates{Store}
 	// Evidence supplies the counts verdicts are made of; nil means there
 	// is no signal source, and a rollout cannot be started.
 	Evidence Evidence
@@ -63,6 +70,8 @@ const DefaultInterval = 250 * time.Millisecond
 type Manager struct {
 	store    *store.Store
 	mut      Mutator
+	mirrors  MirrorMutator
+	noShadow string
 	states   StateStore
 	evidence Evidence
 	elector  Elector
@@ -105,13 +114,22 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		return nil, errors.New("rollout: no store")
 	}
 	m := &Manager{
-		store: opts.Store, mut: opts.Mutator, states: opts.States, evidence: opts.Evidence,
+		store: opts.Store, mut: opts.Mutator, mirrors: opts.Mirrors, noShadow: opts.NoShadow, states: opts.States, evidence: opts.Evidence,
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 		behind: map[string]int64{}, seen: map[string]seenSince{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
+	}
+	if m.mirrors == nil {
+		// The Mutator's own mirrors when it has them (etcd mode's
+		// write-through store), else the store's.
+		if mm, ok := m.mut.(MirrorMutator); ok {
+			m.mirrors = mm
+		} else {
+			m.mirrors = opts.Store
+		}
 	}
 	if m.states == nil {
 		m.states = FileStates{Store: opts.Store}
@@ -339,8 +357,9 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		}
 		// A progressing rollout owns the weights: put its step's weights
 		// back if something else changed them (a file reload that dropped
-		// the override, a manual change racing a start).
-		if st.Phase == Progressing && !m.weightsInForce(snap, st) {
+		// the override, a manual change racing a start); and at the shadow
+		// step, its mirror.
+		if st.Phase == Progressing && (!m.weightsInForce(snap, st) || !shadowMirrorInForce(snap, svc, st)) {
 			m.log.Warn("the service's weights changed outside the rollout; restoring the step's weights",
 				"service", w.Service, "step", st.Step, "weight", split.FormatPercent(int(st.Weight)))
 			_ = m.apply(ctx, w.Service)
@@ -550,6 +569,9 @@ func (m *Manager) apply(ctx context.Context, service string) error {
 		m.log.Error("cannot compute the rollout's weights", "service", service, "error", err)
 		return err
 	}
+	if err := m.applyMirror(ctx, m.store.Load(), st); err != nil {
+		return err
+	}
 	if !st.Applying {
 		return nil
 	}
@@ -679,6 +701,9 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	if action == Start && m.evidence == nil {
 		return Status{}, fmt.Errorf("%w: %v", ErrConflict, errNoSignals)
 	}
+	if action == Start && svc.Rollout.Shadow != nil && m.noShadow != "" {
+		return Status{}, fmt.Errorf("%w: the rollout starts with a shadow step, which %s", ErrConflict, m.noShadow)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	unreadable := func(err error) error {
@@ -745,14 +770,18 @@ func (m *Manager) stateOf(service string) State {
 
 // Status is GET /v1/services/{name}/rollout.
 type Status struct {
-	Service string        `json:"service"`
-	State   Phase         `json:"state"`
-	Canary  string        `json:"canary"`
-	Stable  string        `json:"stable"`
-	Step    int           `json:"step"` // 1..len(steps); 0 before the first
-	Steps   int           `json:"steps"`
-	Weight  split.Percent `json:"weight"` // the canary's share the rollout set
-	Since   time.Time     `json:"since,omitzero"`
+	Service string `json:"service"`
+	State   Phase  `json:"state"`
+	Canary  string `json:"canary"`
+	Stable  string `json:"stable"`
+	Step    int    `json:"step"` // 1..len(steps); 0 before the first (and at the shadow step)
+	Steps   int    `json:"steps"`
+	// Shadow: at the shadow step, the canary serving no user and
+	// ShadowPercent of the requests mirrored to it.
+	Shadow        bool           `json:"shadow,omitempty"`
+	ShadowPercent *split.Percent `json:"shadow_percent,omitempty"`
+	Weight        split.Percent  `json:"weight"` // the canary's share the rollout set
+	Since         time.Time      `json:"since,omitzero"`
 	// Held is how long the step has been held (pauses excluded), of Hold.
 	Held split.Duration `json:"held"`
 	Hold split.Duration `json:"hold"`
@@ -797,6 +826,10 @@ func (m *Manager) statusLocked(svc split.Service) Status {
 	}
 	if out.Canary == "" {
 		out.Canary, out.Stable = svc.Rollout.Canary, svc.Stable
+	}
+	if st.Shadow && st.Phase.active() && svc.Rollout.Shadow != nil {
+		p := svc.Rollout.Shadow.Percent
+		out.Shadow, out.ShadowPercent, out.Hold = true, &p, svc.Rollout.Shadow.Hold
 	}
 	if out.History == nil {
 		out.History = []Transition{}

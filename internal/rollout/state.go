@@ -81,9 +81,13 @@ type State struct {
 	// first.
 	Step int `json:"step"`
 	// Weight is the canary's share the rollout set, in basis points.
-	Weight   split.Percent `json:"weight"`
-	Since    time.Time     `json:"since,omitzero"`
-	PausedAt time.Time     `json:"paused_at,omitzero"`
+	Weight split.Percent `json:"weight"`
+	// Shadow: the rollout is at its dark step (step 0, weight 0): the
+	// canary serves no user and a share of the requests is mirrored to it
+	// (shadow.go).
+	Shadow   bool      `json:"shadow,omitempty"`
+	Since    time.Time `json:"since,omitzero"`
+	PausedAt time.Time `json:"paused_at,omitzero"`
 	// HeldBefore is how long the step had been held before Since (pauses
 	// excluded): 0 at a step's start, the hold so far at a pause or a
 	// resume.
@@ -118,7 +122,9 @@ type Transition struct {
 	To     Phase         `json:"to"`
 	Step   int           `json:"step"`
 	Weight split.Percent `json:"weight"`
-	Actor  string        `json:"actor"` // "rollout" for the guard, else the admin caller
+	// Shadow: the transition leads to (or stays at) the shadow step.
+	Shadow bool   `json:"shadow,omitempty"`
+	Actor  string `json:"actor"` // "rollout" for the guard, else the admin caller
 	// Node is the replica that made the transition (etcd mode: the leader
 	// for the guard's moves, the replica that took the call for an
 	// operator's); empty in file mode.
@@ -157,10 +163,10 @@ func (s State) Started() time.Time {
 }
 
 // to returns s moved to phase at step with the canary at weight, the
-// transition recorded.
+// transition recorded. The result is not at the shadow step (toShadow is).
 func (s State) to(phase Phase, step, weight int, now time.Time, actor, reason string, v *Verdict) State {
 	next := s
-	next.Phase, next.Step, next.Weight = phase, step, split.Percent(weight)
+	next.Phase, next.Step, next.Weight, next.Shadow = phase, step, split.Percent(weight), false
 	next.Since, next.PausedAt, next.HeldBefore = now, time.Time{}, 0
 	tr := Transition{At: now, From: s.Phase, To: phase, Step: step, Weight: split.Percent(weight), Actor: actor, Reason: reason, Verdict: v}
 	next.History = append(append(make([]Transition, 0, len(s.History)+1), s.History...), tr)
@@ -185,12 +191,15 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 			return conflict("start")
 		}
 		s.Canary, s.Stable, s.StartedAt = r.Canary, stable, now
+		if r.Shadow != nil {
+			return startShadow(s, r, now, actor), nil
+		}
 		return s.to(Progressing, 1, r.Steps[0], now, actor, "started", nil), nil
 	case Pause:
 		if s.Phase != Progressing {
 			return conflict("pause")
 		}
-		next := s.to(Paused, s.Step, int(s.Weight), now, actor, "paused", nil)
+		next := s.to(Paused, s.Step, int(s.Weight), now, actor, "paused", nil).keepShadow(s)
 		// The hold clock stops: what was held is carried as a duration.
 		next.HeldBefore, next.Since, next.PausedAt = split.Duration(s.Held(now)), now, now
 		return next, nil
@@ -198,7 +207,7 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 		if s.Phase != Paused {
 			return conflict("resume")
 		}
-		next := s.to(Progressing, s.Step, int(s.Weight), now, actor, "resumed", nil)
+		next := s.to(Progressing, s.Step, int(s.Weight), now, actor, "resumed", nil).keepShadow(s)
 		// The paused time does not count: the hold goes on from what was
 		// held, from now.
 		next.HeldBefore = split.Duration(s.Held(now))
@@ -226,6 +235,9 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now time.Time) (State, bool) {
 	if !s.Phase.active() {
 		return s, false
+	}
+	if s.Shadow {
+		return advanceShadow(s, r, v, covered, now)
 	}
 	if v.Result == Failing {
 		vv := v

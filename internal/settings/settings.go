@@ -43,6 +43,7 @@ type Settings struct {
 	AdminTokenFile string
 	RouteHeader    string
 	ReasonHeader   string // "" disables the reason header
+	MirrorHeader   string // the version a mirrored request is copied to
 	StateFile      string
 	LogLevel       string // debug, info, warn, error
 	LogFormat      string // text, json
@@ -122,6 +123,7 @@ func Defaults() Settings {
 		AdminAddr:          "127.0.0.1:9002",
 		RouteHeader:        "x-route-version",
 		ReasonHeader:       "x-route-reason",
+		MirrorHeader:       adapter.DefaultMirrorHeader,
 		LogLevel:           "info",
 		LogFormat:          "text",
 		ShutdownTimeout:    10 * time.Second,
@@ -150,7 +152,7 @@ const DefaultEtcdPrefix = "/splitter/"
 func Keys() []string {
 	return []string{
 		"grpc_addr", "admin_addr", "admin_token", "admin_token_file",
-		"route_header", "reason_header", "state_file",
+		"route_header", "reason_header", "mirror_header", "state_file",
 		"log_level", "log_format", "shutdown_timeout", "drain_delay", "reload_debounce", "reload_poll_interval",
 		"gc_percent", "pprof",
 		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
@@ -181,6 +183,7 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.String(flagName("admin_token_file"), "", "file holding the admin bearer token, re-read on every admin request")
 	fs.String(flagName("route_header"), d.RouteHeader, "request header that carries the chosen version")
 	fs.String(flagName("reason_header"), d.ReasonHeader, `request header that carries the reason ("" disables it)`)
+	fs.String(flagName("mirror_header"), d.MirrorHeader, "request header that names the version a mirrored request is copied to (Envoy's routes mirror on it)")
 	fs.String(flagName("state_file"), "", "file where admin overrides persist across restarts (\"\": not persisted)")
 	fs.String(flagName("log_level"), d.LogLevel, "log level: debug, info, warn, error")
 	fs.String(flagName("log_format"), d.LogFormat, "log format: text or json")
@@ -228,7 +231,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 	d := Defaults()
 	defaults := map[string]string{
 		"grpc_addr": d.GRPCAddr, "admin_addr": d.AdminAddr, "admin_token": "", "admin_token_file": "",
-		"route_header": d.RouteHeader, "reason_header": d.ReasonHeader, "state_file": "",
+		"route_header": d.RouteHeader, "reason_header": d.ReasonHeader, "mirror_header": d.MirrorHeader, "state_file": "",
 		"log_level": d.LogLevel, "log_format": d.LogFormat,
 		"shutdown_timeout": d.ShutdownTimeout.String(), "drain_delay": d.DrainDelay.String(), "reload_debounce": d.ReloadDebounce.String(),
 		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
@@ -304,6 +307,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		// Header names are case-insensitive; Envoy carries them lower-cased.
 		RouteHeader:        strings.ToLower(v.GetString("route_header")),
 		ReasonHeader:       strings.ToLower(v.GetString("reason_header")),
+		MirrorHeader:       strings.ToLower(v.GetString("mirror_header")),
 		StateFile:          v.GetString("state_file"),
 		LogLevel:           strings.ToLower(v.GetString("log_level")),
 		LogFormat:          strings.ToLower(v.GetString("log_format")),
@@ -367,7 +371,9 @@ func (s Settings) Validate() error {
 	}
 	add("grpc_addr", checkAddr(s.GRPCAddr))
 	add("admin_addr", checkAddr(s.AdminAddr))
-	if _, err := adapter.NewHeaders(s.RouteHeader, s.ReasonHeader); err != nil {
+	if h, err := adapter.NewHeaders(s.RouteHeader, s.ReasonHeader); err != nil {
+		errs = append(errs, err)
+	} else if _, err := h.WithMirror(s.MirrorHeader); err != nil {
 		errs = append(errs, err)
 	}
 	if s.AdminToken != "" && s.AdminTokenFile != "" {
@@ -652,23 +658,29 @@ func (s Settings) NewLogger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// Headers returns the route and reason header names, lower-cased (the
-// settings were validated by Load).
+// Headers returns the route, reason and mirror header names, lower-cased
+// (the settings were validated by Load).
 func (s Settings) Headers() adapter.Headers {
 	h, err := adapter.NewHeaders(s.RouteHeader, s.ReasonHeader)
 	if err != nil {
 		return adapter.DefaultHeaders()
 	}
+	if s.MirrorHeader == "" {
+		return h
+	}
+	if hm, err := h.WithMirror(s.MirrorHeader); err == nil {
+		return hm
+	}
 	return h
 }
 
-// FileHeaders returns the route and reason headers a configuration file
-// sets for itself (route_header, reason_header), or the defaults: what
-// `splitter validate` checks experiments against, where no flags or
-// environment apply.
+// FileHeaders returns the route, reason and mirror headers a
+// configuration file sets for itself (route_header, reason_header,
+// mirror_header), or the defaults: what `splitter validate` checks
+// experiments against, where no flags or environment apply.
 func FileHeaders(data []byte) (adapter.Headers, error) {
 	d := Defaults()
-	route, reason := d.RouteHeader, d.ReasonHeader
+	route, reason, mirror := d.RouteHeader, d.ReasonHeader, d.MirrorHeader
 	if fs, err := FileSettings(data); err == nil {
 		if v, ok := fs["route_header"]; ok {
 			route = v
@@ -676,6 +688,13 @@ func FileHeaders(data []byte) (adapter.Headers, error) {
 		if v, ok := fs["reason_header"]; ok {
 			reason = v
 		}
+		if v, ok := fs["mirror_header"]; ok {
+			mirror = v
+		}
 	}
-	return adapter.NewHeaders(route, reason)
+	h, err := adapter.NewHeaders(route, reason)
+	if err != nil {
+		return h, err
+	}
+	return h.WithMirror(mirror)
 }

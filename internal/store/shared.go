@@ -45,14 +45,21 @@ func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int6
 // their round-robin position). An error means the configuration itself is
 // invalid: nothing changes.
 func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
+	snap, dropped, _, err = s.applyShared(cfg, sha, source, at, overrides, nil, nil)
+	return snap, dropped, err
+}
+
+// applyShared is ApplySharedAt with runtime mirrors (ApplySharedMirrors).
+func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
+	mirrors map[string]split.Mirror, mirrorAgainst map[string]*split.Mirror) (snap *Snapshot, dropped, droppedMirrors map[string]string, err error) {
 	if cfg == nil {
-		return nil, nil, errors.New("apply: nil configuration")
+		return nil, nil, nil, errors.New("apply: nil configuration")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.check != nil {
 		if err := s.check(cfg); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	cfg = cfg.Clone()
@@ -87,6 +94,7 @@ func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revision
 		effective.Services[i].Weights = w
 		kept[name] = w
 	}
+	mj := judgeMirrors(effective, mirrors, mirrorAgainst, false)
 	old := s.cur.Load()
 	var prev *split.Table
 	if old != nil {
@@ -94,7 +102,7 @@ func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revision
 	}
 	table, err := split.CompileNext(prev, effective)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	loadedAt := s.now()
 	if old != nil && old.SHA256 == sha && old.Source == source {
@@ -109,16 +117,21 @@ func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revision
 		LoadedAt:       loadedAt,
 		Revision:       at.State,
 		ConfigRevision: at.Config,
+		Mirrors:        nilIfEmpty(mj.kept),
 	}
 	// The last error is the caller's to keep or clear: a rejected
 	// configuration stays reported while overrides apply on the last good.
 	s.fileWeights = against
+	s.mirrors, s.mirrorAgainst = mj.kept, mj.against
 	s.pending = nil
 	s.publish(old, snap)
 	if len(dropped) == 0 {
 		dropped = nil
 	}
-	return snap, dropped, nil
+	if len(mj.drops) > 0 {
+		droppedMirrors = mj.drops
+	}
+	return snap, dropped, droppedMirrors, nil
 }
 
 // OverridesEqual reports whether two override sets are the same (service,

@@ -33,6 +33,10 @@ type stateDoc struct {
 	Overrides   map[string]json.RawMessage `json:"overrides"`
 	FileWeights map[string]json.RawMessage `json:"file_weights,omitempty"`
 	Rollouts    map[string]json.RawMessage `json:"rollouts,omitempty"`
+	// Mirrors are the runtime mirrors, FileMirrors the file's mirror of
+	// each of their services when it was set (null: none).
+	Mirrors     map[string]split.Mirror  `json:"mirrors,omitempty"`
+	FileMirrors map[string]*split.Mirror `json:"file_mirrors,omitempty"`
 }
 
 // state is a decoded state file.
@@ -41,6 +45,8 @@ type state struct {
 	overrides   map[string]split.Weights
 	fileWeights map[string]split.Weights
 	rollouts    map[string]json.RawMessage
+	mirrors     map[string]split.Mirror
+	fileMirrors map[string]*split.Mirror
 }
 
 // readState reads path; a missing file is an empty state.
@@ -82,6 +88,13 @@ func decodeState(data []byte) (*state, error) {
 		overrides:   make(map[string]split.Weights, len(doc.Overrides)),
 		fileWeights: make(map[string]split.Weights, len(doc.FileWeights)),
 		rollouts:    doc.Rollouts,
+		mirrors:     doc.Mirrors,
+		fileMirrors: doc.FileMirrors,
+	}
+	for name, m := range doc.Mirrors {
+		if m.Version == "" || m.Percent < 0 || m.Percent > split.Buckets {
+			return nil, fmt.Errorf("mirrors.%s: needs a version and a percent from 0 to 100", name)
+		}
 	}
 	for _, name := range sortedKeys(doc.Overrides) {
 		w, err := split.ParseWeightsJSON(doc.Overrides[name])
@@ -100,12 +113,20 @@ func decodeState(data []byte) (*state, error) {
 	return st, nil
 }
 
-func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[string]json.RawMessage, sha string) ([]byte, error) {
+func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[string]json.RawMessage, sha string,
+	mirrors map[string]split.Mirror, fileMirrors map[string]*split.Mirror) ([]byte, error) {
 	doc := stateDoc{
 		FileSHA256:  sha,
 		Overrides:   make(map[string]json.RawMessage, len(overrides)),
 		FileWeights: make(map[string]json.RawMessage, len(fileWeights)),
 		Rollouts:    rollouts,
+		Mirrors:     nilIfEmpty(mirrors),
+	}
+	if len(mirrors) > 0 {
+		doc.FileMirrors = make(map[string]*split.Mirror, len(mirrors))
+		for name := range mirrors {
+			doc.FileMirrors[name] = fileMirrors[name]
+		}
 	}
 	for name, w := range overrides {
 		b, err := json.Marshal(w)
@@ -131,9 +152,10 @@ func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[s
 // writeState replaces the state file atomically: a temporary file in the
 // same directory is written, synced and renamed over it, so a crash leaves
 // either the old or the new file, never a torn one. The rollout states in
-// force go with every write; s.mu is held.
+// force go with every write, and so do the runtime mirrors in force
+// (s.mirrors); s.mu is held.
 func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha string) error {
-	data, err := encodeState(overrides, fileWeights, s.rollouts, sha)
+	data, err := encodeState(overrides, fileWeights, s.rollouts, sha, s.mirrors, s.mirrorAgainst)
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.stateFile, err)
 	}

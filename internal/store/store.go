@@ -50,6 +50,9 @@ type Snapshot struct {
 	// force, or a newer one that was rejected (the last good one then
 	// serves); 0 for a file.
 	ConfigRevision int64
+	// Mirrors are the mirrors set at runtime (SetMirror), service -> the
+	// mirror in force in place of the file's (nil: none).
+	Mirrors map[string]split.Mirror
 }
 
 // FileService returns the service as written in the file, before
@@ -104,6 +107,12 @@ type Store struct {
 	rollouts map[string]json.RawMessage
 	// rename is os.Rename; tests replace it to simulate a failed write.
 	rename func(oldpath, newpath string) error
+	// mirrors are the runtime mirrors in force (or, before the first
+	// ApplyFile, those read from the state file), and mirrorAgainst the
+	// file's mirror of each service when its runtime mirror was set (nil:
+	// the file had none); they persist with the overrides (mirror.go).
+	mirrors       map[string]split.Mirror
+	mirrorAgainst map[string]*split.Mirror
 }
 
 type reloadError struct {
@@ -138,6 +147,7 @@ func New(opts Options) (*Store, error) {
 		s.pending = st
 		if st != nil {
 			s.rollouts = st.rollouts
+			s.mirrors, s.mirrorAgainst = st.mirrors, st.fileMirrors
 		}
 	}
 	return s, nil
@@ -289,6 +299,7 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 		kept[name] = w
 		keptAgainst[name] = fileWeights
 	}
+	mj := judgeMirrors(effective, s.mirrors, s.mirrorAgainst, old == nil && (persistedSHA == "" || persistedSHA != sha))
 	var prev *split.Table
 	if old != nil {
 		prev = old.Table
@@ -297,7 +308,9 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	if err != nil {
 		return nil, err
 	}
-	dropped := len(drops)
+	s.mirrors, s.mirrorAgainst = mj.kept, mj.against
+	mj.log(s.log, source)
+	dropped := len(drops) + len(mj.drops)
 	for _, d := range drops {
 		fileW := split.Weights(nil)
 		if svc, ok := findService(cfg, d.name); ok {
@@ -308,7 +321,7 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 			"reason", d.reason, "source", source)
 	}
 
-	if s.stateFile != "" && (dropped > 0 || len(kept) > 0) {
+	if s.stateFile != "" && (dropped > 0 || len(kept) > 0 || len(mj.kept) > 0) {
 		// The file config applies even if the state cannot be written: a
 		// dropped override left in the file is dropped again at the next
 		// start by the same rule.
@@ -324,6 +337,7 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 		SHA256:    sha,
 		Source:    source,
 		LoadedAt:  s.now(),
+		Mirrors:   nilIfEmpty(mj.kept),
 	}
 	s.fileWeights = keptAgainst
 	s.pending = nil
@@ -427,7 +441,7 @@ func (s *Store) ClearOverride(ctx context.Context, service string, actor string)
 	}
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides),
-		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt,
+		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against
 	s.log.Info("runtime override cleared", "service", service, "actor", actor,
@@ -474,7 +488,7 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	old := effectiveWeights(cur, service)
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: overrides,
-		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt,
+		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against
 	s.log.Info("runtime override set", "service", service, "actor", actor,
@@ -583,7 +597,7 @@ func formatWeights(w split.Weights) string {
 	return string(b)
 }
 
-func nilIfEmpty(m map[string]split.Weights) map[string]split.Weights {
+func nilIfEmpty[V any](m map[string]V) map[string]V {
 	if len(m) == 0 {
 		return nil
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/trafficsplit/splitter/examples/backend/echo"
@@ -18,6 +20,27 @@ type Backend struct {
 	// Faults makes it fail on command (Fail).
 	Faults *echo.Faults
 	srv    *http.Server
+	// requests and shadows count what reached it (not /healthz): every
+	// request, and those Envoy mirrored here (Envoy appends "-shadow" to
+	// a mirrored copy's host).
+	requests, shadows atomic.Int64
+}
+
+// Requests returns how many requests reached the backend (not /healthz),
+// and how many of them were copies Envoy mirrored to it.
+func (be *Backend) Requests() (all, shadow int64) { return be.requests.Load(), be.shadows.Load() }
+
+// count wraps h to count the requests that reach the backend.
+func (be *Backend) count(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			be.requests.Add(1)
+			if strings.Contains(r.Host, "-shadow") {
+				be.shadows.Add(1)
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Fail makes percent of the backend's requests from now on answer 500 (0
@@ -31,12 +54,8 @@ func (b *Bed) StartBackend(version string) (*Backend, error) {
 		return nil, err
 	}
 	faults := &echo.Faults{}
-	be := &Backend{
-		Version: version,
-		Addr:    ln.Addr().String(),
-		Faults:  faults,
-		srv:     &http.Server{Handler: faults.Wrap(echo.Handler(version)), ReadHeaderTimeout: 5 * time.Second},
-	}
+	be := &Backend{Version: version, Addr: ln.Addr().String(), Faults: faults}
+	be.srv = &http.Server{Handler: be.count(faults.Wrap(echo.Handler(version))), ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -45,6 +45,7 @@ var (
 	_ = [1]struct{}{}[C.SP_MAX_PAIRS-module.MaxPairs]
 	_ = [1]struct{}{}[C.SP_CLASSES-module.NumClasses]
 	_ = [1]struct{}{}[C.SP_PLAN_MAX-module.MaxPlanBytes]
+	_ = [1]struct{}{}[C.SP_COOKIE_MAX-module.MaxCookieBytes]
 	_ = [1]struct{}{}[C.SP_RETRY-int(module.StatusRetry)]
 	_ = [1]struct{}{}[C.SP_NO_CONFIG-int(module.StatusNoConfig)]
 	_ = [1]struct{}{}[C.SP_PANIC-int(module.StatusPanic)]
@@ -188,5 +189,9 @@ func splitterDecide(slot C.int32_t, readsID C.uint32_t, hs *C.sp_hdr, n C.size_t
 	}
 	out.pair = C.int32_t(res.Pair)
 	out.plan_len = C.uint32_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&out.plan[0])), C.SP_PLAN_MAX), res.Plan))
+	out.cookie_len = 0
+	if n := len(res.Cookie); n > 0 && n <= C.SP_COOKIE_MAX {
+		out.cookie_len = C.uint32_t(copy(unsafe.Slice((*byte)(unsafe.Pointer(&out.cookie[0])), C.SP_COOKIE_MAX), res.Cookie))
+	}
 	return C.int32_t(res.Status)
 }

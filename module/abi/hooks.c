@@ -35,7 +35,7 @@ static sp_reads *sp_cur_reads;
 typedef struct { uint32_t len; uint8_t plan[]; } sp_plan;
 static sp_plan *sp_fallback;
 static __thread sp_thread *tls_thread;
-static sp_stream sp_no_stream = {NULL, -1, 0}; // when malloc fails: never written
+static sp_stream sp_no_stream = {NULL, -1, 0, NULL, 0}; // when malloc fails: never written
 
 static inline envoy_dynamic_module_type_module_buffer mb(const char *p, size_t n) {
   return (envoy_dynamic_module_type_module_buffer){p, n};
@@ -118,6 +118,20 @@ static void apply(void *f, const uint8_t *p, uint32_t len) {
   }
 }
 
+// keep_cookie copies the Set-Cookie Go answered for a request given a
+// fresh sticky key into the stream, for its response headers. Only such
+// requests allocate; a failed malloc means no cookie (the client is given
+// another key next time).
+static void keep_cookie(sp_stream *s, const sp_out *out) {
+  if (out->cookie_len == 0 || out->cookie_len > SP_COOKIE_MAX) return;
+  char *c = malloc(out->cookie_len);
+  if (c == NULL) return;
+  memcpy(c, out->cookie, out->cookie_len);
+  free(s->cookie);
+  s->cookie = c;
+  s->cookie_len = out->cookie_len;
+}
+
 static void apply_fallback(void *f) {
   sp_plan *p = __atomic_load_n(&sp_fallback, __ATOMIC_ACQUIRE);
   if (p != NULL) apply(f, p->plan, p->len);
@@ -188,6 +202,8 @@ envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_fi
   s->next = NULL;
   s->pair = -1;
   s->cls = 0; // reset, until a response is seen
+  s->cookie = NULL;
+  s->cookie_len = 0;
   return s;
 }
 
@@ -220,20 +236,33 @@ envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_mo
       apply_fallback(f);
     } else {
       apply(f, t->out.plan, t->out.plan_len);
-      if (s != &sp_no_stream) s->pair = t->out.pair;
+      if (s != &sp_no_stream) {
+        s->pair = t->out.pair;
+        keep_cookie(s, &t->out);
+      }
     }
   }
   envoy_dynamic_module_callback_http_clear_route_cache(f);
   return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
 }
 
-// response_headers notes the status class for the stream's counter; no Go.
+// response_headers adds the Set-Cookie of a request given a fresh sticky
+// key (beside the backend's own: add, never set) and notes the status class
+// for the stream's counter; no Go.
 envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_module_on_http_filter_response_headers(
     envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
     bool end_of_stream) {
   (void)end_of_stream;
   sp_stream *s = (sp_stream *)m;
-  if (s == &sp_no_stream || s->pair < 0) return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+  if (s == &sp_no_stream) return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+  if (s->cookie != NULL) {
+    static const char set_cookie[] = "set-cookie";
+    envoy_dynamic_module_callback_http_add_header(f, RESP, mb(set_cookie, sizeof set_cookie - 1),
+                                                  mb(s->cookie, s->cookie_len));
+    free(s->cookie);
+    s->cookie = NULL;
+  }
+  if (s->pair < 0) return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
   static const char status[] = ":status";
   envoy_dynamic_module_type_envoy_buffer v = {NULL, 0};
   envoy_dynamic_module_callback_http_get_header(f, RESP, mb(status, sizeof status - 1), &v, 0, NULL);
@@ -250,6 +279,8 @@ envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_m
 void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_filter_module_ptr m) {
   sp_stream *s = (sp_stream *)m;
   if (s == &sp_no_stream) return;
+  free(s->cookie); // a stream that ended before its response headers
+  s->cookie = NULL;
   sp_thread *t = thread_state();
   if (t == NULL) {
     free(s);

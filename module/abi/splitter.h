@@ -9,6 +9,7 @@
 #define SP_MAX_PAIRS 1024   // module.MaxPairs: (service, version) pairs counted
 #define SP_CLASSES 6        // module.NumClasses: reset, 1xx .. 5xx
 #define SP_PLAN_MAX 8192    // module.MaxPlanBytes
+#define SP_COOKIE_MAX 512   // module.MaxCookieBytes
 #define SP_YIELD_NS 5000000 // a worker lets Go's scheduler run at most this often
 
 // Decide's statuses (module.Status), plus SP_GO_FAILED for a Go call that
@@ -35,15 +36,21 @@ typedef struct sp_reads {
 typedef struct {
   int32_t pair;      // counter pair of the decided version, -1 for none
   uint32_t plan_len; // bytes of plan
+  uint32_t cookie_len; // bytes of cookie; 0 unless the request was given a sticky key
   uint8_t plan[SP_PLAN_MAX]; // encoded plan (module.EncodePlan)
+  char cookie[SP_COOKIE_MAX]; // the Set-Cookie value its response must carry
 } sp_out;
 
 // What the module keeps per HTTP stream: the decided version's pair and the
-// response's class, counted when the stream is destroyed.
+// response's class, counted when the stream is destroyed; and, for a
+// request given a fresh sticky key only, the Set-Cookie value its response
+// headers get (malloc'd, freed with the stream).
 typedef struct sp_stream {
   struct sp_stream *next; // free list
   int32_t pair;
   int32_t cls;
+  char *cookie;
+  uint32_t cookie_len;
 } sp_stream;
 
 // Set by Go, read by the hooks.

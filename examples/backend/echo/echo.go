@@ -17,6 +17,11 @@ type Reply struct {
 	Headers map[string]string `json:"headers"`
 }
 
+// SetCookieHeader, sent in a request, is answered with that value as a
+// Set-Cookie header: a backend that sets a cookie of its own, for checking
+// that the splitter's cookie is added beside it.
+const SetCookieHeader = "X-Echo-Set-Cookie"
+
 // Handler answers /healthz with "ok" and everything else with a Reply.
 // Header names are lower-cased; repeated headers are joined with ", ".
 func Handler(version string) http.Handler {
@@ -33,6 +38,9 @@ func Handler(version string) http.Handler {
 		rep.Headers["host"] = r.Host
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Backend-Version", version)
+		if c := r.Header.Get(SetCookieHeader); c != "" {
+			w.Header().Add("Set-Cookie", c)
+		}
 		_ = json.NewEncoder(w).Encode(rep)
 	})
 	return mux

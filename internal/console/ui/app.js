@@ -14,7 +14,7 @@
     idle: 'Idle', progressing: 'Progressing', paused: 'Paused', promoted: 'Promoted',
     rolled_back: 'Rolled back', aborted: 'Aborted'
   };
-  var REASON_LABELS = { header_match: 'header rule', sticky_routing: 'sticky user', weighted_routing: 'weighted' };
+  var REASON_LABELS = { header_match: 'header rule', sticky_routing: 'sticky user', weighted_routing: 'weighted', sticky_assigned: 'key assigned' };
 
   var cards = new Map(); // service name -> card
   var seq = 0;
@@ -296,7 +296,17 @@
     card.badges.replaceChildren();
     append(card.badges, [
       h('span', { class: 'badge stable', text: 'stable ' + svc.stable }), ' ',
-      svc.override ? h('span', { class: 'badge override', 'data-role': 'override', text: 'override in force' }) : null
+      svc.override ? h('span', { class: 'badge override', 'data-role': 'override', text: 'override in force' }) : null, ' ',
+      svc.mirror ? h('span', {
+        class: 'badge mirror', 'data-role': 'mirror',
+        title: 'A dark launch: this share of the requests is also copied to ' + svc.mirror.version + ', whose answers are discarded',
+        text: 'mirror ' + pct(svc.mirror.percent) + ' \u2192 ' + svc.mirror.version + (svc.mirror.runtime ? ' (runtime)' : '')
+      }) : null, ' ',
+      svc.assign_cookie ? h('span', {
+        class: 'badge assign', 'data-role': 'assign',
+        title: 'Clients without a sticky key are given one in the cookie ' + svc.assign_cookie,
+        text: 'keys in cookie ' + svc.assign_cookie
+      }) : null
     ]);
     renderWeights(card, svc);
     renderCanary(card, svc);
@@ -421,7 +431,8 @@
     R.shownState = r.state;
     R.state.setAttribute('data-state', r.state);
     R.state.textContent = STATE_LABELS[r.state] || r.state;
-    R.summary.textContent = (r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
+    R.summary.textContent = (r.shadow ? 'Shadow step: ' + pct(r.shadow_percent) + ' mirrored, no user served'
+      : r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
       ' · canary ' + r.canary + ' at ' + pct(r.weight) + ' against ' + r.stable;
     if (r.state === 'progressing' || r.state === 'paused') {
       R.hold.hidden = false;
