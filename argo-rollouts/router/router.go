@@ -181,12 +181,17 @@ func (r *Router) SetHeaderRoute(ctx context.Context, ro Rollout, name string, ma
 }
 
 // removeRoute deletes the Rollout's route name; a route of that name that
-// another owner (or an operator) made is not the plugin's, and stays.
+// another owner (or an operator) made is not the plugin's, and stays. A
+// name splitter refuses (400) names no route that can exist.
 func (r *Router) removeRoute(ctx context.Context, a adminClient, service, name, owner string) error {
 	path := "/v1/services/" + url.PathEscape(service) + "/routes/" + url.PathEscape(name)
 	err := a.do(ctx, http.MethodDelete, path, url.Values{"owner": {owner}}, nil, nil)
-	if statusOf(err) == http.StatusConflict {
+	switch statusOf(err) {
+	case http.StatusConflict:
 		r.log.Info("route left alone: not made by this Rollout", "rollout", owner, "service", service, "route", name, "error", err)
+		return nil
+	case http.StatusBadRequest:
+		r.log.Info("no route to remove: splitter refuses the name", "rollout", owner, "service", service, "route", name, "error", err)
 		return nil
 	}
 	return err

@@ -17,8 +17,9 @@ import (
 // MaxRoutes bounds the runtime routes of one service.
 const MaxRoutes = 100
 
-// MaxOwnerLen bounds an owner's name.
-const MaxOwnerLen = 128
+// MaxOwnerLen bounds an owner's name: room for "argo-rollouts:" and a
+// Kubernetes namespace and object name.
+const MaxOwnerLen = 512
 
 // Route is a named rule added at runtime (PUT
 // /v1/services/{name}/routes/{route}): requests for which every condition
