@@ -81,7 +81,7 @@ func TestMethodsFileMode(t *testing.T) {
 
 	pct := int32(10)
 	mirror := &v1alpha1.SetMirrorRoute{Name: "mirror", Percentage: &pct, Match: []v1alpha1.RouteMatch{{Method: &v1alpha1.StringMatch{Exact: "GET"}}}}
-	wantError(t, "SetMirrorRoute", p.SetMirrorRoute(ro, mirror), `setMirrorRoute "mirror"`, "not implemented yet", "cannot mirror requests yet")
+	wantError(t, "SetMirrorRoute", p.SetMirrorRoute(ro, mirror), `setMirrorRoute "mirror"`, "not implemented yet", "records no owner")
 	noError(t, "SetMirrorRoute without a match (a removal)", p.SetMirrorRoute(ro, &v1alpha1.SetMirrorRoute{Name: "mirror"}))
 
 	// Argo's end of an update: weight 0 and the routes gone.

@@ -20,11 +20,15 @@ type MirrorMatch struct {
 	Headers      map[string]StringMatch
 }
 
-// mirrors is where setMirrorRoute steps go. splitter cannot mirror
-// requests yet; when its admin API can (a mirror share per service and a
-// route that selects the requests), an implementation that calls it
-// replaces noMirrors in New, and SetMirrorRoute and RemoveManagedRoutes
-// stay as they are.
+// mirrors is where setMirrorRoute steps go. splitter's runtime mirror
+// (PUT /v1/services/{name}/mirror) copies a share of all of a service's
+// requests and records no owner: it can neither select requests as
+// Argo's matches do nor be told apart from an operator's or a shadow
+// step's, so RemoveManagedRoutes could not remove only the Rollout's.
+// When it takes an owner (as the weights do), an implementation that
+// calls it replaces noMirrors in New (a match that selects every request,
+// path prefix "/", maps to it), and SetMirrorRoute and
+// RemoveManagedRoutes stay as they are.
 type mirrors interface {
 	put(ctx context.Context, a adminClient, service string, m MirrorRoute, owner string) error
 	remove(ctx context.Context, a adminClient, service, name, owner string) error
@@ -32,13 +36,14 @@ type mirrors interface {
 	removeAll(ctx context.Context, a adminClient, service, owner string) error
 }
 
-// noMirrors is mirrors until splitter has them: a mirror cannot be set,
-// and there is never one to remove.
+// noMirrors is mirrors until then: a mirror cannot be set, and there is
+// never one of the Rollout's to remove.
 type noMirrors struct{}
 
 func (noMirrors) put(_ context.Context, _ adminClient, service string, m MirrorRoute, _ string) error {
-	return fmt.Errorf("setMirrorRoute %q (service %q) is not implemented yet: splitter cannot mirror requests yet "+
-		"(traffic mirroring is planned, see docs/argo-rollouts.md); remove the setMirrorRoute step from the Rollout", m.Name, service)
+	return fmt.Errorf("setMirrorRoute %q (service %q) is not implemented yet: splitter's runtime mirror copies a share of all "+
+		"of a service's requests and records no owner, so it can neither select requests by match nor be removed by this Rollout alone "+
+		"(docs/argo-rollouts.md); remove the setMirrorRoute step from the Rollout, or set the mirror with PUT /v1/services/%s/mirror", m.Name, service, service)
 }
 
 func (noMirrors) remove(context.Context, adminClient, string, string, string) error { return nil }
