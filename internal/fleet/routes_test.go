@@ -214,3 +214,33 @@ func readFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return string(b), err
 }
+
+// A runtime route and a runtime mirror in etcd apply together on every
+// replica, and a reload that reads them again reports nothing changed.
+func TestRoutesAndMirrorsInEtcd(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	push(t, newClient(t, e.Endpoint), prefix, baseConfig)
+	a := startReplica(t, e.Endpoint, prefix, replicaOpts{node: "a"})
+	b := startReplica(t, e.Endpoint, prefix, replicaOpts{node: "b"})
+	mirror := split.Mirror{Version: "v2", Percent: 1000}
+	if _, err := a.src.SetMirror(t.Context(), "api", mirror, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.src.PutRoute(t.Context(), "api", liveRoute("canary", "x-canary", "v2", ""), "test"); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*replica{a, b} {
+		waitFor(t, 5*time.Second, "the mirror and the route", func() bool {
+			snap := r.store.Load()
+			v, _ := r.routed("x-canary")
+			return snap.Mirrors["api"] == mirror && v == "v2"
+		})
+	}
+	if got, err := a.src.Reload(t.Context()); err != nil || got != "unchanged" {
+		t.Fatalf("reload: %q %v", got, err)
+	}
+	if snap := a.store.Load(); snap.Mirrors["api"] != mirror || len(snap.Routes["api"]) != 1 {
+		t.Fatalf("after the reload: mirrors %v, routes %v", snap.Mirrors, snap.Routes)
+	}
+}

@@ -270,3 +270,42 @@ func TestApplySharedStateRoutes(t *testing.T) {
 		t.Fatalf("dropped: %v, in force %v", dropped, snap.Routes)
 	}
 }
+
+// Runtime routes and a runtime mirror live side by side: setting either
+// keeps the other in force, in the table and across a restart.
+func TestRoutesAndMirrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.json")
+	s, _ := newStore(t, store.Options{StateFile: path})
+	mustApply(t, s, withRule(nil), "a")
+	mirror := split.Mirror{Version: "v2", Percent: 1000}
+	if _, err := s.SetMirror(t.Context(), "api", mirror, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutRoute(t.Context(), "api", route("canary", "x-canary", "1", "v2", ""), "test"); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, s *store.Store) {
+		t.Helper()
+		snap := s.Load()
+		if m := store.EffectiveMirror(snap, "api"); m == nil || *m != mirror || snap.Mirrors["api"] != mirror {
+			t.Fatalf("%s: mirror in force %v, runtime mirrors %v", what, m, snap.Mirrors)
+		}
+		if v, rule := decide(t, s, "x-canary", "1"); v != "v2" || rule != "canary" || len(snap.Routes["api"]) != 1 {
+			t.Fatalf("%s: x-canary went to %s by %q, routes %v", what, v, rule, snap.Routes)
+		}
+	}
+	check("after the route", s)
+	if _, err := s.SetMirror(t.Context(), "api", mirror, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SetCanaryOwned(t.Context(), "api", 3000, "ctl", "test"); err != nil {
+		t.Fatal(err)
+	}
+	check("after the mirror and the weights again", s)
+	again, _ := newStore(t, store.Options{StateFile: path})
+	mustApply(t, again, withRule(nil), "a")
+	check("after a restart", again)
+	if again.Load().Owners["api"] != "ctl" {
+		t.Fatalf("owner after a restart: %v", again.Load().Owners)
+	}
+}
