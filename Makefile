@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build module run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout bench-assign validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
+.PHONY: help build module argo-plugin argo-test run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout bench-assign validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -21,10 +21,18 @@ build: ## Build bin/splitter
 module: ## Build bin/libsplitter.so: the splitter as an Envoy dynamic module (cgo: needs a C compiler)
 	CGO_ENABLED=1 $(GO) build -trimpath -buildmode=c-shared -ldflags "$(LDFLAGS)" -o $(BIN)/libsplitter.so ./cmd/libsplitter
 
+argo-plugin: ## Build bin/splitter-argo-rollouts: the Argo Rollouts traffic-router plugin (its own module, argo-rollouts/, at the versions Argo pins)
+	cd argo-rollouts && CGO_ENABLED=0 $(GO) build -trimpath -o ../$(BIN)/splitter-argo-rollouts .
+
+argo-test: build argo-plugin envoy etcd ## The Argo Rollouts plugin's tests (vet, unit, and through Argo's own plugin client: file mode, a 3-replica fleet, real Envoy), with -race
+	cd argo-rollouts && $(GO) vet ./... && CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+	cd argo-rollouts/e2e && SPLITTER_BIN=$(CURDIR)/$(BIN)/splitter SPLITTER_ARGO_PLUGIN=$(CURDIR)/$(BIN)/splitter-argo-rollouts \
+		CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
+
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy etcd gateway chromium lint validate istio module unit fuzz-short ## Everything CI runs: lint, the recipes, the module, unit + e2e (module mode, Envoy Gateway) + fleet + browser tests with -race, short fuzz pass
+test: envoy etcd gateway chromium lint validate istio module unit argo-test fuzz-short ## Everything CI runs: lint, the recipes, the module, unit + e2e (module mode, Envoy Gateway) + fleet + browser tests with -race, the Argo Rollouts plugin, short fuzz pass
 
 unit: ## go test -race on every package (e2e, fleet, Envoy Gateway and browser tests included: need `make envoy etcd gateway chromium`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...

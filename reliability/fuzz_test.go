@@ -28,6 +28,9 @@ func FuzzAdminMutation(f *testing.F) {
 	f.Add(http.MethodPut, "/v1/services/api/mirror", []byte(`{"version": "v2", "percent": 12.5}`))
 	f.Add(http.MethodPut, "/v1/services/api/mirror", []byte(`{"version": "v9", "percent": 1e2}`))
 	f.Add(http.MethodDelete, "/v1/services/api/mirror", []byte(nil))
+	f.Add(http.MethodPut, "/v1/services/api/canary", []byte(`{"percentage": 10, "owner": "argo-rollouts:shop/api"}`))
+	f.Add(http.MethodPut, "/v1/services/api/routes/canary-testers", []byte(`{"when": [{"header": "x-canary", "regex": "t.*"}], "version": "v2", "owner": "o"}`))
+	f.Add(http.MethodDelete, "/v1/services/api/routes/canary-testers?owner=o", []byte(nil))
 	f.Add(http.MethodPost, "/v1/assign", []byte(`{"user_id": "user-123"}`))
 	f.Add(http.MethodPost, "/v1/explain", []byte(`{"authority": "web.example.com", "headers": {"x-beta": ["true", "false"]}, "cookies": {"s": "1"}}`))
 

@@ -11,6 +11,9 @@
 //	DELETE /v1/services/{name}/override   back to the file's weights
 //	PUT    /v1/services/{name}/mirror     {"version": "v2", "percent": 10}: copy a share to a version
 //	DELETE /v1/services/{name}/mirror     back to the file's mirror (or none)
+//	DELETE /v1/services/{name}/override   back to the file's weights (and releases an owner)
+//	PUT    /v1/services/{name}/routes/{route}  a runtime route: {"when": [...], "version": "v2", "owner": "..."}
+//	DELETE /v1/services/{name}/routes/{route}  remove it (?owner=: only that owner's)
 //	GET    /v1/services/{name}/rollout    the rollout: state, step, weight, last verdict, history
 //	POST   /v1/services/{name}/rollout    {"action": "start" | "pause" | "resume" | "abort" | "promote"}
 //	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
@@ -144,6 +147,8 @@ func New(opts Options) http.Handler {
 		{pattern: "DELETE /v1/services/{name}/override", fn: a.deleteOverride, mutation: true},
 		{pattern: "PUT /v1/services/{name}/mirror", fn: a.putMirror, mutation: true, body: true},
 		{pattern: "DELETE /v1/services/{name}/mirror", fn: a.deleteMirror, mutation: true},
+		{pattern: "PUT /v1/services/{name}/routes/{route}", fn: a.putRoute, mutation: true, body: true},
+		{pattern: "DELETE /v1/services/{name}/routes/{route}", fn: a.deleteRoute, mutation: true},
 		{pattern: "GET /v1/services/{name}/rollout", fn: a.getRollout},
 		{pattern: "POST /v1/services/{name}/rollout", fn: a.postRollout, mutation: true, body: true},
 		{pattern: "POST /v1/assign", fn: a.assign, body: true},

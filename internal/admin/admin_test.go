@@ -199,6 +199,7 @@ func TestServicesView(t *testing.T) {
 			"sha256": "sha-1", "source": "config.yaml", "loaded_at": "2026-03-04T05:06:07Z",
 			"generation": 1.0, "last_reload_error": nil, "last_reload_error_at": nil,
 		},
+		"runtime_routes": []any{},
 	}
 	if diff := cmp.Diff(want, decode(t, w)); diff != "" {
 		t.Fatalf("GET /v1/services/api (-want +got):\n%s", diff)

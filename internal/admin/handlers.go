@@ -63,6 +63,9 @@ func (a *api) getService(r *http.Request, _ []byte, _ *auditEvent) (int, any, er
 
 type canaryRequest struct {
 	Percentage json.RawMessage `json:"percentage"`
+	// Owner, when set, is the controller taking the service's weights
+	// (routes.go).
+	Owner string `json:"owner"`
 }
 
 func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any, error) {
@@ -79,7 +82,13 @@ func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any,
 	if aerr != nil {
 		return 0, nil, aerr
 	}
+	if req.Owner != "" {
+		return a.putCanaryOwned(r, name, bp, req.Owner, ev)
+	}
 	if err := a.refuseOwned(name); err != nil {
+		return 0, nil, err
+	}
+	if err := a.refuseOwner(name); err != nil {
 		return 0, nil, err
 	}
 	ch, err := a.opts.Mutator.SetCanary(r.Context(), name, bp, ev.actor)
@@ -122,6 +131,9 @@ func (a *api) putWeights(r *http.Request, body []byte, ev *auditEvent) (int, any
 		return 0, nil, errorf(http.StatusBadRequest, "", "invalid JSON: %v", err)
 	}
 	if err := a.refuseOwned(name); err != nil {
+		return 0, nil, err
+	}
+	if err := a.refuseOwner(name); err != nil {
 		return 0, nil, err
 	}
 	ch, err := a.opts.Mutator.SetWeights(r.Context(), name, w, ev.actor)

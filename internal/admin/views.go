@@ -40,6 +40,12 @@ type serviceView struct {
 	Mirror         *split.Mirror `json:"mirror"`
 	FileMirror     *split.Mirror `json:"file_mirror"`
 	MirrorOverride bool          `json:"mirror_override,omitempty"`
+	// WeightsOwner is the controller that owns the override (the Argo
+	// Rollouts plugin), "" for none.
+	WeightsOwner string `json:"weights_owner,omitempty"`
+	// RuntimeRoutes are the routes added through the admin API, in
+	// evaluation order, with their owners.
+	RuntimeRoutes []store.Route `json:"runtime_routes"`
 }
 
 type experimentView struct {
@@ -92,6 +98,11 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 		v.Override, v.OverrideWeights = true, w
 	}
 	_, v.MirrorOverride = snap.Mirrors[name]
+	v.WeightsOwner = snap.Owners[name]
+	v.RuntimeRoutes = snap.Routes[name]
+	if v.RuntimeRoutes == nil {
+		v.RuntimeRoutes = []store.Route{}
+	}
 	if v.Hosts == nil {
 		v.Hosts = []string{}
 	}

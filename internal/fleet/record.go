@@ -27,6 +27,11 @@ type overrideRecord struct {
 	SetAt   time.Time     `json:"set_at"`
 	Node    string        `json:"node,omitempty"`
 	Actor   string        `json:"actor,omitempty"`
+	// Owner names the controller that set the override (the Argo
+	// Rollouts plugin), "" for none. Replicas older than this field refuse
+	// a record that has it: upgrade every replica before a controller
+	// writes.
+	Owner string `json:"owner,omitempty"`
 }
 
 // maxRecordBytes caps an override record; it holds a few weights.
@@ -54,7 +59,7 @@ func decodeOverride(data []byte) (overrideRecord, error) {
 func (r overrideRecord) encode() ([]byte, error) { return json.Marshal(r) }
 
 func (r overrideRecord) override() store.Override {
-	return store.Override{Weights: r.Weights, Against: r.Against}
+	return store.Override{Weights: r.Weights, Against: r.Against, Owner: r.Owner}
 }
 
 // ReplicaRecord is the value of replicas/<node_id>, written under the
@@ -83,5 +88,7 @@ type cacheDoc struct {
 	Config    string            `json:"config"` // the last good document
 	SHA256    string            `json:"sha256"`
 	Overrides map[string]string `json:"overrides"` // key -> raw record
+	// Routes are the runtime routes' records, key -> raw record.
+	Routes    map[string]string `json:"routes,omitempty"`
 	WrittenAt time.Time         `json:"written_at"`
 }

@@ -91,6 +91,9 @@ type Source struct {
 	// mirrorDrops are the runtime mirror records that do not apply, by
 	// service, as of their mod revision (logged once each).
 	mirrorDrops map[string]int64
+	// routesDropped: the runtime routes not in force, and the revision of
+	// their record when that was logged (routes.go).
+	routesDropped map[string]int64
 
 	// applied is closed and replaced after every apply; appliedRev is the
 	// revision then in force. Waiters read both under amu.
@@ -210,6 +213,9 @@ func (s *Source) Start(ctx context.Context) error {
 	for key, raw := range cached.Overrides {
 		s.kvs[key] = &mvccpb.KeyValue{Key: []byte(key), Value: []byte(raw)}
 	}
+	for key, raw := range cached.Routes {
+		s.kvs[key] = &mvccpb.KeyValue{Key: []byte(key), Value: []byte(raw)}
+	}
 	s.clusterID = cached.ClusterID
 	applyErr := s.applyLocked(cached.Revision, nil)
 	s.mu.Unlock()
@@ -315,19 +321,10 @@ func (s *Source) Reload(ctx context.Context) (string, error) {
 		return "error", rej.err
 	}
 	after := s.store.Load()
-	if before != nil && after != nil && before.SHA256 == after.SHA256 && store.OverridesEqual(toOverrides(before), toOverrides(after)) &&
-		maps.Equal(before.Mirrors, after.Mirrors) {
+	if before != nil && after != nil && StateSHA256(before) == StateSHA256(after) {
 		return "unchanged", nil
 	}
 	return "success", nil
-}
-
-func toOverrides(snap *store.Snapshot) map[string]store.Override {
-	out := map[string]store.Override{}
-	for k, w := range snap.Overrides {
-		out[k] = store.Override{Weights: w}
-	}
-	return out
 }
 
 // adoptGood parses and compiles raw and makes it the last good document.
@@ -387,10 +384,13 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 		at.Config = rev
 	}
 	mirrors, badMirrors := s.mirrorsLocked()
-	var droppedMirrors map[string]string
+	routes, badRoutes := s.routesLocked()
+	var droppedMirrors, droppedRoutes map[string]string
 	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
-		snap, dropped, dm, err := s.store.ApplySharedMirrors(g.cfg, g.sha, "etcd "+cfgKey, at, overrides, mirrors)
-		droppedMirrors = dm
+		snap, dropped, dm, dr, err := s.store.ApplySharedState(g.cfg, g.sha, "etcd "+cfgKey, at, overrides, mirrors, routes)
+		if err == nil {
+			droppedMirrors, droppedRoutes = dm, dr
+		}
 		return snap, dropped, err
 	}
 	var snap *store.Snapshot
@@ -449,6 +449,11 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	}
 	s.noteDropped(dropped, inForce, cfgModRev)
 	s.noteDroppedMirrors(droppedMirrors, badMirrors)
+	// ApplySharedState names a route "service/name": key them as etcd does.
+	for name, reason := range droppedRoutes {
+		badRoutes[s.keys.LiveRoutes()+name] = reason
+	}
+	s.noteRoutesDropped(badRoutes)
 	if snap == nil && s.store.Load() == nil {
 		return docErr
 	}
@@ -849,6 +854,21 @@ func StateSHA256(snap *store.Snapshot) string {
 	slices.Sort(names)
 	for _, n := range names {
 		fmt.Fprintf(h, "\n%s=%s", n, snap.Overrides[n].String())
+		if o := snap.Owners[n]; o != "" {
+			fmt.Fprintf(h, " owner=%s", o)
+		}
+	}
+	// Runtime routes decide too; a state without any hashes as before.
+	routed := make([]string, 0, len(snap.Routes))
+	for n := range snap.Routes {
+		routed = append(routed, n)
+	}
+	slices.Sort(routed)
+	for _, n := range routed {
+		for _, r := range snap.Routes[n] {
+			b, _ := json.Marshal(r)
+			fmt.Fprintf(h, "\nroute %s/%s=%s", n, r.Name, b)
+		}
 	}
 	// Runtime mirrors change what a replica decides too.
 	for _, n := range slices.Sorted(maps.Keys(snap.Mirrors)) {
@@ -897,6 +917,12 @@ func (s *Source) writeCache() error {
 		// records by key, and a start from it puts them back as they were.
 		if s.keys.service(key) != "" || s.keys.mirrorService(key) != "" {
 			doc.Overrides[key] = string(kv.Value)
+		}
+		if svc, _ := s.keys.liveRoute(key); svc != "" {
+			if doc.Routes == nil {
+				doc.Routes = map[string]string{}
+			}
+			doc.Routes[key] = string(kv.Value)
 		}
 	}
 	s.mu.Unlock()

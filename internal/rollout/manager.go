@@ -704,6 +704,11 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 	if action == Start && svc.Rollout.Shadow != nil && m.noShadow != "" {
 		return Status{}, fmt.Errorf("%w: the rollout starts with a shadow step, which %s", ErrConflict, m.noShadow)
 	}
+	if action == Start {
+		if err := checkOwner(snap, service); err != nil {
+			return Status{}, err
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	unreadable := func(err error) error {

@@ -152,7 +152,7 @@ func (s *Store) SetMirror(ctx context.Context, service string, m split.Mirror, a
 	}
 	old := EffectiveMirror(cur, service)
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: mirrors,
+		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: mirrors, Owners: cur.Owners, Routes: cur.Routes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
 	}
 	s.log.Info("runtime mirror set", "service", service, "actor", actor, "old", formatMirror(old), "new", formatMirror(&m))
@@ -192,7 +192,7 @@ func (s *Store) ClearMirror(ctx context.Context, service string, actor string) (
 		return MirrorChange{}, fmt.Errorf("service %q: %w", service, err)
 	}
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: nilIfEmpty(mirrors),
+		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: nilIfEmpty(mirrors), Owners: cur.Owners, Routes: cur.Routes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
 	}
 	s.log.Info("runtime mirror cleared", "service", service, "actor", actor, "old", formatMirror(old), "new", formatMirror(fileSvc.Mirror))
@@ -209,7 +209,7 @@ func (s *Store) persistMirrors(cur *Snapshot, mirrors map[string]split.Mirror, a
 	if s.stateFile == "" {
 		return nil
 	}
-	if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256); err != nil {
+	if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: cur.Routes}); err != nil {
 		s.mirrors, s.mirrorAgainst = prevM, prevA
 		return err
 	}
@@ -227,7 +227,8 @@ func (s *Store) ApplySharedMirrors(cfg *split.Config, sha, source string, at Rev
 	for name, m := range mirrors {
 		ms[name], against[name] = m.Mirror, m.Against
 	}
-	return s.applyShared(cfg, sha, source, at, overrides, ms, against)
+	snap, dropped, droppedMirrors, _, err = s.applyShared(cfg, sha, source, at, overrides, ms, against, nil)
+	return snap, dropped, droppedMirrors, err
 }
 
 // MirrorsEqual reports whether two sets of shared runtime mirrors are the

@@ -16,6 +16,8 @@ type Override struct {
 	// Against are the configuration's weights the override was set
 	// against; nil means unknown, and such an override never applies.
 	Against split.Weights
+	// Owner names the controller that set the override ("" for none).
+	Owner string
 }
 
 // Revisions say what a shared store's state is as of: State is the
@@ -45,27 +47,45 @@ func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int6
 // their round-robin position). An error means the configuration itself is
 // invalid: nothing changes.
 func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
-	snap, dropped, _, err = s.applyShared(cfg, sha, source, at, overrides, nil, nil)
+	snap, dropped, _, _, err = s.applyShared(cfg, sha, source, at, overrides, nil, nil, nil)
 	return snap, dropped, err
 }
 
-// applyShared is ApplySharedAt with runtime mirrors (ApplySharedMirrors).
+// ApplySharedState is ApplySharedAt with the runtime mirrors and the
+// runtime routes of the shared store in force too. A mirror applies as
+// ApplySharedMirrors says; a route (service -> its routes, in any order)
+// that does not fit the configuration (its service or version gone, its
+// name taken by a rule, it does not compile) is left out and returned in
+// droppedRoutes ("service/name" -> reason): the configuration is never
+// refused because of one.
+func (s *Store) ApplySharedState(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
+	mirrors map[string]MirrorOverride, routes map[string][]Route) (snap *Snapshot, dropped, droppedMirrors, droppedRoutes map[string]string, err error) {
+	ms := make(map[string]split.Mirror, len(mirrors))
+	against := make(map[string]*split.Mirror, len(mirrors))
+	for name, m := range mirrors {
+		ms[name], against[name] = m.Mirror, m.Against
+	}
+	return s.applyShared(cfg, sha, source, at, overrides, ms, against, routes)
+}
+
+// applyShared is ApplySharedAt with runtime mirrors and routes.
 func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
-	mirrors map[string]split.Mirror, mirrorAgainst map[string]*split.Mirror) (snap *Snapshot, dropped, droppedMirrors map[string]string, err error) {
+	mirrors map[string]split.Mirror, mirrorAgainst map[string]*split.Mirror, routes map[string][]Route) (snap *Snapshot, dropped, droppedMirrors, droppedRoutes map[string]string, err error) {
 	if cfg == nil {
-		return nil, nil, nil, errors.New("apply: nil configuration")
+		return nil, nil, nil, nil, errors.New("apply: nil configuration")
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.check != nil {
 		if err := s.check(cfg); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 	}
 	cfg = cfg.Clone()
 	effective := cfg.Clone()
 	kept := map[string]split.Weights{}
 	against := map[string]split.Weights{}
+	owners := map[string]string{}
 	dropped = map[string]string{}
 	for _, name := range sortedKeys(overrides) {
 		o := overrides[name]
@@ -93,6 +113,9 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 		against[name] = effective.Services[i].Weights
 		effective.Services[i].Weights = w
 		kept[name] = w
+		if o.Owner != "" {
+			owners[name] = o.Owner
+		}
 	}
 	mj := judgeMirrors(effective, mirrors, mirrorAgainst, false)
 	old := s.cur.Load()
@@ -100,9 +123,15 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	if old != nil {
 		prev = old.Table
 	}
-	table, err := split.CompileNext(prev, effective)
+	sorted := map[string][]Route{}
+	for service, rs := range routes {
+		for _, r := range rs {
+			sorted = addRoute(sorted, service, r)
+		}
+	}
+	table, keptRoutes, droppedRoutes, err := compileWithRoutes(prev, effective, sorted)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	loadedAt := s.now()
 	if old != nil && old.SHA256 == sha && old.Source == source {
@@ -112,6 +141,8 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 		Table:          table,
 		File:           cfg,
 		Overrides:      nilIfEmpty(kept),
+		Owners:         nilIfEmpty(owners),
+		Routes:         keptRoutes,
 		SHA256:         sha,
 		Source:         source,
 		LoadedAt:       loadedAt,
@@ -131,14 +162,17 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	if len(mj.drops) > 0 {
 		droppedMirrors = mj.drops
 	}
-	return snap, dropped, droppedMirrors, nil
+	if len(droppedRoutes) == 0 {
+		droppedRoutes = nil
+	}
+	return snap, dropped, droppedMirrors, droppedRoutes, nil
 }
 
 // OverridesEqual reports whether two override sets are the same (service,
 // weights and the weights they were set against).
 func OverridesEqual(a, b map[string]Override) bool {
 	return maps.EqualFunc(a, b, func(x, y Override) bool {
-		return x.Weights.Equal(y.Weights) && x.Against.Equal(y.Against)
+		return x.Weights.Equal(y.Weights) && x.Against.Equal(y.Against) && x.Owner == y.Owner
 	})
 }
 

@@ -22,16 +22,22 @@ const maxStateBytes = 1 << 20
 //	{"file_sha256": "...",
 //	 "overrides":    {"api": {"v1": 50, "v2": 50}},
 //	 "file_weights": {"api": {"v1": 80, "v2": 20}},
+//	 "owners":       {"api": "argo-rollouts:default/api"},
+//	 "routes":       {"api": [{"name": "canary-testers", "when": [...], "version": "v2", "owner": "..."}]},
 //	 "rollouts":     {"api": {...}}}
 //
 // file_weights are the file's weights for each overridden service when the
 // override was set; they decide whether the override survives the file it
-// meets at the next start. rollouts are the rollout states, kept here for
-// package rollout and opaque to the store (SaveRollout).
+// meets at the next start. owners name the controller that set an
+// override, and go with it. routes are the runtime routes, kept while they
+// fit the file. rollouts are the rollout states, kept here for package
+// rollout and opaque to the store (SaveRollout).
 type stateDoc struct {
 	FileSHA256  string                     `json:"file_sha256"`
 	Overrides   map[string]json.RawMessage `json:"overrides"`
 	FileWeights map[string]json.RawMessage `json:"file_weights,omitempty"`
+	Owners      map[string]string          `json:"owners,omitempty"`
+	Routes      map[string][]Route         `json:"routes,omitempty"`
 	Rollouts    map[string]json.RawMessage `json:"rollouts,omitempty"`
 	// Mirrors are the runtime mirrors, FileMirrors the file's mirror of
 	// each of their services when it was set (null: none).
@@ -44,6 +50,7 @@ type state struct {
 	fileSHA     string
 	overrides   map[string]split.Weights
 	fileWeights map[string]split.Weights
+	runtime     runtimeState
 	rollouts    map[string]json.RawMessage
 	mirrors     map[string]split.Mirror
 	fileMirrors map[string]*split.Mirror
@@ -96,6 +103,28 @@ func decodeState(data []byte) (*state, error) {
 			return nil, fmt.Errorf("mirrors.%s: needs a version and a percent from 0 to 100", name)
 		}
 	}
+	for _, name := range sortedKeys(doc.Owners) {
+		if _, ok := doc.Overrides[name]; !ok {
+			return nil, fmt.Errorf("owners.%s: the service has no override", name)
+		}
+		if err := CheckOwner(doc.Owners[name]); err != nil {
+			return nil, fmt.Errorf("owners.%s: %w", name, err)
+		}
+	}
+	st.runtime.owners = nilIfEmpty(doc.Owners)
+	for _, name := range sortedKeys(doc.Routes) {
+		for i, r := range doc.Routes[name] {
+			if err := CheckRouteName(r.Name); err != nil {
+				return nil, fmt.Errorf("routes.%s[%d]: %w", name, i, err)
+			}
+			if r.Owner != "" {
+				if err := CheckOwner(r.Owner); err != nil {
+					return nil, fmt.Errorf("routes.%s[%d]: %w", name, i, err)
+				}
+			}
+			st.runtime.routes = addRoute(st.runtime.routes, name, r)
+		}
+	}
 	for _, name := range sortedKeys(doc.Overrides) {
 		w, err := split.ParseWeightsJSON(doc.Overrides[name])
 		if err != nil {
@@ -113,12 +142,14 @@ func decodeState(data []byte) (*state, error) {
 	return st, nil
 }
 
-func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[string]json.RawMessage, sha string,
+func encodeState(overrides, fileWeights map[string]split.Weights, rt runtimeState, rollouts map[string]json.RawMessage, sha string,
 	mirrors map[string]split.Mirror, fileMirrors map[string]*split.Mirror) ([]byte, error) {
 	doc := stateDoc{
 		FileSHA256:  sha,
 		Overrides:   make(map[string]json.RawMessage, len(overrides)),
 		FileWeights: make(map[string]json.RawMessage, len(fileWeights)),
+		Owners:      rt.owners,
+		Routes:      rt.routes,
 		Rollouts:    rollouts,
 		Mirrors:     nilIfEmpty(mirrors),
 	}
@@ -154,8 +185,8 @@ func encodeState(overrides, fileWeights map[string]split.Weights, rollouts map[s
 // either the old or the new file, never a torn one. The rollout states in
 // force go with every write, and so do the runtime mirrors in force
 // (s.mirrors); s.mu is held.
-func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha string) error {
-	data, err := encodeState(overrides, fileWeights, s.rollouts, sha, s.mirrors, s.mirrorAgainst)
+func (s *Store) writeState(overrides, fileWeights map[string]split.Weights, sha string, rt runtimeState) error {
+	data, err := encodeState(overrides, fileWeights, rt, s.rollouts, sha, s.mirrors, s.mirrorAgainst)
 	if err != nil {
 		return fmt.Errorf("state file %s: %w", s.stateFile, err)
 	}

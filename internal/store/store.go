@@ -53,6 +53,13 @@ type Snapshot struct {
 	// Mirrors are the mirrors set at runtime (SetMirror), service -> the
 	// mirror in force in place of the file's (nil: none).
 	Mirrors map[string]split.Mirror
+	// Owners names, per overridden service, the controller that set its
+	// override (SetCanaryOwned: the Argo Rollouts plugin); the owner goes
+	// with the override. nil: none.
+	Owners map[string]string
+	// Routes are the runtime routes per service, sorted by name (nil:
+	// none); Table evaluates them ahead of the service's own rules.
+	Routes map[string][]Route
 }
 
 // FileService returns the service as written in the file, before
@@ -183,12 +190,12 @@ func (s *Store) SaveRollout(service string, doc json.RawMessage) error {
 		var err error
 		switch cur := s.cur.Load(); {
 		case cur != nil:
-			err = s.writeState(cur.Overrides, s.fileWeights, cur.SHA256)
+			err = s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: cur.Routes})
 		case s.pending != nil:
 			// Before the first load: keep the overrides still to be judged.
-			err = s.writeState(s.pending.overrides, s.pending.fileWeights, s.pending.fileSHA)
+			err = s.writeState(s.pending.overrides, s.pending.fileWeights, s.pending.fileSHA, s.pending.runtime)
 		default:
-			err = s.writeState(nil, nil, "")
+			err = s.writeState(nil, nil, "", runtimeState{})
 		}
 		if err != nil {
 			s.rollouts = prev
@@ -251,13 +258,17 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	candidates := map[string]split.Weights{}
 	against := map[string]split.Weights{}
 	persistedSHA := ""
+	var owners map[string]string
+	var routes map[string][]Route
 	if old != nil {
 		maps.Copy(candidates, old.Overrides)
 		maps.Copy(against, s.fileWeights)
+		owners, routes = old.Owners, old.Routes
 	} else if s.pending != nil {
 		maps.Copy(candidates, s.pending.overrides)
 		maps.Copy(against, s.pending.fileWeights)
 		persistedSHA = s.pending.fileSHA
+		owners, routes = s.pending.runtime.owners, s.pending.runtime.routes
 	}
 
 	// The effective configuration is the file's with every surviving
@@ -304,13 +315,24 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	if old != nil {
 		prev = old.Table
 	}
-	table, err := split.CompileNext(prev, effective)
+	// Runtime routes survive while they fit the new file; the file is
+	// never refused because of one.
+	table, keptRoutes, routeDrops, err := compileWithRoutes(prev, effective, routes)
 	if err != nil {
 		return nil, err
 	}
 	s.mirrors, s.mirrorAgainst = mj.kept, mj.against
 	mj.log(s.log, source)
-	dropped := len(drops) + len(mj.drops)
+	keptOwners := map[string]string{}
+	for name := range kept {
+		if o := owners[name]; o != "" {
+			keptOwners[name] = o
+		}
+	}
+	for _, key := range sortedKeys(routeDrops) {
+		s.log.Warn("runtime route cleared by the configuration file", "route", key, "reason", routeDrops[key], "source", source)
+	}
+	dropped := len(drops) + len(mj.drops) + len(routeDrops)
 	for _, d := range drops {
 		fileW := split.Weights(nil)
 		if svc, ok := findService(cfg, d.name); ok {
@@ -321,11 +343,12 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 			"reason", d.reason, "source", source)
 	}
 
-	if s.stateFile != "" && (dropped > 0 || len(kept) > 0 || len(mj.kept) > 0) {
+	rt := runtimeState{owners: nilIfEmpty(keptOwners), routes: keptRoutes}
+	if s.stateFile != "" && (dropped > 0 || len(kept) > 0 || len(mj.kept) > 0 || len(keptRoutes) > 0) {
 		// The file config applies even if the state cannot be written: a
 		// dropped override left in the file is dropped again at the next
 		// start by the same rule.
-		if err := s.writeState(kept, keptAgainst, sha); err != nil {
+		if err := s.writeState(kept, keptAgainst, sha, rt); err != nil {
 			s.log.Error("cannot update the state file", "path", s.stateFile, "error", err)
 		}
 	}
@@ -334,6 +357,8 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 		Table:     table,
 		File:      cfg,
 		Overrides: nilIfEmpty(kept),
+		Owners:    rt.owners,
+		Routes:    rt.routes,
 		SHA256:    sha,
 		Source:    source,
 		LoadedAt:  s.now(),
@@ -385,7 +410,7 @@ type Change struct {
 func (s *Store) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (Change, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.setLocked(ctx, service, w, actor)
+	return s.setLocked(ctx, service, w, actor, "")
 }
 
 // SetCanary gives the canary (non-stable) version of a two-version service
@@ -402,7 +427,7 @@ func (s *Store) SetCanary(ctx context.Context, service string, basisPoints int, 
 	if err != nil {
 		return Change{}, fmt.Errorf("service %q: %w", service, err)
 	}
-	return s.setLocked(ctx, service, w, actor)
+	return s.setLocked(ctx, service, w, actor, "")
 }
 
 // ClearOverride removes service's override, restoring the file's weights.
@@ -434,24 +459,27 @@ func (s *Store) ClearOverride(ctx context.Context, service string, actor string)
 	delete(overrides, service)
 	against := maps.Clone(s.fileWeights)
 	delete(against, service)
+	// Clearing the override releases its owner.
+	rt := runtimeState{owners: withOwner(cur.Owners, service, ""), routes: cur.Routes}
 	if s.stateFile != "" {
-		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
+		if err := s.writeState(overrides, against, cur.SHA256, rt); err != nil {
 			return Change{}, fmt.Errorf("service %q: %w", service, err)
 		}
 	}
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides),
+		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides), Owners: rt.owners, Routes: rt.routes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against
 	s.log.Info("runtime override cleared", "service", service, "actor", actor,
-		"old", formatWeights(old), "new", formatWeights(fileSvc.Weights))
+		"old", formatWeights(old), "new", formatWeights(fileSvc.Weights), "released_owner", cur.Owners[service])
 	s.publish(cur, snap)
 	return Change{Service: service, Old: old, New: fileSvc.Weights, Snapshot: snap}, nil
 }
 
-// setLocked applies an override; s.mu is held.
-func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, actor string) (Change, error) {
+// setLocked applies an override set on behalf of owner ("" for none);
+// s.mu is held.
+func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, actor, owner string) (Change, error) {
 	cur := s.cur.Load()
 	if cur == nil {
 		return Change{}, ErrNoConfig
@@ -480,19 +508,20 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	overrides[service] = w
 	against := maps.Clone(s.fileWeights)
 	against[service] = fileSvc.Weights
+	rt := runtimeState{owners: withOwner(cur.Owners, service, owner), routes: cur.Routes}
 	if s.stateFile != "" {
-		if err := s.writeState(overrides, against, cur.SHA256); err != nil {
+		if err := s.writeState(overrides, against, cur.SHA256, rt); err != nil {
 			return Change{}, fmt.Errorf("service %q: %w", service, err)
 		}
 	}
 	old := effectiveWeights(cur, service)
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: overrides,
+		Table: table, File: cur.File, Overrides: overrides, Owners: rt.owners, Routes: rt.routes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against
 	s.log.Info("runtime override set", "service", service, "actor", actor,
-		"old", formatWeights(old), "new", formatWeights(w))
+		"old", formatWeights(old), "new", formatWeights(w), "owner", owner)
 	s.publish(cur, snap)
 	return Change{Service: service, Old: old, New: w, Snapshot: snap}, nil
 }

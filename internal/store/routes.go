@@ -1,0 +1,561 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/trafficsplit/splitter/split"
+)
+
+// MaxRoutes bounds the runtime routes of one service.
+const MaxRoutes = 100
+
+// MaxOwnerLen bounds an owner's name: room for "argo-rollouts:" and a
+// Kubernetes namespace and object name.
+const MaxOwnerLen = 512
+
+// Route is a named rule added at runtime (PUT
+// /v1/services/{name}/routes/{route}): requests for which every condition
+// holds go to Version. A service's routes are evaluated before the rules
+// of its configuration, in the order of their names, and are compiled into
+// the snapshot's table like the file's own rules.
+type Route struct {
+	Name    string            `json:"name"`
+	When    []split.Condition `json:"when"`
+	Version string            `json:"version"`
+	// Owner names the controller that made the route (the Argo Rollouts
+	// plugin); "" for an operator's.
+	Owner string `json:"owner,omitempty"`
+}
+
+// Clone returns a copy of r that shares nothing with it.
+func (r Route) Clone() Route {
+	svc := split.Service{Rules: []split.Rule{{When: r.When}}}.Clone()
+	r.When = svc.Rules[0].When
+	return r
+}
+
+// Equal reports whether r and o are the same route (name, conditions,
+// version and owner).
+func (r Route) Equal(o Route) bool {
+	a, errA := json.Marshal(r)
+	b, errB := json.Marshal(o)
+	return errA == nil && errB == nil && bytes.Equal(a, b)
+}
+
+// String describes r for logs and the audit: `x-canary exact "1" -> v2`.
+func (r Route) String() string {
+	var b strings.Builder
+	for i, c := range r.When {
+		if i > 0 {
+			b.WriteString(" and ")
+		}
+		switch {
+		case c.Header != "":
+			b.WriteString("header " + c.Header)
+		case c.Cookie != "":
+			b.WriteString("cookie " + c.Cookie)
+		case c.Query != "":
+			b.WriteString("query " + c.Query)
+		}
+		for _, op := range []struct {
+			name string
+			val  *string
+		}{{"exact", c.Exact}, {"prefix", c.Prefix}, {"suffix", c.Suffix}, {"contains", c.Contains}, {"regex", c.Regex}} {
+			if op.val != nil {
+				b.WriteString(" " + op.name + " " + strconv.Quote(*op.val))
+			}
+		}
+		if c.Present {
+			b.WriteString(" present")
+		}
+		if c.Absent {
+			b.WriteString(" absent")
+		}
+	}
+	b.WriteString(" -> " + r.Version)
+	if r.Owner != "" {
+		b.WriteString(" (owner " + r.Owner + ")")
+	}
+	return b.String()
+}
+
+// OwnerError says that a service's weights, or one of its routes, belong
+// to another owner than the call named.
+type OwnerError struct {
+	Service string
+	What    string // "weights", or `route "name"`
+	Owner   string // who holds it; "" for an operator
+	Want    string // the owner the call named; "" for none
+}
+
+func (e *OwnerError) Error() string {
+	holder := "an operator (no owner)"
+	if e.Owner != "" {
+		holder = strconv.Quote(e.Owner)
+	}
+	if e.Want == "" {
+		return fmt.Sprintf("service %q: the %s belong to %s", e.Service, e.What, holder)
+	}
+	return fmt.Sprintf("service %q: the %s belong to %s, not %q", e.Service, e.What, holder, e.Want)
+}
+
+// Errors of the route mutations; the admin API answers 409 for them.
+var (
+	// ErrRuleName: the route's name is a rule of the configuration.
+	ErrRuleName = errors.New("a rule of the configuration has this name")
+	// ErrRouteLimit: the service has MaxRoutes routes already.
+	ErrRouteLimit = errors.New("too many runtime routes")
+)
+
+// CheckOwner accepts an owner name: 1 to MaxOwnerLen printable ASCII
+// characters without spaces, such as "argo-rollouts:default/api".
+func CheckOwner(owner string) error {
+	switch {
+	case owner == "":
+		return &split.FieldError{Path: "owner", Reason: "is empty"}
+	case len(owner) > MaxOwnerLen:
+		return &split.FieldError{Path: "owner", Reason: fmt.Sprintf("is longer than %d characters", MaxOwnerLen)}
+	}
+	for i := 0; i < len(owner); i++ {
+		if c := owner[i]; c <= ' ' || c >= 0x7f {
+			return &split.FieldError{Path: "owner", Reason: fmt.Sprintf("%q may only contain printable ASCII characters without spaces", owner)}
+		}
+	}
+	return nil
+}
+
+// CheckRouteName accepts a route's name: what a service or version name
+// may be (HTTP token characters, at most split.MaxNameLen), since it is a
+// path segment of the admin API and of an etcd key.
+func CheckRouteName(name string) error {
+	switch {
+	case name == "":
+		return &split.FieldError{Path: "name", Reason: "route name is empty"}
+	case len(name) > split.MaxNameLen:
+		return &split.FieldError{Path: "name", Reason: fmt.Sprintf("route name is longer than %d characters", split.MaxNameLen)}
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return &split.FieldError{Path: "name", Reason: fmt.Sprintf("route name %q may only contain letters, digits and !#$%%&'*+-.^_`|~", name)}
+		}
+	}
+	return nil
+}
+
+// CheckRoute validates r as one of service's routes in cfg (the
+// configuration the routes apply to), beside others (the service's other
+// routes). Errors wrap split.ErrUnknownService, ErrRuleName or
+// ErrRouteLimit, or are *split.FieldError with paths relative to the
+// route ("when[0].regex", "version").
+func CheckRoute(cfg *split.Config, service string, others []Route, r Route) error {
+	if err := CheckRouteName(r.Name); err != nil {
+		return err
+	}
+	if r.Owner != "" {
+		if err := CheckOwner(r.Owner); err != nil {
+			return err
+		}
+	}
+	i := serviceIndex(cfg, service)
+	if i < 0 {
+		return fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+	}
+	if at := ruleIndex(cfg.Services[i].Rules, r.Name); at >= 0 {
+		return fmt.Errorf("service %q: route %q: %w (services[%d].rules[%d]); choose another name", service, r.Name, ErrRuleName, i, at)
+	}
+	routes := withRoute(others, r)
+	if len(routes) > MaxRoutes {
+		return fmt.Errorf("service %q: %w (at most %d)", service, ErrRouteLimit, MaxRoutes)
+	}
+	if len(r.When) == 0 {
+		return &split.FieldError{Path: "when", Reason: "no conditions: a route needs at least one"}
+	}
+	_, err := split.Compile(composeRoutes(cfg, map[string][]Route{service: routes}))
+	if err == nil {
+		return nil
+	}
+	prefix := fmt.Sprintf("services[%d].rules[%d]", i, slices.IndexFunc(routes, func(x Route) bool { return x.Name == r.Name }))
+	errs := split.FieldErrors(err)
+	if len(errs) == 0 {
+		return err
+	}
+	out := make([]error, 0, len(errs))
+	for _, fe := range errs {
+		rel := *fe
+		if p, ok := strings.CutPrefix(fe.Path, prefix); ok && (p == "" || p[0] == '.') {
+			rel.Path = strings.TrimPrefix(p, ".")
+		}
+		out = append(out, &rel)
+	}
+	return errors.Join(out...)
+}
+
+// ruleIndex is the index of the rule named name, or -1.
+func ruleIndex(rules []split.Rule, name string) int {
+	return slices.IndexFunc(rules, func(x split.Rule) bool { return x.Name == name })
+}
+
+// withRoute returns routes (sorted by name) with r in place of the route
+// of its name, or added, still sorted; routes is not modified.
+func withRoute(routes []Route, r Route) []Route {
+	out := make([]Route, 0, len(routes)+1)
+	for _, x := range routes {
+		if x.Name != r.Name {
+			out = append(out, x)
+		}
+	}
+	out = append(out, r)
+	slices.SortFunc(out, func(a, b Route) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// withoutRoute returns routes without the one named name.
+func withoutRoute(routes []Route, name string) []Route {
+	return slices.DeleteFunc(slices.Clone(routes), func(x Route) bool { return x.Name == name })
+}
+
+func findRoute(routes []Route, name string) (Route, bool) {
+	if i := slices.IndexFunc(routes, func(x Route) bool { return x.Name == name }); i >= 0 {
+		return routes[i], true
+	}
+	return Route{}, false
+}
+
+// composeRoutes returns a copy of cfg with each service's routes ahead of
+// its own rules. The configuration's unnamed rules are named after their
+// place in it ("rules[1]"), as Compile would, so that routes ahead of
+// them do not renumber them.
+func composeRoutes(cfg *split.Config, routes map[string][]Route) *split.Config {
+	out := cfg.Clone()
+	for i := range out.Services {
+		svc := &out.Services[i]
+		rs := routes[svc.Name]
+		if len(rs) == 0 {
+			continue
+		}
+		rules := make([]split.Rule, 0, len(rs)+len(svc.Rules))
+		for _, r := range rs {
+			r = r.Clone()
+			rules = append(rules, split.Rule{Name: r.Name, When: r.When, Version: r.Version})
+		}
+		for j, r := range svc.Rules {
+			if r.Name == "" {
+				r.Name = "rules[" + strconv.Itoa(j) + "]"
+			}
+			rules = append(rules, r)
+		}
+		svc.Rules = rules
+	}
+	return out
+}
+
+// fitRoutes returns the routes that still fit cfg, and why each other one
+// does not ("service/name" -> reason): its service is gone, its version is
+// not declared, a rule of cfg took its name, or the service has too many
+// rules with them.
+func fitRoutes(cfg *split.Config, routes map[string][]Route) (kept map[string][]Route, dropped map[string]string) {
+	kept, dropped = map[string][]Route{}, map[string]string{}
+	for _, service := range sortedKeys(routes) {
+		i := serviceIndex(cfg, service)
+		for _, r := range routes[service] {
+			reason := ""
+			switch {
+			case i < 0:
+				reason = "service not in the configuration"
+			case !hasVersion(cfg.Services[i].Weights, r.Version):
+				reason = fmt.Sprintf("version %q not declared by the configuration", r.Version)
+			case ruleIndex(cfg.Services[i].Rules, r.Name) >= 0:
+				reason = "a rule of the configuration has the same name"
+			case len(kept[service]) >= MaxRoutes || len(kept[service])+len(cfg.Services[i].Rules) >= split.MaxRules:
+				reason = "too many rules with it"
+			}
+			if reason != "" {
+				dropped[service+"/"+r.Name] = reason
+				continue
+			}
+			kept[service] = append(kept[service], r)
+		}
+	}
+	return nilIfNoRoutes(kept), dropped
+}
+
+func hasVersion(w split.Weights, version string) bool {
+	_, ok := w.Get(version)
+	return ok
+}
+
+func nilIfNoRoutes(m map[string][]Route) map[string][]Route {
+	for k, v := range m {
+		if len(v) == 0 {
+			delete(m, k)
+		}
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// stripRoutes takes the runtime routes (which lead each service's rules)
+// out of cfg, a table's configuration, in place.
+func stripRoutes(cfg *split.Config, routes map[string][]Route) (*split.Config, error) {
+	for i := range cfg.Services {
+		svc := &cfg.Services[i]
+		rs := routes[svc.Name]
+		if len(rs) > len(svc.Rules) {
+			return nil, fmt.Errorf("service %q: %d runtime routes but %d rules in force", svc.Name, len(rs), len(svc.Rules))
+		}
+		for j, r := range rs {
+			if svc.Rules[j].Name != r.Name {
+				return nil, fmt.Errorf("service %q: rule %d in force is %q, not the route %q", svc.Name, j, svc.Rules[j].Name, r.Name)
+			}
+		}
+		svc.Rules = svc.Rules[len(rs):]
+	}
+	return cfg, nil
+}
+
+// compileWithRoutes compiles cfg with the routes that fit it ahead of its
+// rules. It never fails because of a route: when the whole does not
+// compile but cfg alone does, every route is left out, with the error as
+// the reason. An error is cfg's own, with cfg's paths.
+func compileWithRoutes(prev *split.Table, cfg *split.Config, routes map[string][]Route) (*split.Table, map[string][]Route, map[string]string, error) {
+	kept, dropped := fitRoutes(cfg, routes)
+	if len(kept) == 0 {
+		t, err := split.CompileNext(prev, cfg)
+		return t, nil, dropped, err
+	}
+	t, err := split.CompileNext(prev, composeRoutes(cfg, kept))
+	if err == nil {
+		return t, kept, dropped, nil
+	}
+	if _, plainErr := split.Compile(cfg); plainErr != nil {
+		return nil, nil, nil, plainErr
+	}
+	// The routes are at fault (only a record written around the admin
+	// API can be): leave out the ones an error names, and try once more.
+	culprits := map[string]string{}
+	for _, fe := range split.FieldErrors(err) {
+		var i, k int
+		if n, _ := fmt.Sscanf(fe.Path, "services[%d].rules[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
+			if rs := kept[cfg.Services[i].Name]; k < len(rs) {
+				key := cfg.Services[i].Name + "/" + rs[k].Name
+				culprits[key] = strings.TrimSpace(culprits[key] + " " + fe.Error())
+			}
+		}
+	}
+	if len(culprits) > 0 {
+		rest := map[string][]Route{}
+		for service, rs := range kept {
+			for _, r := range rs {
+				if reason, bad := culprits[service+"/"+r.Name]; bad {
+					dropped[service+"/"+r.Name] = "does not compile: " + reason
+					continue
+				}
+				rest[service] = append(rest[service], r)
+			}
+		}
+		kept = nilIfNoRoutes(rest)
+		if t, err = split.CompileNext(prev, composeRoutes(cfg, kept)); err == nil {
+			return t, kept, dropped, nil
+		}
+	}
+	for service, rs := range kept {
+		for _, r := range rs {
+			dropped[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
+		}
+	}
+	t, err = split.CompileNext(prev, cfg)
+	return t, nil, dropped, err
+}
+
+// RouteChange is what a route mutation did: the route before and after
+// (nil: absent) and the snapshot in force after it.
+type RouteChange struct {
+	Service  string
+	Old, New *Route
+	Snapshot *Snapshot
+	// Revision is the etcd revision that committed the change (fleet
+	// mode); 0 otherwise.
+	Revision int64
+}
+
+// PutRoute adds or replaces service's route r.Name. A route that exists
+// with another owner (or with one, when r has none) is not replaced:
+// *OwnerError. Putting the route in force again changes nothing. Other
+// errors: see CheckRoute, and ErrNoConfig.
+func (s *Store) PutRoute(ctx context.Context, service string, r Route, actor string) (RouteChange, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if cur == nil {
+		return RouteChange{}, ErrNoConfig
+	}
+	r = r.Clone()
+	old, had := findRoute(cur.Routes[service], r.Name)
+	if had && old.Owner != r.Owner {
+		return RouteChange{}, &OwnerError{Service: service, What: fmt.Sprintf("route %q", r.Name), Owner: old.Owner, Want: r.Owner}
+	}
+	if had && old.Equal(r) {
+		return RouteChange{Service: service, Old: &old, New: &old, Snapshot: cur}, nil
+	}
+	if err := CheckRoute(cur.File, service, withoutRoute(cur.Routes[service], r.Name), r); err != nil {
+		return RouteChange{}, err
+	}
+	routes := maps.Clone(cur.Routes)
+	if routes == nil {
+		routes = map[string][]Route{}
+	}
+	routes[service] = withRoute(cur.Routes[service], r)
+	snap, err := s.withRoutesLocked(ctx, cur, routes)
+	if err != nil {
+		return RouteChange{}, fmt.Errorf("service %q: route %q: %w", service, r.Name, err)
+	}
+	ch := RouteChange{Service: service, New: &r, Snapshot: snap}
+	if had {
+		ch.Old = &old
+	}
+	s.log.Info("runtime route set", "service", service, "route", r.Name, "actor", actor, "old", describe(ch.Old), "new", r.String())
+	return ch, nil
+}
+
+// DeleteRoute removes service's route name. With owner set, only a route
+// of that owner is removed (*OwnerError otherwise), so a controller never
+// removes what it did not make; "" removes any. Removing a route that does
+// not exist changes nothing. Errors wrap split.ErrUnknownService for a
+// service that neither exists nor has the route, or ErrNoConfig.
+func (s *Store) DeleteRoute(ctx context.Context, service, name, owner, actor string) (RouteChange, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if cur == nil {
+		return RouteChange{}, ErrNoConfig
+	}
+	old, had := findRoute(cur.Routes[service], name)
+	if !had {
+		if _, ok := cur.FileService(service); !ok {
+			return RouteChange{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
+		}
+		return RouteChange{Service: service, Snapshot: cur}, nil
+	}
+	if owner != "" && old.Owner != owner {
+		return RouteChange{}, &OwnerError{Service: service, What: fmt.Sprintf("route %q", name), Owner: old.Owner, Want: owner}
+	}
+	routes := maps.Clone(cur.Routes)
+	routes[service] = withoutRoute(cur.Routes[service], name)
+	snap, err := s.withRoutesLocked(ctx, cur, nilIfNoRoutes(routes))
+	if err != nil {
+		return RouteChange{}, fmt.Errorf("service %q: route %q: %w", service, name, err)
+	}
+	s.log.Info("runtime route removed", "service", service, "route", name, "actor", actor, "old", old.String())
+	return RouteChange{Service: service, Old: &old, Snapshot: snap}, nil
+}
+
+// withRoutesLocked compiles and publishes cur with routes in force
+// (persisted first with a state file); s.mu is held.
+func (s *Store) withRoutesLocked(ctx context.Context, cur *Snapshot, routes map[string][]Route) (*Snapshot, error) {
+	// The table's own configuration holds everything in force (overrides,
+	// mirrors, the routes): take the routes out and put the new ones in.
+	base, err := stripRoutes(cur.Table.Config(), cur.Routes)
+	if err != nil {
+		return nil, err
+	}
+	table, err := split.CompileNext(cur.Table, composeRoutes(base, routes))
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.stateFile != "" {
+		if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: routes}); err != nil {
+			return nil, err
+		}
+	}
+	snap := &Snapshot{
+		Table: table, File: cur.File, Overrides: cur.Overrides, Owners: cur.Owners, Routes: routes, Mirrors: cur.Mirrors,
+		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
+	}
+	s.publish(cur, snap)
+	return snap, nil
+}
+
+// SetCanaryOwned is SetCanary on behalf of owner (a controller such as
+// the Argo Rollouts plugin): the override records the owner, and while it
+// holds, only that owner sets the weights this way (*OwnerError for
+// another). Weights without an owner (an operator's override, or none) are
+// taken over. Setting the weights and owner in force again changes
+// nothing.
+func (s *Store) SetCanaryOwned(ctx context.Context, service string, basisPoints int, owner, actor string) (Change, error) {
+	if err := CheckOwner(owner); err != nil {
+		return Change{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.cur.Load()
+	if cur == nil {
+		return Change{}, ErrNoConfig
+	}
+	if held := cur.Owners[service]; held != "" && held != owner {
+		return Change{}, &OwnerError{Service: service, What: "weights", Owner: held, Want: owner}
+	}
+	w, err := cur.Table.CanaryWeights(service, basisPoints)
+	if err != nil {
+		return Change{}, fmt.Errorf("service %q: %w", service, err)
+	}
+	if ow, ok := cur.Overrides[service]; ok && cur.Owners[service] == owner && sameWeights(ow, w) {
+		return Change{Service: service, Old: ow, New: ow, Snapshot: cur}, nil
+	}
+	return s.setLocked(ctx, service, w, actor, owner)
+}
+
+// runtimeState is what a state file keeps besides the overrides: who owns
+// them, and the runtime routes.
+type runtimeState struct {
+	owners map[string]string
+	routes map[string][]Route
+}
+
+// withOwner returns owners with service's owner set to owner ("" removes
+// it); owners is not modified.
+func withOwner(owners map[string]string, service, owner string) map[string]string {
+	out := maps.Clone(owners)
+	if out == nil {
+		out = map[string]string{}
+	}
+	if owner == "" {
+		delete(out, service)
+	} else {
+		out[service] = owner
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+func describe(r *Route) string {
+	if r == nil {
+		return "none"
+	}
+	return r.String()
+}
+
+// addRoute returns routes with r added to service's (sorted by name); a
+// route of the same name is replaced.
+func addRoute(routes map[string][]Route, service string, r Route) map[string][]Route {
+	if routes == nil {
+		routes = map[string][]Route{}
+	}
+	routes[service] = withRoute(routes[service], r)
+	return routes
+}
