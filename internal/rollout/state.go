@@ -16,18 +16,14 @@ const (
 	Idle        Phase = "idle"        // never started
 	Progressing Phase = "progressing" // at a step, moving up while healthy
 	Paused      Phase = "paused"      // at a step, not moving; the guard still rolls back
-	// Waiting: at a step, due for the next, until its hooks answer 2xx
-	// (State.Wait); the guard still rolls back.
-	Waiting    Phase = "waiting"
-	Promoted   Phase = "promoted"    // the last step (100 %) was reached
-	RolledBack Phase = "rolled_back" // the guard failed the canary: it is at 0 until started again
-	Aborted    Phase = "aborted"     // an operator (or a configuration change) stopped it: canary at 0
+	Waiting     Phase = "waiting"     // due for the next step, until its hooks answer 2xx (State.Wait); the guard still rolls back
+	Promoted    Phase = "promoted"    // the last step (100 %) was reached
+	RolledBack  Phase = "rolled_back" // the guard failed the canary: it is at 0 until started again
+	Aborted     Phase = "aborted"     // an operator (or a configuration change) stopped it: canary at 0
 )
 
 // Phases is the closed set of phases, in a fixed order.
-func Phases() []Phase {
-	return []Phase{Idle, Progressing, Paused, Waiting, Promoted, RolledBack, Aborted}
-}
+func Phases() []Phase { return []Phase{Idle, Progressing, Paused, Waiting, Promoted, RolledBack, Aborted} }
 
 // Owns reports whether a rollout in phase p decides the service's weights,
 // so that an admin weights or canary call must be refused. A paused
