@@ -23,7 +23,9 @@ const (
 )
 
 // Phases is the closed set of phases, in a fixed order.
-func Phases() []Phase { return []Phase{Idle, Progressing, Paused, Waiting, Promoted, RolledBack, Aborted} }
+func Phases() []Phase {
+	return []Phase{Idle, Progressing, Paused, Waiting, Promoted, RolledBack, Aborted}
+}
 
 // Owns reports whether a rollout in phase p decides the service's weights,
 // so that an admin weights or canary call must be refused. A paused
