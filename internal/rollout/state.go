@@ -273,7 +273,7 @@ func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now ti
 		vv := v
 		reason := "guard failed the canary: " + v.Reason
 		if r.Guard.FailingFor > 0 {
-			reason = fmt.Sprintf("guard failed the canary for %s (failing_for %s): %s", v.FailingFor.D(), r.Guard.FailingFor.D(), v.Reason)
+			reason = fmt.Sprintf("guard failed the canary for %s (failing_for %s): %s", v.FailingFor.D().Round(time.Millisecond), r.Guard.FailingFor.D(), v.Reason)
 		}
 		return s.to(RolledBack, s.Step, 0, now, "rollout", reason, &vv), true
 	}
