@@ -341,3 +341,14 @@ func (r *Rollout) HooksOf(t string) []Webhook {
 	}
 	return out
 }
+
+// UnmarshalJSON reads a decimal number with at most two decimals, as
+// MarshalJSON writes it (a client of the admin API reads 1.5 back as 150).
+func (h *Hundredths) UnmarshalJSON(data []byte) error {
+	v, reason := parseHundredths(strings.TrimSpace(string(data)), 1<<40)
+	if reason != "" {
+		return fmt.Errorf("number %s: %s", data, reason)
+	}
+	*h = Hundredths(v)
+	return nil
+}

@@ -72,6 +72,11 @@ func TestLatencyAndHooksParsed(t *testing.T) {
 	if string(b) != wantGuard {
 		t.Errorf("guard JSON\n got %s\nwant %s", b, wantGuard)
 	}
+	// A client of the admin API reads the guard back exactly.
+	var back split.Guard
+	if err := json.Unmarshal(b, &back); err != nil || back != g {
+		t.Errorf("guard read back as %+v (%v), want %+v", back, err, g)
+	}
 	// A clone shares no hooks with the original.
 	c := api.Rollout.Clone()
 	c.Webhooks[0].Name = "changed"

@@ -286,6 +286,8 @@ func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now ti
 		next := s.to(Waiting, s.Step, int(s.Weight), now, "rollout", fmt.Sprintf("healthy for %s: waiting for %s before step %d (%s%%)",
 			r.Hold.D(), hookNames(hooks), target, split.FormatPercent(weight)), &vv)
 		next.Wait = &Wait{Step: target, Weight: split.Percent(weight)}
+		// The step's hold goes on counting while it waits.
+		next.HeldBefore = split.Duration(s.Held(now))
 		return next, true
 	}
 	return moveTo(s, r, target, weight, now, fmt.Sprintf("healthy for %s", r.Hold.D()), &vv), true
