@@ -320,7 +320,6 @@ services:
 		firstFailing.Sub(first).Round(time.Millisecond), rb.At.Sub(first).Round(time.Millisecond), rb.Reason)
 }
 
-
 // metricsText is the admin port's /metrics.
 func metricsText(b *bed) (string, error) {
 	resp, err := http.Get(b.admin.AdminURL("/metrics"))

@@ -44,7 +44,9 @@ func (c countsRecord) sameCounts(o countsRecord) bool {
 		sameHist(c.StableLatency, o.StableLatency) && sameHist(c.CanaryLatency, o.CanaryLatency)
 }
 
-func sameHist(a, b *signals.Histogram) bool { return a == nil && b == nil || a != nil && b != nil && *a == *b }
+func sameHist(a, b *signals.Histogram) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
+}
 
 // published is what this replica last wrote for one service.
 type published struct {
