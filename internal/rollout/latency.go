@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -193,7 +194,11 @@ func latencyOf(g split.Guard, ev Evidence, service string, now time.Time) *Laten
 // when it can, else counts only (lat stays empty).
 func readLatency(ctx context.Context, src signals.Source, targets []signals.Target, out []signals.Counts, lat []signals.Histogram) (timed bool, err error) {
 	if ls, ok := src.(signals.LatencySource); ok {
-		return true, ls.ReadLatency(ctx, targets, out, lat)
+		err := ls.ReadLatency(ctx, targets, out, lat)
+		if errors.Is(err, signals.ErrNotTimed) {
+			return false, nil
+		}
+		return true, err
 	}
 	return false, src.Read(ctx, targets, out)
 }

@@ -3,6 +3,7 @@ package signals
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,9 +22,14 @@ const statTime = "upstream_rq_time"
 // times the responses it counts.
 type LatencySource interface {
 	Source
-	// ReadLatency fills out[i] and lat[i] for targets[i].
+	// ReadLatency fills out[i] and lat[i] for targets[i]. ErrNotTimed
+	// (wrapped) says that the counts were read but nothing is timed.
 	ReadLatency(ctx context.Context, targets []Target, out []Counts, lat []Histogram) error
 }
+
+// ErrNotTimed is what ReadLatency returns, with the counts read, when the
+// source cannot time requests after all.
+var ErrNotTimed = errors.New("signals: this source does not time requests")
 
 // ReadLatency implements LatencySource with one request for both: Envoy's
 // statistics as JSON with the histograms detailed
