@@ -400,3 +400,25 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A tick without readings neither asks a gate nor stops it: the hook goes
+// on being asked from where it was.
+func TestGateSurvivesUnreadableSignals(t *testing.T) {
+	gate := newReceiver(t, http.StatusForbidden, nil)
+	b, ev := scriptedBed(t, hooksYAML(fmt.Sprintf("        - {name: approve, type: confirm_step, url: %q, poll: 100ms}\n", gate.url("/approve"))))
+	ev.set('H')
+	b.act(rollout.Start)
+	s := b.until(10*time.Second, traffic{}, "a wait", func(s rollout.Status) bool { return s.Waiting != nil && s.Waiting.Asked >= 2 })
+	since := s.Waiting.Since
+	ev.set('E')
+	for range 5 {
+		b.clock.Add(tick)
+		b.m.Tick(t.Context())
+		time.Sleep(50 * time.Millisecond)
+	}
+	ev.set('H')
+	s = b.until(10*time.Second, traffic{}, "more asks", func(s rollout.Status) bool { return s.Waiting != nil && s.Waiting.Asked >= 5 })
+	if !s.Waiting.Since.Equal(since) {
+		t.Fatalf("the gate started again (since %v, then %v)", since, s.Waiting.Since)
+	}
+}

@@ -351,8 +351,11 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Time, watches []Watch, sampleErr error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	// Hooks no waiting rollout asked this tick are stopped.
-	defer m.gates.sweep()
+	if sampleErr == nil {
+		// Hooks no waiting rollout asked this tick are stopped (a tick
+		// without readings asks nothing, and stops nothing either).
+		defer m.gates.sweep()
+	}
 	m.signalResult(sampleErr, watches)
 	for _, w := range watches {
 		if ctx.Err() != nil {
