@@ -308,7 +308,11 @@ func one(ctx context.Context, sp admin, canary *testbed.Backend, tr *testbed.Tra
 		err := sp.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
 		return err == nil && s.Verdict != nil && s.Verdict.Result == rollout.Healthy, err
 	}); err != nil {
-		return nil, fmt.Errorf("waiting for a healthy verdict: %w", err)
+		last := "none"
+		if s.Verdict != nil {
+			last = string(s.Verdict.Result) + ": " + s.Verdict.Reason
+		}
+		return nil, fmt.Errorf("waiting for a healthy verdict (%s, the last one %s): %w", s.State, last, err)
 	}
 	// A failure starts at any moment, not in step with the guard's ticks
 	// (the poll above ends right after one).

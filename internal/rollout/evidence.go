@@ -52,8 +52,9 @@ type series struct {
 	stable, canary *signals.Window[signals.Counts]
 	// The latency histograms, when the watch times requests and the
 	// source can (nil otherwise): read with the counts, in windows of
-	// their own that see the same readings.
+	// their own that see the same readings from the second on (timed).
 	stableLat, canaryLat *signals.Window[signals.Histogram]
+	timedReads           int
 }
 
 // NewLocal reads src, keeping windows of buckets of width (the sampling
@@ -111,6 +112,15 @@ func (l *Local) Sample(ctx context.Context, now time.Time, watches []Watch) erro
 		s.stable.Observe(now, out[2*i])
 		s.canary.Observe(now, out[2*i+1])
 		if s.watch.Latency && timed {
+			// Envoy's histograms are merged at the flush each admin read
+			// makes, so a reading shows them as the read before left them:
+			// the first reading of a run would put requests timed before
+			// the run began into its first interval. The windows start at
+			// the second reading (the module's, which do not lag, lose one
+			// interval).
+			if s.timedReads++; s.timedReads < 2 {
+				continue
+			}
 			if s.stableLat == nil {
 				s.stableLat = signals.NewWindow[signals.Histogram](s.watch.Window, l.width)
 				s.canaryLat = signals.NewWindow[signals.Histogram](s.watch.Window, l.width)

@@ -1,6 +1,7 @@
 package rollout_test
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -153,5 +154,65 @@ func TestLatencyGuard(t *testing.T) {
 				t.Fatalf("promoted on %+v", lv)
 			}
 		})
+	}
+}
+
+// lagging is a LatencySource whose histograms lag one read, as Envoy's do
+// when every admin read is a flush: a reading shows them as the read
+// before left them.
+type lagging struct {
+	*signals.Counters
+	prev []signals.Histogram
+}
+
+func (l *lagging) ReadLatency(ctx context.Context, targets []signals.Target, out []signals.Counts, lat []signals.Histogram) error {
+	now := make([]signals.Histogram, len(targets))
+	if err := l.Counters.ReadLatency(ctx, targets, out, now); err != nil {
+		return err
+	}
+	if l.prev == nil {
+		l.prev = make([]signals.Histogram, len(targets))
+	}
+	copy(lat, l.prev)
+	l.prev = now
+	return nil
+}
+
+// Requests timed before a run began are not judged in it, though Envoy
+// shows them one read late: the latency windows start at the run's second
+// reading.
+func TestLatencyWindowSkipsTheLaggingRead(t *testing.T) {
+	src := &lagging{Counters: &signals.Counters{}}
+	l := rollout.NewLocal(src, tick)
+	w := rollout.Watch{Service: "api", Window: 2 * time.Second, Latency: true,
+		Stable: signals.Target{Service: "api", Version: "v1"}, Canary: signals.Target{Service: "api", Version: "v2"}}
+	now := t0
+	read := func() {
+		t.Helper()
+		now = now.Add(tick)
+		if err := l.Sample(t.Context(), now, []rollout.Watch{w}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read() // the last read of the previous run
+	for range 50 {
+		src.RecordTimed("api", "v2", 200, false, 300*ms)
+	}
+	l.Forget("api") // a new run starts
+	read()
+	for range 4 {
+		for range 50 {
+			src.RecordTimed("api", "v1", 200, false, 2*ms)
+			src.RecordTimed("api", "v2", 200, false, 3*ms)
+		}
+		read()
+	}
+	stable, canary, ok := l.LatencyTotals("api", now)
+	if !ok {
+		t.Fatal("no latency")
+	}
+	g := split.Guard{MinRequests: 20, MaxLatencyMs: 100, LatencyPercentile: 9900}
+	if v := rollout.JudgeLatency(g, canary, stable); v.Result != rollout.Healthy || v.Canary.Ms != 4 {
+		t.Fatalf("the run's first window: %s (%s): the requests timed before it leaked in", v.Result, v.Reason)
 	}
 }
