@@ -259,3 +259,32 @@ func TestWaitingForHooks(t *testing.T) {
 		t.Errorf("the last step: %s at %v", p.Phase, p.Weight)
 	}
 }
+
+// With a shadow step, the first step's pre_step hooks are asked when the
+// shadow step is done: the rollout waits in shadow (its mirror stays),
+// then leaves it for the first step.
+func TestShadowThenPreStep(t *testing.T) {
+	r := testRollout()
+	sh := split.DefaultShadow()
+	r.Shadow = &sh
+	r.Webhooks = []split.Webhook{{Name: "smoke", Type: split.HookPreStep}}
+	full := r.Guard.Window.D()
+	st, _ := rollout.Act(rollout.State{Service: "api"}, r, "v1", rollout.Start, t0, "op")
+	if st.Phase != rollout.Progressing || !st.Shadow || st.Step != 0 {
+		t.Fatalf("start: %+v", st)
+	}
+	w, moved := rollout.Advance(st, r, verdict(rollout.Healthy), full, t0.Add(sh.Hold.D()))
+	if !moved || w.Phase != rollout.Waiting || !w.Shadow || w.Wait == nil || w.Wait.Step != 1 {
+		t.Fatalf("after the shadow hold: %+v", w)
+	}
+	first, moved := rollout.Proceed(w, r, verdict(rollout.Healthy), full, t0.Add(sh.Hold.D()+sec(1)), "hooks smoke answered 2xx")
+	if !moved || first.Phase != rollout.Progressing || first.Shadow || first.Step != 1 || first.Weight != 500 {
+		t.Fatalf("after the hook: %+v", first)
+	}
+	r.Guard.FailingFor = split.Duration(sec(3))
+	v := verdict(rollout.Failing)
+	v.FailingFor = split.Duration(sec(1))
+	if _, moved := rollout.Advance(st, r, v, full, t0.Add(sec(5))); moved {
+		t.Fatal("failing_for does not hold in shadow")
+	}
+}
