@@ -48,15 +48,14 @@ type gateRun struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu       sync.Mutex
-	open     bool // answered 2xx
-	failed   bool // a pre_step hook that failed every attempt
-	answer   string
-	asked    int
-	since    time.Time
-	lastAt   time.Time
-	checked  bool // looked at since the last sweep
-	finished bool
+	mu      sync.Mutex
+	open    bool // answered 2xx
+	failed  bool // a pre_step hook that failed every attempt
+	answer  string
+	asked   int
+	since   time.Time
+	lastAt  time.Time
+	checked bool // looked at since the last sweep
 }
 
 // gateState is a copy of a run's progress.
