@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -88,7 +89,7 @@ func (m *Manager) moved(st State, trs []Transition) {
 	if !st.Phase.active() {
 		delete(m.failing, st.Service)
 	}
-	if !m.leading {
+	if !m.leadsNow() {
 		return
 	}
 	snap := m.store.Load()
@@ -109,6 +110,16 @@ func (m *Manager) moved(st State, trs []Transition) {
 			Verdict: tr.Verdict, Transition: &tr,
 		})
 	}
+}
+
+// leadsNow asks the Elector whether this replica leads at this moment (a
+// transition followed just after an election must not wait for the next
+// tick to be told); m.mu may be held: Lead takes only the elector's own
+// lock.
+func (m *Manager) leadsNow() bool {
+	_, release, leading := m.elector.Lead(context.Background())
+	release()
+	return leading
 }
 
 // Close stops the hooks: the gates being asked and the event deliveries
