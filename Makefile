@@ -59,9 +59,9 @@ bench: build module envoy gateway ## Micro-benchmarks, ext_proc vs a no-op serve
 bench-fleet: build etcd ## Fleet propagation: admin call on one replica to applied on N (3 processes, 100 watchers); writes BENCH.md's fleet section
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench fleet --splitter $(BIN)/splitter --etcd "$$(scripts/etcd.sh)" --results bench/results --out BENCH.md
-bench-rollout: build envoy ## Time the rollout guard's rollback of a failing canary (20 runs per window); updates BENCH.md
+bench-rollout: build envoy module ## Time the rollout guard's rollback of a failing or slow canary, ext_proc and module (20 runs per series); updates BENCH.md
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
-	./$(BIN)/splitter-bench rollout --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
+	./$(BIN)/splitter-bench rollout --splitter $(BIN)/splitter --module-dir $(BIN) --envoy "$$(scripts/envoy.sh)" --results bench/results --out BENCH.md
 bench-assign: build module envoy ## Through Envoy: a request given a sticky key against a keyed one, ext_proc and the module; updates BENCH.md
 	scripts/loadtool.sh
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench

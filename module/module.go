@@ -30,6 +30,7 @@ import (
 	"github.com/trafficsplit/splitter/internal/control"
 	"github.com/trafficsplit/splitter/internal/fsutil"
 	"github.com/trafficsplit/splitter/internal/metrics"
+	"github.com/trafficsplit/splitter/internal/signals"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -53,6 +54,17 @@ type Host interface {
 	Counts(pair int32) [NumClasses]uint64
 	// Log writes one line into Envoy's log.
 	Log(level slog.Level, msg string)
+}
+
+// LatencyHost is a Host that times each response per pair (module/abi:
+// in C, from the request headers to the end of the stream, in the buckets
+// of signals.Histogram), for the rollout guard's latency bounds.
+type LatencyHost interface {
+	// SetLatencyBounds gives the buckets' bounds in nanoseconds, before
+	// the first request.
+	SetLatencyBounds(ns []uint64)
+	// Latency returns the responses of pair timed so far, by bucket.
+	Latency(pair int32) [signals.LatencyBuckets]uint64
 }
 
 // Process is the module's state in one Envoy process: the control plane
@@ -180,6 +192,10 @@ func (p *Process) start(fc FilterConfig) error {
 	}
 	p.cfg, p.plane, p.log = &fc, plane, log
 	p.pairs.counts = p.host.Counts
+	if lh, ok := p.host.(LatencyHost); ok {
+		lh.SetLatencyBounds(signals.LatencyBoundsNs())
+		p.pairs.latency = lh.Latency
+	}
 	r := &running{plane: plane, rec: plane.Recorder(), headers: plane.Headers(), log: log}
 	var plan adapter.Plan
 	r.headers.PlanFor(nil, &plan)

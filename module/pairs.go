@@ -42,6 +42,9 @@ func className(c int) string {
 // guard's signals.Source and the responses metric's reader.
 type pairs struct {
 	counts func(pair int32) [NumClasses]uint64
+	// latency reads a pair's timed responses (nil: the host does not
+	// time them).
+	latency func(pair int32) [signals.LatencyBuckets]uint64
 
 	mu     sync.Mutex
 	ids    map[[2]string]int32
@@ -101,6 +104,32 @@ func (ps *pairs) Read(_ context.Context, targets []signals.Target, out []signals
 			if c == ClassReset || c == 5 {
 				out[i].Errors += n
 			}
+		}
+	}
+	return nil
+}
+
+// ReadLatency implements signals.LatencySource: the counts, and each
+// version's responses timed in C (every response; no stream that ended
+// without one). Without a timing host it answers signals.ErrNotTimed
+// with the counts: the guard then finds the latency half inconclusive
+// rather than judging on nothing.
+func (ps *pairs) ReadLatency(ctx context.Context, targets []signals.Target, out []signals.Counts, lat []signals.Histogram) error {
+	if len(lat) < len(targets) {
+		return signals.ErrShortOut
+	}
+	if err := ps.Read(ctx, targets, out); err != nil {
+		return err
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.latency == nil {
+		return signals.ErrNotTimed
+	}
+	for i, t := range targets {
+		lat[i] = signals.Histogram{}
+		if id, ok := ps.ids[[2]string{t.Service, t.Version}]; ok {
+			lat[i] = ps.latency(id)
 		}
 	}
 	return nil

@@ -546,7 +546,7 @@ func (p *parser) names(path string, n *yaml.Node, what string) map[string]string
 // its default.
 func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 	r := DefaultRollout()
-	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure", "shadow") {
+	for _, e := range p.fields(path, n, "canary", "steps", "hold", "guard", "on_failure", "shadow", "webhooks") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "canary":
@@ -568,6 +568,9 @@ func (p *parser) rollout(path string, n *yaml.Node) Rollout {
 				sh = p.shadow(fp, e.v)
 			}
 			r.Shadow = &sh
+		case "webhooks":
+			r.Webhooks = list(p, fp, e.v, p.webhook)
+			p.uniqueHooks(fp, e.v, r.Webhooks)
 		}
 	}
 	return r
@@ -591,7 +594,9 @@ func (p *parser) shadow(path string, n *yaml.Node) Shadow {
 }
 
 func (p *parser) guard(path string, n *yaml.Node, g Guard) Guard {
-	for _, e := range p.fields(path, n, "window", "min_requests", "max_error_rate", "max_error_ratio") {
+	latency := latencyKeys{}
+	for _, e := range p.fields(path, n, "window", "min_requests", "max_error_rate", "max_error_ratio",
+		"max_latency_ms", "max_latency_ratio", "latency_percentile", "failing_for") {
 		fp := join(path, e.key)
 		switch e.key {
 		case "window":
@@ -608,8 +613,11 @@ func (p *parser) guard(path string, n *yaml.Node, g Guard) Guard {
 			if h, ok := p.decimal(fp, e.v, 2, "a number such as 2 or 1.5"); ok {
 				g.MaxErrorRatio = Hundredths(h)
 			}
+		case "max_latency_ms", "max_latency_ratio", "latency_percentile", "failing_for":
+			p.latencyKey(fp, e, &g, &latency)
 		}
 	}
+	p.latencyDone(path, n, g, latency)
 	return g
 }
 

@@ -28,6 +28,9 @@ type Rollout struct {
 	// serves no user, Shadow.Percent of the requests are mirrored to it,
 	// and the guard judges it on them for Shadow.Hold.
 	Shadow *Shadow `json:"shadow,omitempty"`
+	// Webhooks are called around the steps and after every transition
+	// (webhooks.go; docs/rollouts.md, "Webhooks").
+	Webhooks []Webhook `json:"webhooks,omitempty"`
 }
 
 // Shadow is a rollout's dark step.
@@ -54,7 +57,24 @@ type Guard struct {
 	// MaxErrorRatio, in hundredths, is how many times stable's error rate
 	// the canary's must also exceed to fail.
 	MaxErrorRatio Hundredths `json:"max_error_ratio"`
+	// MaxLatencyMs: a canary whose LatencyPercentile is above this many
+	// milliseconds may fail; 0: no absolute latency bound.
+	MaxLatencyMs int `json:"max_latency_ms,omitempty"`
+	// MaxLatencyRatio, in hundredths: a canary whose percentile is above
+	// this many times stable's may fail; 0: no relative latency bound.
+	// With both bounds set, both must be exceeded (as for errors); with
+	// neither, latency is not judged.
+	MaxLatencyRatio Hundredths `json:"max_latency_ratio,omitempty"`
+	// LatencyPercentile, in hundredths of a percent (9900: p99), 50 to
+	// 99.9.
+	LatencyPercentile Hundredths `json:"latency_percentile"`
+	// FailingFor is how long every verdict must have been failing before
+	// a rollback; 0: the first failing verdict rolls back.
+	FailingFor Duration `json:"failing_for"`
 }
+
+// JudgesLatency reports whether the guard judges the canary's latency.
+func (g Guard) JudgesLatency() bool { return g.MaxLatencyMs > 0 || g.MaxLatencyRatio > 0 }
 
 // OnFailureRollback is the one failure action: the canary goes to 0.
 const OnFailureRollback = "rollback"
@@ -68,6 +88,19 @@ const (
 	MaxWindow      = time.Hour
 	MaxMinRequests = 1_000_000_000
 	MaxErrorRatio  = 100000 // hundredths: 1000 times
+	// MaxLatencyMs is the largest max_latency_ms: the latency histogram's
+	// last bound (internal/signals), 100 s.
+	MaxLatencyMs = 100_000
+	// MinLatencyRatio and MaxLatencyRatio bound max_latency_ratio, in
+	// hundredths (1 to 1000 times stable's).
+	MinLatencyRatio = 100
+	MaxLatencyRatio = 100000
+	// MinLatencyPercentile and MaxLatencyPercentile bound
+	// latency_percentile, in hundredths of a percent (50 to 99.9).
+	MinLatencyPercentile = 5000
+	MaxLatencyPercentile = 9990
+	// MaxFailingFor bounds failing_for.
+	MaxFailingFor = time.Hour
 )
 
 // DefaultRollout returns the rollout a `rollout: {}` block means: the
@@ -82,6 +115,8 @@ func DefaultRollout() Rollout {
 			MinRequests:   100,
 			MaxErrorRate:  100, // 1 %
 			MaxErrorRatio: 200, // 2 times
+			// p99, as Flagger's request-duration; judged only with a bound.
+			LatencyPercentile: 9900,
 		},
 	}
 }
@@ -97,6 +132,7 @@ func (r *Rollout) Clone() *Rollout {
 		sh := *r.Shadow
 		out.Shadow = &sh
 	}
+	out.Webhooks = cloneSlice(r.Webhooks)
 	return &out
 }
 
@@ -237,6 +273,8 @@ func (c *checker) rollout(path string, s *Service, versions map[string]int) {
 	if g.MaxErrorRatio < 0 || g.MaxErrorRatio > MaxErrorRatio {
 		c.add(gp+".max_error_ratio", "must be between 0 and %s (got %s)", FormatPercent(MaxErrorRatio), FormatPercent(int(g.MaxErrorRatio)))
 	}
+	c.latency(gp, g)
+	c.webhooks(path+".webhooks", r.Webhooks)
 	if r.OnFailure != OnFailureRollback {
 		c.add(path+".on_failure", "must be %q (canary to 0, stable to 100), not %q", OnFailureRollback, r.OnFailure)
 	}

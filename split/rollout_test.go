@@ -33,7 +33,7 @@ func TestRolloutParsedExactly(t *testing.T) {
 		OnFailure: "rollback",
 		Guard: split.Guard{
 			Window: split.Duration(10 * time.Second), MinRequests: 100,
-			MaxErrorRate: 150, MaxErrorRatio: 225,
+			MaxErrorRate: 150, MaxErrorRatio: 225, LatencyPercentile: 9900,
 		},
 	}
 	if diff := cmp.Diff(want, api.Rollout); diff != "" {
@@ -63,7 +63,7 @@ func TestRolloutParsedExactly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const wantJSON = `{"canary":"v2","steps":[0.5,5,25,50,100],"hold":"1m30s","guard":{"window":"10s","min_requests":100,"max_error_rate":1.5,"max_error_ratio":2.25},"on_failure":"rollback"}`
+	const wantJSON = `{"canary":"v2","steps":[0.5,5,25,50,100],"hold":"1m30s","guard":{"window":"10s","min_requests":100,"max_error_rate":1.5,"max_error_ratio":2.25,"latency_percentile":99,"failing_for":"0s"},"on_failure":"rollback"}`
 	if string(b) != wantJSON {
 		t.Errorf("JSON:\n got %s\nwant %s", b, wantJSON)
 	}

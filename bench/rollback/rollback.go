@@ -1,7 +1,9 @@
 // Package rollback measures how fast the rollout guard takes a failing
 // canary back to 0 through a real Envoy: the time from the canary's first
-// bad answer to the rollback, over many runs, and the errors clients saw
-// meanwhile. The anchors, Flagger and Argo Rollouts, query a metrics store
+// bad answer (or, in the latency case, from its first slowed request) to
+// the rollback, over many runs, and the errors (or slowed requests)
+// clients saw meanwhile, with the splitter beside Envoy (ext_proc) and
+// inside it (the module). The anchors, Flagger and Argo Rollouts, query a metrics store
 // once per analysis interval (a minute or more) and roll back after several
 // failed checks; their documented defaults sit beside the figures.
 package rollback
@@ -40,8 +42,20 @@ type Config struct {
 	Canary      int     // the canary's step, in percent
 	MinRequests int
 	Workers     int // concurrent clients sending through Envoy
-	Logger      *slog.Logger
+	// ModuleDir holds libsplitter.so (`make module`); "" measures
+	// ext_proc only.
+	ModuleDir string
+	// Delay is the slowdown of the latency case: every canary request is
+	// answered this much later; 0 leaves the latency case out.
+	Delay  time.Duration
+	Logger *slog.Logger
 }
+
+// The cases measured.
+const (
+	CaseErrors  = "errors"  // the canary answers 500 to FailPercent of its requests
+	CaseLatency = "latency" // the canary answers every request Delay late
+)
 
 // Defaults: 20 runs with the product contract's 1s window (its stretch
 // goal) and its 10s example window, each with the default signals
@@ -50,29 +64,40 @@ func Defaults() Config {
 	return Config{
 		Runs: 20, Windows: []time.Duration{time.Second, 10 * time.Second},
 		Intervals:   []time.Duration{250 * time.Millisecond, 100 * time.Millisecond},
-		FailPercent: 50, Canary: 25, MinRequests: 20, Workers: 2,
+		FailPercent: 50, Canary: 25, MinRequests: 20, Workers: 2, Delay: 200 * time.Millisecond,
 	}
 }
 
+// latencyGuard is the latency bounds of the latency case: p99 above 100ms
+// and above 5 x stable's.
+const latencyGuard = ", max_latency_ms: 100, max_latency_ratio: 5"
+
 // Run is one measured rollback.
 type Run struct {
-	// DetectMs: the canary's first bad answer (at the backend) to the
-	// rollback (the guard's decision; the weights are applied right after
-	// it, before the guard's lock is released).
+	// DetectMs: the canary's first bad answer (at the backend), or the
+	// arrival of its first slowed request, to the rollback (the guard's
+	// decision; the weights are applied right after it, before the
+	// guard's lock is released).
 	DetectMs float64 `json:"detect_ms"`
 	// ClientErrors: requests that failed at the client between the first
 	// bad answer and the rollback (plus 100 ms for requests in flight).
 	ClientErrors int `json:"client_errors"`
+	// Slowed (latency case): requests that took the delay or more at the
+	// client, among those that ended by the rollback (plus 100 ms).
+	Slowed int `json:"slowed,omitempty"`
 	// Verdict is the rule's explanation of the rollback.
 	Verdict string `json:"verdict"`
 }
 
 // Series is the runs with one window.
 type Series struct {
+	Mode     string  `json:"mode"`
+	Case     string  `json:"case"`
 	Window   string  `json:"window"`
 	Runs     []Run   `json:"runs"`
 	Detect   Dist    `json:"detect_ms"`
 	Errors   Dist    `json:"client_errors"`
+	Slowed   Dist    `json:"slowed"`
 	RPS      float64 `json:"rps"` // client requests per second during the series
 	Interval string  `json:"signals_interval"`
 }
@@ -86,8 +111,8 @@ type Dist struct {
 type Result struct {
 	Machine     string   `json:"machine"` // where it ran, filled by the caller
 	Envoy       string   `json:"envoy"`
-	Mode        string   `json:"mode"`
 	FailPercent float64  `json:"fail_percent"`
+	DelayMs     float64  `json:"delay_ms"`
 	Canary      int      `json:"canary_percent"`
 	MinRequests int      `json:"min_requests"`
 	Workers     int      `json:"workers"`
@@ -121,23 +146,48 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	res := &Result{Mode: string(envoy.ModeExtProc), FailPercent: cfg.FailPercent, Canary: cfg.Canary, MinRequests: cfg.MinRequests, Workers: cfg.Workers}
-	for _, w := range cfg.Windows {
-		for _, iv := range cfg.Intervals {
-			s, ver, err := series(ctx, cfg, w, iv)
-			if err != nil {
-				return nil, fmt.Errorf("window %s, signals interval %s: %w", w, iv, err)
+	res := &Result{FailPercent: cfg.FailPercent, DelayMs: float64(cfg.Delay) / float64(time.Millisecond),
+		Canary: cfg.Canary, MinRequests: cfg.MinRequests, Workers: cfg.Workers}
+	type plan struct {
+		mode      envoy.Mode
+		kase      string
+		intervals []time.Duration
+	}
+	// The error case in ext_proc with every interval (the figures of the
+	// earlier runs); the rest at the default interval only.
+	plans := []plan{{envoy.ModeExtProc, CaseErrors, cfg.Intervals}}
+	if cfg.ModuleDir != "" {
+		plans = append(plans, plan{envoy.ModeModule, CaseErrors, cfg.Intervals[:1]})
+	}
+	if cfg.Delay > 0 {
+		plans = append(plans, plan{envoy.ModeExtProc, CaseLatency, cfg.Intervals[:1]})
+		if cfg.ModuleDir != "" {
+			plans = append(plans, plan{envoy.ModeModule, CaseLatency, cfg.Intervals[:1]})
+		}
+	}
+	for _, p := range plans {
+		for _, w := range cfg.Windows {
+			for _, iv := range p.intervals {
+				s, ver, err := series(ctx, cfg, p.mode, p.kase, w, iv)
+				if err != nil {
+					return nil, fmt.Errorf("%s, %s, window %s, signals interval %s: %w", p.mode, p.kase, w, iv, err)
+				}
+				res.Envoy = ver
+				res.Series = append(res.Series, *s)
 			}
-			res.Envoy = ver
-			res.Series = append(res.Series, *s)
 		}
 	}
 	return res, nil
 }
 
 // config is the bench's routing file: a rollout that stays at its first
-// step (the hold is an hour) until the guard rolls it back.
-func config(canary, minRequests int, window time.Duration) string {
+// step (the hold is an hour) until the guard rolls it back; the latency
+// case judges latency too.
+func config(canary, minRequests int, window time.Duration, kase string) string {
+	extra := ""
+	if kase == CaseLatency {
+		extra = latencyGuard
+	}
 	return fmt.Sprintf(`services:
   - name: api
     hosts: ["*"]
@@ -146,11 +196,16 @@ func config(canary, minRequests int, window time.Duration) string {
     rollout:
       steps: [%d, 100]
       hold: 1h
-      guard: {window: %s, min_requests: %d, max_error_rate: 1, max_error_ratio: 2}
-`, canary, window, minRequests)
+      guard: {window: %s, min_requests: %d, max_error_rate: 1, max_error_ratio: 2%s}
+`, canary, window, minRequests, extra)
 }
 
-func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ *Series, version string, err error) {
+// admin is the splitter's admin API, the sidecar's or the module's.
+type admin interface {
+	Admin(ctx context.Context, method, path string, body, out any) error
+}
+
+func series(ctx context.Context, cfg Config, mode envoy.Mode, kase string, window, interval time.Duration) (_ *Series, version string, err error) {
 	dir, err := os.MkdirTemp("", "splitter-bench-rollback-")
 	if err != nil {
 		return nil, "", err
@@ -173,26 +228,43 @@ func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ 
 		return nil, "", err
 	}
 	cfgPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(config(cfg.Canary, cfg.MinRequests, window)), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(config(cfg.Canary, cfg.MinRequests, window, kase)), 0o644); err != nil {
 		return nil, "", err
 	}
-	port, err := testbed.FreePort()
-	if err != nil {
-		return nil, "", err
-	}
-	args := []string{"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "warn", "--signals-interval", interval.String()}
-	sp, err := bed.StartSplitter(ctx, cfg.Splitter, cfgPath, args...)
-	if err != nil {
-		return nil, "", err
-	}
-	p, err := testbed.LoopbackParams(envoy.ModeExtProc, sp.GRPCAddr, backends...)
-	if err != nil {
-		return nil, "", err
-	}
-	p.Admin.Port = port
-	e, err := bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{})
-	if err != nil {
-		return nil, "", err
+	var (
+		e  *testbed.Envoy
+		sp admin
+	)
+	if mode == envoy.ModeModule {
+		p, err := testbed.LoopbackParams(envoy.ModeModule, "", backends...)
+		if err != nil {
+			return nil, "", err
+		}
+		settings := map[string]any{"config": cfgPath, "log_level": "warn", "signals_interval": interval.String()}
+		var m *testbed.Module
+		if e, m, err = bed.StartEnvoyModule(ctx, envoyBin, cfg.ModuleDir, p, settings, testbed.EnvoyOptions{}); err != nil {
+			return nil, "", err
+		}
+		sp = m
+	} else {
+		port, err := testbed.FreePort()
+		if err != nil {
+			return nil, "", err
+		}
+		args := []string{"--envoy-admin", fmt.Sprintf("127.0.0.1:%d", port), "--log-level", "warn", "--signals-interval", interval.String()}
+		s, err := bed.StartSplitter(ctx, cfg.Splitter, cfgPath, args...)
+		if err != nil {
+			return nil, "", err
+		}
+		p, err := testbed.LoopbackParams(envoy.ModeExtProc, s.GRPCAddr, backends...)
+		if err != nil {
+			return nil, "", err
+		}
+		p.Admin.Port = port
+		if e, err = bed.StartEnvoy(ctx, envoyBin, p, testbed.EnvoyOptions{}); err != nil {
+			return nil, "", err
+		}
+		sp = s
 	}
 	version = viaenvoy.EnvoyVersion(ctx, envoyBin)
 	client := e.Client()
@@ -200,30 +272,34 @@ func series(ctx context.Context, cfg Config, window, interval time.Duration) (_ 
 
 	tr := client.StartTraffic(ctx, cfg.Workers)
 	defer tr.Halt()
-	s := &Series{Window: window.String(), Interval: interval.String()}
+	s := &Series{Mode: string(mode), Case: kase, Window: window.String(), Interval: interval.String()}
 	start := time.Now()
 	for i := range cfg.Runs {
-		r, err := one(ctx, sp, backends[1], tr, cfg.FailPercent)
+		r, err := one(ctx, sp, backends[1], tr, cfg, kase)
 		if err != nil {
 			return nil, version, fmt.Errorf("run %d: %w", i+1, err)
 		}
-		cfg.Logger.Info("rollback", "window", window, "signals_interval", interval, "run", i+1, "detect_ms", r.DetectMs, "client_errors", r.ClientErrors)
+		cfg.Logger.Info("rollback", "mode", mode, "case", kase, "window", window, "signals_interval", interval, "run", i+1,
+			"detect_ms", r.DetectMs, "client_errors", r.ClientErrors, "slowed", r.Slowed)
 		s.Runs = append(s.Runs, *r)
 	}
 	s.RPS = float64(tr.Len()) / time.Since(start).Seconds()
-	var detect, errs []float64
+	var detect, errs, slowed []float64
 	for _, r := range s.Runs {
 		detect = append(detect, r.DetectMs)
 		errs = append(errs, float64(r.ClientErrors))
+		slowed = append(slowed, float64(r.Slowed))
 	}
-	s.Detect, s.Errors = dist(detect), dist(errs)
+	s.Detect, s.Errors, s.Slowed = dist(detect), dist(errs), dist(slowed)
 	return s, version, nil
 }
 
 // one starts the rollout with a healthy canary, waits for a healthy
-// verdict, makes the canary fail and waits for the rollback.
-func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr *testbed.Traffic, failPercent float64) (*Run, error) {
+// verdict, makes the canary fail (or slow) and waits for the rollback.
+func one(ctx context.Context, sp admin, canary *testbed.Backend, tr *testbed.Traffic, cfg Config, kase string) (*Run, error) {
 	canary.Fail(0)
+	canary.Slow(0)
+	defer canary.Slow(0)
 	var s rollout.Status
 	if err := sp.Admin(ctx, http.MethodPost, "/v1/services/api/rollout", map[string]string{"action": "start"}, &s); err != nil {
 		return nil, err
@@ -232,12 +308,20 @@ func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr 
 		err := sp.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
 		return err == nil && s.Verdict != nil && s.Verdict.Result == rollout.Healthy, err
 	}); err != nil {
-		return nil, fmt.Errorf("waiting for a healthy verdict: %w", err)
+		last := "none"
+		if s.Verdict != nil {
+			last = string(s.Verdict.Result) + ": " + s.Verdict.Reason
+		}
+		return nil, fmt.Errorf("waiting for a healthy verdict (%s, the last one %s): %w", s.State, last, err)
 	}
 	// A failure starts at any moment, not in step with the guard's ticks
 	// (the poll above ends right after one).
 	time.Sleep(rand.N(time.Second))
-	canary.Fail(failPercent)
+	if kase == CaseLatency {
+		canary.Slow(cfg.Delay)
+	} else {
+		canary.Fail(cfg.FailPercent)
+	}
 	if err := poll(ctx, 30*time.Second, func() (bool, error) {
 		err := sp.Admin(ctx, http.MethodGet, "/v1/services/api/rollout", nil, &s)
 		return err == nil && s.State != rollout.Progressing, err
@@ -249,6 +333,12 @@ func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr 
 	}
 	rb := s.History[len(s.History)-1]
 	first, _ := canary.Faults.FirstFailure()
+	if kase == CaseLatency {
+		first = canary.Faults.FirstSlow()
+		if rb.Verdict == nil || rb.Verdict.Latency == nil || rb.Verdict.Latency.Result != rollout.Failing {
+			return nil, fmt.Errorf("rolled back, but not on latency: %s", rb.Reason)
+		}
+	}
 	if first.IsZero() {
 		return nil, errors.New("rolled back before the canary failed")
 	}
@@ -258,11 +348,19 @@ func one(ctx context.Context, sp *testbed.Splitter, canary *testbed.Backend, tr 
 	// more than a second before the first bad answer.
 	outs := tr.Between(first.Add(-time.Second), rb.At.Add(100*time.Millisecond))
 	_, errs := testbed.Tally(outs)
+	slowed := 0
+	if kase == CaseLatency {
+		for _, o := range outs {
+			if o.End.Sub(o.Start) >= cfg.Delay {
+				slowed++
+			}
+		}
+	}
 	reason := ""
 	if rb.Verdict != nil {
 		reason = rb.Verdict.Reason
 	}
-	return &Run{DetectMs: float64(rb.At.Sub(first).Microseconds()) / 1000, ClientErrors: len(errs), Verdict: reason}, nil
+	return &Run{DetectMs: float64(rb.At.Sub(first).Microseconds()) / 1000, ClientErrors: len(errs), Slowed: slowed, Verdict: reason}, nil
 }
 
 func poll(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
@@ -301,30 +399,48 @@ func dist(v []float64) Dist {
 
 // Render writes the BENCH.md section.
 func Render(b *strings.Builder, r *Result) {
-	b.WriteString("## Rollout guard: failing canary to 0\n\n")
-	fmt.Fprintf(b, "A real Envoy (%s, %s) in front of two echo backends; %d clients send requests through it without pause. "+
-		"A rollout holds v2 at %d %%; once the guard's verdict is healthy, v2 starts answering 500 to %.0f %% of its requests. "+
-		"Measured: from v2's first bad answer (at the backend) to the guard's rollback (the canary's weight goes to 0 in the same step), "+
-		"and the requests that failed at the clients in between. Guard: `min_requests: %d`, `max_error_rate: 1`, `max_error_ratio: 2`; "+
-		"signals are Envoy's per-cluster counters read from its admin port.\n\n",
-		r.Envoy, r.Mode, r.Workers, r.Canary, r.FailPercent, r.MinRequests)
+	b.WriteString("## Rollout guard: failing or slow canary to 0\n\n")
+	fmt.Fprintf(b, "A real Envoy (%s) in front of two echo backends; %d clients send requests through it without pause "+
+		"(a closed loop: a slow canary slows its clients down too). A rollout holds v2 at %d %%; once the guard's verdict is healthy, "+
+		"at a random moment, v2 starts answering 500 to %.0f %% of its requests (**errors**), or answering every request %.0f ms late "+
+		"(**latency**). Measured: from v2's first bad answer (at the backend), or from the arrival of its first slowed request, "+
+		"to the guard's rollback (the canary's weight goes to 0 in the same step), and the requests that failed, or took the delay "+
+		"or more, at the clients in between. Guard: `min_requests: %d`, `max_error_rate: 1`, `max_error_ratio: 2`, and in the "+
+		"latency case `max_latency_ms: 100`, `max_latency_ratio: 5` (p99). ext_proc: the signals are Envoy's per-cluster counters "+
+		"and `upstream_rq_time` histograms read from its admin port (the bootstrap flushes at every read); module: the responses "+
+		"counted and timed in process.\n\n",
+		r.Envoy, r.Workers, r.Canary, r.FailPercent, r.DelayMs, r.MinRequests)
 	if r.Machine != "" {
 		fmt.Fprintf(b, "Machine: %s.\n\n", r.Machine)
 	}
-	b.WriteString("| window | signals interval | runs | detection to 0 ms: min / p50 / p90 / max | client errors: min / p50 / p90 / max | client req/s |\n")
-	b.WriteString("|---|---|---:|---|---|---:|\n")
+	b.WriteString("| case | mode | window | signals interval | runs | to 0 ms: min / p50 / p90 / max | client errors (slowed): min / p50 / p90 / max | client req/s |\n")
+	b.WriteString("|---|---|---|---|---:|---|---|---:|\n")
 	for _, s := range r.Series {
-		fmt.Fprintf(b, "| %s | %s | %d | %.0f / %.0f / %.0f / %.0f | %.0f / %.0f / %.0f / %.0f | %.0f |\n",
-			s.Window, s.Interval, len(s.Runs), s.Detect.Min, s.Detect.P50, s.Detect.P90, s.Detect.Max,
-			s.Errors.Min, s.Errors.P50, s.Errors.P90, s.Errors.Max, s.RPS)
+		kase, mode, affected := s.Case, s.Mode, s.Errors
+		if kase == "" {
+			kase = CaseErrors
+		}
+		if mode == "" {
+			mode = string(envoy.ModeExtProc)
+		}
+		if kase == CaseLatency {
+			affected = s.Slowed
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %d | %.0f / %.0f / %.0f / %.0f | %.0f / %.0f / %.0f / %.0f | %.0f |\n",
+			kase, mode, s.Window, s.Interval, len(s.Runs), s.Detect.Min, s.Detect.P50, s.Detect.P90, s.Detect.Max,
+			affected.Min, affected.P50, affected.P90, affected.Max, s.RPS)
 	}
-	b.WriteString("\nThe anchors, as documented (not measured here): **Flagger** checks its metrics once per analysis `interval` " +
+	b.WriteString("\nA slowed request takes the delay to be answered, and Envoy records its time only then, so the latency " +
+		"case cannot be caught sooner than the delay after the slowdown; a p99 over a long window also needs 1 % of the window's " +
+		"canary requests to be slow before it moves, which takes longer with a 10 s window than with a 1 s one.\n\n")
+	b.WriteString("The anchors, as documented (not measured here): **Flagger** checks its metrics (`request-success-rate`, " +
+		"and `request-duration`, a P99 in milliseconds) once per analysis `interval` " +
 		"and rolls back after `threshold` failed checks, so detection takes interval x threshold: its docs' example, " +
 		"`interval: 1m` with `threshold: 10`, is 10 minutes (a minute at the least, with a threshold of 1). " +
 		"**Argo Rollouts** takes one analysis measurement per `interval` over a Prometheus query window and fails the " +
 		"analysis after more than `failureLimit` failed measurements: its docs' example measures every `5m` with " +
 		"`failureLimit: 3`, 15 to 20 minutes; with the default `failureLimit` of 0 the first failed measurement aborts, " +
 		"up to one interval. Both read a metrics store that itself scrapes every 15-60 s. The guard reads Envoy's counters " +
-		"directly every signals interval, so detection is bounded by that interval and by how fast min_requests canary " +
-		"requests arrive.\n\n")
+		"and histograms directly every signals interval, so detection is bounded by that interval and by how fast min_requests canary " +
+		"requests arrive (and, for latency, by the delay itself).\n\n")
 }

@@ -533,7 +533,7 @@ func newRolloutCmd() *cobra.Command {
 	d := rollback.Defaults()
 	cmd := &cobra.Command{
 		Use:   "rollout",
-		Short: "Time the rollout guard's rollback of a failing canary through a real Envoy (runs per window)",
+		Short: "Time the rollout guard's rollback of a failing or slow canary through a real Envoy, beside it and inside it (runs per window)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c.Logger = logger()
@@ -558,6 +558,8 @@ func newRolloutCmd() *cobra.Command {
 	f.IntVar(&c.Canary, "canary", d.Canary, "the canary's step, in percent")
 	f.IntVar(&c.MinRequests, "min-requests", d.MinRequests, "the guard's min_requests")
 	f.IntVar(&c.Workers, "workers", d.Workers, "concurrent clients sending through Envoy")
+	f.StringVar(&c.ModuleDir, "module-dir", "", "directory of libsplitter.so (make module): measure the module too")
+	f.DurationVar(&c.Delay, "delay", d.Delay, "the latency case's slowdown of every canary request (0: no latency case)")
 	o.register(cmd)
 	return cmd
 }

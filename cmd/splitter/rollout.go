@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -156,7 +157,7 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 	fmt.Fprintf(w, ", canary %s at %s%% (stable %s)\n", s.Canary, split.FormatPercent(int(s.Weight)), s.Stable)
 	if !s.Since.IsZero() {
 		fmt.Fprintf(w, "  since %s", s.Since.Format(time.RFC3339))
-		if s.State == rollout.Progressing || s.State == rollout.Paused {
+		if s.State == rollout.Progressing || s.State == rollout.Paused || s.State == rollout.Waiting {
 			fmt.Fprintf(w, ", held %s of %s", s.Held.D().Round(time.Second), s.Hold.D())
 		}
 		fmt.Fprintln(w)
@@ -167,8 +168,18 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 	if s.OwnsWeights {
 		fmt.Fprintln(w, "  owns the weights: canary, weights and override calls answer 409 until it is paused or aborted")
 	}
+	if wt := s.Waiting; wt != nil {
+		printWaiting(w, wt)
+	}
 	if v := s.Verdict; v != nil {
 		fmt.Fprintf(w, "  verdict: %s (%s over %s): %s\n", v.Result, v.At.Format(time.TimeOnly), v.Covered.D(), v.Reason)
+		if l := v.Latency; l != nil && l.Canary.Requests > 0 {
+			fmt.Fprintf(w, "    latency p%s: canary %s (%d timed), stable %s (%d timed)\n", split.FormatPercent(int(l.Percentile)),
+				latencyText(l.Canary), l.Canary.Requests, latencyText(l.Stable), l.Stable.Requests)
+		}
+		if v.FailingFor > 0 && s.Config != nil {
+			fmt.Fprintf(w, "    failing for %s of failing_for %s\n", v.FailingFor.D().Round(time.Millisecond), s.Config.Guard.FailingFor.D())
+		}
 		if len(v.Replicas) > 0 {
 			fmt.Fprintf(w, "    counts of %d replicas: %s\n", len(v.Replicas), strings.Join(v.Replicas, ", "))
 		}
@@ -194,6 +205,41 @@ func printRollout(w io.Writer, s *rollout.Status) error {
 			split.FormatPercent(int(tr.Weight)), actor, tr.Reason)
 	}
 	return tw.Flush()
+}
+
+// printWaiting says what a waiting rollout waits on.
+func printWaiting(w io.Writer, wt *rollout.WaitStatus) {
+	fmt.Fprintf(w, "  waiting before step %d (%s%%)", wt.NextStep, split.FormatPercent(int(wt.NextWeight)))
+	switch {
+	case wt.Hook != "":
+		fmt.Fprintf(w, " on hook %s (%s), asked %d times", wt.Hook, wt.Type, wt.Asked)
+		if !wt.Since.IsZero() {
+			fmt.Fprintf(w, " since %s", wt.Since.Format(time.TimeOnly))
+		}
+		fmt.Fprintln(w)
+		if wt.LastAnswer != "" {
+			fmt.Fprintf(w, "    last answer (%s): %s\n", wt.LastAt.Format(time.TimeOnly), wt.LastAnswer)
+		}
+	case wt.Note != "":
+		fmt.Fprintf(w, ": %s\n", wt.Note)
+	default:
+		fmt.Fprintln(w, " (the hooks are asked by the rollout leader: see its status)")
+	}
+	if len(wt.Passed) > 0 {
+		fmt.Fprintf(w, "    answered 2xx: %s\n", strings.Join(wt.Passed, ", "))
+	}
+}
+
+// latencyText is a latency figure: "220 ms", "100000+ ms".
+func latencyText(f rollout.LatencyFigure) string {
+	if f.Requests == 0 {
+		return "none"
+	}
+	ms := strconv.FormatFloat(f.Ms, 'f', -1, 64)
+	if f.Over {
+		ms += "+"
+	}
+	return ms + " ms"
 }
 
 func orNone(s string) string {

@@ -48,6 +48,39 @@ func runRollout(t *testing.T, env map[string]string, args ...string) (string, er
 	return out.String(), err
 }
 
+// waitingJSON is a waiting rollout judged on latency too.
+const waitingJSON = `{"service":"api","state":"waiting","canary":"v2","stable":"v1","step":1,"steps":4,"weight":5,
+"since":"2026-01-02T03:04:05Z","held":"70s","hold":"1m0s","owns_weights":true,
+"verdict":{"result":"failing","at":"2026-01-02T03:05:15Z","covered":"10s","canary":{"requests":312,"errors":0},"stable":{"requests":900,"errors":0},
+"canary_error_rate":0,"stable_error_rate":0,"reason":"canary p99 750 ms over 312 requests is above max_latency_ms 500 and above 1.5 x stable's 50 ms",
+"latency":{"result":"failing","percentile":99,"canary":{"ms":750,"requests":312},"stable":{"ms":50,"requests":900},"reason":"…"},"failing_for":"1.25s"},
+"waiting":{"next_step":2,"next_weight":25,"hook":"approve","type":"confirm_step","asked":7,"since":"2026-01-02T03:05:05Z",
+"last_answer":"403 Forbidden: not yet","last_at":"2026-01-02T03:05:14Z","passed":["smoke"]},
+"history":[],"config":{"canary":"v2","steps":[5,25,50,100],"hold":"1m0s","guard":{"window":"10s","min_requests":100,"max_error_rate":1,"max_error_ratio":2,"max_latency_ms":500,"latency_percentile":99,"failing_for":"3s"},"on_failure":"rollback"}}`
+
+// The status of a waiting rollout names the hook and its last answer, and
+// the verdict's latency figures and how long it has been failing.
+func TestRolloutStatusWaiting(t *testing.T) {
+	addr, _ := fakeAdmin(t, http.StatusOK, waitingJSON)
+	out, err := runRollout(t, nil, "status", "api", "--admin-addr", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"api: waiting, step 1 of 4",
+		"held 1m10s of 1m0s",
+		"waiting before step 2 (25%) on hook approve (confirm_step), asked 7 times since 03:05:05",
+		"last answer (03:05:14): 403 Forbidden: not yet",
+		"answered 2xx: smoke",
+		"latency p99: canary 750 ms (312 timed), stable 50 ms (900 timed)",
+		"failing for 1.25s of failing_for 3s",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestRolloutCommand(t *testing.T) {
 	addr, got := fakeAdmin(t, http.StatusOK, statusJSON)
 	out, err := runRollout(t, nil, "status", "api", "--admin-addr", addr)

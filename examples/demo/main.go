@@ -2,9 +2,9 @@
 // backends, the splitter and a real Envoy on loopback, sends traffic
 // through Envoy and draws the split as it changes (admin API, config file
 // edit, a guarded rollout stepping up, a failing canary rolled back,
-// anonymous clients keeping their version as the canary grows).
-// Everything is stopped and the temporary directory removed at the
-// end, also on Ctrl-C. It exits non-zero when anything looks wrong.
+// anonymous clients keeping their version as the canary grows, a slow
+// canary rolled back). Everything is stopped and the temporary directory removed at
+// the end, also on Ctrl-C. It exits non-zero when anything looks wrong.
 //
 //	make demo   (or: go run ./examples/demo --splitter bin/splitter --envoy .venv/bin/envoy)
 //	make demo MODE=module   (the splitter inside Envoy: --mode module --module-dir bin)
@@ -141,7 +141,7 @@ func run(ctx context.Context, out io.Writer, o options) (err error) {
 		return err
 	}
 	for _, step := range []func(context.Context) error{
-		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit, d.rollout, d.badCanary, d.anonymous,
+		d.weighted, d.beta, d.sticky, d.spoof, d.adminCanary, d.fileEdit, d.rollout, d.badCanary, d.anonymous, d.slowCanary,
 	} {
 		if err := step(ctx); err != nil {
 			return err

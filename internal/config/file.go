@@ -23,8 +23,24 @@ type Loaded struct {
 }
 
 // Parse parses configuration bytes: the routing part strictly, the process
-// settings' keys accepted.
+// settings' keys accepted; the files the configuration names (webhook
+// secrets) must be readable and not empty (CheckFiles).
 func Parse(data []byte) (*split.Config, error) {
+	cfg, err := split.Parse(data, split.ParseOptions{ExtraKeys: settings.Keys()})
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckFiles(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// ParseDocument is Parse without CheckFiles: for a document checked where
+// it is written, not where it is read (`config push` validates it on the
+// operator's machine; every replica checks the files it names when it
+// applies it).
+func ParseDocument(data []byte) (*split.Config, error) {
 	return split.Parse(data, split.ParseOptions{ExtraKeys: settings.Keys()})
 }
 

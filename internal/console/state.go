@@ -224,7 +224,7 @@ func (c *Console) service(snap *store.Snapshot, name string, now time.Time) Serv
 // answers 409 to the others).
 func actions(p rollout.Phase) []rollout.Action {
 	switch p {
-	case rollout.Progressing:
+	case rollout.Progressing, rollout.Waiting:
 		return []rollout.Action{rollout.Pause, rollout.Abort, rollout.Promote}
 	case rollout.Paused:
 		return []rollout.Action{rollout.Resume, rollout.Abort, rollout.Promote}

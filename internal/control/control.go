@@ -163,6 +163,7 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		return nil, err
 	}
 	p.metrics.Register(p.rollouts.Collector())
+	p.metrics.Register(p.rollouts.HookCollector())
 	adminOpts := admin.Options{
 		Store:    st,
 		Mutator:  mutator,

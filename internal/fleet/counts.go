@@ -32,11 +32,20 @@ type countsRecord struct {
 	Covered split.Duration `json:"covered"`
 	At      time.Time      `json:"at"`
 	Error   string         `json:"error,omitempty"`
+	// The window's latency histograms, when the guard judges latency
+	// (only the non-empty buckets are written).
+	StableLatency *signals.Histogram `json:"stable_latency,omitempty"`
+	CanaryLatency *signals.Histogram `json:"canary_latency,omitempty"`
 }
 
 // sameCounts says whether two records carry the same evidence.
 func (c countsRecord) sameCounts(o countsRecord) bool {
-	return c.Run.Equal(o.Run) && c.Stable == o.Stable && c.Canary == o.Canary && c.Covered == o.Covered && c.Error == o.Error
+	return c.Run.Equal(o.Run) && c.Stable == o.Stable && c.Canary == o.Canary && c.Covered == o.Covered && c.Error == o.Error &&
+		sameHist(c.StableLatency, o.StableLatency) && sameHist(c.CanaryLatency, o.CanaryLatency)
+}
+
+func sameHist(a, b *signals.Histogram) bool {
+	return a == nil && b == nil || a != nil && b != nil && *a == *b
 }
 
 // published is what this replica last wrote for one service.
@@ -74,6 +83,9 @@ type aggregate struct {
 	stable, canary signals.Counts
 	covered        time.Duration
 	nodes          []string
+	// The summed latency histograms of the replicas that timed requests.
+	lstable, lcanary signals.Histogram
+	timed            bool
 }
 
 // --- Evidence ---
@@ -124,10 +136,16 @@ func (r *Rollouts) Sample(ctx context.Context, now time.Time, watches []rollout.
 			s, c, cov := r.local.Totals(w.Service, now)
 			a.stable, a.canary, a.covered = a.stable.Add(s), a.canary.Add(c), cov
 			a.nodes = append(a.nodes, r.node)
+			if ls, lc, ok := r.local.LatencyTotals(w.Service, now); ok {
+				a.lstable, a.lcanary, a.timed = ls, lc, true
+			}
 		}
 		e := others[w.Service]
 		for i, rec := range e.records {
 			a.stable, a.canary = a.stable.Add(rec.Stable), a.canary.Add(rec.Canary)
+			if rec.StableLatency != nil && rec.CanaryLatency != nil {
+				a.lstable, a.lcanary, a.timed = a.lstable.Add(*rec.StableLatency), a.lcanary.Add(*rec.CanaryLatency), true
+			}
 			covered := rec.Covered.D()
 			if !e.current[i] {
 				// Summed (its counts may show a failure), but a window
@@ -177,6 +195,22 @@ func (r *Rollouts) Totals(service string, now time.Time) (stable, canary signals
 		return r.local.Totals(service, now)
 	}
 	return a.stable, a.canary, a.covered
+}
+
+// LatencyTotals implements rollout.LatencyEvidence: on the leader, the
+// sum of the latency histograms of the replicas summed at the last Sample
+// that timed requests; elsewhere this replica's own.
+func (r *Rollouts) LatencyTotals(service string, now time.Time) (stable, canary signals.Histogram, ok bool) {
+	r.cmu.Lock()
+	a := r.agg[service]
+	r.cmu.Unlock()
+	if a == nil {
+		if r.local == nil {
+			return stable, canary, false
+		}
+		return r.local.LatencyTotals(service, now)
+	}
+	return a.lstable, a.lcanary, a.timed
 }
 
 // Sources implements rollout.Sourced: the replicas summed at the last
@@ -248,6 +282,9 @@ func (r *Rollouts) publish(ctx context.Context, now time.Time, watches []rollout
 		} else {
 			s, cn, cov := r.local.Totals(w.Service, now)
 			rec.Stable, rec.Canary, rec.Covered = s, cn, split.Duration(cov)
+			if ls, lc, ok := r.local.LatencyTotals(w.Service, now); ok {
+				rec.StableLatency, rec.CanaryLatency = &ls, &lc
+			}
 		}
 		if p.lease == lease && rec.sameCounts(p.last) && now.Sub(p.written) < r.heartbeat {
 			continue

@@ -223,7 +223,9 @@ type PushResult struct {
 // same transaction it deletes the overrides the new document makes stale,
 // as a file reload would.
 func PushConfig(ctx context.Context, c *clientv3.Client, keys Keys, data []byte, expectRevision int64) (PushResult, error) {
-	cfg, err := config.Parse(data)
+	// Webhook secret files are the replicas' (each checks them when it
+	// applies the document), not the pushing machine's.
+	cfg, err := config.ParseDocument(data)
 	if err != nil {
 		return PushResult{}, err
 	}

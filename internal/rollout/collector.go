@@ -21,11 +21,11 @@ func (m *Manager) Collector() prometheus.Collector {
 	return &collector{
 		m: m,
 		state: prometheus.NewDesc(ns+"state", "1 for the state the service's rollout is in "+
-			"(idle, progressing, paused, promoted, rolled_back, aborted), 0 for the others.", []string{"service", "state"}, nil),
+			"(idle, progressing, paused, waiting, promoted, rolled_back, aborted), 0 for the others.", []string{"service", "state"}, nil),
 		step:   prometheus.NewDesc(ns+"step", "The rollout's step in force, 1..number of steps; 0 before the first.", []string{"service"}, nil),
 		weight: prometheus.NewDesc(ns+"canary_percent", "The canary's share the rollout set, in percent.", []string{"service"}, nil),
 		verdicts: prometheus.NewDesc(ns+"verdicts_total", "Guard verdicts on the canary (healthy, failing, inconclusive), "+
-			"one per tick while the rollout is progressing or paused.", []string{"service", "result"}, nil),
+			"one per tick while the rollout is progressing, paused or waiting.", []string{"service", "result"}, nil),
 		tr: prometheus.NewDesc(ns+"transitions_total", "Rollout transitions by the state entered.", []string{"service", "to"}, nil),
 	}
 }

@@ -17,6 +17,9 @@ type Watch struct {
 	// Run is when the watched run started (State.Started): a new run
 	// starts on fresh evidence, on every replica.
 	Run time.Time
+	// Latency: the guard judges latency, so each version's requests are
+	// timed too (LatencyEvidence).
+	Latency bool
 }
 
 // Evidence is what verdicts are computed from. Sample takes a reading for
@@ -47,6 +50,11 @@ type Local struct {
 type series struct {
 	watch          Watch
 	stable, canary *signals.Window[signals.Counts]
+	// The latency histograms, when the watch times requests and the
+	// source can (nil otherwise): read with the counts, in windows of
+	// their own that see the same readings from the second on (timed).
+	stableLat, canaryLat *signals.Window[signals.Histogram]
+	timedReads           int
 }
 
 // NewLocal reads src, keeping windows of buckets of width (the sampling
@@ -61,7 +69,9 @@ func (l *Local) Sample(ctx context.Context, now time.Time, watches []Watch) erro
 	keep := make(map[string]bool, len(watches))
 	targets := make([]signals.Target, 0, 2*len(watches))
 	sampled := make([]*series, 0, len(watches))
+	timed := false
 	for _, w := range watches {
+		timed = timed || w.Latency
 		keep[w.Service] = true
 		s := l.series[w.Service]
 		if s == nil || s.watch != w {
@@ -82,7 +92,15 @@ func (l *Local) Sample(ctx context.Context, now time.Time, watches []Watch) erro
 		return nil
 	}
 	out := make([]signals.Counts, len(targets))
-	if err := l.src.Read(ctx, targets, out); err != nil {
+	var lat []signals.Histogram
+	var err error
+	if timed {
+		lat = make([]signals.Histogram, len(targets))
+		timed, err = readLatency(ctx, l.src, targets, out, lat)
+	} else {
+		err = l.src.Read(ctx, targets, out)
+	}
+	if err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -93,8 +111,39 @@ func (l *Local) Sample(ctx context.Context, now time.Time, watches []Watch) erro
 		}
 		s.stable.Observe(now, out[2*i])
 		s.canary.Observe(now, out[2*i+1])
+		if s.watch.Latency && timed {
+			// Envoy's histograms are merged at the flush each admin read
+			// makes, so a reading shows them as the read before left them:
+			// the first reading of a run would put requests timed before
+			// the run began into its first interval. The windows start at
+			// the second reading (the module's, which do not lag, lose one
+			// interval).
+			if s.timedReads++; s.timedReads < 2 {
+				continue
+			}
+			if s.stableLat == nil {
+				s.stableLat = signals.NewWindow[signals.Histogram](s.watch.Window, l.width)
+				s.canaryLat = signals.NewWindow[signals.Histogram](s.watch.Window, l.width)
+			}
+			s.stableLat.Observe(now, lat[2*i])
+			s.canaryLat.Observe(now, lat[2*i+1])
+		}
 	}
 	return nil
+}
+
+// LatencyTotals implements LatencyEvidence: false until the service's
+// requests have been timed (a source that does not time them never).
+func (l *Local) LatencyTotals(service string, now time.Time) (stable, canary signals.Histogram, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.series[service]
+	if s == nil || s.stableLat == nil {
+		return stable, canary, false
+	}
+	stable, _ = s.stableLat.Sum(now)
+	canary, _ = s.canaryLat.Sum(now)
+	return stable, canary, true
 }
 
 // Totals implements Evidence: covered is the lesser of the two windows'.

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"slices"
 	"sync"
 	"time"
@@ -61,6 +62,9 @@ type Options struct {
 	Logger *slog.Logger // nil: discard
 	Audit  *slog.Logger // transitions; nil: Logger
 	Now    func() time.Time
+	// HookClient makes the webhook calls (nil: one with its own
+	// transport; redirects are never followed).
+	HookClient *http.Client
 }
 
 // DefaultInterval is the tick when Options.Interval is not set.
@@ -93,6 +97,19 @@ type Manager struct {
 	// seen: per service whose progressing state another replica's clock
 	// wrote, when this replica first saw that state's Since (local).
 	seen map[string]seenSince
+	// failing: per service, the first of an unbroken run of failing
+	// verdicts (failing_for); a verdict that is not failing ends it.
+	failing map[string]time.Time
+	// waits: per waiting service, what it waits on (the leader's view).
+	waits map[string]WaitStatus
+	// leading: this replica ran the decision loop at its last tick (file
+	// mode: always), so it calls the hooks.
+	leading bool
+
+	hooks  *hookClient
+	gates  *gates
+	events *events
+	closed sync.Once
 }
 
 // seenSince is when this replica saw a hold clock another replica started.
@@ -118,6 +135,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 		behind: map[string]int64{}, seen: map[string]seenSince{},
+		failing: map[string]time.Time{}, waits: map[string]WaitStatus{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -149,6 +167,9 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 	if m.now == nil {
 		m.now = time.Now
 	}
+	_, m.leading = m.elector.(Always)
+	m.hooks = newHookClient(opts.HookClient, m.node, m.log.With("component", "rollout-hooks"))
+	m.gates, m.events = newGates(m.hooks), newEvents(m.hooks)
 	loaded, err := m.states.Load(ctx)
 	var unreadable *UnreadableError
 	switch {
@@ -183,6 +204,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 func (m *Manager) Run(ctx context.Context) error {
 	t := time.NewTicker(m.interval)
 	defer t.Stop()
+	defer m.Close()
 	for {
 		m.Tick(ctx)
 		select {
@@ -204,6 +226,14 @@ func (m *Manager) Tick(ctx context.Context) {
 	}
 	lctx, release, leading := m.elector.Lead(ctx)
 	defer release()
+	m.mu.Lock()
+	wasLeading := m.leading
+	m.leading = leading
+	m.mu.Unlock()
+	if wasLeading && !leading {
+		// Only the leader asks the hooks.
+		m.gates.stop()
+	}
 	var watches []Watch
 	if leading {
 		watches = m.prepare(lctx, snap, m.now())
@@ -284,6 +314,7 @@ func watchOf(snap *store.Snapshot, st State) (Watch, string) {
 		Canary:  signals.Target{Service: st.Service, Version: st.Canary, Cluster: svc.Cluster(st.Canary)},
 		Window:  svc.Rollout.Guard.Window.D(),
 		Run:     st.Started(),
+		Latency: svc.Rollout.Guard.JudgesLatency(),
 	}, ""
 }
 
@@ -320,6 +351,11 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Time, watches []Watch, sampleErr error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if sampleErr == nil {
+		// Hooks no waiting rollout asked this tick are stopped (a tick
+		// without readings asks nothing, and stops nothing either).
+		defer m.gates.sweep()
+	}
 	m.signalResult(sampleErr, watches)
 	for _, w := range watches {
 		if ctx.Err() != nil {
@@ -332,7 +368,9 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		}
 		if sampleErr == nil {
 			stable, canary, covered := m.evidence.Totals(w.Service, now)
-			v := newVerdict(svc.Rollout.Guard, canary, stable, covered, now)
+			lat := latencyOf(svc.Rollout.Guard, m.evidence, w.Service, now)
+			v := newVerdict(svc.Rollout.Guard, canary, stable, lat, covered, now)
+			v.FailingFor = split.Duration(m.failingFor(w.Service, v.Result, now))
 			if age := m.now().Sub(now); age > w.Window {
 				// The tick stalled (an apply under the lock, a slow read)
 				// for longer than the window since these readings: they
@@ -346,7 +384,11 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 			}
 			m.verdicts[w.Service] = v
 			m.countsOf(w.Service).verdicts[v.Result]++
-			if next, changed := Advance(m.local(st), svc.Rollout, v, covered, now); changed {
+			next, changed := Advance(m.local(st), svc.Rollout, v, covered, now)
+			if !changed && st.Phase == Waiting {
+				next, changed = m.gate(m.local(st), svc.Rollout, v, covered, now)
+			}
+			if changed {
 				if err := m.commit(ctx, snap, next); errors.Is(err, ErrStale) {
 					// An operator's action (or another leader) won the
 					// race: judge the state that is stored next time.
@@ -359,7 +401,7 @@ func (m *Manager) decide(ctx context.Context, snap *store.Snapshot, now time.Tim
 		// back if something else changed them (a file reload that dropped
 		// the override, a manual change racing a start); and at the shadow
 		// step, its mirror.
-		if st.Phase == Progressing && (!m.weightsInForce(snap, st) || !shadowMirrorInForce(snap, svc, st)) {
+		if st.Phase.Owns() && (!m.weightsInForce(snap, st) || !shadowMirrorInForce(snap, svc, st)) {
 			m.log.Warn("the service's weights changed outside the rollout; restoring the step's weights",
 				"service", w.Service, "step", st.Step, "weight", split.FormatPercent(int(st.Weight)))
 			_ = m.apply(ctx, w.Service)
@@ -422,6 +464,7 @@ func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) 
 	m.saw(saved)
 	m.countsOf(next.Service).transitions[next.Phase]++
 	m.logTransition(ctx, saved)
+	m.moved(saved, saved.History[len(saved.History)-1:])
 	return m.apply(ctx, next.Service)
 }
 
@@ -465,6 +508,8 @@ func (m *Manager) Observe(st State) {
 			delete(m.current, st.Service)
 			delete(m.verdicts, st.Service)
 			delete(m.seen, st.Service)
+			delete(m.failing, st.Service)
+			delete(m.waits, st.Service)
 			m.log.Warn("rollout state deleted from the store: the service is idle", "service", st.Service)
 		}
 		return
@@ -479,13 +524,16 @@ func (m *Manager) Observe(st State) {
 // and logged (as followed: the replica that made them audited them); m.mu
 // is held.
 func (m *Manager) follow(cur, st State) {
-	for _, tr := range added(cur.History, st.History) {
+	news := added(cur.History, st.History)
+	for _, tr := range news {
 		m.countsOf(st.Service).transitions[tr.To]++
 		m.log.Info("rollout transition followed", "service", st.Service, "from", tr.From, "to", tr.To, "step", tr.Step,
 			"weight", split.FormatPercent(int(tr.Weight)), "actor", tr.Actor, "node", tr.Node, "reason", tr.Reason)
 	}
+	m.moved(st, news)
 	if !st.Started().Equal(cur.Started()) {
 		delete(m.verdicts, st.Service)
+		delete(m.failing, st.Service)
 	}
 	m.current[st.Service] = st
 	m.saw(st)
@@ -512,7 +560,7 @@ func added(cur, next []Transition) []Transition {
 // saw notes when this replica first saw st's hold clock, when another
 // replica's clock started it; m.mu is held.
 func (m *Manager) saw(st State) {
-	if st.Phase != Progressing || st.Clock == m.node {
+	if !st.Phase.running() || st.Clock == m.node {
 		delete(m.seen, st.Service)
 		return
 	}
@@ -528,7 +576,7 @@ func (m *Manager) saw(st State) {
 // short by how long the state took to arrive, never long by how far the
 // clocks are apart); m.mu is held.
 func (m *Manager) local(st State) State {
-	if st.Phase != Progressing || st.Clock == m.node {
+	if !st.Phase.running() || st.Clock == m.node {
 		return st
 	}
 	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
@@ -653,6 +701,10 @@ func (m *Manager) logTransition(ctx context.Context, st State) {
 		if len(v.Replicas) > 0 {
 			attrs = append(attrs, slog.Any("replicas", v.Replicas))
 		}
+		attrs = append(attrs, latencyAttrs(v)...)
+	}
+	if st.Wait != nil {
+		attrs = append(attrs, slog.Int("next_step", st.Wait.Step), slog.String("next_weight", split.FormatPercent(int(st.Wait.Weight))))
 	}
 	level := slog.LevelInfo
 	if tr.To == RolledBack {
@@ -734,6 +786,7 @@ func (m *Manager) Act(ctx context.Context, service string, action Action, actor 
 		if action == Start && m.evidence != nil {
 			m.evidence.Forget(service)
 			delete(m.verdicts, service)
+			delete(m.failing, service)
 		}
 		err = m.commit(ctx, snap, next)
 		if errors.Is(err, ErrStale) && attempt < maxActAttempts {
@@ -798,7 +851,9 @@ type Status struct {
 	Node     string `json:"node,omitempty"`
 	Revision int64  `json:"revision,omitempty"`
 	// Verdict is the last one, with its numbers (not kept across restarts).
-	Verdict     *Verdict       `json:"verdict,omitempty"`
+	Verdict *Verdict `json:"verdict,omitempty"`
+	// Waiting is what a waiting rollout waits on.
+	Waiting     *WaitStatus    `json:"waiting,omitempty"`
 	SignalError string         `json:"signal_error,omitempty"`
 	History     []Transition   `json:"history"`
 	Config      *split.Rollout `json:"config"`
@@ -844,6 +899,13 @@ func (m *Manager) statusLocked(svc split.Service) Status {
 	}
 	if st.Phase.active() {
 		out.SignalError = m.sigErr
+	}
+	if st.Phase == Waiting {
+		w := m.waits[svc.Name]
+		if st.Wait != nil {
+			w.NextStep, w.NextWeight = st.Wait.Step, st.Wait.Weight
+		}
+		out.Waiting = &w
 	}
 	return out
 }

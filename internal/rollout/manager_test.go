@@ -486,7 +486,7 @@ func TestCollector(t *testing.T) {
 	b.act(rollout.Start)
 	b.run(time.Second, traffic{stable: 30, canary: 2}, nil) // 4 inconclusive verdicts
 	const want = `
-# HELP splitter_rollout_state 1 for the state the service's rollout is in (idle, progressing, paused, promoted, rolled_back, aborted), 0 for the others.
+# HELP splitter_rollout_state 1 for the state the service's rollout is in (idle, progressing, paused, waiting, promoted, rolled_back, aborted), 0 for the others.
 # TYPE splitter_rollout_state gauge
 splitter_rollout_state{service="api",state="aborted"} 0
 splitter_rollout_state{service="api",state="idle"} 0
@@ -494,13 +494,14 @@ splitter_rollout_state{service="api",state="paused"} 0
 splitter_rollout_state{service="api",state="progressing"} 1
 splitter_rollout_state{service="api",state="promoted"} 0
 splitter_rollout_state{service="api",state="rolled_back"} 0
+splitter_rollout_state{service="api",state="waiting"} 0
 # HELP splitter_rollout_step The rollout's step in force, 1..number of steps; 0 before the first.
 # TYPE splitter_rollout_step gauge
 splitter_rollout_step{service="api"} 1
 # HELP splitter_rollout_canary_percent The canary's share the rollout set, in percent.
 # TYPE splitter_rollout_canary_percent gauge
 splitter_rollout_canary_percent{service="api"} 5
-# HELP splitter_rollout_verdicts_total Guard verdicts on the canary (healthy, failing, inconclusive), one per tick while the rollout is progressing or paused.
+# HELP splitter_rollout_verdicts_total Guard verdicts on the canary (healthy, failing, inconclusive), one per tick while the rollout is progressing, paused or waiting.
 # TYPE splitter_rollout_verdicts_total counter
 splitter_rollout_verdicts_total{result="failing",service="api"} 0
 splitter_rollout_verdicts_total{result="healthy",service="api"} 0

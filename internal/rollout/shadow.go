@@ -58,6 +58,9 @@ func startShadow(s State, r *split.Rollout, now time.Time, actor string) State {
 func advanceShadow(s State, r *split.Rollout, v Verdict, covered time.Duration, now time.Time) (State, bool) {
 	vv := v
 	if v.Result == Failing {
+		if v.FailingFor < r.Guard.FailingFor {
+			return s, false // failing, but not for long enough yet (failing_for)
+		}
 		return s.to(RolledBack, 0, 0, now, Actor, "guard failed the canary in shadow, before any user was served by it: "+v.Reason, &vv), true
 	}
 	if r.Shadow == nil {
@@ -66,6 +69,15 @@ func advanceShadow(s State, r *split.Rollout, v Verdict, covered time.Duration, 
 	}
 	if s.Phase != Progressing || v.Result != Healthy || covered < r.Guard.Window.D() || s.Held(now) < r.Shadow.Hold.D() {
 		return s, false
+	}
+	if hooks := Gates(r, 1); len(hooks) > 0 {
+		// The first step's pre_step hooks: the rollout waits in shadow
+		// (the mirror stays) until they answer.
+		next := s.to(Waiting, 0, 0, now, Actor, fmt.Sprintf("healthy in shadow for %s: waiting for %s before step 1 (%s%%)",
+			r.Shadow.Hold.D(), hookNames(hooks), split.FormatPercent(r.Steps[0])), &vv).keepShadow(s)
+		next.Wait = &Wait{Step: 1, Weight: split.Percent(r.Steps[0])}
+		next.HeldBefore = split.Duration(s.Held(now))
+		return next, true
 	}
 	return s.to(Progressing, 1, r.Steps[0], now, Actor,
 		fmt.Sprintf("healthy in shadow for %s: first step", r.Shadow.Hold.D()), &vv), true

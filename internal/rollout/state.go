@@ -16,22 +16,30 @@ const (
 	Idle        Phase = "idle"        // never started
 	Progressing Phase = "progressing" // at a step, moving up while healthy
 	Paused      Phase = "paused"      // at a step, not moving; the guard still rolls back
+	Waiting     Phase = "waiting"     // due for the next step, until its hooks answer 2xx (State.Wait); the guard still rolls back
 	Promoted    Phase = "promoted"    // the last step (100 %) was reached
 	RolledBack  Phase = "rolled_back" // the guard failed the canary: it is at 0 until started again
 	Aborted     Phase = "aborted"     // an operator (or a configuration change) stopped it: canary at 0
 )
 
 // Phases is the closed set of phases, in a fixed order.
-func Phases() []Phase { return []Phase{Idle, Progressing, Paused, Promoted, RolledBack, Aborted} }
+func Phases() []Phase {
+	return []Phase{Idle, Progressing, Paused, Waiting, Promoted, RolledBack, Aborted}
+}
 
 // Owns reports whether a rollout in phase p decides the service's weights,
 // so that an admin weights or canary call must be refused. A paused
 // rollout does not: pausing is how an operator takes the weights by hand
 // (resume puts the step's weight back).
-func (p Phase) Owns() bool { return p == Progressing }
+// A waiting rollout does: it is due to move on.
+func (p Phase) Owns() bool { return p == Progressing || p == Waiting }
 
 // active reports whether the guard watches a rollout in phase p.
-func (p Phase) active() bool { return p == Progressing || p == Paused }
+func (p Phase) active() bool { return p == Progressing || p == Paused || p == Waiting }
+
+// running reports whether a rollout in phase p holds its step with the
+// hold clock running.
+func (p Phase) running() bool { return p == Progressing || p == Waiting }
 
 // Action is an operator's command.
 type Action string
@@ -107,8 +115,10 @@ type State struct {
 	// Applying is set while the weights of a transition are being applied:
 	// a state read back with it set (a crash in between) has its weights
 	// applied again.
-	Applying bool         `json:"applying,omitempty"`
-	History  []Transition `json:"history"`
+	Applying bool `json:"applying,omitempty"`
+	// Wait is where a waiting rollout goes once its hooks answer 2xx.
+	Wait    *Wait        `json:"wait,omitempty"`
+	History []Transition `json:"history"`
 	// Revision is the stored state's revision where the StateStore has
 	// them (etcd: the key's mod revision), 0 otherwise; not part of the
 	// stored document.
@@ -133,11 +143,18 @@ type Transition struct {
 	Verdict *Verdict `json:"verdict,omitempty"`
 }
 
+// Wait is the step a waiting rollout moves to once every hook before it
+// (Gates) has answered 2xx.
+type Wait struct {
+	Step   int           `json:"step"`
+	Weight split.Percent `json:"weight"`
+}
+
 // Held is how long the step in force has been held, pauses excluded, at
 // now on the clock of s.Clock.
 func (s State) Held(now time.Time) time.Duration {
 	switch s.Phase {
-	case Progressing:
+	case Progressing, Waiting:
 		return s.HeldBefore.D() + max(now.Sub(s.Since), 0)
 	case Paused:
 		return s.HeldBefore.D() + max(s.PausedAt.Sub(s.Since), 0)
@@ -167,7 +184,7 @@ func (s State) Started() time.Time {
 func (s State) to(phase Phase, step, weight int, now time.Time, actor, reason string, v *Verdict) State {
 	next := s
 	next.Phase, next.Step, next.Weight, next.Shadow = phase, step, split.Percent(weight), false
-	next.Since, next.PausedAt, next.HeldBefore = now, time.Time{}, 0
+	next.Since, next.PausedAt, next.HeldBefore, next.Wait = now, time.Time{}, 0, nil
 	tr := Transition{At: now, From: s.Phase, To: phase, Step: step, Weight: split.Percent(weight), Actor: actor, Reason: reason, Verdict: v}
 	next.History = append(append(make([]Transition, 0, len(s.History)+1), s.History...), tr)
 	if len(next.History) > MaxHistory {
@@ -194,9 +211,16 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 		if r.Shadow != nil {
 			return startShadow(s, r, now, actor), nil
 		}
+		if hooks := Gates(r, 1); len(hooks) > 0 {
+			// pre_step hooks come before the first step's weight too.
+			next := s.to(Waiting, 0, 0, now, actor, fmt.Sprintf("started: waiting for %s before step 1 (%s%%)",
+				hookNames(hooks), split.FormatPercent(r.Steps[0])), nil)
+			next.Wait = &Wait{Step: 1, Weight: split.Percent(r.Steps[0])}
+			return next, nil
+		}
 		return s.to(Progressing, 1, r.Steps[0], now, actor, "started", nil), nil
 	case Pause:
-		if s.Phase != Progressing {
+		if !s.Phase.running() {
 			return conflict("pause")
 		}
 		next := s.to(Paused, s.Step, int(s.Weight), now, actor, "paused", nil).keepShadow(s)
@@ -228,10 +252,13 @@ func Act(s State, r *split.Rollout, stable string, a Action, now time.Time, acto
 
 // Advance is the guard's move for an active rollout given the verdict v
 // over a window of which covered has been watched: a failing verdict rolls
-// the canary back (paused or not); a progressing rollout that has held its
-// step for r.Hold, with a healthy verdict over a fully watched window,
-// moves to the next step, and reaching the last one (100 %) promotes it.
-// Inconclusive verdicts change nothing. It reports whether s changed.
+// the canary back (paused, waiting or not) once the verdicts have been
+// failing for the guard's failing_for (v.FailingFor); a progressing
+// rollout that has held its step for r.Hold, with a healthy verdict over a
+// fully watched window, moves to the next step, and reaching the last one
+// (100 %) promotes it; when the next step has hooks to ask first (Gates),
+// it waits for them instead (Proceed moves it on). Inconclusive verdicts
+// change nothing. It reports whether s changed.
 func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now time.Time) (State, bool) {
 	if !s.Phase.active() {
 		return s, false
@@ -240,23 +267,69 @@ func Advance(s State, r *split.Rollout, v Verdict, covered time.Duration, now ti
 		return advanceShadow(s, r, v, covered, now)
 	}
 	if v.Result == Failing {
+		if v.FailingFor < r.Guard.FailingFor {
+			return s, false // failing, but not for long enough yet
+		}
 		vv := v
-		return s.to(RolledBack, s.Step, 0, now, "rollout", "guard failed the canary: "+v.Reason, &vv), true
+		reason := "guard failed the canary: " + v.Reason
+		if r.Guard.FailingFor > 0 {
+			reason = fmt.Sprintf("guard failed the canary for %s (failing_for %s): %s", v.FailingFor.D().Round(time.Millisecond), r.Guard.FailingFor.D(), v.Reason)
+		}
+		return s.to(RolledBack, s.Step, 0, now, "rollout", reason, &vv), true
 	}
 	if s.Phase != Progressing || v.Result != Healthy || covered < r.Guard.Window.D() || s.Held(now) < r.Hold.D() {
 		return s, false
 	}
-	next := nextStep(r.Steps, int(s.Weight))
-	if next < 0 {
-		// Already at or above the last step (the steps were changed).
-		vv := v
-		return s.to(Promoted, len(r.Steps), split.Buckets, now, "rollout", "last step reached", &vv), true
-	}
+	target, weight := nextTarget(r.Steps, int(s.Weight))
 	vv := v
-	if next == len(r.Steps)-1 {
-		return s.to(Promoted, next+1, r.Steps[next], now, "rollout", fmt.Sprintf("healthy for %s: last step reached", r.Hold.D()), &vv), true
+	if hooks := Gates(r, target); len(hooks) > 0 {
+		next := s.to(Waiting, s.Step, int(s.Weight), now, "rollout", fmt.Sprintf("healthy for %s: waiting for %s before step %d (%s%%)",
+			r.Hold.D(), hookNames(hooks), target, split.FormatPercent(weight)), &vv)
+		next.Wait = &Wait{Step: target, Weight: split.Percent(weight)}
+		// The step's hold goes on counting while it waits.
+		next.HeldBefore = split.Duration(s.Held(now))
+		return next, true
 	}
-	return s.to(Progressing, next+1, r.Steps[next], now, "rollout", fmt.Sprintf("healthy for %s: next step", r.Hold.D()), &vv), true
+	return moveTo(s, r, target, weight, now, fmt.Sprintf("healthy for %s", r.Hold.D()), &vv), true
+}
+
+// Proceed moves a waiting rollout on, once every hook before its next
+// step has answered 2xx (why says so): to the next step when it is
+// the first (the start's pre_step hooks: there is no evidence yet), else
+// on a healthy verdict over a fully watched window. It reports whether s
+// changed.
+func Proceed(s State, r *split.Rollout, v Verdict, covered time.Duration, now time.Time, why string) (State, bool) {
+	if s.Phase != Waiting {
+		return s, false
+	}
+	target, weight := nextTarget(r.Steps, int(s.Weight))
+	if target > 1 && (v.Result != Healthy || covered < r.Guard.Window.D()) {
+		return s, false
+	}
+	var vv *Verdict
+	if v.Result != "" {
+		vc := v
+		vv = &vc
+	}
+	return moveTo(s, r, target, weight, now, why, vv), true
+}
+
+// nextTarget is the step after the canary's share weight (1-based) and
+// its share; past the last step (the steps were changed), the last.
+func nextTarget(steps []int, weight int) (int, int) {
+	next := nextStep(steps, weight)
+	if next < 0 {
+		return len(steps), split.Buckets
+	}
+	return next + 1, steps[next]
+}
+
+// moveTo puts s at step target (the last one promotes).
+func moveTo(s State, r *split.Rollout, target, weight int, now time.Time, why string, v *Verdict) State {
+	if target >= len(r.Steps) {
+		return s.to(Promoted, len(r.Steps), weight, now, "rollout", why+": last step reached", v)
+	}
+	return s.to(Progressing, target, weight, now, "rollout", why+": next step", v)
 }
 
 // nextStep is the index of the first step above weight, -1 when none: the

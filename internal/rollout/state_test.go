@@ -2,6 +2,8 @@ package rollout_test
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,5 +176,115 @@ func TestHistoryIsBounded(t *testing.T) {
 	}
 	if len(st.History) != rollout.MaxHistory || !st.History[len(st.History)-1].At.Equal(t0.Add(sec(rollout.MaxHistory+4))) {
 		t.Fatalf("history: %d entries, last at %v", len(st.History), st.History[len(st.History)-1].At)
+	}
+}
+
+// TestWaitingForHooks: with hooks before the next step, a rollout due to
+// step waits instead (the hold still counting), the guard still rolls it
+// back, the operator's actions apply as to a progressing one, and Proceed
+// takes the step once every hook answered, on a healthy verdict over a
+// full window (the start's pre_step hooks need none).
+func TestWaitingForHooks(t *testing.T) {
+	r := testRollout()
+	r.Webhooks = []split.Webhook{
+		{Name: "approve", Type: split.HookConfirmStep},
+		{Name: "release", Type: split.HookConfirmPromotion},
+		{Name: "smoke", Type: split.HookPreStep},
+	}
+	if names := func(hs []split.Webhook) (out []string) {
+		for _, h := range hs {
+			out = append(out, h.Name)
+		}
+		return out
+	}; fmt.Sprint(names(rollout.Gates(r, 1)), names(rollout.Gates(r, 2)), names(rollout.Gates(r, 4))) != "[smoke] [approve smoke] [approve release smoke]" {
+		t.Fatalf("gates: %v %v %v", names(rollout.Gates(r, 1)), names(rollout.Gates(r, 2)), names(rollout.Gates(r, 4)))
+	}
+	full := r.Guard.Window.D()
+	started, _ := rollout.Act(rollout.State{Service: "api"}, r, "v1", rollout.Start, t0, "op")
+	if started.Phase != rollout.Waiting || started.Step != 0 || started.Weight != 0 || started.Wait == nil || started.Wait.Step != 1 || started.Wait.Weight != 500 {
+		t.Fatalf("start with a pre_step hook: %+v", started)
+	}
+	first, moved := rollout.Proceed(started, r, rollout.Verdict{}, 0, t0.Add(sec(1)), "hooks smoke answered 2xx")
+	if !moved || first.Phase != rollout.Progressing || first.Step != 1 || first.Weight != 500 || first.Wait != nil {
+		t.Fatalf("the first step needs no evidence: %+v", first)
+	}
+	waiting, moved := rollout.Advance(first, r, verdict(rollout.Healthy), full, t0.Add(sec(61)))
+	if !moved || waiting.Phase != rollout.Waiting || waiting.Step != 1 || waiting.Weight != 500 || waiting.Wait.Step != 2 ||
+		waiting.Held(t0.Add(sec(70))) != sec(69) || !strings.Contains(waiting.History[len(waiting.History)-1].Reason, "waiting for approve (confirm_step), smoke (pre_step) before step 2 (25%)") {
+		t.Fatalf("due for step 2: %+v (held %v)", waiting, waiting.Held(t0.Add(sec(70))))
+	}
+	if !waiting.Phase.Owns() {
+		t.Error("a waiting rollout must own the weights")
+	}
+	for _, c := range []struct {
+		name    string
+		v       rollout.Result
+		covered time.Duration
+		moved   bool
+		phase   rollout.Phase
+	}{
+		{"healthy over a full window: next step", rollout.Healthy, full, true, rollout.Progressing},
+		{"inconclusive: still waiting", rollout.Inconclusive, full, false, rollout.Waiting},
+		{"healthy, window not full: still waiting", rollout.Healthy, full - time.Millisecond, false, rollout.Waiting},
+	} {
+		got, moved := rollout.Proceed(waiting, r, verdict(c.v), c.covered, t0.Add(sec(80)), "hooks approve, smoke answered 2xx")
+		if moved != c.moved || got.Phase != c.phase || (moved && (got.Step != 2 || got.Weight != 2500)) {
+			t.Errorf("%s: moved %v to %s step %d", c.name, moved, got.Phase, got.Step)
+		}
+	}
+	if rb, moved := rollout.Advance(waiting, r, verdict(rollout.Failing), full, t0.Add(sec(80))); !moved || rb.Phase != rollout.RolledBack || rb.Weight != 0 {
+		t.Errorf("failing while waiting: %+v", rb)
+	}
+	if _, moved := rollout.Advance(waiting, r, verdict(rollout.Healthy), full, t0.Add(sec(80))); moved {
+		t.Error("Advance moved a waiting rollout on a healthy verdict (Proceed's job)")
+	}
+	for _, a := range []rollout.Action{rollout.Pause, rollout.Abort, rollout.Promote} {
+		if _, err := rollout.Act(waiting, r, "v1", a, t0.Add(sec(80)), "op"); err != nil {
+			t.Errorf("%s while waiting: %v", a, err)
+		}
+	}
+	for _, a := range []rollout.Action{rollout.Start, rollout.Resume} {
+		if _, err := rollout.Act(waiting, r, "v1", a, t0.Add(sec(80)), "op"); !errors.Is(err, rollout.ErrConflict) {
+			t.Errorf("%s while waiting: %v, want a conflict", a, err)
+		}
+	}
+	paused, _ := rollout.Act(waiting, r, "v1", rollout.Pause, t0.Add(sec(80)), "op")
+	resumed, _ := rollout.Act(paused, r, "v1", rollout.Resume, t0.Add(sec(90)), "op")
+	if again, moved := rollout.Advance(resumed, r, verdict(rollout.Healthy), full, t0.Add(sec(90))); !moved || again.Phase != rollout.Waiting {
+		t.Errorf("resumed after the hold: %s, want waiting again (the hooks are asked again)", again.Phase)
+	}
+	last := waiting
+	last.Step, last.Weight = 3, 5000
+	if p, _ := rollout.Proceed(last, r, verdict(rollout.Healthy), full, t0.Add(sec(80)), "hooks approve, release, smoke answered 2xx"); p.Phase != rollout.Promoted || p.Weight != 10000 {
+		t.Errorf("the last step: %s at %v", p.Phase, p.Weight)
+	}
+}
+
+// With a shadow step, the first step's pre_step hooks are asked when the
+// shadow step is done: the rollout waits in shadow (its mirror stays),
+// then leaves it for the first step.
+func TestShadowThenPreStep(t *testing.T) {
+	r := testRollout()
+	sh := split.DefaultShadow()
+	r.Shadow = &sh
+	r.Webhooks = []split.Webhook{{Name: "smoke", Type: split.HookPreStep}}
+	full := r.Guard.Window.D()
+	st, _ := rollout.Act(rollout.State{Service: "api"}, r, "v1", rollout.Start, t0, "op")
+	if st.Phase != rollout.Progressing || !st.Shadow || st.Step != 0 {
+		t.Fatalf("start: %+v", st)
+	}
+	w, moved := rollout.Advance(st, r, verdict(rollout.Healthy), full, t0.Add(sh.Hold.D()))
+	if !moved || w.Phase != rollout.Waiting || !w.Shadow || w.Wait == nil || w.Wait.Step != 1 {
+		t.Fatalf("after the shadow hold: %+v", w)
+	}
+	first, moved := rollout.Proceed(w, r, verdict(rollout.Healthy), full, t0.Add(sh.Hold.D()+sec(1)), "hooks smoke answered 2xx")
+	if !moved || first.Phase != rollout.Progressing || first.Shadow || first.Step != 1 || first.Weight != 500 {
+		t.Fatalf("after the hook: %+v", first)
+	}
+	r.Guard.FailingFor = split.Duration(sec(3))
+	v := verdict(rollout.Failing)
+	v.FailingFor = split.Duration(sec(1))
+	if _, moved := rollout.Advance(st, r, v, full, t0.Add(sec(5))); moved {
+		t.Fatal("failing_for does not hold in shadow")
 	}
 }

@@ -40,6 +40,13 @@ type Verdict struct {
 	CanaryErrorRate float64 `json:"canary_error_rate"`
 	StableErrorRate float64 `json:"stable_error_rate"`
 	Reason          string  `json:"reason"`
+	// Latency is the latency half of the verdict, when the guard has a
+	// latency bound (Result and Reason then combine both halves).
+	Latency *LatencyVerdict `json:"latency,omitempty"`
+	// FailingFor is how long the verdicts have been failing without a
+	// break, this one included (0 at the first failing one); a rollback
+	// waits until it reaches the guard's failing_for.
+	FailingFor split.Duration `json:"failing_for,omitempty"`
 	// Replicas are those whose counts were summed (etcd mode).
 	Replicas []string `json:"replicas,omitempty"`
 }
@@ -98,13 +105,15 @@ func rateText(c signals.Counts) string {
 	return fmt.Sprintf("%.4g%% (%d of %d)", errorRate(c), c.Errors, c.Requests)
 }
 
-// newVerdict judges and keeps the numbers.
-func newVerdict(g split.Guard, canary, stable signals.Counts, covered time.Duration, now time.Time) Verdict {
+// newVerdict judges and keeps the numbers; lat is the latency half (nil
+// without a latency bound).
+func newVerdict(g split.Guard, canary, stable signals.Counts, lat *LatencyVerdict, covered time.Duration, now time.Time) Verdict {
 	res, reason := Judge(g, canary, stable)
+	res, reason = combine(res, reason, lat)
 	return Verdict{
 		Result: res, At: now, Covered: split.Duration(covered),
 		Canary: canary, Stable: stable,
 		CanaryErrorRate: errorRate(canary), StableErrorRate: errorRate(stable),
-		Reason: reason,
+		Reason: reason, Latency: lat,
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Counts are a version's requests and errors: cumulative in a reading,
@@ -60,7 +61,10 @@ type Counters struct {
 
 type pairKey struct{ service, version string }
 
-type pairCounts struct{ requests, errors atomic.Uint64 }
+type pairCounts struct {
+	requests, errors atomic.Uint64
+	latency          [LatencyBuckets]atomic.Uint64
+}
 
 // IsError says whether an answer counts as an error for the guard: a 5xx
 // status, or a reset (no status; the client saw a failure).
@@ -69,6 +73,17 @@ func IsError(status int, reset bool) bool { return reset || status >= 500 && sta
 // Record counts one answered request of version of service.
 func (c *Counters) Record(service, version string, status int, reset bool) {
 	p := c.pair(pairKey{service, version})
+	p.requests.Add(1)
+	if IsError(status, reset) {
+		p.errors.Add(1)
+	}
+}
+
+// RecordTimed is Record for a request that took d: it is also counted in
+// the version's latency histogram (ReadLatency).
+func (c *Counters) RecordTimed(service, version string, status int, reset bool, d time.Duration) {
+	p := c.pair(pairKey{service, version})
+	p.latency[LatencyBucket(d)].Add(1)
 	p.requests.Add(1)
 	if IsError(status, reset) {
 		p.errors.Add(1)
@@ -110,6 +125,30 @@ func (c *Counters) Read(_ context.Context, targets []Target, out []Counts) error
 		}
 		if p, ok := (*m)[pairKey{t.Service, t.Version}]; ok {
 			out[i] = Counts{Requests: p.requests.Load(), Errors: p.errors.Load()}
+		}
+	}
+	return nil
+}
+
+// ReadLatency implements LatencySource: the histograms of the requests
+// counted with RecordTimed.
+func (c *Counters) ReadLatency(ctx context.Context, targets []Target, out []Counts, lat []Histogram) error {
+	if len(lat) < len(targets) {
+		return ErrShortOut
+	}
+	if err := c.Read(ctx, targets, out); err != nil {
+		return err
+	}
+	m := c.pairs.Load()
+	for i, t := range targets {
+		lat[i] = Histogram{}
+		if m == nil {
+			continue
+		}
+		if p, ok := (*m)[pairKey{t.Service, t.Version}]; ok {
+			for b := range lat[i] {
+				lat[i][b] = p.latency[b].Load()
+			}
 		}
 	}
 	return nil

@@ -98,3 +98,8 @@ func FreePort() (int, error) {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
+
+// Slow makes every request of the backend from now on wait d before it is
+// answered (0: none); Faults.FirstSlow says when the first slowed one
+// arrived.
+func (be *Backend) Slow(d time.Duration) { be.Faults.SetDelay(d) }

@@ -31,6 +31,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/trafficsplit/splitter/internal/signals"
 	"github.com/trafficsplit/splitter/module"
 )
 
@@ -49,6 +50,7 @@ var (
 	_ = [1]struct{}{}[C.SP_RETRY-int(module.StatusRetry)]
 	_ = [1]struct{}{}[C.SP_NO_CONFIG-int(module.StatusNoConfig)]
 	_ = [1]struct{}{}[C.SP_PANIC-int(module.StatusPanic)]
+	_ = [1]struct{}{}[C.SP_LAT_BUCKETS-signals.LatencyBuckets]
 )
 
 // readsGrace is how long a replaced set of header names stays allocated: a
@@ -99,6 +101,26 @@ func (host) Counts(pair int32) [module.NumClasses]uint64 {
 		r[i] = uint64(v)
 	}
 	return r
+}
+
+// Latency implements the module's latency host: pair's responses timed
+// in C, by bucket.
+func (host) Latency(pair int32) [signals.LatencyBuckets]uint64 {
+	var out [signals.LatencyBuckets]C.uint64_t
+	C.sp_latency(C.int32_t(pair), &out[0])
+	var r [signals.LatencyBuckets]uint64
+	for i, v := range out {
+		r[i] = uint64(v)
+	}
+	return r
+}
+
+// SetLatencyBounds hands C the latency buckets' bounds before any request
+// (the first filter configuration comes first); C keeps the first.
+func (host) SetLatencyBounds(ns []uint64) {
+	if len(ns) > 0 {
+		C.sp_set_latency_bounds((*C.uint64_t)(unsafe.Pointer(&ns[0])), C.uint32_t(len(ns)))
+	}
 }
 
 func (host) Log(level slog.Level, msg string) {

@@ -24,6 +24,11 @@ typedef struct {
   sp_stream *free;
   uint32_t nfree;
   uint64_t (*counts)[SP_CLASSES]; // own[] or, without a slot, sp_shared_counts
+  // This thread's latency histograms per pair, allocated at its first
+  // timed response (pages are touched only for the pairs in use);
+  // published atomically for sp_latency. NULL until then, and without a
+  // slot (sp_shared_lat instead).
+  uint64_t (*lat)[SP_LAT_BUCKETS];
   sp_out out;
   uint64_t own[SP_MAX_PAIRS][SP_CLASSES]; // written by this thread only
 } sp_thread;
@@ -32,6 +37,11 @@ static sp_thread *sp_threads[SP_MAX_THREADS];
 static uint32_t sp_nthreads;
 static uint64_t sp_shared_counts[SP_MAX_PAIRS][SP_CLASSES]; // atomic adds
 static sp_reads *sp_cur_reads;
+// The latency histogram's bounds (ns), set once by Go before the first
+// request; sp_lat_n is 0 until then (nothing is timed).
+static uint64_t sp_lat_bounds[SP_LAT_BUCKETS - 1];
+static uint32_t sp_lat_n;
+static uint64_t (*sp_shared_lat)[SP_LAT_BUCKETS]; // threads without a slot: atomic adds
 typedef struct { uint32_t len; uint8_t plan[]; } sp_plan;
 static sp_plan *sp_fallback;
 static __thread sp_thread *tls_thread;
@@ -89,6 +99,76 @@ void sp_counts(int32_t pair, uint64_t out[SP_CLASSES]) {
     for (int c = 0; c < SP_CLASSES; c++) out[c] += __atomic_load_n(&t->own[pair][c], __ATOMIC_RELAXED);
   }
   for (int c = 0; c < SP_CLASSES; c++) out[c] += __atomic_load_n(&sp_shared_counts[pair][c], __ATOMIC_RELAXED);
+}
+
+void sp_set_latency_bounds(const uint64_t *ns, uint32_t n) {
+  if (n > SP_LAT_BUCKETS - 1) n = SP_LAT_BUCKETS - 1;
+  if (n == 0 || __atomic_load_n(&sp_lat_n, __ATOMIC_ACQUIRE) != 0) return; // once
+  memcpy(sp_lat_bounds, ns, n * sizeof ns[0]);
+  __atomic_store_n(&sp_lat_n, n, __ATOMIC_RELEASE);
+}
+
+static void add_latency(uint64_t out[SP_LAT_BUCKETS], uint64_t (*lat)[SP_LAT_BUCKETS], int32_t pair) {
+  if (lat == NULL) return;
+  for (int b = 0; b < SP_LAT_BUCKETS; b++) out[b] += __atomic_load_n(&lat[pair][b], __ATOMIC_RELAXED);
+}
+
+void sp_latency(int32_t pair, uint64_t out[SP_LAT_BUCKETS]) {
+  memset(out, 0, SP_LAT_BUCKETS * sizeof out[0]);
+  if (pair < 0 || pair >= SP_MAX_PAIRS) return;
+  uint32_t n = __atomic_load_n(&sp_nthreads, __ATOMIC_RELAXED);
+  for (uint32_t i = 0; i < n && i < SP_MAX_THREADS; i++) {
+    sp_thread *t = __atomic_load_n(&sp_threads[i], __ATOMIC_ACQUIRE);
+    if (t != NULL) add_latency(out, __atomic_load_n(&t->lat, __ATOMIC_ACQUIRE), pair);
+  }
+  add_latency(out, __atomic_load_n(&sp_shared_lat, __ATOMIC_ACQUIRE), pair);
+}
+
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+// lat_table is where thread t counts its timed responses: its own table
+// (allocated once, on its first), or the shared one; NULL when out of
+// memory (the response is not timed).
+static uint64_t (*lat_table(sp_thread *t))[SP_LAT_BUCKETS] {
+  if (t->slot >= 0) {
+    if (t->lat == NULL) __atomic_store_n(&t->lat, calloc(SP_MAX_PAIRS, sizeof *t->lat), __ATOMIC_RELEASE);
+    return t->lat;
+  }
+  uint64_t (*shared)[SP_LAT_BUCKETS] = __atomic_load_n(&sp_shared_lat, __ATOMIC_ACQUIRE);
+  if (shared != NULL) return shared;
+  uint64_t (*fresh)[SP_LAT_BUCKETS] = calloc(SP_MAX_PAIRS, sizeof *fresh);
+  if (fresh == NULL) return NULL;
+  if (!__atomic_compare_exchange_n(&sp_shared_lat, &shared, fresh, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    free(fresh); // another thread won: shared is its table
+    return shared;
+  }
+  return fresh;
+}
+
+// time_response counts how long stream s took, from its request headers
+// to its end, in the bucket whose bound is the first above it (as
+// signals.LatencyBucket); no allocation past the thread's first.
+static void time_response(sp_thread *t, const sp_stream *s) {
+  uint32_t n = __atomic_load_n(&sp_lat_n, __ATOMIC_ACQUIRE);
+  if (n == 0 || s->start_ns == 0 || s->pair < 0 || s->pair >= SP_MAX_PAIRS) return;
+  uint64_t d = mono_ns() - s->start_ns;
+  uint32_t lo = 0, hi = n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (sp_lat_bounds[mid] > d) hi = mid;
+    else lo = mid + 1;
+  }
+  uint64_t (*lat)[SP_LAT_BUCKETS] = lat_table(t);
+  if (lat == NULL) return;
+  uint64_t *c = &lat[s->pair][lo];
+  if (t->slot >= 0) // single writer, as count()
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+  else
+    __atomic_fetch_add(c, 1, __ATOMIC_RELAXED);
 }
 
 static void count(sp_thread *t, int32_t pair, int32_t cls) {
@@ -201,6 +281,7 @@ envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_fi
   if (s == NULL) return &sp_no_stream;
   s->next = NULL;
   s->pair = -1;
+  s->start_ns = 0;
   s->cls = 0; // reset, until a response is seen
   s->cookie = NULL;
   s->cookie_len = 0;
@@ -212,6 +293,7 @@ envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_mo
     bool end_of_stream) {
   (void)end_of_stream;
   sp_stream *s = (sp_stream *)m;
+  if (s != &sp_no_stream && __atomic_load_n(&sp_lat_n, __ATOMIC_RELAXED) != 0) s->start_ns = mono_ns();
   sp_thread *t = thread_state();
   if (t == NULL) {
     apply_fallback(f);
@@ -286,7 +368,12 @@ void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_
     free(s);
     return;
   }
-  if (s->pair >= 0) count(t, s->pair, s->cls);
+  if (s->pair >= 0) {
+    count(t, s->pair, s->cls);
+    // A response (1xx..5xx) is timed; a stream that ended without one
+    // is not, as Envoy records upstream_rq_time only on a response.
+    if (s->cls >= 1 && s->cls <= 5) time_response(t, s);
+  }
   if (t->nfree < MAX_FREE_STREAMS) {
     s->next = t->free;
     t->free = s;

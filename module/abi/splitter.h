@@ -11,6 +11,7 @@
 #define SP_PLAN_MAX 8192    // module.MaxPlanBytes
 #define SP_COOKIE_MAX 512   // module.MaxCookieBytes
 #define SP_YIELD_NS 5000000 // a worker lets Go's scheduler run at most this often
+#define SP_LAT_BUCKETS 124  // signals.LatencyBuckets: the latency histogram's buckets
 
 // Decide's statuses (module.Status), plus SP_GO_FAILED for a Go call that
 // did not answer (a panic outside the decision): C applies the fallback.
@@ -51,6 +52,7 @@ typedef struct sp_stream {
   int32_t cls;
   char *cookie;
   uint32_t cookie_len;
+  uint64_t start_ns; // CLOCK_MONOTONIC at the request headers; 0: not timed
 } sp_stream;
 
 // Set by Go, read by the hooks.
@@ -58,3 +60,9 @@ sp_reads *sp_set_reads(sp_reads *next); // returns the replaced set
 void sp_set_fallback(const uint8_t *plan, uint32_t len);
 // Read by Go: the responses counted for pair, by class, over every thread.
 void sp_counts(int32_t pair, uint64_t out[SP_CLASSES]);
+// Set by Go once: the latency histogram's bucket bounds in nanoseconds
+// (signals.LatencyBoundsNs); responses are timed from then on.
+void sp_set_latency_bounds(const uint64_t *ns, uint32_t n);
+// Read by Go: the responses of pair timed so far, by latency bucket, over
+// every thread.
+void sp_latency(int32_t pair, uint64_t out[SP_LAT_BUCKETS]);

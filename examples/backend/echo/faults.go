@@ -10,7 +10,8 @@ import (
 // Faults makes a backend fail on command: a share of its requests (every
 // path but /healthz) answered 500, or reset without an answer. The share
 // is spread evenly and deterministically (at 50 % every other request
-// fails), so a test knows what to expect. It is safe for concurrent use.
+// fails), so a test knows what to expect. It can also slow every request
+// down (SetDelay). It is safe for concurrent use.
 type Faults struct {
 	mu       sync.Mutex
 	permille int  // share of failing requests, per mille
@@ -18,6 +19,35 @@ type Faults struct {
 	seen     int  // requests since the last Set
 	failed   int
 	first    time.Time // the first failure since the last Set
+
+	delay     time.Duration // added before every answer
+	firstSlow time.Time     // when the first slowed request arrived since the last SetDelay
+}
+
+// SetDelay makes every request from now on wait d before it is answered
+// (0: none).
+func (f *Faults) SetDelay(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.delay, f.firstSlow = max(d, 0), time.Time{}
+}
+
+// FirstSlow is when the first request slowed by the last SetDelay arrived
+// (zero before it): the slowdown's start as clients see it.
+func (f *Faults) FirstSlow() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.firstSlow
+}
+
+// slow returns the delay for a request arriving now.
+func (f *Faults) slow() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.delay > 0 && f.firstSlow.IsZero() {
+		f.firstSlow = time.Now()
+	}
+	return f.delay
 }
 
 // Set makes percent (0..100) of the requests from now on fail: with a 500
@@ -64,6 +94,13 @@ func (f *Faults) Wrap(h http.Handler) http.Handler {
 		if r.URL.Path == "/healthz" {
 			h.ServeHTTP(w, r)
 			return
+		}
+		if d := f.slow(); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
 		}
 		fail, reset := f.fail()
 		switch {

@@ -11,7 +11,7 @@
   var ACTION_LABELS = { start: 'Start', pause: 'Pause', resume: 'Resume', abort: 'Abort', promote: 'Promote' };
   var ALL_ACTIONS = ['start', 'pause', 'resume', 'abort', 'promote'];
   var STATE_LABELS = {
-    idle: 'Idle', progressing: 'Progressing', paused: 'Paused', promoted: 'Promoted',
+    idle: 'Idle', progressing: 'Progressing', paused: 'Paused', waiting: 'Waiting', promoted: 'Promoted',
     rolled_back: 'Rolled back', aborted: 'Aborted'
   };
   var REASON_LABELS = { header_match: 'header rule', sticky_routing: 'sticky user', weighted_routing: 'weighted', sticky_assigned: 'key assigned' };
@@ -434,7 +434,7 @@
     R.summary.textContent = (r.shadow ? 'Shadow step: ' + pct(r.shadow_percent) + ' mirrored, no user served'
       : r.step ? 'Step ' + r.step + ' of ' + r.steps : 'Not started') +
       ' · canary ' + r.canary + ' at ' + pct(r.weight) + ' against ' + r.stable;
-    if (r.state === 'progressing' || r.state === 'paused') {
+    if (r.state === 'progressing' || r.state === 'paused' || r.state === 'waiting') {
       R.hold.hidden = false;
       R.progress.max = Math.max(r.hold_seconds, 0.001);
       R.progress.value = Math.min(r.held_seconds, r.hold_seconds);
@@ -446,17 +446,21 @@
     var v = r.verdict;
     if (v) {
       R.verdict.setAttribute('data-result', v.result);
-      R.verdict.replaceChildren(
+      R.verdict.replaceChildren.apply(R.verdict, [
         h('p', null, 'Last verdict: ', h('span', { class: 'result', 'data-role': 'verdict', text: v.result }), ' at ' + time(v.at) +
           ' over ' + secs(goDuration(v.covered)) + ' of the ' + secs(goDuration(r.config && r.config.guard ? r.config.guard.window : 0)) + ' window'),
         h('p', { text: 'Canary ' + r.canary + ': ' + num(v.canary.requests) + ' requests, ' + num(v.canary.errors) +
           ' errors (' + pct(v.canary_error_rate) + '). Stable ' + r.stable + ': ' + num(v.stable.requests) +
           ' requests, ' + num(v.stable.errors) + ' errors (' + pct(v.stable_error_rate) + ').' }),
-        h('p', { class: 'note', text: v.reason }));
+        latencyLine(r, v),
+        v.failing_for ? h('p', { 'data-role': 'failing-for', text: 'Failing for ' + secs(goDuration(v.failing_for)) + ' of the ' +
+          secs(goDuration(r.config && r.config.guard ? r.config.guard.failing_for : 0)) + ' the guard waits before a rollback.' }) : null,
+        h('p', { class: 'note', text: v.reason })].filter(Boolean));
     } else {
       R.verdict.removeAttribute('data-result');
       R.verdict.replaceChildren(h('p', { class: 'note', text: 'No verdict yet.' }));
     }
+    renderWaiting(R.waiting, r.waiting);
     R.sigErr.hidden = !r.signal_error;
     R.sigErr.textContent = r.signal_error ? 'Signals cannot be read, so the guard makes no verdict: ' + r.signal_error : '';
     var allowed = r.actions || [];
@@ -469,6 +473,33 @@
     R.historyHead.hidden = hist.length === 0;
   }
 
+  // latencyLine shows the latency figures of a verdict judged on latency.
+  function latencyLine(r, v) {
+    var l = v.latency;
+    if (!l || !l.canary || !l.canary.requests) return null;
+    var fig = function (f) { return f.requests ? num(f.ms) + (f.over ? '+' : '') + ' ms (' + num(f.requests) + ' timed)' : 'none timed'; };
+    return h('p', { 'data-role': 'latency', 'data-result': l.result },
+      'Latency p' + num(l.percentile) + ': canary ' + r.canary + ' ' + fig(l.canary) + ', stable ' + r.stable + ' ' + fig(l.stable) + '.');
+  }
+
+  // renderWaiting says what a waiting rollout waits on: the hook asked
+  // now and its last answer.
+  function renderWaiting(box, w) {
+    if (!w) { box.hidden = true; box.replaceChildren(); return; }
+    box.hidden = false;
+    var head = 'Waiting before step ' + w.next_step + ' (' + pct(w.next_weight) + ')';
+    var nodes = [];
+    if (w.hook) {
+      nodes.push(h('p', null, head + ' on hook ', h('span', { class: 'mono', 'data-role': 'waiting-hook', text: w.hook }),
+        ' (' + w.type + '), asked ' + num(w.asked) + (w.asked === 1 ? ' time' : ' times') + (w.since ? ' since ' + time(w.since) : '') + '.'));
+      if (w.last_answer) nodes.push(h('p', { class: 'note', 'data-role': 'waiting-answer', text: 'Last answer at ' + time(w.last_at) + ': ' + w.last_answer }));
+    } else {
+      nodes.push(h('p', { text: head + (w.note ? ': ' + w.note : ': the hooks are asked by the rollout leader.') }));
+    }
+    if (w.passed && w.passed.length) nodes.push(h('p', { class: 'note', text: 'Answered 2xx: ' + w.passed.join(', ') + '.' }));
+    box.replaceChildren.apply(box, nodes);
+  }
+
   function buildRollout(card) {
     var R = { buttons: {} };
     R.state = h('span', { class: 'badge state', 'data-role': 'rollout-state' });
@@ -477,6 +508,7 @@
     R.holdText = h('span', { id: card.id + '-hold' });
     R.hold = h('div', { class: 'hold' }, R.progress, R.holdText);
     R.verdict = h('div', { class: 'verdict' });
+    R.waiting = h('div', { class: 'waiting', 'data-role': 'waiting', hidden: true });
     R.sigErr = h('p', { class: 'alert', role: 'alert', hidden: true });
     R.msg = h('p', { class: 'msg', 'data-role': 'rollout-msg', role: 'status', 'aria-live': 'polite' });
     var actions = h('div', { class: 'actions', role: 'group', 'aria-label': 'Rollout actions for ' + card.name });
@@ -491,7 +523,7 @@
     card.rollout.replaceChildren(
       h('h4', { text: 'Rollout' }),
       h('p', null, R.state, ' ', R.summary),
-      R.hold, R.verdict, R.sigErr, actions, R.msg, R.historyHead, R.history);
+      R.hold, R.waiting, R.verdict, R.sigErr, actions, R.msg, R.historyHead, R.history);
     card.r = R;
   }
 
