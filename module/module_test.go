@@ -456,8 +456,10 @@ func TestSignalsAndResponsesMetric(t *testing.T) {
 	s := start(t, testConfig)
 	s.decide(t, 0, nil) // numbers the pairs: api/v1 = 0, api/v2 = 1
 	s.host.mu.Lock()
-	s.host.counts[0] = [NumClasses]uint64{ClassReset: 1, 2: 97, 4: 3}
-	s.host.counts[1] = [NumClasses]uint64{2: 10, 5: 5}
+	// Aborted streams (the client went away first) are neither requests
+	// nor errors; resets (an upstream failure mid-response) are both.
+	s.host.counts[0] = [NumClasses]uint64{ClassReset: 1, 2: 97, 4: 3, ClassAborted: 40}
+	s.host.counts[1] = [NumClasses]uint64{2: 10, 5: 5, ClassAborted: 1000}
 	s.host.mu.Unlock()
 	targets := []signals.Target{{Service: "api", Version: "v1"}, {Service: "api", Version: "v2"}, {Service: "api", Version: "v9"}}
 	out := make([]signals.Counts, len(targets))
@@ -473,6 +475,7 @@ func TestSignalsAndResponsesMetric(t *testing.T) {
 		`splitter_responses_total{api="module",class="2xx",service="api",version="v1"} 97`,
 		`splitter_responses_total{api="module",class="reset",service="api",version="v1"} 1`,
 		`splitter_responses_total{api="module",class="5xx",service="api",version="v2"} 5`,
+		`splitter_responses_total{api="module",class="aborted",service="api",version="v2"} 1000`,
 	} {
 		if !strings.Contains(body, l+"\n") {
 			t.Errorf("no %s in /metrics:\n%s", l, grep(body, "responses_total"))

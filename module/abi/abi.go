@@ -44,6 +44,8 @@ var (
 	_ = [1]struct{}{}[C.SP_MAX_THREADS-module.MaxThreads]
 	_ = [1]struct{}{}[C.SP_MAX_PAIRS-module.MaxPairs]
 	_ = [1]struct{}{}[C.SP_CLASSES-module.NumClasses]
+	_ = [1]struct{}{}[C.SP_RESET-module.ClassReset]
+	_ = [1]struct{}{}[C.SP_ABORTED-module.ClassAborted]
 	_ = [1]struct{}{}[C.SP_PLAN_MAX-module.MaxPlanBytes]
 	_ = [1]struct{}{}[C.SP_COOKIE_MAX-module.MaxCookieBytes]
 	_ = [1]struct{}{}[C.SP_RETRY-int(module.StatusRetry)]
