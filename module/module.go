@@ -62,8 +62,12 @@ type Host interface {
 type Process struct {
 	host Host
 
-	mu      sync.Mutex // guards everything below it and config changes
-	cfg     *FilterConfig
+	mu  sync.Mutex // guards everything below it and config changes
+	cfg *FilterConfig
+	// given is what the first filter_config said by itself (GivenSettings):
+	// every later one is compared with it, not with settings that include
+	// the configuration file as it is now.
+	given   *FilterConfig
 	configs map[uint64]bool
 	nextID  uint64
 	plane   *control.Plane
@@ -119,19 +123,26 @@ func NewProcess(host Host) *Process {
 // the admin API says why). A later one with the same settings shares it;
 // one with other settings is an error (Envoy rejects that configuration):
 // the settings are the process's, fixed by the first filter_config until
-// Envoy restarts.
+// Envoy restarts. "The same" is judged on what Envoy gave (GivenSettings),
+// never on the configuration file's scalars as they are now: a file edit
+// must not make Envoy reject an unchanged filter configuration.
 func (p *Process) NewConfig(name string, raw []byte) (handle uint64, err error) {
-	fc, err := ParseFilterConfig(raw)
+	given, err := GivenSettings(raw)
 	if err != nil {
 		return 0, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.plane == nil {
+	if p.given == nil {
+		fc, err := ParseFilterConfig(raw)
+		if err != nil {
+			return 0, err
+		}
 		if err := p.start(fc); err != nil {
 			return 0, err
 		}
-	} else if !reflect.DeepEqual(*p.cfg, fc) {
+		p.given = &given
+	} else if !reflect.DeepEqual(*p.given, given) {
 		return 0, fmt.Errorf("filter_config of %q differs from the one the module started with: "+
 			"the settings belong to the Envoy process (one control plane, one admin port); "+
 			"use the same filter_config everywhere and restart Envoy to change it", name)

@@ -450,6 +450,17 @@ func TestSecondConfig(t *testing.T) {
 	if _, err := s.p.NewConfig("bad", []byte(`{"nope": 1}`)); err == nil || !strings.Contains(err.Error(), "nope: unknown key") {
 		t.Fatalf("bad filter_config: %v", err)
 	}
+	// The file's top-level scalars change (and one becomes invalid): an
+	// unchanged filter_config is still the same, since what Envoy gives is
+	// compared, not the file as it is now.
+	for _, scalars := range []string{"log_level: debug\n", "log_level: bogus\n"} {
+		if err := os.WriteFile(s.cfgPath, []byte(scalars+testConfig), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.p.NewConfig("after the file changed", fc("")); err != nil {
+			t.Fatalf("after %q in the file: %v", scalars, err)
+		}
+	}
 }
 
 func TestSignalsAndResponsesMetric(t *testing.T) {
