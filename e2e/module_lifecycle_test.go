@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/trafficsplit/splitter/envoy"
+	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/testbed"
 )
 
@@ -160,4 +165,398 @@ func TestModuleListenerUpdateAfterFileSettingChange(t *testing.T) {
 		})
 		assertExactSplit(t, b, 100, 80, nil)
 	}
+}
+
+// hotRestartConfig has two services: api, split by weights (the admin API
+// overrides them), and web (Host: web), with a rollout the test starts and
+// pauses, so that both kinds of runtime state must cross a hot restart.
+const hotRestartConfig = `
+services:
+  - name: api
+    hosts: ["*"]
+    stable: v1
+    weights: {v1: 80, v2: 20}
+  - name: web
+    hosts: ["web"]
+    stable: v1
+    weights: {v1: 100, v2: 0}
+    rollout:
+      steps: [10, 50, 100]
+      hold: 1h
+      guard: {window: 10s, min_requests: 1000000, max_error_rate: 1, max_error_ratio: 2}
+`
+
+// canaryWriter sets api's canary to 1, 2, 3, ... percent through the admin
+// API, one after the other, each retried until it is acknowledged (through
+// a hot restart the admin port may refuse or drop a request), until stop
+// is closed; it then reports the last acknowledged value.
+func canaryWriter(t *testing.T, admin *testbed.AdminClient, stop <-chan struct{}) <-chan int {
+	out := make(chan int, 1)
+	go func() {
+		last, failures := 0, 0
+		defer func() { out <- last }()
+		for v := 1; ; v++ {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := admin.SetCanary(t.Context(), "api", float64(v%99+1)); err == nil {
+					last = v%99 + 1
+					break
+				}
+				failures++
+				time.Sleep(10 * time.Millisecond)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	return out
+}
+
+// oldConns are persistent HTTP/1.1 connections to an Envoy, opened
+// before a hot restart: the old epoch keeps serving them while it drains.
+type oldConns struct {
+	conns []net.Conn
+	rds   []*bufio.Reader
+}
+
+func openConns(t *testing.T, addr string, n int) *oldConns {
+	t.Helper()
+	oc := &oldConns{}
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		oc.conns, oc.rds = append(oc.conns, c), append(oc.rds, bufio.NewReader(c))
+		if _, err := oc.get(len(oc.conns) - 1); err != nil {
+			t.Fatalf("a request on a new connection: %v", err)
+		}
+	}
+	return oc
+}
+
+// get sends one request on connection i and returns the version that
+// answered.
+func (oc *oldConns) get(i int) (string, error) {
+	c, r := oc.conns[i], oc.rds[i]
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: api\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var rep struct {
+		Version string `json:"version"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		return "", err
+	}
+	if resp.Close {
+		c.Close() // Envoy is draining this connection
+	}
+	return rep.Version, nil
+}
+
+// TestModuleHotRestart: Envoy's hot restart (a new epoch with
+// --restart-epoch 1 and the same --base-id, started while the old one
+// runs) with the module: the new epoch starts (the module does not fail on
+// the admin port the old epoch holds), takes the admin port and the
+// control plane over with every runtime change the old one had (an
+// override, a paused rollout, and admin writes made all through the
+// handover: the last one acknowledged is the one in force), and splits
+// requests as they were. The old epoch, while it drains its connections,
+// follows the changes made on the new one. After the old epoch has exited,
+// the new one still answers the admin API.
+func TestModuleHotRestart(t *testing.T) {
+	requireModule(t)
+	b := startBackends(t, hotRestartConfig)
+	port, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, err := testbed.LoopbackParams(envoy.ModeModule, "", b.backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A drain long enough for the old epoch to serve its connections a
+	// while after the handover.
+	opts := testbed.EnvoyOptions{Concurrency: 1, LogLevel: "info", HotRestart: true,
+		DrainTime: 10 * time.Second, ParentShutdownTime: 12 * time.Second}
+	parent, mod, err := b.StartEnvoyModule(t.Context(), found.envoyBin, found.moduleDir, p,
+		map[string]any{"config": b.cfgPath, "admin_addr": adminAddr}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.envoy, b.module, b.admin = parent, mod, mod.AdminClient
+	b.client = parent.Client()
+	t.Cleanup(b.client.Close)
+
+	// Runtime state in the old epoch: web's rollout started and paused at
+	// 10 %, api's canary overridden.
+	b.actOn(t, "web", rollout.Start)
+	if s := b.actOn(t, "web", rollout.Pause); s.State != rollout.Paused || s.Weight != 1000 {
+		t.Fatalf("web's rollout: %+v, want paused at 10%%", s)
+	}
+	if err := b.admin.SetCanary(t.Context(), "api", 35); err != nil {
+		t.Fatal(err)
+	}
+	assertExactSplit(t, b, 100, 65, nil)
+	old := openConns(t, parent.ListenAddr, 30)
+
+	stop := make(chan struct{})
+	last := canaryWriter(t, b.admin, stop)
+	time.Sleep(200 * time.Millisecond) // some writes before the new epoch
+	child, err := parent.HotRestart(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // and some after
+	close(stop)
+	want := <-last
+	if want == 0 {
+		t.Fatal("no admin write was acknowledged")
+	}
+
+	// The new epoch decides with the state the old one had.
+	check := func(when string, canary int) {
+		t.Helper()
+		var svc struct {
+			Weights map[string]float64 `json:"weights"`
+		}
+		if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc); err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if svc.Weights["v2"] != float64(canary) {
+			t.Fatalf("%s: api's weights %v, want v2 at %d%%", when, svc.Weights, canary)
+		}
+		if s := b.rolloutOf(t, "web"); s.State != rollout.Paused || s.Weight != 1000 || s.Step != 1 {
+			t.Fatalf("%s: web's rollout %+v, want paused at step 1 (10%%)", when, s)
+		}
+	}
+	check("right after the hot restart (the last acknowledged write)", want)
+	b.envoy = child
+	b.client.Close()
+	b.client = child.Client()
+	assertExactSplit(t, b, 100, 100-want, nil)
+
+	// A change on the new epoch reaches the old one's draining connections.
+	if err := b.admin.SetCanary(t.Context(), "api", 100); err != nil {
+		t.Fatal(err)
+	}
+	followed := false
+	for i := 0; i < len(old.conns) && !followed; {
+		v, err := old.get(i)
+		switch {
+		case err != nil: // closed by the drain: the next one
+			i++
+		case v == "v2":
+			followed = true
+		default:
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if !followed {
+		t.Fatal("the old epoch's connections never got the canary's 100 % set on the new epoch")
+	}
+
+	// The old epoch drains and exits; the new one answers alone.
+	select {
+	case <-parent.Exited():
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old epoch did not exit")
+	}
+	check("after the old epoch exited", 100)
+	if err := b.admin.SetCanary(t.Context(), "api", 50); err != nil {
+		t.Fatalf("an admin write after the old epoch exited: %v", err)
+	}
+	assertExactSplit(t, b, 100, 50, nil)
+	assertExactSplit(t, b, 100, 90, hdr("Host", "web"))
+	if !child.Running() {
+		t.Fatalf("the new epoch exited: %v", child.ExitErr())
+	}
+	t.Logf("last acknowledged write during the handover: %d%%\nold epoch:\n%s\nnew epoch:\n%s", want,
+		logLines(t, parent.Proc, "hot restart"), logLines(t, child.Proc, "hot restart"))
+}
+
+// TestModuleHotRestartFailedEpochGivesBack: a new epoch that fails after
+// its module took the control plane over (its bootstrap has a broken
+// filter after the module's) leaves the old epoch running: the old one
+// takes the admin port and the control plane back, with the state it had.
+func TestModuleHotRestartFailedEpochGivesBack(t *testing.T) {
+	requireModule(t)
+	b := startBackends(t, hotRestartConfig)
+	port, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := testbed.LoopbackParams(envoy.ModeModule, "", b.backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := testbed.EnvoyOptions{Concurrency: 1, LogLevel: "info", HotRestart: true}
+	parent, mod, err := b.StartEnvoyModule(t.Context(), found.envoyBin, found.moduleDir, p,
+		map[string]any{"config": b.cfgPath, "admin_addr": fmt.Sprintf("127.0.0.1:%d", port)}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.envoy, b.module, b.admin = parent, mod, mod.AdminClient
+	b.client = parent.Client()
+	t.Cleanup(b.client.Close)
+	b.actOn(t, "web", rollout.Start)
+	b.actOn(t, "web", rollout.Pause)
+	if err := b.admin.SetCanary(t.Context(), "api", 35); err != nil {
+		t.Fatal(err)
+	}
+
+	// An HTTP filter Envoy cannot build, after the module's: the new
+	// epoch's module starts (and takes over), then Envoy fails.
+	broken := func(in []byte) ([]byte, error) {
+		var boot map[string]any
+		if err := yaml.Unmarshal(in, &boot); err != nil {
+			return nil, err
+		}
+		l := boot["static_resources"].(map[string]any)["listeners"].([]any)[0].(map[string]any)
+		f := l["filter_chains"].([]any)[0].(map[string]any)["filters"].([]any)[0].(map[string]any)
+		hcm := f["typed_config"].(map[string]any)
+		filters := hcm["http_filters"].([]any)
+		bad := map[string]any{"name": "broken", "typed_config": map[string]any{"@type": "type.googleapis.com/google.protobuf.Empty"}}
+		hcm["http_filters"] = append(append(filters[:len(filters)-1:len(filters)-1], bad), filters[len(filters)-1])
+		return json.Marshal(boot)
+	}
+	// Envoy may report the new epoch live before it fails: wait for it to
+	// exit either way.
+	_, _ = parent.HotRestartEdited(t.Context(), broken)
+	procs := b.Procs()
+	next := procs[len(procs)-1]
+	if !strings.Contains(strings.Join(next.Args, " "), "--restart-epoch 1") {
+		t.Fatalf("not the new epoch's process: %v", next.Args)
+	}
+	select {
+	case <-next.Exited():
+	case <-time.After(60 * time.Second):
+		t.Fatal("the broken epoch did not exit")
+	}
+	if l := logLines(t, next, "hot restart"); !strings.Contains(l, "handed over the control plane") {
+		t.Fatalf("the broken epoch's module did not take the control plane over first:\n%s", l)
+	}
+	waitFor(t, 60*time.Second, "the old epoch's admin API again", func() bool {
+		var svc struct {
+			Weights map[string]float64 `json:"weights"`
+		}
+		err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api", nil, &svc)
+		return err == nil && svc.Weights["v2"] == 35
+	})
+	if s := b.rolloutOf(t, "web"); s.State != rollout.Paused || s.Weight != 1000 {
+		t.Fatalf("web's rollout after taking back: %+v, want paused at 10%%", s)
+	}
+	if err := b.admin.SetCanary(t.Context(), "api", 60); err != nil {
+		t.Fatal(err)
+	}
+	b.client.Close()
+	assertExactSplit(t, b, 100, 40, nil)
+	if !parent.Running() {
+		t.Fatal("the old epoch exited")
+	}
+	t.Logf("old epoch:\n%s", logLines(t, parent.Proc, "hot restart"))
+}
+
+// TestModuleValidateModeStartsNothing: `envoy --mode validate` on a
+// module bootstrap, on a host where the module's admin port is taken (a
+// live Envoy has it), succeeds and starts nothing: the port's owner sees
+// no connection handover, etcd (a listener standing in for it) sees no
+// connection, and no ready file is written.
+func TestModuleValidateModeStartsNothing(t *testing.T) {
+	requireModule(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	etcd, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	dials := make(chan struct{}, 100)
+	go func() {
+		for {
+			c, err := etcd.Accept()
+			if err != nil {
+				return
+			}
+			dials <- struct{}{}
+			c.Close()
+		}
+	}()
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready.json")
+	for _, fc := range []map[string]any{
+		{"config": filepath.Join(dir, "config.yaml"), "admin_addr": held.Addr().String(), "ready_file": ready},
+		{"etcd_endpoints": []string{"http://" + etcd.Addr().String()}, "node_id": "validate",
+			"admin_addr": held.Addr().String(), "ready_file": ready},
+	} {
+		writeFile(t, filepath.Join(dir, "config.yaml"), baseConfig)
+		raw, _ := json.Marshal(fc)
+		p, err := testbed.LoopbackParams(envoy.ModeModule, "",
+			&testbed.Backend{Version: "v1", Addr: "127.0.0.1:1"}, &testbed.Backend{Version: "v2", Addr: "127.0.0.1:2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Module.Config = string(raw)
+		boot, err := envoy.Render(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "envoy.yaml")
+		writeFile(t, path, string(boot))
+		if err := envoyValidate(t, path); err != nil {
+			t.Fatalf("validate with %s: %v", raw, err)
+		}
+		if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("validate with %s wrote the ready file (%v): the module started", raw, err)
+		}
+	}
+	select {
+	case <-dials:
+		t.Fatal("validation connected to etcd")
+	default:
+	}
+}
+
+// actOn takes a rollout action on service through the admin API.
+func (b *bed) actOn(t *testing.T, service string, a rollout.Action) rollout.Status {
+	t.Helper()
+	var s rollout.Status
+	if err := b.admin.Admin(t.Context(), http.MethodPost, "/v1/services/"+service+"/rollout", map[string]rollout.Action{"action": a}, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// rolloutOf returns service's rollout status.
+func (b *bed) rolloutOf(t *testing.T, service string) rollout.Status {
+	t.Helper()
+	var s rollout.Status
+	if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/"+service+"/rollout", nil, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// logLines returns the lines of p's whole output that contain word.
+func logLines(t *testing.T, p *testbed.Proc, word string) string {
+	t.Helper()
+	data, err := os.ReadFile(p.LogPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return grepLines(string(data), word)
 }

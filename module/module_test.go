@@ -30,6 +30,8 @@ type fakeHost struct {
 	fallback []byte
 	counts   map[int32][NumClasses]uint64
 	logs     []string
+	// validating makes the host answer ValidationMode true.
+	validating bool
 }
 
 func (h *fakeHost) SetReads(id uint32, names []string) {
@@ -45,6 +47,8 @@ func (h *fakeHost) SetFallback(plan []byte) {
 }
 
 func (h *fakeHost) Concurrency() int { return 1 }
+
+func (h *fakeHost) ValidationMode() bool { return h.validating }
 
 func (h *fakeHost) Counts(pair int32) [NumClasses]uint64 {
 	h.mu.Lock()

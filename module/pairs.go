@@ -51,12 +51,18 @@ func className(c int) string {
 // the life of the process, and reads their counters: it is the rollout
 // guard's signals.Source and the responses metric's reader.
 type pairs struct {
-	counts func(pair int32) [NumClasses]uint64
-
 	mu     sync.Mutex
+	counts func(pair int32) [NumClasses]uint64
 	ids    map[[2]string]int32
 	names  [][2]string // by id
 	warned bool
+}
+
+// setCounts makes counts the reader of the C side's counters.
+func (ps *pairs) setCounts(counts func(pair int32) [NumClasses]uint64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.counts = counts
 }
 
 // forTable returns t's pairs, [service][version], numbering new ones.

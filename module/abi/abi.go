@@ -93,6 +93,8 @@ func (host) SetFallback(plan []byte) {
 
 func (host) Concurrency() int { return int(C.envoy_dynamic_module_callback_get_concurrency()) }
 
+func (host) ValidationMode() bool { return bool(C.envoy_dynamic_module_callback_is_validation_mode()) }
+
 func (host) Counts(pair int32) [module.NumClasses]uint64 {
 	var out [module.NumClasses]C.uint64_t
 	C.sp_counts(C.int32_t(pair), &out[0])
