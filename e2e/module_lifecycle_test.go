@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -273,15 +274,42 @@ func (oc *oldConns) get(i int) (string, error) {
 // handover: the last one acknowledged is the one in force), and splits
 // requests as they were. The old epoch, while it drains its connections,
 // follows the changes made on the new one. After the old epoch has exited,
-// the new one still answers the admin API.
+// the new one still answers the admin API. The same in fleet mode, where
+// the state lives in etcd.
 func TestModuleHotRestart(t *testing.T) {
+	t.Run("file", func(t *testing.T) { testModuleHotRestart(t, false) })
+	t.Run("fleet", func(t *testing.T) { testModuleHotRestart(t, true) })
+}
+
+func testModuleHotRestart(t *testing.T, fleet bool) {
 	requireModule(t)
-	b := startBackends(t, hotRestartConfig)
 	port, err := testbed.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	adminAddr := fmt.Sprintf("127.0.0.1:%d", port)
+	settings := map[string]any{"admin_addr": adminAddr}
+	var b *bed
+	if fleet {
+		requireEtcd(t)
+		b = startBackends(t, "")
+		e, err := b.StartEtcd(t.Context(), found.etcdBin, testbed.EtcdOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := filepath.Join(t.TempDir(), "fleet.yaml")
+		writeFile(t, doc, hotRestartConfig)
+		if out, err := exec.CommandContext(t.Context(), found.splitterBin, "config", "push", doc,
+			"--etcd-endpoints", e.Endpoint).CombinedOutput(); err != nil {
+			t.Fatalf("config push: %v\n%s", err, out)
+		}
+		settings["etcd_endpoints"] = []string{e.Endpoint}
+		settings["node_id"] = "edge-a"
+		settings["etcd_cache_file"] = filepath.Join(t.TempDir(), "cache.json")
+	} else {
+		b = startBackends(t, hotRestartConfig)
+		settings["config"] = b.cfgPath
+	}
 	p, err := testbed.LoopbackParams(envoy.ModeModule, "", b.backends...)
 	if err != nil {
 		t.Fatal(err)
@@ -290,8 +318,7 @@ func TestModuleHotRestart(t *testing.T) {
 	// while after the handover.
 	opts := testbed.EnvoyOptions{Concurrency: 1, LogLevel: "info", HotRestart: true,
 		DrainTime: 10 * time.Second, ParentShutdownTime: 12 * time.Second}
-	parent, mod, err := b.StartEnvoyModule(t.Context(), found.envoyBin, found.moduleDir, p,
-		map[string]any{"config": b.cfgPath, "admin_addr": adminAddr}, opts)
+	parent, mod, err := b.StartEnvoyModule(t.Context(), found.envoyBin, found.moduleDir, p, settings, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,6 +345,11 @@ func TestModuleHotRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("old epoch:\n%s\nnew epoch:\n%s", logLines(t, parent.Proc, "splitter-module"), logLines(t, child.Proc, "splitter-module"))
+		}
+	})
 	time.Sleep(200 * time.Millisecond) // and some after
 	close(stop)
 	want := <-last

@@ -364,10 +364,14 @@ func (p *Plane) Drain() {
 
 // Run serves the admin API and keeps the configuration in step with its
 // file until ctx ends, then stops the admin server (after its in-flight
-// requests, bounded) and returns nil; it returns an error if the admin
-// server fails on its own. Call it once.
+// requests, bounded), then everything else, and returns nil; it returns
+// an error if the admin server fails on its own. Call it once.
 func (p *Plane) Run(ctx context.Context) error {
-	bg, stop := context.WithCancel(ctx)
+	// The components outlive ctx until the admin server has finished its
+	// requests: a mutation in flight when the process stops (or the module
+	// hands over to the next Envoy epoch) completes and is answered
+	// truthfully, with the file watch, etcd and rollouts still running.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	var wg sync.WaitGroup
 	if p.fleet != nil {
@@ -390,14 +394,15 @@ func (p *Plane) Run(ctx context.Context) error {
 	case err = <-served:
 		err = fmt.Errorf("admin server stopped unexpectedly: %w", err)
 	}
-	stop()
-	wg.Wait()
+	p.Drain() // the console's event streams would hold the shutdown up
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adminShutdownTimeout)
 	defer cancel()
 	if serr := p.admin.Shutdown(sctx); serr != nil {
 		p.log.Warn("admin server did not stop in time; closing it", "error", serr)
 		p.admin.Close()
 	}
+	stop()
+	wg.Wait()
 	if err == nil {
 		if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 			err = fmt.Errorf("admin server: %w", serr)
