@@ -37,8 +37,8 @@ import (
 //     serves. Admin requests that hit the short gap are refused or dropped,
 //     never acknowledged and lost.
 //  4. The follower keeps deciding the requests of the connections it is
-//     draining, on the new epoch's state, fetched every second over the
-//     same socket. If the new epoch goes away (it failed to start, say)
+//     draining, on the new epoch's state, fetched four times a second over
+//     the same socket. If the new epoch goes away (it failed to start, say)
 //     while the old one still runs, the old one binds admin_addr again and
 //     runs the control plane on the state it last had.
 
@@ -51,12 +51,14 @@ const handoverAckTimeout = time.Minute
 // its control plane (the admin server's shutdown takes at most seconds).
 const handoverReplyTimeout = 30 * time.Second
 
-// followInterval is how often a follower fetches the leader's state, and
-// followFailures how many fetches in a row must fail before it tries to
-// take the control plane back.
+// followInterval is how often a follower fetches the leader's state (a
+// round trip on a local socket and a few kilobytes of JSON; applied only
+// when it changed): how long the old epoch's draining connections may lag
+// a change made on the new one. takeBackAfter is how long fetches must
+// fail in a row before it tries to take the control plane back.
 const (
-	followInterval = time.Second
-	followFailures = 3
+	followInterval = 250 * time.Millisecond
+	takeBackAfter  = 3 * time.Second
 )
 
 // adminBindTimeout bounds the new epoch's retries to bind admin_addr after
@@ -334,7 +336,7 @@ func (p *Process) follow(ctx context.Context, addr string, log *slog.Logger) {
 	t := time.NewTicker(followInterval)
 	defer t.Stop()
 	var last []byte
-	fails := 0
+	var failingSince time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -343,13 +345,14 @@ func (p *Process) follow(ctx context.Context, addr string, log *slog.Logger) {
 		}
 		err := p.followOnce(addr, &last, log)
 		if err == nil {
-			fails = 0
+			failingSince = time.Time{}
 			continue
 		}
-		if fails++; fails == 1 {
+		if failingSince.IsZero() {
+			failingSince = time.Now()
 			log.Warn("hot restart: the new Envoy epoch's state cannot be read", "error", err)
 		}
-		if fails < followFailures {
+		if time.Since(failingSince) < takeBackAfter {
 			continue
 		}
 		if p.takeBack(addr, log) {
