@@ -29,9 +29,9 @@ import (
 //  2. The old one stops its control plane: the admin API stops accepting
 //     and finishes the requests it has (every acknowledged write is in
 //     the state), the rollouts, the file watch or etcd stop. It answers
-//     with its whole runtime state (the state file's document: overrides
-//     and runtime mirrors, what they were set against, rollout states),
-//     with or without a state file, and becomes a follower.
+//     with its whole runtime state (the state file's document: overrides,
+//     runtime mirrors and routes, what they were set against, rollout
+//     states), with or without a state file, and becomes a follower.
 //  3. The new one binds admin_addr, builds its control plane on that state
 //     (the state file, if any, is written from it), acknowledges, and
 //     serves. Admin requests that hit the short gap are refused or dropped,

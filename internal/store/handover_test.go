@@ -12,11 +12,11 @@ import (
 
 // TestExportStateHandsOver: what one store exports (ExportState) is the
 // whole runtime state: another store started on it (InitialState) has
-// the same overrides, runtime mirror and rollout states after the same
-// configuration, and writes them to its own state file; a store that
-// follows (ApplyState) gets them without writing anything. An override
-// set against other file weights than the receiver's configuration has is
-// dropped by the usual survival rule.
+// the same overrides, runtime mirror, runtime route and rollout states
+// after the same configuration, and writes them to its own state file; a
+// store that follows (ApplyState) gets them without writing anything. An
+// override set against other file weights than the receiver's
+// configuration has is dropped by the usual survival rule.
 func TestExportStateHandsOver(t *testing.T) {
 	from, _ := newStore(t, store.Options{})
 	mustApply(t, from, twoServices(nil, nil), "a")
@@ -30,6 +30,9 @@ func TestExportStateHandsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := from.SaveRollout("api", json.RawMessage(`{"phase":"paused"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := from.PutRoute(t.Context(), "api", route("canary", "x-canary", "1", "v2", "o"), "tester"); err != nil {
 		t.Fatal(err)
 	}
 	doc, err := from.ExportState()
@@ -52,6 +55,9 @@ func TestExportStateHandsOver(t *testing.T) {
 	}
 	if r := compact(t, to.Rollouts()["api"]); r != `{"phase":"paused"}` {
 		t.Errorf("api's rollout state after the handover: %s", r)
+	}
+	if rs := snap.Routes["api"]; len(rs) != 1 || rs[0].Name != "canary" || rs[0].Owner != "o" {
+		t.Errorf("api's runtime routes after the handover: %+v", rs)
 	}
 	// The receiver persists what it took over.
 	again, _ := newStore(t, store.Options{StateFile: stateFile})
@@ -77,6 +83,9 @@ func TestExportStateHandsOver(t *testing.T) {
 	}
 	if r := compact(t, follower.Rollouts()["api"]); r != `{"phase":"paused"}` {
 		t.Errorf("api's rollout state on the follower: %s", r)
+	}
+	if rs := snap.Routes["api"]; len(rs) != 1 || rs[0].Name != "canary" {
+		t.Errorf("api's runtime routes on the follower: %+v", rs)
 	}
 	if fresh, _ := newStore(t, store.Options{StateFile: followerFile}); len(fresh.Rollouts()) != 0 {
 		t.Errorf("the follower wrote its state file: %v", fresh.Rollouts())
