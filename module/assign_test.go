@@ -68,6 +68,7 @@ func TestAssignedDecisionAllocatesNothingInGo(t *testing.T) {
 	hs := []split.Header{{Name: ":authority", Value: "a"}}
 	s.decide(t, 3, hs)
 	id, _ := s.host.current()
+	s.quiesce(t)
 	var res Result
 	if n := testing.AllocsPerRun(1000, func() {
 		r := s.p.Begin(3)

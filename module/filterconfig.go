@@ -56,6 +56,22 @@ const envoyAdminKey = "envoy_admin"
 // belongs to Envoy), except GOGC, which the Go runtime reads anyway. An
 // empty filter_config means every default (the built-in configuration).
 func ParseFilterConfig(raw []byte) (FilterConfig, error) {
+	return parseFilterConfig(raw, true)
+}
+
+// GivenSettings is what filter_config says by itself: ParseFilterConfig
+// without the configuration file's top-level scalars. Two filter
+// configurations are the same when their GivenSettings are equal (however
+// the JSON is written), whatever the file says now: the file is read
+// again by every parse, and an edit of one of its scalars (log_level, say)
+// must not make an unchanged filter_config look different.
+func GivenSettings(raw []byte) (FilterConfig, error) {
+	return parseFilterConfig(raw, false)
+}
+
+// parseFilterConfig is ParseFilterConfig; withFile false leaves the
+// configuration file's scalars out (GivenSettings).
+func parseFilterConfig(raw []byte, withFile bool) (FilterConfig, error) {
 	values := map[string]string{}
 	if len(bytes.TrimSpace(raw)) > 0 {
 		var err error
@@ -86,7 +102,7 @@ func ParseFilterConfig(raw []byte) (FilterConfig, error) {
 	// any: a missing or broken one must not reject the filter (the module
 	// then starts on no configuration, and the admin API says why).
 	path, hasPath := values["config"]
-	usable := hasPath && path != "" && fileSettingsReadable(path)
+	usable := withFile && hasPath && path != "" && fileSettingsReadable(path)
 	env := func(name string) (string, bool) {
 		if name == "GOGC" {
 			return os.LookupEnv(name)

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"reflect"
 	"runtime"
@@ -54,6 +55,10 @@ type Host interface {
 	Counts(pair int32) [NumClasses]uint64
 	// Log writes one line into Envoy's log.
 	Log(level slog.Level, msg string)
+	// ValidationMode reports whether Envoy only validates its
+	// configuration (--mode validate): then nothing is started. Called on
+	// Envoy's main thread (the config hook) only.
+	ValidationMode() bool
 }
 
 // LatencyHost is a Host that times each response per pair (module/abi:
@@ -74,14 +79,26 @@ type LatencyHost interface {
 type Process struct {
 	host Host
 
-	mu      sync.Mutex // guards everything below it and config changes
-	cfg     *FilterConfig
+	mu  sync.Mutex // guards everything below it and config changes
+	cfg *FilterConfig
+	// given is what the first filter_config said by itself (GivenSettings):
+	// every later one is compared with it, not with settings that include
+	// the configuration file as it is now.
+	given   *FilterConfig
 	configs map[uint64]bool
 	nextID  uint64
-	plane   *control.Plane
-	stop    context.CancelFunc
-	done    chan struct{}
-	log     *slog.Logger
+	// validating: Envoy runs --mode validate; nothing was started.
+	validating bool
+	// plane is the control plane: running (roleLeader), or stopped after
+	// it was handed over to the next Envoy epoch (roleFollower), when its
+	// store follows the new epoch's (handover.go).
+	plane      *control.Plane
+	role       role
+	stop       context.CancelFunc
+	done       chan struct{}
+	handoverLn net.Listener       // the handover socket, while leader
+	followStop context.CancelFunc // the follower, while following
+	log        *slog.Logger
 
 	// Per request: read without locks.
 	run       atomic.Pointer[running]
@@ -97,6 +114,15 @@ type Process struct {
 	// (tests and the splitter_fault build only; "" otherwise).
 	faultHeader string
 }
+
+// role is what a process's module does with the control plane.
+type role int
+
+const (
+	roleNone     role = iota // not started (validation mode, or before the first configuration)
+	roleLeader               // runs it: admin API, reload or fleet, rollouts
+	roleFollower             // handed it to the next Envoy epoch: follows that one's state
+)
 
 // MaxThreads is how many Envoy worker threads get their own scratch space
 // and counters; more share a pool.
@@ -131,26 +157,41 @@ func NewProcess(host Host) *Process {
 // the admin API says why). A later one with the same settings shares it;
 // one with other settings is an error (Envoy rejects that configuration):
 // the settings are the process's, fixed by the first filter_config until
-// Envoy restarts.
+// Envoy restarts. "The same" is judged on what Envoy gave (GivenSettings),
+// never on the configuration file's scalars as they are now: a file edit
+// must not make Envoy reject an unchanged filter configuration.
 func (p *Process) NewConfig(name string, raw []byte) (handle uint64, err error) {
-	fc, err := ParseFilterConfig(raw)
+	given, err := GivenSettings(raw)
 	if err != nil {
 		return 0, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.plane == nil {
-		if err := p.start(fc); err != nil {
+	if p.given == nil {
+		fc, err := ParseFilterConfig(raw)
+		if err != nil {
 			return 0, err
 		}
-	} else if !reflect.DeepEqual(*p.cfg, fc) {
+		if p.host.ValidationMode() {
+			// --mode validate: the filter_config is checked (the same
+			// rejections as when serving), nothing is started: no admin
+			// port, no file watch, no etcd, no goroutine.
+			p.validating = true
+			p.host.Log(slog.LevelInfo, "splitter module: validation mode: filter_config checked, nothing started")
+		} else if err := p.start(fc); err != nil {
+			return 0, err
+		}
+		p.cfg, p.given = &fc, &given
+	} else if !reflect.DeepEqual(*p.given, given) {
 		return 0, fmt.Errorf("filter_config of %q differs from the one the module started with: "+
 			"the settings belong to the Envoy process (one control plane, one admin port); "+
 			"use the same filter_config everywhere and restart Envoy to change it", name)
 	}
 	p.nextID++
 	p.configs[p.nextID] = true
-	p.log.Info("filter configuration added", "filter_name", name, "handle", p.nextID, "configs", len(p.configs))
+	if p.log != nil {
+		p.log.Info("filter configuration added", "filter_name", name, "handle", p.nextID, "configs", len(p.configs))
+	}
 	return p.nextID, nil
 }
 
@@ -166,7 +207,9 @@ func (p *Process) DestroyConfig(handle uint64) {
 	}
 }
 
-// start builds and runs the control plane; p.mu is held.
+// start builds and runs the control plane; p.mu is held. The admin port
+// is taken over from the previous Envoy epoch's module when that one holds
+// it (a hot restart, handover.go), with its runtime state.
 func (p *Process) start(fc FilterConfig) error {
 	s := fc.Settings
 	log := slog.New(newLogHandler(p.host, s)).With("component", "splitter-module")
@@ -176,26 +219,60 @@ func (p *Process) start(fc FilterConfig) error {
 		// workers for it (docs/module.md, threads).
 		runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 2, p.host.Concurrency()+1))
 	}
-	opts := control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs}
-	if s.EnvoyAdmin != "" {
+	lis, handover, err := takeAdmin(s.AdminAddr, log)
+	if err != nil {
+		return err
+	}
+	var state []byte
+	if handover != nil {
+		state = handover.state
+	}
+	p.cfg, p.log = &fc, log
+	if err := p.runPlaneLocked(fc, lis, state); err != nil {
+		handover.abort()
+		return err
+	}
+	handover.ack()
+	p.role = roleLeader
+	p.listenHandoversLocked()
+	if s.GCPercent != 0 {
+		debug.SetGCPercent(s.GCPercent)
+		p.plane.Metrics().GCPercent(s.GCPercent)
+	}
+	log.Info("module started", "admin_addr", p.plane.AdminAddr(), "gomaxprocs", runtime.GOMAXPROCS(0),
+		"envoy_workers", p.host.Concurrency(), "fleet", s.FleetMode(), "handed_over", handover != nil)
+	if fc.ReadyFile != "" {
+		b, _ := json.Marshal(map[string]string{"admin_addr": p.plane.AdminAddr()})
+		if err := fsutil.WriteAtomic(fc.ReadyFile, append(b, '\n'), 0o644, nil); err != nil {
+			log.Error("ready_file not written", "ready_file", fc.ReadyFile, "error", err)
+		}
+	}
+	return nil
+}
+
+// runPlaneLocked builds a control plane with fc's settings on lis (nil:
+// bound by control.New) and state (nil: the state file's), publishes it to
+// the request path and runs it; p.mu is held.
+func (p *Process) runPlaneLocked(fc FilterConfig, lis net.Listener, state []byte) error {
+	log := p.log
+	opts := control.Options{Logger: log, TolerateBadConfig: true, Signals: &p.pairs,
+		AdminListener: lis, InitialState: state}
+	if fc.Settings.EnvoyAdmin != "" {
 		// Envoy's cluster statistics, which count mirrored requests too
 		// (filterconfig.go, envoy_admin).
 		opts.Signals = nil
 	}
-	plane, err := control.New(s, opts)
+	plane, err := control.New(fc.Settings, opts)
 	if err != nil {
 		return err
 	}
-	if s.GCPercent != 0 {
-		debug.SetGCPercent(s.GCPercent)
-		plane.Metrics().GCPercent(s.GCPercent)
-	}
-	p.cfg, p.plane, p.log = &fc, plane, log
-	p.pairs.counts = p.host.Counts
+	p.plane = plane
+	var latency func(pair int32) [signals.LatencyBuckets]uint64
 	if lh, ok := p.host.(LatencyHost); ok {
 		lh.SetLatencyBounds(signals.LatencyBoundsNs())
-		p.pairs.latency = lh.Latency
+		latency = lh.Latency
 	}
+	p.pairs.setSources(p.host.Counts, latency)
 	r := &running{plane: plane, rec: plane.Recorder(), headers: plane.Headers(), log: log}
 	var plan adapter.Plan
 	r.headers.PlanFor(nil, &plan)
@@ -216,25 +293,78 @@ func (p *Process) start(fc FilterConfig) error {
 	)
 	p.run.Store(r)
 	ctx, stop := context.WithCancel(context.Background())
-	p.stop, p.done = stop, make(chan struct{})
+	done := make(chan struct{})
+	p.stop, p.done = stop, done
 	go func() {
-		defer close(p.done)
+		defer close(done)
 		var wg sync.WaitGroup
-		wg.Go(func() { p.flushResults(ctx) })
+		wg.Go(func() { p.flushResults(ctx, plane) })
 		if err := plane.Run(ctx); err != nil {
 			log.Error("control plane stopped", "error", err)
 		}
 		wg.Wait()
 	}()
-	log.Info("module started", "admin_addr", plane.AdminAddr(), "gomaxprocs", runtime.GOMAXPROCS(0),
-		"envoy_workers", p.host.Concurrency(), "fleet", s.FleetMode())
-	if fc.ReadyFile != "" {
-		b, _ := json.Marshal(map[string]string{"admin_addr": plane.AdminAddr()})
-		if err := fsutil.WriteAtomic(fc.ReadyFile, append(b, '\n'), 0o644, nil); err != nil {
-			log.Error("ready_file not written", "ready_file", fc.ReadyFile, "error", err)
-		}
-	}
 	return nil
+}
+
+// stopPlaneLocked stops the running control plane and waits for it: the
+// admin API has finished its requests and closed its port, nothing writes
+// the store any more; decisions go on from it. p.mu is held.
+func (p *Process) stopPlaneLocked() {
+	if p.stop == nil {
+		return
+	}
+	p.plane.Drain()
+	p.stop()
+	<-p.done
+	p.stop = nil
+	if p.handoverLn != nil {
+		p.handoverLn.Close()
+		p.handoverLn = nil
+	}
+}
+
+// restartLocked runs a new control plane (the same settings) after the
+// current one was stopped, on lis (nil: bound anew) and state (nil: the
+// state file's), and leads again. p.mu is held.
+func (p *Process) restartLocked(lis net.Listener, state []byte) error {
+	if p.followStop != nil {
+		p.followStop()
+		p.followStop = nil
+	}
+	if err := p.runPlaneLocked(*p.cfg, lis, state); err != nil {
+		return err
+	}
+	p.role = roleLeader
+	p.listenHandoversLocked()
+	return nil
+}
+
+// listenHandoversLocked opens the handover socket for the next Envoy
+// epoch (and its followers), when admin_addr names a fixed port; p.mu is
+// held. Without it a hot restart cannot take the admin port over: said in
+// the log, not fatal.
+func (p *Process) listenHandoversLocked() {
+	addr := p.cfg.Settings.AdminAddr
+	if !fixedPort(addr) {
+		return
+	}
+	// The previous epoch closed it before it answered; the kernel may lag.
+	deadline := time.Now().Add(adminBindTimeout)
+	for {
+		ln, err := listenHandover(addr)
+		if err == nil {
+			p.handoverLn = ln
+			go p.serveHandovers(ln, addr, p.log)
+			return
+		}
+		if errors.Is(err, errHandoverUnsupported) || time.Now().After(deadline) {
+			p.log.Warn("hot restart handover unavailable: a new Envoy epoch will not be able to take the admin port over",
+				"admin_addr", addr, "error", err)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Plane returns the control plane, nil before the first NewConfig.
@@ -244,17 +374,26 @@ func (p *Process) Plane() *control.Plane {
 	return p.plane
 }
 
-// Close stops the control plane and waits for it (tests; inside Envoy it
-// runs until the process exits).
+// Close stops the control plane (or the follower) and waits for it
+// (tests; inside Envoy it runs until the process exits).
 func (p *Process) Close() error {
 	p.mu.Lock()
-	stop, done := p.stop, p.done
-	p.mu.Unlock()
-	if stop == nil {
+	defer p.mu.Unlock()
+	if p.followStop != nil {
+		p.followStop()
+		p.followStop = nil
+		return nil
+	}
+	if p.stop == nil {
 		return errors.New("module: not started")
 	}
-	stop()
-	<-done
+	p.stop()
+	<-p.done
+	p.stop = nil
+	if p.handoverLn != nil {
+		p.handoverLn.Close()
+		p.handoverLn = nil
+	}
 	return nil
 }
 
@@ -282,7 +421,7 @@ type tableState struct {
 // the metrics.
 const flushInterval = time.Second
 
-func (p *Process) flushResults(ctx context.Context) {
+func (p *Process) flushResults(ctx context.Context, plane *control.Plane) {
 	var last [numResults]uint64
 	flush := func() {
 		var now [numResults]uint64
@@ -292,7 +431,7 @@ func (p *Process) flushResults(ctx context.Context) {
 			}
 		}
 		for r := range now {
-			p.plane.Metrics().StreamsEnded(API, resultNames[r], now[r]-last[r])
+			plane.Metrics().StreamsEnded(API, resultNames[r], now[r]-last[r])
 		}
 		last = now
 	}

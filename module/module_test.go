@@ -30,6 +30,8 @@ type fakeHost struct {
 	fallback []byte
 	counts   map[int32][NumClasses]uint64
 	logs     []string
+	// validating makes the host answer ValidationMode true.
+	validating bool
 }
 
 func (h *fakeHost) SetReads(id uint32, names []string) {
@@ -45,6 +47,8 @@ func (h *fakeHost) SetFallback(plan []byte) {
 }
 
 func (h *fakeHost) Concurrency() int { return 1 }
+
+func (h *fakeHost) ValidationMode() bool { return h.validating }
 
 func (h *fakeHost) Counts(pair int32) [NumClasses]uint64 {
 	h.mu.Lock()
@@ -370,11 +374,23 @@ func waitMetric(t *testing.T, s *started, line string) {
 	}
 }
 
+// quiesce stops the control plane's goroutines (the admin server, the
+// file watch, the rollout ticks, the metrics flush), which allocate on
+// their own: testing.AllocsPerRun counts every goroutine's allocations.
+// Decisions go on from the table in force.
+func (s *started) quiesce(t *testing.T) {
+	t.Helper()
+	if err := s.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestDecideDoesNotAllocate(t *testing.T) {
 	s := start(t, testConfig)
 	hs := []split.Header{{Name: ":authority", Value: "a"}, {Name: "x-user-id", Value: "u1"}, {Name: "cookie", Value: "sid=s3"}}
 	s.decide(t, 3, hs) // publishes the reads and builds the answer
 	id, _ := s.host.current()
+	s.quiesce(t)
 	var res Result
 	if n := testing.AllocsPerRun(1000, func() {
 		r := s.p.Begin(3)
@@ -450,14 +466,27 @@ func TestSecondConfig(t *testing.T) {
 	if _, err := s.p.NewConfig("bad", []byte(`{"nope": 1}`)); err == nil || !strings.Contains(err.Error(), "nope: unknown key") {
 		t.Fatalf("bad filter_config: %v", err)
 	}
+	// The file's top-level scalars change (and one becomes invalid): an
+	// unchanged filter_config is still the same, since what Envoy gives is
+	// compared, not the file as it is now.
+	for _, scalars := range []string{"log_level: debug\n", "log_level: bogus\n"} {
+		if err := os.WriteFile(s.cfgPath, []byte(scalars+testConfig), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.p.NewConfig("after the file changed", fc("")); err != nil {
+			t.Fatalf("after %q in the file: %v", scalars, err)
+		}
+	}
 }
 
 func TestSignalsAndResponsesMetric(t *testing.T) {
 	s := start(t, testConfig)
 	s.decide(t, 0, nil) // numbers the pairs: api/v1 = 0, api/v2 = 1
 	s.host.mu.Lock()
-	s.host.counts[0] = [NumClasses]uint64{ClassReset: 1, 2: 97, 4: 3}
-	s.host.counts[1] = [NumClasses]uint64{2: 10, 5: 5}
+	// Aborted streams (the client went away first) are neither requests
+	// nor errors; resets (an upstream failure mid-response) are both.
+	s.host.counts[0] = [NumClasses]uint64{ClassReset: 1, 2: 97, 4: 3, ClassAborted: 40}
+	s.host.counts[1] = [NumClasses]uint64{2: 10, 5: 5, ClassAborted: 1000}
 	s.host.mu.Unlock()
 	targets := []signals.Target{{Service: "api", Version: "v1"}, {Service: "api", Version: "v2"}, {Service: "api", Version: "v9"}}
 	out := make([]signals.Counts, len(targets))
@@ -473,6 +502,7 @@ func TestSignalsAndResponsesMetric(t *testing.T) {
 		`splitter_responses_total{api="module",class="2xx",service="api",version="v1"} 97`,
 		`splitter_responses_total{api="module",class="reset",service="api",version="v1"} 1`,
 		`splitter_responses_total{api="module",class="5xx",service="api",version="v2"} 5`,
+		`splitter_responses_total{api="module",class="aborted",service="api",version="v2"} 1000`,
 	} {
 		if !strings.Contains(body, l+"\n") {
 			t.Errorf("no %s in /metrics:\n%s", l, grep(body, "responses_total"))

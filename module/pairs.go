@@ -15,14 +15,21 @@ import (
 // process that has seen more since it started counts no more new ones.
 const MaxPairs = 1024
 
-// The response classes C counts per pair: the status class (1xx..5xx) or
-// ClassReset for a request that ended without a response.
+// The response classes C counts per pair (module/abi/hooks.c): the status
+// class (1xx..5xx) of the response headers, which include Envoy's own 503
+// or 504 when the upstream fails before responding; ClassReset for a
+// response Envoy cut off because the upstream failed after it started;
+// ClassAborted for a stream the client ended before any response. The
+// rollout guard counts 1xx..5xx and resets as requests, 5xx and resets as
+// errors, and aborted streams as neither (docs/module.md).
 const (
-	ClassReset = 0
-	NumClasses = 6
+	ClassReset   = 0
+	ClassAborted = 6
+	NumClasses   = 7
 )
 
-// ClassOf returns the class of an HTTP status code.
+// ClassOf returns the class of an HTTP status code (ClassReset for one
+// outside 100..599).
 func ClassOf(status int) int {
 	if status >= 100 && status <= 599 {
 		return status / 100
@@ -31,8 +38,11 @@ func ClassOf(status int) int {
 }
 
 func className(c int) string {
-	if c == ClassReset {
+	switch c {
+	case ClassReset:
 		return "reset"
+	case ClassAborted:
+		return "aborted"
 	}
 	return string(rune('0'+c)) + "xx"
 }
@@ -41,15 +51,22 @@ func className(c int) string {
 // the life of the process, and reads their counters: it is the rollout
 // guard's signals.Source and the responses metric's reader.
 type pairs struct {
+	mu     sync.Mutex
 	counts func(pair int32) [NumClasses]uint64
 	// latency reads a pair's timed responses (nil: the host does not
 	// time them).
 	latency func(pair int32) [signals.LatencyBuckets]uint64
+	ids     map[[2]string]int32
+	names   [][2]string // by id
+	warned  bool
+}
 
-	mu     sync.Mutex
-	ids    map[[2]string]int32
-	names  [][2]string // by id
-	warned bool
+// setSources makes counts and latency (nil: not timed) the readers of
+// the C side's counters and histograms.
+func (ps *pairs) setSources(counts func(pair int32) [NumClasses]uint64, latency func(pair int32) [signals.LatencyBuckets]uint64) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ps.counts, ps.latency = counts, latency
 }
 
 // forTable returns t's pairs, [service][version], numbering new ones.
@@ -85,8 +102,9 @@ func (ps *pairs) forTable(t *split.Table, log *slog.Logger) [][]int32 {
 	return out
 }
 
-// Read implements signals.Source: requests are every response counted for
-// the version, errors its 5xx and resets (signals.IsError).
+// Read implements signals.Source: requests are the version's responses and
+// resets, errors its 5xx and resets (signals.IsError); streams the client
+// aborted before any response are neither.
 func (ps *pairs) Read(_ context.Context, targets []signals.Target, out []signals.Counts) error {
 	if len(out) < len(targets) {
 		return signals.ErrShortOut
@@ -100,6 +118,9 @@ func (ps *pairs) Read(_ context.Context, targets []signals.Target, out []signals
 			continue
 		}
 		for c, n := range ps.counts(id) {
+			if c == ClassAborted {
+				continue
+			}
 			out[i].Requests += n
 			if c == ClassReset || c == 5 {
 				out[i].Errors += n

@@ -61,6 +61,16 @@ type Options struct {
 	// it is ""). The in-process module passes the counters it keeps from
 	// the responses it sees.
 	Signals signals.Source
+	// AdminListener, when set, is the admin API's listener, already bound
+	// to the admin_addr setting by the caller (the module binds it itself
+	// to take it over from the previous Envoy epoch); nil: New binds it.
+	// It is closed by Run, or by New on error.
+	AdminListener net.Listener
+	// InitialState, when set, replaces what the state file holds at start:
+	// a state document another process exported (store.ExportState), as
+	// the module's hot restart hands it over. Unused in fleet mode, where
+	// the state is etcd's.
+	InitialState []byte
 }
 
 // Plane is one process's control state. Build it with New, serve it with
@@ -89,13 +99,20 @@ type Plane struct {
 // TolerateBadConfig), builds the store, metrics and reloader, and binds
 // the admin listener (refusing a non-loopback address without a token).
 // Nothing runs until Run.
-func New(s settings.Settings, opts Options) (*Plane, error) {
+func New(s settings.Settings, opts Options) (p *Plane, err error) {
+	if opts.AdminListener != nil {
+		defer func() {
+			if err != nil {
+				opts.AdminListener.Close()
+			}
+		}()
+	}
 	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	headers := s.Headers()
-	p := &Plane{settings: s, headers: headers, log: logger, registry: prometheus.NewRegistry()}
+	p = &Plane{settings: s, headers: headers, log: logger, registry: prometheus.NewRegistry()}
 	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	p.metrics = metrics.New(p.registry)
 	// changed tells the console that something it shows changed (a
@@ -108,10 +125,15 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 		}
 	}
 
+	initial := opts.InitialState
+	if s.FleetMode() {
+		initial = nil
+	}
 	st, err := store.New(store.Options{
 		Logger: logger, StateFile: s.StateFile,
-		OnSwap: func(snap *store.Snapshot) { p.metrics.ObserveSnapshot(snap); poke() },
-		Check:  headers.CheckConfig,
+		OnSwap:       func(snap *store.Snapshot) { p.metrics.ObserveSnapshot(snap); poke() },
+		Check:        headers.CheckConfig,
+		InitialState: initial,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("state_file: %w", err)
@@ -202,10 +224,12 @@ func New(s settings.Settings, opts Options) (*Plane, error) {
 	p.console = console.New(consoleOpts)
 	adminOpts.Extra = p.console.Handlers()
 	p.admin = admin.NewServer(s.AdminAddr, admin.New(adminOpts))
-	lis, err := net.Listen("tcp", s.AdminAddr)
-	if err != nil {
-		p.closeFleet()
-		return nil, fmt.Errorf("admin_addr: %w", err)
+	lis := opts.AdminListener
+	if lis == nil {
+		if lis, err = net.Listen("tcp", s.AdminAddr); err != nil {
+			p.closeFleet()
+			return nil, fmt.Errorf("admin_addr: %w", err)
+		}
 	}
 	p.adminLis = lis
 	return p, nil
@@ -341,10 +365,14 @@ func (p *Plane) Drain() {
 
 // Run serves the admin API and keeps the configuration in step with its
 // file until ctx ends, then stops the admin server (after its in-flight
-// requests, bounded) and returns nil; it returns an error if the admin
-// server fails on its own. Call it once.
+// requests, bounded), then everything else, and returns nil; it returns
+// an error if the admin server fails on its own. Call it once.
 func (p *Plane) Run(ctx context.Context) error {
-	bg, stop := context.WithCancel(ctx)
+	// The components outlive ctx until the admin server has finished its
+	// requests: a mutation in flight when the process stops (or the module
+	// hands over to the next Envoy epoch) completes and is answered
+	// truthfully, with the file watch, etcd and rollouts still running.
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	var wg sync.WaitGroup
 	if p.fleet != nil {
@@ -367,14 +395,15 @@ func (p *Plane) Run(ctx context.Context) error {
 	case err = <-served:
 		err = fmt.Errorf("admin server stopped unexpectedly: %w", err)
 	}
-	stop()
-	wg.Wait()
+	p.Drain() // the console's event streams would hold the shutdown up
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adminShutdownTimeout)
 	defer cancel()
 	if serr := p.admin.Shutdown(sctx); serr != nil {
 		p.log.Warn("admin server did not stop in time; closing it", "error", serr)
 		p.admin.Close()
 	}
+	stop()
+	wg.Wait()
 	if err == nil {
 		if serr := <-served; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 			err = fmt.Errorf("admin server: %w", serr)

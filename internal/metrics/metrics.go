@@ -490,8 +490,11 @@ type ResponseCount struct {
 }
 
 // ResponseClasses are the classes of NewResponsesCollector: the status
-// class of the response, or "reset" for a request that ended without one.
-func ResponseClasses() []string { return []string{"1xx", "2xx", "3xx", "4xx", "5xx", "reset"} }
+// class of the response, "reset" for a response cut off by an upstream
+// failure, "aborted" for a request the client gave up before any response.
+func ResponseClasses() []string {
+	return []string{"1xx", "2xx", "3xx", "4xx", "5xx", "reset", "aborted"}
+}
 
 type responsesCollector struct {
 	desc  *prometheus.Desc
@@ -507,7 +510,7 @@ type responsesCollector struct {
 func NewResponsesCollector(api string, read func() []ResponseCount) prometheus.Collector {
 	return &responsesCollector{
 		desc: prometheus.NewDesc(namespace+"_responses_total",
-			"Responses by the version that served them and status class (reset: ended without a response), counted in process.",
+			"Responses by the version that served them and status class (reset: cut off by an upstream failure; aborted: the client went away before any response), counted in process.",
 			[]string{"service", "version", "class"}, prometheus.Labels{"api": api}),
 		read:  read,
 		known: setOf(ResponseClasses()),

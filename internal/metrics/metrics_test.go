@@ -409,14 +409,16 @@ func TestResponsesCollector(t *testing.T) {
 			{Service: "api", Version: "v1", Class: "2xx", N: 90},
 			{Service: "api", Version: "v2", Class: "5xx", N: 7},
 			{Service: "api", Version: "v2", Class: "reset", N: 1},
+			{Service: "api", Version: "v2", Class: "aborted", N: 3},
 			{Service: "api", Version: "v2", Class: "9xx", N: 2},
 		}
 	}))
 	want := map[string]float64{
-		"api=module,class=2xx,service=api,version=v1":   90,
-		"api=module,class=5xx,service=api,version=v2":   7,
-		"api=module,class=reset,service=api,version=v2": 1,
-		"api=module,class=other,service=api,version=v2": 2,
+		"api=module,class=2xx,service=api,version=v1":     90,
+		"api=module,class=5xx,service=api,version=v2":     7,
+		"api=module,class=reset,service=api,version=v2":   1,
+		"api=module,class=aborted,service=api,version=v2": 3,
+		"api=module,class=other,service=api,version=v2":   2,
 	}
 	if diff := cmp.Diff(want, series(t, reg, "splitter_responses_total")); diff != "" {
 		t.Fatalf("(-want +got):\n%s", diff)

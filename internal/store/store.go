@@ -86,6 +86,12 @@ type Options struct {
 	// rules that need process settings (e.g. experiment headers must not
 	// be the route header). nil: none.
 	Check func(*split.Config) error
+	// InitialState, when set, is a state document (the state file's
+	// format, ExportState) to start from instead of reading StateFile:
+	// what another process handed over (the module's hot restart). Its
+	// overrides meet the first ApplyFile under the usual survival rule; a
+	// StateFile, if set, is written from then on as usual.
+	InitialState []byte
 }
 
 // ErrNoConfig is returned by mutations made before the first ApplyFile.
@@ -146,7 +152,15 @@ func New(opts Options) (*Store, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.stateFile != "" {
+	switch {
+	case opts.InitialState != nil:
+		st, err := decodeState(opts.InitialState)
+		if err != nil {
+			return nil, fmt.Errorf("handed-over state: %w", err)
+		}
+		s.pending, s.rollouts = st, st.rollouts
+		s.mirrors, s.mirrorAgainst = st.mirrors, st.fileMirrors
+	case s.stateFile != "":
 		st, err := readState(s.stateFile)
 		if err != nil {
 			return nil, err
@@ -158,6 +172,52 @@ func New(opts Options) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// ExportState returns the runtime state as a state document (the state
+// file's format, with or without a state file): the overrides in force
+// and the configuration weights they were set against, the runtime
+// mirrors and the configuration's mirrors they were set against, the
+// runtime routes, the owners of owned weights, the rollout states, and the
+// configuration's sha256. Before the first load it is the state still to
+// be judged. Store.New takes it back as InitialState, and
+// ApplyState applies it: so one process hands its state to another.
+func (s *Store) ExportState() ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch cur := s.cur.Load(); {
+	case cur != nil:
+		return encodeState(cur.Overrides, s.fileWeights, runtimeState{owners: cur.Owners, routes: cur.Routes},
+			s.rollouts, cur.SHA256, s.mirrors, s.mirrorAgainst)
+	case s.pending != nil:
+		return encodeState(s.pending.overrides, s.pending.fileWeights, s.pending.runtime,
+			s.rollouts, s.pending.fileSHA, s.mirrors, s.mirrorAgainst)
+	}
+	return encodeState(nil, nil, runtimeState{}, s.rollouts, "", s.mirrors, s.mirrorAgainst)
+}
+
+// ApplyState makes this store follow another's: cfg (from source, whose
+// bytes hash to sha) with exactly the overrides of the state document
+// data (ExportState) that apply to it (with their owners), as
+// ApplySharedState, its runtime mirrors and routes that apply, and its
+// rollout states. Nothing is written to the state file: the store that
+// exported the state owns it. An error leaves the store as it was.
+func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) error {
+	st, err := decodeState(data)
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	overrides := make(map[string]Override, len(st.overrides))
+	for name, w := range st.overrides {
+		overrides[name] = Override{Weights: w, Against: st.fileWeights[name], Owner: st.runtime.owners[name]}
+	}
+	if _, _, _, _, err := s.applyShared(cfg, sha, source, Revisions{}, overrides, st.mirrors, st.fileMirrors, st.runtime.routes); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.rollouts = st.rollouts
+	s.mu.Unlock()
+	return nil
 }
 
 // Rollouts returns the rollout states saved with SaveRollout (read from

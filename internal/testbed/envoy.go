@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"io"
@@ -29,6 +30,13 @@ type EnvoyOptions struct {
 	// Env ("KEY=value") is added to Envoy's environment, e.g.
 	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH for the module.
 	Env []string
+	// HotRestart leaves Envoy's hot restart on (it is off by default: each
+	// bed's Envoy is independent), so that HotRestart can start the next
+	// epoch; DrainTime and ParentShutdownTime are Envoy's
+	// --drain-time-s and --parent-shutdown-time-s (whole seconds; 0:
+	// Envoy's defaults of 600 and 900).
+	HotRestart                    bool
+	DrainTime, ParentShutdownTime time.Duration
 }
 
 // Envoy is a running Envoy.
@@ -43,6 +51,11 @@ type Envoy struct {
 	opts      EnvoyOptions
 	adminFile string
 	http      *http.Client
+	bed       *Bed
+	// baseID is --base-id: hot restart epochs share it; epoch is
+	// --restart-epoch.
+	baseID uint32
+	epoch  int
 }
 
 // LoopbackParams returns bootstrap parameters for a loopback bed: STATIC
@@ -110,7 +123,13 @@ func (b *Bed) StartEnvoy(ctx context.Context, bin string, p envoy.Params, o Envo
 		adminFile:  b.path("envoy-admin", ".txt"),
 		opts:       o,
 		http:       &http.Client{Timeout: 5 * time.Second},
+		bed:        b,
 	}
+	// --base-id keeps shared-memory names apart; the config path is unique
+	// per Envoy across beds and processes.
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(e.ConfigPath))
+	e.baseID = h.Sum32() % 1_000_000
 	b.onClose(e.http.CloseIdleConnections)
 	if err := e.start(ctx); err != nil {
 		return nil, err
@@ -134,19 +153,24 @@ func (e *Envoy) start(ctx context.Context) error {
 	if err := os.Remove(e.adminFile); err != nil && !os.IsNotExist(err) {
 		return err
 	}
-	// --base-id keeps shared-memory names apart; the config path is unique
-	// per Envoy across beds and processes (hot restart is off anyway).
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(e.ConfigPath))
-	id := h.Sum32() % 1_000_000
 	e.Args = []string{
 		"-c", e.ConfigPath,
 		"--concurrency", strconv.Itoa(e.opts.Concurrency),
-		"--base-id", strconv.FormatUint(uint64(id), 10),
-		// Each bed's Envoy is independent: no shared memory with another one.
-		"--disable-hot-restart",
+		"--base-id", strconv.FormatUint(uint64(e.baseID), 10),
 		"--log-level", e.opts.LogLevel,
 		"--admin-address-path", e.adminFile,
+	}
+	if !e.opts.HotRestart {
+		// Each bed's Envoy is independent: no shared memory with another one.
+		e.Args = append(e.Args, "--disable-hot-restart")
+	} else {
+		e.Args = append(e.Args, "--restart-epoch", strconv.Itoa(e.epoch))
+		if e.opts.DrainTime > 0 {
+			e.Args = append(e.Args, "--drain-time-s", strconv.Itoa(int(e.opts.DrainTime.Seconds())))
+		}
+		if e.opts.ParentShutdownTime > 0 {
+			e.Args = append(e.Args, "--parent-shutdown-time-s", strconv.Itoa(int(e.opts.ParentShutdownTime.Seconds())))
+		}
 	}
 	if err := e.Proc.Start(); err != nil {
 		return err
@@ -192,6 +216,48 @@ func (e *Envoy) Restart(ctx context.Context) error {
 		return err
 	}
 	return e.start(ctx)
+}
+
+// HotRestart starts the next epoch of e (started with
+// EnvoyOptions.HotRestart): a new Envoy process on the same bootstrap,
+// ports and --base-id, with --restart-epoch one more, while e runs. Envoy
+// hands the listeners over and, after the drain and parent shutdown
+// times, the new epoch stops e. The bootstrap is rendered again from e's
+// parameters with the ports e bound (and e's Edit). It returns once the
+// new epoch is LIVE.
+func (e *Envoy) HotRestart(ctx context.Context) (*Envoy, error) {
+	return e.HotRestartEdited(ctx, e.opts.Edit)
+}
+
+// HotRestartEdited is HotRestart with edit, instead of e's Edit, applied
+// to the new epoch's bootstrap (a negative test breaks it, say). When the
+// new epoch fails, the error says so and e keeps running.
+func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte, error)) (*Envoy, error) {
+	if !e.opts.HotRestart {
+		return nil, errors.New("envoy: hot restart is off for this Envoy (EnvoyOptions.HotRestart)")
+	}
+	proc, err := e.bed.newProc(fmt.Sprintf("envoy-epoch%d", e.epoch+1), e.Bin)
+	if err != nil {
+		return nil, err
+	}
+	proc.Env = append(proc.Env, e.opts.Env...)
+	next := &Envoy{
+		Proc:       proc,
+		Params:     e.Params, // the ports the parent bound
+		ConfigPath: e.bed.path("envoy", ".yaml"),
+		adminFile:  e.bed.path("envoy-admin", ".txt"),
+		opts:       e.opts,
+		http:       &http.Client{Timeout: 5 * time.Second},
+		bed:        e.bed,
+		baseID:     e.baseID,
+		epoch:      e.epoch + 1,
+	}
+	next.opts.Edit = edit
+	e.bed.onClose(next.http.CloseIdleConnections)
+	if err := next.start(ctx); err != nil {
+		return nil, err
+	}
+	return next, nil
 }
 
 // URL is the listener's base URL plus path.

@@ -45,6 +45,8 @@ var (
 	_ = [1]struct{}{}[C.SP_MAX_THREADS-module.MaxThreads]
 	_ = [1]struct{}{}[C.SP_MAX_PAIRS-module.MaxPairs]
 	_ = [1]struct{}{}[C.SP_CLASSES-module.NumClasses]
+	_ = [1]struct{}{}[C.SP_RESET-module.ClassReset]
+	_ = [1]struct{}{}[C.SP_ABORTED-module.ClassAborted]
 	_ = [1]struct{}{}[C.SP_PLAN_MAX-module.MaxPlanBytes]
 	_ = [1]struct{}{}[C.SP_COOKIE_MAX-module.MaxCookieBytes]
 	_ = [1]struct{}{}[C.SP_RETRY-int(module.StatusRetry)]
@@ -92,6 +94,8 @@ func (host) SetFallback(plan []byte) {
 }
 
 func (host) Concurrency() int { return int(C.envoy_dynamic_module_callback_get_concurrency()) }
+
+func (host) ValidationMode() bool { return bool(C.envoy_dynamic_module_callback_is_validation_mode()) }
 
 func (host) Counts(pair int32) [module.NumClasses]uint64 {
 	var out [module.NumClasses]C.uint64_t

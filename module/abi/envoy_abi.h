@@ -144,3 +144,5 @@ void envoy_dynamic_module_callback_log(envoy_dynamic_module_type_log_level level
                                        envoy_dynamic_module_type_module_buffer message);
 // Envoy's worker count (--concurrency); main thread only (config_new).
 uint32_t envoy_dynamic_module_callback_get_concurrency(void);
+// Whether Envoy runs --mode validate; main thread only (config_new).
+bool envoy_dynamic_module_callback_is_validation_mode(void);

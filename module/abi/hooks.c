@@ -2,6 +2,15 @@
 // request-headers hook enters Go, once per request (and the filter config
 // hooks, at configuration time); the others do their small work in C or
 // nothing. See docs/module.md.
+//
+// What is counted per version (docs/module.md, "what is an error"): the
+// status of the response headers that reach the filter, which include the
+// 502/503/504 Envoy answers itself when the upstream fails before
+// responding; SP_RESET when Envoy cut a started response off (it reports an
+// upstream failure through the local-reply hook after the response
+// headers); SP_ABORTED when the stream ends with neither, i.e. the client
+// went away first. Aborted streams are neither requests nor errors for the
+// rollout guard: a client must not be able to fail (or dilute) a version.
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +54,7 @@ static uint64_t (*sp_shared_lat)[SP_LAT_BUCKETS]; // threads without a slot: ato
 typedef struct { uint32_t len; uint8_t plan[]; } sp_plan;
 static sp_plan *sp_fallback;
 static __thread sp_thread *tls_thread;
-static sp_stream sp_no_stream = {NULL, -1, 0, NULL, 0}; // when malloc fails: never written
+static sp_stream sp_no_stream = {NULL, -1, SP_ABORTED, NULL, 0}; // when malloc fails: never written
 
 static inline envoy_dynamic_module_type_module_buffer mb(const char *p, size_t n) {
   return (envoy_dynamic_module_type_module_buffer){p, n};
@@ -282,7 +291,7 @@ envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_fi
   s->next = NULL;
   s->pair = -1;
   s->start_ns = 0;
-  s->cls = 0; // reset, until a response is seen
+  s->cls = SP_ABORTED; // until a response or an upstream failure is seen
   s->cookie = NULL;
   s->cookie_len = 0;
   return s;
@@ -330,7 +339,10 @@ envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_mo
 
 // response_headers adds the Set-Cookie of a request given a fresh sticky
 // key (beside the backend's own: add, never set) and notes the status class
-// for the stream's counter; no Go.
+// for the stream's counter; no Go. Envoy's own answers to an upstream
+// failure (503 on a reset or refused connection, 504 on a timeout) come
+// through here too. A status that is not three digits 1xx..5xx (Envoy
+// never sends one) counts as a reset.
 envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_module_on_http_filter_response_headers(
     envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
     bool end_of_stream) {
@@ -348,7 +360,7 @@ envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_m
   static const char status[] = ":status";
   envoy_dynamic_module_type_envoy_buffer v = {NULL, 0};
   envoy_dynamic_module_callback_http_get_header(f, RESP, mb(status, sizeof status - 1), &v, 0, NULL);
-  int cls = 0;
+  int cls = SP_RESET;
   if (v.ptr != NULL && v.length == 3 && v.ptr[0] >= '1' && v.ptr[0] <= '5' && v.ptr[1] >= '0' && v.ptr[1] <= '9' &&
       v.ptr[2] >= '0' && v.ptr[2] <= '9')
     cls = v.ptr[0] - '0';
@@ -356,8 +368,31 @@ envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_m
   return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
 }
 
-// destroy counts the stream's response (or its reset: no response headers)
-// for its version, on the thread that runs it, and keeps the stream for reuse.
+// local_reply is Envoy answering (or ending) the stream itself. Before any
+// response headers it is followed by them (a 503 for an upstream reset, a
+// 504 for a timeout, a 4xx for a bad request), which set the class; noting
+// its code here also counts one whose headers never come. After response
+// headers, the response is being cut off: a 5xx code means the upstream
+// failed mid-response (Envoy 1.40 reports "upstream_reset_after_response_
+// started" with 502 here), counted as SP_RESET; a lower one is the
+// client's doing and leaves the class the upstream answered.
+envoy_dynamic_module_type_on_http_filter_local_reply_status envoy_dynamic_module_on_http_filter_local_reply(
+    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
+    uint32_t response_code, envoy_dynamic_module_type_envoy_buffer details, bool reset_imminent) {
+  (void)f; (void)details; (void)reset_imminent;
+  sp_stream *s = (sp_stream *)m;
+  if (s != &sp_no_stream && s->pair >= 0) {
+    if (s->cls == SP_ABORTED)
+      s->cls = response_code >= 100 && response_code <= 599 ? (int32_t)(response_code / 100) : SP_RESET;
+    else if (response_code >= 500)
+      s->cls = SP_RESET;
+  }
+  return envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue;
+}
+
+// destroy counts the stream's response (or its reset, or the client's
+// abort) for its version, on the thread that runs it, and keeps the stream
+// for reuse.
 void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_filter_module_ptr m) {
   sp_stream *s = (sp_stream *)m;
   if (s == &sp_no_stream) return;
@@ -384,4 +419,5 @@ void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_
 }
 
 // The hooks with nothing to do: never entering Go.
+#define SPLITTER_OWN_LOCAL_REPLY
 #include "idle_hooks.h"

@@ -1,7 +1,8 @@
 // idle_hooks.h: the HTTP-filter hooks Envoy 1.40 resolves that splitter has
 // nothing to do in (per-route configuration, which is not supported,
 // bodies, trailers, stream completion, scheduling, callouts, watermarks,
-// local replies). Each answers "continue" or does nothing, in plain C, so
+// and, unless the includer defines SPLITTER_OWN_LOCAL_REPLY, local
+// replies). Each answers "continue" or does nothing, in plain C, so
 // these phases never enter the Go runtime. Included
 // by exactly one C file of each library that needs the full hook set: the
 // module (hooks.c) and the benchmark's C baseline (bench/cmodule/cbase.c),
@@ -45,12 +46,14 @@ void envoy_dynamic_module_on_http_filter_stream_complete(envoy_dynamic_module_ty
                                                          envoy_dynamic_module_type_http_filter_module_ptr m) {
   (void)f; (void)m;
 }
+#ifndef SPLITTER_OWN_LOCAL_REPLY // the module counts local replies (hooks.c)
 envoy_dynamic_module_type_on_http_filter_local_reply_status envoy_dynamic_module_on_http_filter_local_reply(
     envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr m,
     uint32_t response_code, envoy_dynamic_module_type_envoy_buffer details, bool reset_imminent) {
   (void)f; (void)m; (void)response_code; (void)details; (void)reset_imminent;
   return envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue;
 }
+#endif
 void envoy_dynamic_module_on_http_filter_scheduled(envoy_dynamic_module_type_http_filter_envoy_ptr f,
                                                    envoy_dynamic_module_type_http_filter_module_ptr m, uint64_t event_id) {
   (void)f; (void)m; (void)event_id;

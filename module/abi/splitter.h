@@ -7,7 +7,9 @@
 
 #define SP_MAX_THREADS 256  // module.MaxThreads: worker threads with their own slot
 #define SP_MAX_PAIRS 1024   // module.MaxPairs: (service, version) pairs counted
-#define SP_CLASSES 6        // module.NumClasses: reset, 1xx .. 5xx
+#define SP_CLASSES 7        // module.NumClasses: reset, 1xx .. 5xx, aborted
+#define SP_RESET 0          // module.ClassReset: Envoy cut the response off (upstream failure)
+#define SP_ABORTED 6        // module.ClassAborted: the client went away before any response
 #define SP_PLAN_MAX 8192    // module.MaxPlanBytes
 #define SP_COOKIE_MAX 512   // module.MaxCookieBytes
 #define SP_YIELD_NS 5000000 // a worker lets Go's scheduler run at most this often
@@ -42,10 +44,13 @@ typedef struct {
   char cookie[SP_COOKIE_MAX]; // the Set-Cookie value its response must carry
 } sp_out;
 
-// What the module keeps per HTTP stream: the decided version's pair and the
-// response's class, counted when the stream is destroyed; and, for a
-// request given a fresh sticky key only, the Set-Cookie value its response
-// headers get (malloc'd, freed with the stream).
+// What the module keeps per HTTP stream: the decided version's pair and
+// what answered it (the response's class, SP_RESET, or SP_ABORTED until a
+// response or an upstream failure is seen), counted when the stream is
+// destroyed; and, for a request given a fresh sticky key only, the
+// Set-Cookie value its response headers get (malloc'd, freed with the
+// stream). Per-stream response accounting (a timestamp for latency, say)
+// goes here too: the record is reused from the thread's free list.
 typedef struct sp_stream {
   struct sp_stream *next; // free list
   int32_t pair;
