@@ -22,6 +22,9 @@ import (
 
 // latencyConfig: steps 5, 25, 50, 100 held 3s, judged over a 2s window on
 // errors and on p99 latency (above 150ms and above 10 x stable's fails).
+// failing_for 2.5s, longer than the window, keeps a few requests stalled
+// by a loaded machine from rolling a healthy canary back on their own, as
+// flap control is meant to; a canary that stays slow is still rolled back.
 const latencyConfig = `
 services:
   - name: api
@@ -31,7 +34,7 @@ services:
     rollout:
       steps: [5, 25, 50, 100]
       hold: 3s
-      guard: {window: 2s, min_requests: 10, max_error_rate: 1, max_error_ratio: 2, max_latency_ms: 150, max_latency_ratio: 10}
+      guard: {window: 2s, min_requests: 10, max_error_rate: 1, max_error_ratio: 2, max_latency_ms: 150, max_latency_ratio: 10, failing_for: 2500ms}
 `
 
 // TestRolloutSlowCanary: in ext_proc mode the guard reads each version's

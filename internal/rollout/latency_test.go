@@ -64,6 +64,12 @@ func TestJudgeLatencyBoundaries(t *testing.T) {
 		{"the 99th request decides: 1 slow of 100 is within p99", both, hist(99, 10*ms, 1, 2*time.Second), hist(100, 5*ms), rollout.Healthy,
 			"canary p99 11 ms"},
 		{"2 slow of 100 is p99", both, hist(98, 10*ms, 2, 2*time.Second), hist(100, 5*ms), rollout.Failing, "canary p99 2200 ms"},
+		{"p99 of 99 requests, one slow: the second-slowest stands for it", split.Guard{MinRequests: 10, MaxLatencyMs: 500, LatencyPercentile: 9900},
+			hist(98, 10*ms, 1, 2*time.Second), hist(1000, 5*ms), rollout.Healthy, "canary p99 11 ms over 99 requests"},
+		{"p99 of 40 requests, two slow: failing", split.Guard{MinRequests: 10, MaxLatencyMs: 500, LatencyPercentile: 9900},
+			hist(38, 10*ms, 2, 2*time.Second), hist(1000, 5*ms), rollout.Failing, "canary p99 2200 ms over 40 requests"},
+		{"p99 of 37 requests, all slow: failing", split.Guard{MinRequests: 10, MaxLatencyMs: 150, LatencyPercentile: 9900},
+			hist(37, 200*ms), hist(1000, 5*ms), rollout.Failing, "canary p99 220 ms over 37 requests"},
 		{"p50", p50, hist(5, ms, 6, 30*ms), hist(10, ms), rollout.Failing, "canary p50 33 ms over 11 requests is above max_latency_ms 20"},
 	}
 	for _, tc := range tests {

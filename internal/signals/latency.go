@@ -119,8 +119,11 @@ type Quantile struct {
 
 // Percentile finds the p-th percentile of h, p in hundredths of a percent
 // (9900 is p99). With N requests, the percentile's request is the r-th
-// fastest, r = ceil(N x p / 10000) (at least 1), and its bucket is the
-// first whose cumulative count reaches r. The reported value is that
+// fastest, r = ceil(N x p / 10000) (at least 1), but never the slowest of
+// two or more (r <= N - 1): with fewer requests than the percentile needs
+// to leave one beyond it (a p99 of under 100), the second-slowest request
+// stands for it, so that one stalled request never decides a verdict
+// alone. Its bucket is the first whose cumulative count reaches r. The reported value is that
 // bucket's upper bound (Quantile.Upper): at least p % of the requests took
 // less than it, and fewer than p % took less than the bucket's lower
 // bound. Exact integers throughout.
@@ -131,6 +134,9 @@ func (h *Histogram) Percentile(p int) Quantile {
 	}
 	// ceil(n*p/10000) without overflow for any realistic n (p <= 10000).
 	r := max((n/10000)*uint64(p)+((n%10000)*uint64(p)+9999)/10000, 1)
+	if n >= 2 {
+		r = min(r, n-1)
+	}
 	var cum uint64
 	for i, c := range h {
 		cum += c

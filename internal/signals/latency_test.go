@@ -90,14 +90,17 @@ func TestPercentile(t *testing.T) {
 		{"one request", []group{{1, 5 * ms}}, 9900, "6 ms"},
 		{"one request, p50", []group{{1, 5 * ms}}, 5000, "6 ms"},
 		{"exactly 99 % below: p99 is the lower bucket", []group{{99, ms}, {1, 300 * ms}}, 9900, "2 ms"},
-		{"exactly 99 % below: p99.9 is the upper bucket", []group{{99, ms}, {1, 300 * ms}}, 9990, "330 ms"},
+		{"p99.9 of 100 would be the slowest: the second-slowest stands for it", []group{{99, ms}, {1, 300 * ms}}, 9990, "2 ms"},
+		{"p99.9 of 100, two slow", []group{{98, ms}, {2, 300 * ms}}, 9990, "330 ms"},
+		{"p99 of 40, one stalled: not decided by it", []group{{39, 5 * ms}, {1, 2 * time.Second}}, 9900, "6 ms"},
+		{"p99 of 40, all slow", []group{{40, 200 * ms}}, 9900, "220 ms"},
 		{"one more slow request than 1 %", []group{{98, ms}, {2, 300 * ms}}, 9900, "330 ms"},
 		{"312 requests, 4 slow: r = 309", []group{{308, 48 * ms}, {4, 742 * ms}}, 9900, "750 ms"},
 		{"312 requests, 3 slow: r = 309 is fast", []group{{309, 48 * ms}, {3, 742 * ms}}, 9900, "50 ms"},
 		{"p50 of two", []group{{1, ms}, {1, 20 * ms}}, 5000, "2 ms"},
 		{"p50 of three", []group{{2, ms}, {1, 20 * ms}}, 5000, "2 ms"},
 		{"p50 rounds the rank up", []group{{1, ms}, {2, 20 * ms}}, 5000, "22 ms"},
-		{"past the last bound", []group{{1, ms}, {1, 2 * time.Minute}}, 9900, "100000+ ms"},
+		{"past the last bound", []group{{1, ms}, {2, 2 * time.Minute}}, 9900, "100000+ ms"},
 		{"p99.9 of 10000", []group{{9990, ms}, {10, 60 * ms}}, 9990, "2 ms"},
 		{"p99.9 of 10001", []group{{9990, ms}, {11, 60 * ms}}, 9990, "65 ms"},
 	} {
@@ -231,7 +234,8 @@ func TestReadLatencyFromEnvoy(t *testing.T) {
 	if lat[0].Total() != 30 || lat[1].Total() != 0 {
 		t.Errorf("timed %d and %d, want 30 and 0 (v2 has no histogram yet)", lat[0].Total(), lat[1].Total())
 	}
-	if q := lat[0].Percentile(9900); q.String() != "1300 ms" {
+	// 30 requests: the p99 is the second-slowest (Percentile).
+	if q := lat[0].Percentile(9900); q.String() != "260 ms" {
 		t.Errorf("p99 %s", q)
 	}
 	if q := lat[0].Percentile(5000); q.String() != "1 ms" {
