@@ -164,6 +164,42 @@ func TestMutationNeedsLoopbackHost(t *testing.T) {
 	}
 }
 
+// TestReadsNeedLoopbackHost: an admin port bound to loopback answers only
+// requests addressed to a loopback name, reads and the console included,
+// with or without a token. A page whose name was rebound to 127.0.0.1
+// (DNS rebinding) is same-origin to the browser: Sec-Fetch-Site does not
+// stop it, only its Host gives it away.
+func TestReadsNeedLoopbackHost(t *testing.T) {
+	st := startStack(t, baseConfig(t), func(s *settings.Settings) { s.AdminToken = testToken })
+	before := st.serving(t)
+	_, port, _ := strings.Cut(st.addrs.Admin, ":")
+	rebound := map[string]string{"Host": "evil.example.com:" + port, "Sec-Fetch-Site": "same-origin"}
+	for _, path := range []string{"/v1/services", "/v1/services/api", "/v1/console/state", "/ui/", "/metrics", "/healthz"} {
+		t.Run(path, func(t *testing.T) {
+			r := st.do(t, request{method: http.MethodGet, path: path, header: rebound})
+			if r.code != http.StatusForbidden || !strings.Contains(r.err.Error, "loopback") {
+				t.Errorf("GET %s with a rebound Host = %d %.200s, want 403 naming loopback", path, r.code, r.body)
+			}
+			for _, host := range []string{st.addrs.Admin, "localhost:" + port, "[::1]:" + port} {
+				if r := st.do(t, request{method: http.MethodGet, path: path, header: map[string]string{"Host": host}}); r.code != http.StatusOK {
+					t.Errorf("GET %s with Host %s = %d, want 200", path, host, r.code)
+				}
+			}
+		})
+	}
+	// Even with the token, a change addressed to another name is refused
+	// and audited as a refusal.
+	n := len(st.auditLines())
+	r := st.do(t, request{method: http.MethodPut, path: "/v1/services/api/canary", body: []byte(`{"percentage": 90}`), header: rebound})
+	if r.code != http.StatusForbidden || !strings.Contains(r.err.Error, "loopback") {
+		t.Errorf("PUT with a rebound Host and the token = %d %s, want 403", r.code, r.body)
+	}
+	if got := st.auditLines()[n:]; len(got) != 1 || got[0]["result"] != "forbidden" {
+		t.Errorf("audit lines %v, want one forbidden", got)
+	}
+	st.assertServing(t, before)
+}
+
 // TestMetricLabelsClosed sends requests with random authorities, header
 // values and paths (ext_proc and admin): no request data reaches a label,
 // and the number of series stops at what the configuration allows.

@@ -122,6 +122,12 @@ type Options struct {
 	// stream. They are counted like the others; they need no token, so
 	// they must not change anything.
 	Extra map[string]http.Handler
+	// LoopbackOnly refuses (403) every request, reads included, whose Host
+	// is not a loopback name: set when the admin port is bound to a
+	// loopback address, where any other Host is a page that had its name
+	// rebound to 127.0.0.1 (DNS rebinding) and would read the answers as
+	// its own origin.
+	LoopbackOnly bool
 }
 
 // New returns the admin API handler.
@@ -182,8 +188,34 @@ func New(opts Options) http.Handler {
 	}
 	// The catch-all turns the mux's plain-text 404 and 405 into JSON errors.
 	a.mux.HandleFunc("/", a.notFound)
+	if opts.LoopbackOnly {
+		return a.loopbackOnly(a.mux)
+	}
 	return a.mux
 }
+
+// loopbackOnly serves h only to requests addressed to a loopback name
+// (Options.LoopbackOnly). A refused attempt to change something is
+// audited as forbidden, as the door would (authorize).
+func (a *api) loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if loopbackHost(r.Host) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		err := errorf(http.StatusForbidden, "",
+			"Host %.64q is not a loopback name: this admin port is bound to loopback and answers only requests addressed to it (a page whose name was rebound to 127.0.0.1 must not read it)", r.Host)
+		writeJSON(w, err.status, errorBody{Error: err.msg})
+		a.count("loopback-only", err.status)
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			a.auditLine(r, r.Method+" "+r.URL.Path, "anonymous", err.status, err, auditEvent{actor: "anonymous", refused: true})
+		}
+	})
+}
+
+// LoopbackAddr reports whether addr (host:port) names a loopback host:
+// the admin port's Options.LoopbackOnly.
+func LoopbackAddr(addr string) bool { return loopbackHost(addr) }
 
 type api struct {
 	opts  Options

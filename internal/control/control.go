@@ -187,16 +187,17 @@ func New(s settings.Settings, opts Options) (p *Plane, err error) {
 	p.metrics.Register(p.rollouts.Collector())
 	p.metrics.Register(p.rollouts.HookCollector())
 	adminOpts := admin.Options{
-		Store:    st,
-		Mutator:  mutator,
-		Rollouts: p.rollouts,
-		Token:    token,
-		Metrics:  promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}),
-		Ready:    func() bool { return !p.draining.Load() && st.Load() != nil },
-		Logger:   logger,
-		Audit:    audit,
-		Recorder: p.metrics,
-		Pprof:    s.Pprof,
+		LoopbackOnly: admin.LoopbackAddr(s.AdminAddr),
+		Store:        st,
+		Mutator:      mutator,
+		Rollouts:     p.rollouts,
+		Token:        token,
+		Metrics:      promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}),
+		Ready:        func() bool { return !p.draining.Load() && st.Load() != nil },
+		Logger:       logger,
+		Audit:        audit,
+		Recorder:     p.metrics,
+		Pprof:        s.Pprof,
 	}
 	consoleOpts := console.Options{
 		Store: st, Rollouts: p.rollouts, Signals: src, SignalsName: srcName, Gatherer: p.registry,
