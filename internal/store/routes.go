@@ -64,6 +64,8 @@ func (r Route) String() string {
 			b.WriteString("cookie " + c.Cookie)
 		case c.Query != "":
 			b.WriteString("query " + c.Query)
+		case c.Request != "":
+			b.WriteString("request " + c.Request)
 		}
 		for _, op := range []struct {
 			name string
