@@ -124,8 +124,14 @@ func mirrorRouteNames(snap *store.Snapshot, service string) string {
 func TestMirrorRouteRefused(t *testing.T) {
 	s, _ := newStore(t, store.Options{})
 	mustApply(t, s, withCanary(), "a")
-	path := func(r store.MirrorRoute, p string) store.MirrorRoute { r.When[0].Header, r.When[0].Request = "", p; return r }
-	regex := func(r store.MirrorRoute, re string) store.MirrorRoute { r.When[0].Exact, r.When[0].Regex = nil, str(re); return r }
+	path := func(r store.MirrorRoute, p string) store.MirrorRoute {
+		r.When[0].Header, r.When[0].Request = "", p
+		return r
+	}
+	regex := func(r store.MirrorRoute, re string) store.MirrorRoute {
+		r.When[0].Exact, r.When[0].Regex = nil, str(re)
+		return r
+	}
 	tests := []struct {
 		name    string
 		service string
@@ -185,7 +191,10 @@ func TestMirrorRoutesBesideTheRest(t *testing.T) {
 		do   func() error
 	}{
 		{"SetCanaryOwned", func() error { _, err := s.SetCanaryOwned(t.Context(), "api", 0, "o", "test"); return err }},
-		{"PutRoute", func() error { _, err := s.PutRoute(t.Context(), "api", route("r", "x-r", "1", "v1", "o"), "test"); return err }},
+		{"PutRoute", func() error {
+			_, err := s.PutRoute(t.Context(), "api", route("r", "x-r", "1", "v1", "o"), "test")
+			return err
+		}},
 		{"SetMirror", func() error {
 			_, err := s.SetMirror(t.Context(), "api", split.Mirror{Version: "v2", Percent: 0}, "test")
 			return err
