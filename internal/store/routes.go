@@ -52,8 +52,18 @@ func (r Route) Equal(o Route) bool {
 
 // String describes r for logs and the audit: `x-canary exact "1" -> v2`.
 func (r Route) String() string {
+	s := DescribeWhen(r.When) + " -> " + r.Version
+	if r.Owner != "" {
+		s += " (owner " + r.Owner + ")"
+	}
+	return s
+}
+
+// DescribeWhen describes conditions for people (logs, the audit, the
+// console): `header x-canary exact "1" and request path prefix "/a"`.
+func DescribeWhen(when []split.Condition) string {
 	var b strings.Builder
-	for i, c := range r.When {
+	for i, c := range when {
 		if i > 0 {
 			b.WriteString(" and ")
 		}
@@ -81,10 +91,9 @@ func (r Route) String() string {
 		if c.Absent {
 			b.WriteString(" absent")
 		}
-	}
-	b.WriteString(" -> " + r.Version)
-	if r.Owner != "" {
-		b.WriteString(" (owner " + r.Owner + ")")
+		if c.IgnoreCase {
+			b.WriteString(" ignoring case")
+		}
 	}
 	return b.String()
 }
