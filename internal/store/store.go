@@ -181,8 +181,8 @@ func New(opts Options) (*Store, error) {
 // file's format, with or without a state file): the overrides in force
 // and the configuration weights they were set against, the runtime
 // mirrors and the configuration's mirrors they were set against, the
-// runtime routes, the owners of owned weights, the rollout states, and the
-// configuration's sha256. Before the first load it is the state still to
+// runtime routes and mirror routes, the owners of owned weights, the
+// rollout states, and the configuration's sha256. Before the first load it is the state still to
 // be judged. Store.New takes it back as InitialState, and
 // ApplyState applies it: so one process hands its state to another.
 func (s *Store) ExportState() ([]byte, error) {
@@ -190,7 +190,7 @@ func (s *Store) ExportState() ([]byte, error) {
 	defer s.mu.Unlock()
 	switch cur := s.cur.Load(); {
 	case cur != nil:
-		return encodeState(cur.Overrides, s.fileWeights, runtimeState{owners: cur.Owners, routes: cur.Routes},
+		return encodeState(cur.Overrides, s.fileWeights, cur.runtime(),
 			s.rollouts, cur.SHA256, s.mirrors, s.mirrorAgainst)
 	case s.pending != nil:
 		return encodeState(s.pending.overrides, s.pending.fileWeights, s.pending.runtime,
@@ -202,8 +202,8 @@ func (s *Store) ExportState() ([]byte, error) {
 // ApplyState makes this store follow another's: cfg (from source, whose
 // bytes hash to sha) with exactly the overrides of the state document
 // data (ExportState) that apply to it (with their owners), as
-// ApplySharedState, its runtime mirrors and routes that apply, and its
-// rollout states. Nothing is written to the state file: the store that
+// ApplySharedState, its runtime mirrors, routes and mirror routes that
+// apply, and its rollout states. Nothing is written to the state file: the store that
 // exported the state owns it. An error leaves the store as it was.
 func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) error {
 	st, err := decodeState(data)
@@ -214,7 +214,12 @@ func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) e
 	for name, w := range st.overrides {
 		overrides[name] = Override{Weights: w, Against: st.fileWeights[name], Owner: st.runtime.owners[name]}
 	}
-	if _, _, _, _, err := s.applyShared(cfg, sha, source, Revisions{}, overrides, st.mirrors, st.fileMirrors, st.runtime.routes); err != nil {
+	mirrors := make(map[string]MirrorOverride, len(st.mirrors))
+	for name, m := range st.mirrors {
+		mirrors[name] = MirrorOverride{Mirror: m, Against: st.fileMirrors[name]}
+	}
+	shared := SharedState{Overrides: overrides, Mirrors: mirrors, Routes: st.runtime.routes, MirrorRoutes: st.runtime.mirrorRoutes}
+	if _, _, err := s.applyShared(cfg, sha, source, Revisions{}, shared); err != nil {
 		return err
 	}
 	s.mu.Lock()
