@@ -454,7 +454,7 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	}
 	s.noteDropped(dropped, inForce, cfgModRev)
 	s.noteDroppedMirrors(droppedMirrors, badMirrors)
-	// ApplySharedState names a route "service/name": key them as etcd does.
+	// ApplySharedRuntime names a route "service/name": key them as etcd does.
 	for name, reason := range droppedRoutes {
 		badRoutes[s.keys.LiveRoutes()+name] = reason
 	}
