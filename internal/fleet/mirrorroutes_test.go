@@ -1,6 +1,7 @@
 package fleet_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -143,9 +144,16 @@ func TestMirrorRoutesReachEveryReplica(t *testing.T) {
 
 	// A replica that starts while etcd cannot be reached serves them from
 	// the cache file.
+	// b's reporter writes the cache after it applies: wait for the file
+	// at the state b serves now (the document with v2 again).
+	latest := b.store.Load().Revision
 	waitFor(t, 10*time.Second, "the cache file at the latest state", func() bool {
 		data, err := readFile(cache)
-		return err == nil && strings.Contains(data, `\"percent\":25`)
+		var doc struct {
+			Revision int64 `json:"revision"`
+		}
+		return err == nil && json.Unmarshal([]byte(data), &doc) == nil && doc.Revision >= latest &&
+			strings.Contains(data, "live-mirror-routes/api/mirror")
 	})
 	port, err := testbed.FreePort()
 	if err != nil {
