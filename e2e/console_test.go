@@ -328,6 +328,13 @@ func TestConsoleShowsAndMovesTheSplit(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitJS(3*time.Second, "the mirror badge", `(document.querySelector('article[data-service="api"] [data-role="mirror"]')||{}).textContent==='mirror 10 % \u2192 v2 (runtime)'`)
+	// So does a mirror route, with its conditions and owner in its title.
+	mirrorRoute := map[string]any{"when": []map[string]string{{"header": "x-canary", "exact": "true"}}, "version": "v2", "percent": 50, "owner": "argo-rollouts:shop/api"}
+	if err := b.admin.Admin(t.Context(), http.MethodPut, "/v1/services/api/mirror-routes/canary-mirror", mirrorRoute, nil); err != nil {
+		t.Fatal(err)
+	}
+	p.waitJS(3*time.Second, "the mirror route badge", `(function(){var e=document.querySelector('article[data-service="api"] [data-role="mirror-route"][data-name="canary-mirror"]');`+
+		`return !!e && e.textContent==='mirror 50 % \u2192 v2 (canary-mirror)' && e.title.indexOf('header x-canary exact "true"')>0 && e.title.indexOf('argo-rollouts:shop/api')>0})()`)
 	if !js[bool](p, `window.__sameDocument === true`) {
 		t.Error("the page was reloaded")
 	}

@@ -31,6 +31,10 @@ func FuzzAdminMutation(f *testing.F) {
 	f.Add(http.MethodPut, "/v1/services/api/canary", []byte(`{"percentage": 10, "owner": "argo-rollouts:shop/api"}`))
 	f.Add(http.MethodPut, "/v1/services/api/routes/canary-testers", []byte(`{"when": [{"header": "x-canary", "regex": "t.*"}], "version": "v2", "owner": "o"}`))
 	f.Add(http.MethodDelete, "/v1/services/api/routes/canary-testers?owner=o", []byte(nil))
+	f.Add(http.MethodPut, "/v1/services/api/routes/writes", []byte(`{"when": [{"request": "method", "regex": "P.*"}, {"request": "path", "prefix": "/a"}], "version": "v2"}`))
+	f.Add(http.MethodPut, "/v1/services/api/mirror-routes/mirror", []byte(`{"when": [{"header": "x-canary", "exact": "true"}, {"request": "path", "prefix": "/"}], "version": "v2", "percent": 50, "owner": "argo-rollouts:shop/api"}`))
+	f.Add(http.MethodPut, "/v1/services/api/mirror-routes/m", []byte(`{"when": [{"request": "host", "present": true}], "version": "v9", "percent": 100.001}`))
+	f.Add(http.MethodDelete, "/v1/services/api/mirror-routes/mirror?owner=argo-rollouts:shop/api", []byte(nil))
 	f.Add(http.MethodPost, "/v1/assign", []byte(`{"user_id": "user-123"}`))
 	f.Add(http.MethodPost, "/v1/explain", []byte(`{"authority": "web.example.com", "headers": {"x-beta": ["true", "false"]}, "cookies": {"s": "1"}}`))
 

@@ -53,6 +53,9 @@ type service struct {
 	rr     *roundRobin
 	assign *assignSpec // nil: unkeyed requests are not given a key
 	mirror *mirrorSpec // nil: no mirroring
+	// mirrorRoutes are tried in order before mirror; the first that
+	// matches decides the request's copy (mirrorroute.go).
+	mirrorRoutes []mirrorRoute
 }
 
 // assignSpec is a compiled Assign: the cookie read as a key, and the
@@ -102,10 +105,12 @@ const (
 	srcHeader source = iota
 	srcCookie
 	srcQuery
+	srcMethod // the request's method
+	srcPath   // the request's path without its query string
 )
 
 func (s source) String() string {
-	return [...]string{"header", "cookie", "query"}[s]
+	return [...]string{"header", "cookie", "query", "request", "request"}[s]
 }
 
 type operator uint8
@@ -264,6 +269,9 @@ func compile(in *Config, prev *Table) (*Table, []*FieldError) {
 					s.mirror.rr = pm.rr
 				}
 			}
+			if j, ok := prev.byName[s.name]; ok {
+				s.keepMirrorRoutes(prev.services[j])
+			}
 		}
 	}
 	return t, nil
@@ -326,6 +334,7 @@ func (c *checker) service(path string, s *Service) *service {
 		cs.sticky, cs.assign = c.stickyKey(path+".sticky", s.Sticky)
 	}
 	cs.mirror = c.mirror(path+".mirror", s, versions)
+	cs.mirrorRoutes = c.mirrorRoutes(path, s, versions)
 	c.clusters(path, s, versions)
 	c.rollout(path, s, versions)
 
@@ -525,6 +534,13 @@ func (c *checker) mirror(path string, s *Service, versions map[string]int) *mirr
 	if m == nil {
 		return nil
 	}
+	return c.mirrorTo(path, s, versions, m.Version, m.Percent)
+}
+
+// mirrorTo checks a mirror's version and share (the service's mirror, or
+// a mirror route's) and compiles it.
+func (c *checker) mirrorTo(path string, s *Service, versions map[string]int, version string, percent Percent) *mirrorSpec {
+	m := &Mirror{Version: version, Percent: percent}
 	ms := &mirrorSpec{version: -1, name: m.Version, bp: int(m.Percent), salt: s.Name + ":mirror:"}
 	ok := true
 	switch v, known := versions[m.Version]; {
@@ -601,9 +617,21 @@ func (c *checker) condition(path string, w *Condition) condition {
 		}
 		cond.src, cond.name = srcQuery, w.Query
 	}
+	if w.Request != "" {
+		sources = append(sources, "request")
+		switch w.Request {
+		case "method":
+			cond.src = srcMethod
+		case "path":
+			cond.src = srcPath
+		default:
+			c.add(path+".request", "must be method or path (got %.64q)", w.Request)
+		}
+		cond.name = w.Request
+	}
 	switch len(sources) {
 	case 0:
-		c.add(path, "needs one of header, cookie or query")
+		c.add(path, "needs one of header, cookie, query or request")
 	case 1:
 	default:
 		c.add(path, "has both %s and %s; a condition looks at one source (use two conditions)", sources[0], sources[1])
@@ -639,6 +667,10 @@ func (c *checker) condition(path string, w *Condition) condition {
 	op := ops[0]
 	switch cond.op {
 	case opPresent, opAbsent:
+		if cond.src == srcMethod || cond.src == srcPath {
+			c.add(path+"."+op, "every request has a %s: compare its value (exact, prefix, suffix, contains or regex)", cond.name)
+			return cond
+		}
 		if w.IgnoreCase {
 			c.add(path+".ignore_case", "applies only to value matches, not to %s", op)
 		}
@@ -811,7 +843,8 @@ func lowerASCII(s string) string {
 const MaxOutcomes = 1 << 16
 
 // numberOutcomes gives every version name an id and counts the outcomes:
-// (version names + none) x reasons x (mirror versions + none) x every
+// (version names + none) x reasons x (mirror versions, of the services'
+// mirrors and mirror routes, + none) x every
 // experiment's (variants + none).
 func (t *Table) numberOutcomes() {
 	ids := map[string]int{}
@@ -827,16 +860,21 @@ func (t *Table) numberOutcomes() {
 		}
 	}
 	mids := map[string]int{}
-	for _, s := range t.services {
-		if s.mirror == nil {
-			continue
-		}
-		id, ok := mids[s.mirror.name]
+	number := func(m *mirrorSpec) {
+		id, ok := mids[m.name]
 		if !ok {
 			id = len(mids) + 1
-			mids[s.mirror.name] = id
+			mids[m.name] = id
 		}
-		s.mirror.mid = id
+		m.mid = id
+	}
+	for _, s := range t.services {
+		if s.mirror != nil {
+			number(s.mirror)
+		}
+		for i := range s.mirrorRoutes {
+			number(&s.mirrorRoutes[i].mirror)
+		}
 	}
 	t.mirrors = len(mids) + 1
 	n := (len(ids) + 1) * len(reasonNames) * t.mirrors

@@ -46,6 +46,13 @@ type Service struct {
 	// Mirror copies a share of the service's requests to another version,
 	// whose answers Envoy discards (a dark launch); nil: none.
 	Mirror *Mirror `json:"mirror,omitempty"`
+	// MirrorRoutes are conditional mirrors, evaluated in order before
+	// Mirror: the first whose conditions all hold decides whether a
+	// request is copied, and to which version. They are not read from a
+	// configuration file: the store puts the runtime mirror routes here
+	// (PUT /v1/services/{name}/mirror-routes/{route}), as it puts the
+	// runtime routes ahead of Rules.
+	MirrorRoutes []MirrorRoute `json:"mirror_routes,omitempty"`
 	// Clusters maps a version to the Envoy cluster that serves it, where
 	// its signals are read (rollouts); a version not listed is served by
 	// the cluster of its own name.
@@ -107,6 +114,15 @@ type Mirror struct {
 	Percent Percent `json:"percent"` // basis points of the service's requests
 }
 
+// MirrorRoute copies Percent of the requests for which every condition
+// holds to Version (docs/anonymous-and-mirror.md, "Mirror routes").
+type MirrorRoute struct {
+	Name    string      `json:"name"`
+	When    []Condition `json:"when"`
+	Version string      `json:"version"`
+	Percent Percent     `json:"percent"`
+}
+
 // Rule routes every request for which all conditions hold to Version.
 type Rule struct {
 	Name    string      `json:"name"` // default "rules[i]"
@@ -114,12 +130,16 @@ type Rule struct {
 	Version string      `json:"version"`
 }
 
-// Condition looks at one header, cookie or query parameter. Exactly one
-// source and exactly one operator are set.
+// Condition looks at one header, cookie or query parameter, or at the
+// request's method or path. Exactly one source and exactly one operator
+// are set.
 type Condition struct {
-	Header     string  `json:"header,omitempty"`
-	Cookie     string  `json:"cookie,omitempty"`
-	Query      string  `json:"query,omitempty"`
+	Header string `json:"header,omitempty"`
+	Cookie string `json:"cookie,omitempty"`
+	Query  string `json:"query,omitempty"`
+	// Request names a part of the request line: "method" or "path" (the
+	// path without the query string), compared with a value operator.
+	Request    string  `json:"request,omitempty"`
 	Exact      *string `json:"exact,omitempty"`
 	Prefix     *string `json:"prefix,omitempty"`
 	Suffix     *string `json:"suffix,omitempty"`
@@ -225,12 +245,25 @@ func (s Service) Clone() Service {
 	if s.Rules != nil {
 		out.Rules = make([]Rule, len(s.Rules))
 		for i, r := range s.Rules {
-			r.When = cloneSlice(r.When)
-			for j := range r.When {
-				r.When[j] = r.When[j].clone()
-			}
+			r.When = cloneConditions(r.When)
 			out.Rules[i] = r
 		}
+	}
+	if s.MirrorRoutes != nil {
+		out.MirrorRoutes = make([]MirrorRoute, len(s.MirrorRoutes))
+		for i, r := range s.MirrorRoutes {
+			r.When = cloneConditions(r.When)
+			out.MirrorRoutes[i] = r
+		}
+	}
+	return out
+}
+
+// cloneConditions returns a copy of when that shares nothing with it.
+func cloneConditions(when []Condition) []Condition {
+	out := cloneSlice(when)
+	for j := range out {
+		out[j] = out[j].clone()
 	}
 	return out
 }

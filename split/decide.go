@@ -115,6 +115,7 @@ type Decision struct {
 	outcome  int // Outcome()+1; 0 when not numbered
 	svc, ver int // Target()+1 each; 0 when no service matched
 	mirror   string
+	mid      int // table-wide id of mirror among mirror versions, 0 for none
 	assign   *assignSpec
 	key      [KeyLen]byte // the assigned key, when Reason is ReasonStickyAssigned
 }
@@ -183,9 +184,7 @@ func (t *Table) decide(req *Request, d *Decision, peek bool) {
 	}
 	outcome := d.vid*len(reasonNames) + int(d.Reason)
 	outcome *= t.mirrors
-	if d.mirror != "" {
-		outcome += t.services[d.svc-1].mirror.mid
-	}
+	outcome += d.mid
 	for i := range t.exps {
 		e := &t.exps[i]
 		outcome *= len(e.variants) + 1
@@ -211,11 +210,11 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 		if r.matches(req, query) {
 			s.set(d, r.version, ReasonHeaderMatch)
 			d.Rule = r.name
-			if s.mirror != nil {
+			if m := s.mirrorFor(req, query); m != nil {
 				if key := s.stickyKey(req); key != "" {
-					mirrorKeyed(s, d, key)
+					mirrorKeyed(m, d, key)
 				} else {
-					s.mirrorUnkeyed(d, peek)
+					m.unkeyed(d, peek)
 				}
 			}
 			return
@@ -224,7 +223,7 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 	if key := s.stickyKey(req); key != "" {
 		d.Bucket = Bucket(s.name, key)
 		s.set(d, s.order[pick(s.upper, d.Bucket)], ReasonStickyRouting)
-		mirrorKeyed(s, d, key)
+		mirrorKeyed(s.mirrorFor(req, query), d, key)
 		return
 	}
 	if s.assign != nil && req.NewKey != nil && !peek {
@@ -233,7 +232,7 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 		d.assign = s.assign
 		d.Bucket = bucketOf(s.name, ":", d.key[:])
 		s.set(d, s.order[pick(s.upper, d.Bucket)], ReasonStickyAssigned)
-		mirrorKeyed(s, d, d.key[:])
+		mirrorKeyed(s.mirrorFor(req, query), d, d.key[:])
 		return
 	}
 	v := 0
@@ -243,7 +242,7 @@ func (t *Table) route(s *service, req *Request, d *Decision, peek bool) {
 		v = s.rr.take()
 	}
 	s.set(d, v, ReasonWeightedRouting)
-	s.mirrorUnkeyed(d, peek)
+	s.mirrorFor(req, query).unkeyed(d, peek)
 }
 
 // stickyKey returns the request's sticky key: the configured header or
@@ -298,17 +297,17 @@ func encodeKey(dst *[KeyLen]byte, raw *[KeyBytes]byte) {
 	dst[j], dst[j+1] = base64URL[v>>18&63], base64URL[v>>12&63]
 }
 
-// mirrorKeyed marks d as mirrored when its key falls in s's mirror share.
-func mirrorKeyed[T text](s *service, d *Decision, key T) {
-	if m := s.mirror; m != nil && m.bp > 0 && d.ver-1 != m.version && bucketOf(m.salt, "", key) < m.bp {
-		d.mirror = m.name
+// mirrorKeyed marks d as mirrored when its key falls in m's share (m nil:
+// no mirror).
+func mirrorKeyed[T text](m *mirrorSpec, d *Decision, key T) {
+	if m != nil && m.bp > 0 && d.ver-1 != m.version && bucketOf(m.salt, "", key) < m.bp {
+		d.mirror, d.mid = m.name, m.mid
 	}
 }
 
-// mirrorUnkeyed marks d as mirrored by the mirror's own round-robin, so
-// that exactly its share of the unkeyed requests is copied.
-func (s *service) mirrorUnkeyed(d *Decision, peek bool) {
-	m := s.mirror
+// unkeyed marks d as mirrored by m's own round-robin, so that exactly its
+// share of the unkeyed requests is copied (m nil: no mirror).
+func (m *mirrorSpec) unkeyed(d *Decision, peek bool) {
 	if m == nil || m.rr == nil || d.ver-1 == m.version {
 		return
 	}
@@ -319,7 +318,7 @@ func (s *service) mirrorUnkeyed(d *Decision, peek bool) {
 		v = m.rr.take()
 	}
 	if v == 0 {
-		d.mirror = m.name
+		d.mirror, d.mid = m.name, m.mid
 	}
 }
 
@@ -527,6 +526,11 @@ func (c *condition) holds(req *Request, query string) bool {
 				return true
 			}
 		}
+	case srcMethod:
+		// Compile allows value operators only: every request has one.
+		return c.op < opPresent && c.matchString(req.Method)
+	case srcPath:
+		return c.op < opPresent && c.matchString(pathOf(req.Path))
 	}
 	switch c.op {
 	case opPresent:

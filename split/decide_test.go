@@ -48,6 +48,7 @@ func TestConditions(t *testing.T) {
 		name    string
 		cond    split.Condition
 		path    string
+		method  string
 		headers []split.Header
 		want    bool
 	}{
@@ -137,6 +138,31 @@ func TestConditions(t *testing.T) {
 		{name: "query absent but present", cond: split.Condition{Query: "debug", Absent: true}, path: "/?x=1&&debug"},
 		{name: "query repeated: any value", cond: split.Condition{Query: "tag", Exact: ptr("b")}, path: "/?tag=a&tag=b", want: true},
 		{name: "query is not a header", cond: split.Condition{Query: "debug", Exact: ptr("on")}, headers: headers("debug", "on")},
+
+		// request: method and path
+		{name: "method exact", cond: split.Condition{Request: "method", Exact: ptr("POST")}, method: "POST", want: true},
+		{name: "method exact miss", cond: split.Condition{Request: "method", Exact: ptr("POST")}, method: "GET"},
+		{name: "method exact is case-sensitive", cond: split.Condition{Request: "method", Exact: ptr("post")}, method: "POST"},
+		{name: "method ignore_case", cond: split.Condition{Request: "method", Exact: ptr("post"), IgnoreCase: true}, method: "POST", want: true},
+		{name: "method prefix", cond: split.Condition{Request: "method", Prefix: ptr("P")}, method: "PUT", want: true},
+		{name: "method regex", cond: split.Condition{Request: "method", Regex: ptr("PUT|POST|PATCH")}, method: "PATCH", want: true},
+		{name: "method regex is anchored", cond: split.Condition{Request: "method", Regex: ptr("PU")}, method: "PUT"},
+		{name: "method is not a header", cond: split.Condition{Request: "method", Exact: ptr("POST")}, headers: headers("method", "POST")},
+		{name: "method of a request without one", cond: split.Condition{Request: "method", Exact: ptr("GET")}},
+		{name: "path exact", cond: split.Condition{Request: "path", Exact: ptr("/api/orders")}, path: "/api/orders", want: true},
+		{name: "path exact ignores the query string", cond: split.Condition{Request: "path", Exact: ptr("/api/orders")}, path: "/api/orders?id=1", want: true},
+		{name: "path exact ignores the fragment", cond: split.Condition{Request: "path", Exact: ptr("/a")}, path: "/a#top", want: true},
+		{name: "path exact miss", cond: split.Condition{Request: "path", Exact: ptr("/api/orders")}, path: "/api/orders/1"},
+		{name: "path prefix", cond: split.Condition{Request: "path", Prefix: ptr("/api/")}, path: "/api/orders?x=1", want: true},
+		{name: "path prefix does not reach into the query", cond: split.Condition{Request: "path", Prefix: ptr("/a?x")}, path: "/a?x=1"},
+		{name: "path prefix miss", cond: split.Condition{Request: "path", Prefix: ptr("/api/")}, path: "/apix"},
+		{name: "path prefix slash matches every path", cond: split.Condition{Request: "path", Prefix: ptr("/")}, path: "/", want: true},
+		{name: "path regex", cond: split.Condition{Request: "path", Regex: ptr("/users/[0-9]+")}, path: "/users/42?tab=1", want: true},
+		{name: "path regex is anchored", cond: split.Condition{Request: "path", Regex: ptr("/users/[0-9]+")}, path: "/users/42/edit"},
+		{name: "path is not percent-decoded", cond: split.Condition{Request: "path", Exact: ptr("/a b")}, path: "/a%20b"},
+		{name: "path suffix ignore_case", cond: split.Condition{Request: "path", Suffix: ptr(".JSON"), IgnoreCase: true}, path: "/x.json?y", want: true},
+		{name: "path contains", cond: split.Condition{Request: "path", Contains: ptr("/v2/")}, path: "/api/v2/x", want: true},
+		{name: "path is not the :path header", cond: split.Condition{Request: "path", Exact: ptr("/h")}, headers: headers(":path", "/h")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -145,7 +171,7 @@ func TestConditions(t *testing.T) {
 				Weights: split.Weights{{Version: "miss", BasisPoints: 10000}, {Version: "hit", BasisPoints: 0}},
 				Rules:   []split.Rule{{Name: "r", When: []split.Condition{tt.cond}, Version: "hit"}},
 			}}})
-			d := decide(tb, split.Request{Authority: "example.com", Path: tt.path, Headers: tt.headers})
+			d := decide(tb, split.Request{Authority: "example.com", Method: tt.method, Path: tt.path, Headers: tt.headers})
 			if got := d.Version == "hit"; got != tt.want {
 				t.Errorf("matched = %v, want %v (decision %+v)", got, tt.want, d)
 			}

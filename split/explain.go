@@ -23,11 +23,16 @@ type Explanation struct {
 	// Assign.Assigned says this request would be given a fresh key.
 	Assign *AssignTrace `json:"assign,omitempty"`
 	// Mirror is the version this request would also be copied to ("":
-	// none); MirrorPercent the service's mirror share, when it has one.
-	Mirror        string    `json:"mirror,omitempty"`
-	MirrorPercent *Percent  `json:"mirror_percent,omitempty"`
-	Experiments   []Variant `json:"experiments,omitempty"`
-	Notes         []string  `json:"notes,omitempty"`
+	// none); MirrorPercent the share of the mirror that applies to it (the
+	// mirror route that matched it, else the service's mirror), when
+	// there is one; MirrorRoute names that mirror route, and
+	// MirrorRoutesTried traces the service's mirror routes up to it.
+	Mirror            string      `json:"mirror,omitempty"`
+	MirrorPercent     *Percent    `json:"mirror_percent,omitempty"`
+	MirrorRoute       string      `json:"mirror_route,omitempty"`
+	MirrorRoutesTried []RuleTrace `json:"mirror_routes_tried,omitempty"`
+	Experiments       []Variant   `json:"experiments,omitempty"`
+	Notes             []string    `json:"notes,omitempty"`
 }
 
 // AssignTrace is a service's key assignment in an Explanation.
@@ -80,14 +85,18 @@ func (t *Table) Explain(req *Request) Explanation {
 			e.StickyKey = "cookie " + a.Cookie
 		}
 	}
-	if s.mirror != nil {
-		p := Percent(s.mirror.bp)
+	query := queryOf(req.Path)
+	m := s.mirror
+	if i := e.explainMirrorRoutes(s, req, query); i >= 0 {
+		m, e.MirrorRoute = &s.mirrorRoutes[i].mirror, s.mirrorRoutes[i].name
+	}
+	if m != nil {
+		p := Percent(m.bp)
 		e.MirrorPercent = &p
 	}
 	e.Mirror = d.mirror
 	e.Notes = append(e.Notes, fmt.Sprintf("host %q matched service %s (hosts %s)", host, s.name, strings.Join(cfg.Hosts, ", ")))
 
-	query := queryOf(req.Path)
 	for i := range s.rules {
 		r := &s.rules[i]
 		ok, why := r.explain(req, query)
@@ -111,13 +120,13 @@ func (t *Table) Explain(req *Request) Explanation {
 			if v := keyValue(req, keySource{cookie: s.assign.cookie}); v != "" {
 				e.Notes = append(e.Notes, fmt.Sprintf("cookie %s is malformed or oversized (a key is %d to %d characters of A-Z a-z 0-9 - _): it is no key", s.assign.cookie, MinKeyLen, MaxKeyLen))
 			}
-			e.explainAssigned(s)
+			e.explainAssigned(s, m)
 			break
 		}
 		e.Notes = append(e.Notes, fmt.Sprintf("smooth weighted round-robin: the next unkeyed request goes to %s (this explanation did not count as one)", d.Version))
 	}
-	if s.mirror != nil && (e.Assign == nil || !e.Assign.Assigned) {
-		e.explainMirror(s, d, req)
+	if m != nil && (e.Assign == nil || !e.Assign.Assigned) {
+		e.explainMirror(s, m, e.MirrorRoute, d, req)
 	}
 	for _, w := range cfg.Weights {
 		if w.BasisPoints == 0 {
@@ -130,7 +139,7 @@ func (t *Table) Explain(req *Request) Explanation {
 // explainAssigned rewrites the explanation of an unkeyed request of a
 // service that assigns keys: it would get a fresh key, and the key's
 // bucket (not the round-robin) would pick its version.
-func (e *Explanation) explainAssigned(s *service) {
+func (e *Explanation) explainAssigned(s *service, m *mirrorSpec) {
 	e.Assign.Assigned = true
 	e.Assign.SetCookie = s.assign.prefix + "<key>" + s.assign.suffix
 	e.Reason, e.Version, e.Bucket = ReasonStickyAssigned.String(), "", nil
@@ -144,33 +153,45 @@ func (e *Explanation) explainAssigned(s *service) {
 	}
 	e.Notes = append(e.Notes, fmt.Sprintf("a fresh random key would be assigned and set in cookie %s on the response; its bucket picks the version: %s",
 		s.assign.cookie, strings.Join(ranges, ", ")))
-	if s.mirror != nil && s.mirror.bp > 0 {
-		e.Notes = append(e.Notes, fmt.Sprintf("%s of keys are also copied to %s (by the key's mirror bucket)", FormatPercent(s.mirror.bp)+" %", s.mirror.name))
+	if m != nil && m.bp > 0 {
+		e.Notes = append(e.Notes, fmt.Sprintf("%s of keys are also copied to %s (by the key's mirror bucket)", FormatPercent(m.bp)+" %", m.name))
 	}
 }
 
-// explainMirror says whether and why the request would be copied.
-func (e *Explanation) explainMirror(s *service, d *Decision, req *Request) {
-	m := s.mirror
+// explainMirror says whether and why the request would be copied by m,
+// the service's mirror (route "") or the mirror route named route.
+func (e *Explanation) explainMirror(s *service, m *mirrorSpec, route string, d *Decision, req *Request) {
 	share := FormatPercent(m.bp) + " %"
+	by := ""
+	if route != "" {
+		by = fmt.Sprintf("mirror route %s matched (it decides the copy, not the service's mirror): ", route)
+	}
 	switch key := s.stickyKey(req); {
 	case d.ver-1 == m.version:
-		e.Notes = append(e.Notes, fmt.Sprintf("not mirrored: %s serves the request itself", m.name))
+		e.Notes = append(e.Notes, fmt.Sprintf("%snot mirrored: %s serves the request itself", by, m.name))
 	case m.bp == 0:
-		e.Notes = append(e.Notes, fmt.Sprintf("mirror to %s at 0 %%: nothing is copied", m.name))
+		e.Notes = append(e.Notes, fmt.Sprintf("%smirror to %s at 0 %%: nothing is copied", by, m.name))
 	case key != "":
 		b := MirrorBucket(s.name, key)
 		verb := "not mirrored"
 		if d.mirror != "" {
 			verb = "mirrored"
 		}
-		e.Notes = append(e.Notes, fmt.Sprintf("%s to %s: FNV-1a-32(%q) %% %d = mirror bucket %d, the share is [0, %d) (%s)",
-			verb, m.name, s.name+":mirror:"+key, Buckets, b, m.bp, share))
+		e.Notes = append(e.Notes, fmt.Sprintf("%s%s to %s: FNV-1a-32(%q) %% %d = mirror bucket %d, the share is [0, %d) (%s)",
+			by, verb, m.name, s.name+":mirror:"+key, Buckets, b, m.bp, share))
 	case d.mirror != "":
-		e.Notes = append(e.Notes, fmt.Sprintf("mirrored to %s: the mirror's round-robin copies exactly %s of unkeyed requests, and the next one is copied", m.name, share))
+		e.Notes = append(e.Notes, fmt.Sprintf("%smirrored to %s: %s round-robin copies exactly %s of unkeyed requests, and the next one is copied", by, m.name, possessive(route), share))
 	default:
-		e.Notes = append(e.Notes, fmt.Sprintf("not mirrored: the mirror's round-robin copies exactly %s of unkeyed requests to %s, and not the next one", share, m.name))
+		e.Notes = append(e.Notes, fmt.Sprintf("%snot mirrored: %s round-robin copies exactly %s of unkeyed requests to %s, and not the next one", by, possessive(route), share, m.name))
 	}
+}
+
+// possessive names the round-robin of the mirror that applies.
+func possessive(route string) string {
+	if route == "" {
+		return "the mirror's"
+	}
+	return "the mirror route's"
 }
 
 // rangeOf describes the sticky buckets version owns, e.g. "[0, 2000)".
@@ -203,6 +224,9 @@ func (r *rule) explain(req *Request, query string) (bool, string) {
 // whyNot describes a condition that does not hold.
 func (c *condition) whyNot(req *Request, query string) string {
 	what := c.src.String() + " " + c.name
+	if c.src == srcMethod || c.src == srcPath {
+		what = "the request's " + c.name
+	}
 	values := c.values(req, query)
 	switch {
 	case c.op == opAbsent:
@@ -259,6 +283,10 @@ func (c *condition) values(req *Request, query string) []string {
 				out = append(out, value)
 			}
 		}
+	case srcMethod:
+		out = append(out, req.Method)
+	case srcPath:
+		out = append(out, pathOf(req.Path))
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package split_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/trafficsplit/splitter/split"
@@ -21,6 +22,8 @@ func FuzzParseCompile(f *testing.F) {
 	f.Add([]byte(mirrorYAML))
 	f.Add([]byte("services:\n- name: x\n  weights: {v1: 100, v2: 0}\n  sticky: {assign: {cookie: k, max_age: 1h, secure: true}}\n" +
 		"  mirror: {version: v2, percent: 0.01}\n  rollout: {shadow: {percent: 5, hold: 2s}}\n"))
+	f.Add([]byte("services:\n- name: x\n  weights: {v1: 50, v2: 50}\n  rules:\n  - when: [{request: method, regex: \"P.*\"}, {request: path, prefix: /a, ignore_case: true}]\n    version: v2\n"))
+	f.Add([]byte("services:\n- name: x\n  weights: {v1: 50, v2: 50}\n  rules: [{when: [{request: path, absent: true}], version: v2}, {when: [{request: host, exact: a}], version: v2}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := split.Parse(data, processKeys)
 		if err != nil {
@@ -65,6 +68,11 @@ func FuzzDecide(f *testing.F) {
     mirror: {version: v2, percent: 25}
     rules: [{when: [{header: x-beta, present: true}], version: v2}]
 `),
+		// Mirror routes (runtime state, added as the store does) and
+		// method and path conditions.
+		withMirrorRoutes(f, strings.Replace(mirrorRoutesYAML, "version: v1}]", `version: v1}, {name: w, when: [{request: method, exact: POST}, {request: path, regex: "/a.*"}], version: v3}]`, 1),
+			mirrorRoute("m1", "v3", 3333, split.Condition{Request: "path", Prefix: ptr("/")}, split.Condition{Header: "x-user-id", Present: true}),
+			mirrorRoute("m2", "v2", 10000, split.Condition{Request: "method", Regex: ptr("(?i)get|head")})),
 	}
 	keys := seqKeys(5)
 	f.Add("api.example.com:443", "/?force=v2", "x-user-id", "user-123", "session=1; canary=always")
@@ -74,6 +82,7 @@ func FuzzDecide(f *testing.F) {
 	f.Fuzz(func(t *testing.T, authority, path, name, value, cookie string) {
 		req := split.Request{
 			Authority: authority,
+			Method:    name,
 			Path:      path,
 			Headers:   []split.Header{{Name: name, Value: value}, {Name: "cookie", Value: cookie}, {Name: "x-user-id", Value: value}},
 			NewKey:    keys,

@@ -753,7 +753,7 @@ func (p *parser) rule(path string, n *yaml.Node) Rule {
 
 func (p *parser) condition(path string, n *yaml.Node) Condition {
 	var c Condition
-	for _, e := range p.fields(path, n, "header", "cookie", "query",
+	for _, e := range p.fields(path, n, "header", "cookie", "query", "request",
 		"exact", "prefix", "suffix", "contains", "regex", "present", "absent", "ignore_case") {
 		fp := join(path, e.key)
 		switch e.key {
@@ -763,6 +763,8 @@ func (p *parser) condition(path string, n *yaml.Node) Condition {
 			c.Cookie, _ = p.name(fp, e.v, "cookie name")
 		case "query":
 			c.Query, _ = p.name(fp, e.v, "query parameter name")
+		case "request":
+			c.Request, _ = p.name(fp, e.v, "request part (method or path)")
 		case "exact", "prefix", "suffix", "contains", "regex":
 			s, ok := p.str(fp, e.v)
 			if !ok {

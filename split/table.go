@@ -14,8 +14,9 @@ func (t *Table) Outcomes() int { return t.outcomes }
 // t's decisions read, each once, ":authority" first and the others in
 // order of first use: every header a condition, sticky key or experiment
 // key names, "cookie" when one of them is a cookie (or a service assigns
-// keys, which it reads back from a cookie), and ":path" when a
-// condition looks at the query string.
+// keys, which it reads back from a cookie), ":path" when a condition
+// looks at the query string or the path, and ":method" when one looks at
+// the method (mirror routes' conditions included).
 // Headers not listed cannot change a decision of t, so an adapter that
 // pays per header read (the in-process module) reads only these.
 func (t *Table) RequestHeaders() []string { return slices.Clone(t.reads) }
@@ -35,18 +36,26 @@ func (t *Table) requestHeaders() []string {
 			add("cookie")
 		}
 	}
+	conds := func(cs []condition) {
+		for _, c := range cs {
+			switch c.src {
+			case srcHeader:
+				add(c.name)
+			case srcCookie:
+				add("cookie")
+			case srcQuery, srcPath:
+				add(":path")
+			case srcMethod:
+				add(":method")
+			}
+		}
+	}
 	for _, s := range t.services {
 		for _, r := range s.rules {
-			for _, c := range r.conds {
-				switch c.src {
-				case srcHeader:
-					add(c.name)
-				case srcCookie:
-					add("cookie")
-				case srcQuery:
-					add(":path")
-				}
-			}
+			conds(r.conds)
+		}
+		for _, r := range s.mirrorRoutes {
+			conds(r.conds)
 		}
 		key(s.sticky)
 		if s.assign != nil {

@@ -1,14 +1,17 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
-	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
 	"github.com/argoproj/argo-rollouts/utils/plugin/types"
 
 	"github.com/trafficsplit/splitter/envoy"
 	"github.com/trafficsplit/splitter/internal/testbed"
+	"github.com/trafficsplit/splitter/split"
 )
 
 // Through a real Envoy (ext_proc) in front of the two Services' backends:
@@ -74,8 +77,121 @@ func TestThroughEnvoy(t *testing.T) {
 	}
 }
 
-// mirrorStep is a setMirrorRoute step with a match.
-func mirrorStep() *v1alpha1.SetMirrorRoute {
-	pct := int32(10)
-	return &v1alpha1.SetMirrorRoute{Name: "mirror", Percentage: &pct, Match: []v1alpha1.RouteMatch{{Path: &v1alpha1.StringMatch{Prefix: "/"}}}}
+// Through a real Envoy (ext_proc, the rendered bootstrap's mirror
+// policies) in front of the two Services' backends: rollout-mirror.yaml's
+// setMirrorRoute step (GET with x-canary: "true", 50 %) copies exactly
+// half of the unkeyed matching requests to the canary and, keyed, exactly
+// the users whose mirror bucket is in the share, and none of the other
+// requests; every answer comes from stable. RemoveManagedRoutes stops it
+// and leaves an operator's mirror in place, which then copies its own
+// share.
+func TestMirrorRouteThroughEnvoy(t *testing.T) {
+	require(t, found.envoyErr)
+	b := testbed.ForTest(t)
+	backends, err := b.StartBackends("stable", "canary")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canary := backends[1]
+	s, tok := startSplitter(t, b, exampleSplitterConfig(t, ""))
+	params, err := testbed.LoopbackParams(envoy.ModeExtProc, s.GRPCAddr, backends...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := b.StartEnvoy(t.Context(), found.envoyBin, params, testbed.EnvoyOptions{Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := e.Client()
+	defer c.Close()
+	// send makes n requests (method, headers of request i) and fails
+	// unless stable answers every one.
+	send := func(n int, method string, h func(i int) http.Header) {
+		t.Helper()
+		for i := range n {
+			req, err := http.NewRequestWithContext(t.Context(), method, c.BaseURL+"/products", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h != nil {
+				req.Header = h(i)
+			}
+			resp, err := c.HTTP.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rep struct {
+				Version string `json:"version"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&rep)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || rep.Version != "stable" {
+				t.Fatalf("%s request %d: %d from %q (%v), want 200 from stable", method, i, resp.StatusCode, rep.Version, err)
+			}
+		}
+	}
+	// copies waits until the canary has received want more copies than
+	// before, then a while longer, and fails unless it received exactly
+	// want (every one a copy).
+	copies := func(what string, before int64, want int64) int64 {
+		t.Helper()
+		waitFor(t, 30*time.Second, fmt.Sprintf("%d copies at the canary (%s)", want, what), func() bool {
+			all, _ := canary.Requests()
+			return all-before >= want
+		})
+		time.Sleep(500 * time.Millisecond)
+		all, shadow := canary.Requests()
+		if all-before != want || all != shadow {
+			t.Fatalf("%s: the canary received %d requests (%d of all %d are copies), want exactly %d copies", what, all-before, shadow, all, want)
+		}
+		return all
+	}
+	tester := func(int) http.Header { return http.Header{"X-Canary": {"true"}} }
+
+	ro := exampleRolloutOf(t, "rollout-mirror.yaml", "http://"+s.AdminAddr, tok, "")
+	p := argo(t)
+	noError(t, "SetWeight(0)", p.SetWeight(ro, 0, nil))
+	noError(t, "SetMirrorRoute", p.SetMirrorRoute(ro, mirrorStep(t, ro)))
+
+	seen := copies("before any request", 0, 0)
+	send(1000, http.MethodGet, tester)
+	seen = copies("1,000 unkeyed testers' GETs", seen, 500)
+
+	keyed := func(i int) http.Header {
+		return http.Header{"X-Canary": {"true"}, "X-User-Id": {fmt.Sprintf("user-%d", i)}}
+	}
+	want := int64(0)
+	for i := range 1000 {
+		if split.MirrorBucket("api", fmt.Sprintf("user-%d", i)) < 5000 {
+			want++
+		}
+	}
+	send(1000, http.MethodGet, keyed)
+	seen = copies("1,000 keyed testers' GETs", seen, want)
+	if want < 400 || want > 600 {
+		t.Fatalf("%d of 1,000 users in the 50 %% mirror share: the test's keys do not exercise the share", want)
+	}
+
+	send(500, http.MethodGet, nil)
+	send(300, http.MethodPost, tester)
+	send(300, http.MethodGet, func(int) http.Header { return http.Header{"X-Canary": {"false"}} })
+	seen = copies("GETs without the header, testers' POSTs", seen, 0)
+
+	// An operator's runtime mirror of 10 %: the mirror route still
+	// decides the testers' GETs, the operator's mirror the others.
+	if err := s.Admin(t.Context(), http.MethodPut, "/v1/services/api/mirror", map[string]any{"version": "canary", "percent": 10}, nil); err != nil {
+		t.Fatal(err)
+	}
+	send(1000, http.MethodGet, tester)
+	seen = copies("testers' GETs beside the operator's mirror", seen, 500)
+	send(1000, http.MethodGet, nil)
+	seen = copies("other GETs under the operator's mirror", seen, 100)
+
+	noError(t, "RemoveManagedRoutes", p.RemoveManagedRoutes(ro))
+	v := serviceOf(t, s.AdminClient, "api")
+	if v.mirrorRoutes() != "" || v.Mirror == nil || v.Mirror.Version != "canary" || v.Mirror.Percent != 10 || !v.MirrorOverride {
+		t.Fatalf("after RemoveManagedRoutes: mirror routes %q, mirror %+v (override %v)", v.mirrorRoutes(), v.Mirror, v.MirrorOverride)
+	}
+	send(1000, http.MethodGet, tester)
+	copies("testers' GETs after RemoveManagedRoutes: the operator's 10 %", seen, 100)
 }

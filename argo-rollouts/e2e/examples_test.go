@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
 	"github.com/argoproj/argo-rollouts/utils/plugin/types"
 
 	"github.com/trafficsplit/splitter/argo-rollouts/router"
@@ -50,15 +51,18 @@ func TestExamplesDecode(t *testing.T) {
 	if err != nil || cfg.Service != "api" {
 		t.Fatalf("the plugin's configuration: %+v %v", cfg, err)
 	}
-	var managed []string
-	for _, m := range c.TrafficRouting.ManagedRoutes {
-		managed = append(managed, m.Name)
+	checkManagedRoutes(t, "rollout.yaml", ro)
+	// rollout-mirror.yaml is the same Rollout with a dark launch first.
+	mro, err := decodeRolloutFile("rollout-mirror.yaml")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, s := range c.Steps {
-		if s.SetHeaderRoute != nil && !slices.Contains(managed, s.SetHeaderRoute.Name) {
-			t.Errorf("steps[%d].setHeaderRoute %q is not in managedRoutes %v (Argo refuses the Rollout)", i, s.SetHeaderRoute.Name, managed)
-		}
+	mc := mro.Spec.Strategy.Canary
+	if mc == nil || mc.TrafficRouting == nil || mc.StableService != c.StableService || mc.CanaryService != c.CanaryService ||
+		string(mc.TrafficRouting.Plugins[router.Name]) != string(c.TrafficRouting.Plugins[router.Name]) {
+		t.Fatalf("rollout-mirror.yaml's canary strategy differs from rollout.yaml's: %+v", mc)
 	}
+	checkManagedRoutes(t, "rollout-mirror.yaml", mro)
 
 	docs, err := exampleDocs("rollout.yaml")
 	if err != nil {
@@ -74,6 +78,26 @@ func TestExamplesDecode(t *testing.T) {
 	}
 	if strings.Join(services, ",") != "Service api-stable,Service api-canary" {
 		t.Fatalf("rollout.yaml's other documents: %v", services)
+	}
+}
+
+// checkManagedRoutes fails unless every setHeaderRoute and
+// setMirrorRoute step of ro names one of its managedRoutes (Argo refuses
+// the Rollout otherwise).
+func checkManagedRoutes(t *testing.T, file string, ro *v1alpha1.Rollout) {
+	t.Helper()
+	c := ro.Spec.Strategy.Canary
+	var managed []string
+	for _, m := range c.TrafficRouting.ManagedRoutes {
+		managed = append(managed, m.Name)
+	}
+	for i, s := range c.Steps {
+		if s.SetHeaderRoute != nil && !slices.Contains(managed, s.SetHeaderRoute.Name) {
+			t.Errorf("%s: steps[%d].setHeaderRoute %q is not in managedRoutes %v (Argo refuses the Rollout)", file, i, s.SetHeaderRoute.Name, managed)
+		}
+		if s.SetMirrorRoute != nil && !slices.Contains(managed, s.SetMirrorRoute.Name) {
+			t.Errorf("%s: steps[%d].setMirrorRoute %q is not in managedRoutes %v (Argo refuses the Rollout)", file, i, s.SetMirrorRoute.Name, managed)
+		}
 	}
 }
 

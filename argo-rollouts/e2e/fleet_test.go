@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -13,9 +12,9 @@ import (
 )
 
 // Every method against a fleet of three splitters on a real etcd, the
-// plugin talking to one replica: the weights and the route reach every
-// replica, and VerifyWeight says Verified only once every replica in GET
-// /v1/fleet has applied the change: NotVerified while one is stopped
+// plugin talking to one replica: the weights, the route and the mirror
+// route reach every replica, and VerifyWeight says Verified only once
+// every replica in GET /v1/fleet has applied the change: NotVerified while one is stopped
 // (SIGSTOP: it holds its lease and its sockets but applies nothing), and
 // Verified once it is resumed and has caught up.
 func TestFleet(t *testing.T) {
@@ -150,9 +149,20 @@ func TestFleet(t *testing.T) {
 	noError(t, "RemoveManagedRoutes", p.RemoveManagedRoutes(ro))
 	everywhere("the route removed by RemoveManagedRoutes", func(v view) bool { return v.routes() == "" && v.Weights["canary"] == 50 })
 
+	// The mirror route of setMirrorRoute, written through one replica, is
+	// on every replica, and so is its removal; an operator's mirror
+	// route stays.
+	mro := exampleRolloutOf(t, "rollout-mirror.yaml", "", "", "")
+	mro.Spec.Strategy.Canary.TrafficRouting.Plugins = ro.Spec.Strategy.Canary.TrafficRouting.Plugins
+	ops := map[string]any{"when": []map[string]string{{"request": "method", "exact": "DELETE"}}, "version": "canary", "percent": 100}
+	if err := reps[2].Admin(t.Context(), "PUT", "/v1/services/api/mirror-routes/ops", ops, nil); err != nil {
+		t.Fatal(err)
+	}
+	noError(t, "SetMirrorRoute", p.SetMirrorRoute(mro, mirrorStep(t, mro)))
+	everywhere("the mirror route", func(v view) bool { return v.mirrorRoutes() == "canary-mirror=argo-rollouts:shop/api,ops=" })
+	noError(t, "RemoveManagedRoutes", p.RemoveManagedRoutes(mro))
+	everywhere("the mirror route removed by RemoveManagedRoutes", func(v view) bool { return v.mirrorRoutes() == "ops=" })
+
 	unknown := exampleRollout(t, "http://"+reps[1].AdminAddr, tok, "nope")
 	wantError(t, "SetWeight, unknown service, fleet", p.SetWeight(unknown, 10, nil), "404", `service "nope": unknown service`)
-	if e := p.SetMirrorRoute(ro, mirrorStep()); !strings.Contains(e.ErrorString, "not implemented yet") {
-		t.Fatalf("SetMirrorRoute in fleet mode: %q", e.ErrorString)
-	}
 }

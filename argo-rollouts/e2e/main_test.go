@@ -172,7 +172,14 @@ func argo(t *testing.T) rpc.TrafficRouterPlugin {
 // would.
 func exampleRollout(t *testing.T, adminURL, tokenFile, service string) *v1alpha1.Rollout {
 	t.Helper()
-	ro, err := decodeRollout()
+	return exampleRolloutOf(t, "rollout.yaml", adminURL, tokenFile, service)
+}
+
+// exampleRolloutOf is exampleRollout with the Rollout of another example
+// file (rollout-mirror.yaml).
+func exampleRolloutOf(t *testing.T, file, adminURL, tokenFile, service string) *v1alpha1.Rollout {
+	t.Helper()
+	ro, err := decodeRolloutFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,16 +199,40 @@ func exampleRollout(t *testing.T, adminURL, tokenFile, service string) *v1alpha1
 }
 
 // decodeRollout reads the first document of rollout.yaml, the Rollout.
-func decodeRollout() (*v1alpha1.Rollout, error) {
-	docs, err := exampleDocs("rollout.yaml")
+func decodeRollout() (*v1alpha1.Rollout, error) { return decodeRolloutFile("rollout.yaml") }
+
+// decodeRolloutFile reads the first document of an example file, a
+// Rollout.
+func decodeRolloutFile(file string) (*v1alpha1.Rollout, error) {
+	docs, err := exampleDocs(file)
 	if err != nil {
 		return nil, err
 	}
 	var ro v1alpha1.Rollout
 	if err := yaml.UnmarshalStrict([]byte(docs[0]), &ro); err != nil {
-		return nil, fmt.Errorf("rollout.yaml: the Rollout: %w", err)
+		return nil, fmt.Errorf("%s: the Rollout: %w", file, err)
 	}
 	return &ro, nil
+}
+
+// mirrorStep and removeMirrorStep are rollout-mirror.yaml's first and
+// third steps: the mirror route, and its removal.
+func mirrorStep(t *testing.T, ro *v1alpha1.Rollout) *v1alpha1.SetMirrorRoute {
+	t.Helper()
+	s := ro.Spec.Strategy.Canary.Steps[0].SetMirrorRoute
+	if s == nil || len(s.Match) == 0 || s.Percentage == nil {
+		t.Fatal("rollout-mirror.yaml: the first step is no longer a setMirrorRoute with a match and a percentage")
+	}
+	return s
+}
+
+func removeMirrorStep(t *testing.T, ro *v1alpha1.Rollout) *v1alpha1.SetMirrorRoute {
+	t.Helper()
+	s := ro.Spec.Strategy.Canary.Steps[2].SetMirrorRoute
+	if s == nil || len(s.Match) != 0 || s.Name != mirrorStep(t, ro).Name {
+		t.Fatal("rollout-mirror.yaml: the third step is no longer the setMirrorRoute without a match")
+	}
+	return s
 }
 
 // exampleDocs splits an example file into its YAML documents.
@@ -302,7 +333,18 @@ type view struct {
 		Version string `json:"version"`
 		Owner   string `json:"owner"`
 	} `json:"runtime_routes"`
-	Config struct {
+	MirrorRoutes []struct {
+		Name    string  `json:"name"`
+		Version string  `json:"version"`
+		Percent float64 `json:"percent"`
+		Owner   string  `json:"owner"`
+	} `json:"mirror_routes"`
+	Mirror *struct {
+		Version string  `json:"version"`
+		Percent float64 `json:"percent"`
+	} `json:"mirror"`
+	MirrorOverride bool `json:"mirror_override"`
+	Config         struct {
 		Revision int64 `json:"revision"`
 	} `json:"config"`
 }
@@ -310,6 +352,15 @@ type view struct {
 func (v view) routes() string {
 	var names []string
 	for _, r := range v.RuntimeRoutes {
+		names = append(names, r.Name+"="+r.Owner)
+	}
+	return strings.Join(names, ",")
+}
+
+// mirrorRoutes lists the mirror routes as name=owner, in order.
+func (v view) mirrorRoutes() string {
+	var names []string
+	for _, r := range v.MirrorRoutes {
 		names = append(names, r.Name+"="+r.Owner)
 	}
 	return strings.Join(names, ",")

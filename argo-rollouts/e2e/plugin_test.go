@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/argoproj/argo-rollouts/pkg/apis/rollouts/v1alpha1"
+	"github.com/argoproj/argo-rollouts/rollout/trafficrouting/plugin/rpc"
 	"github.com/argoproj/argo-rollouts/utils/plugin/types"
 
 	"github.com/trafficsplit/splitter/argo-rollouts/router"
@@ -17,8 +18,8 @@ import (
 // Every method, through Argo's client and the real binary, against one
 // splitter in file mode: the weights and their owner, the verification,
 // the header route in force ahead of the file's rules and removed by the
-// step without a match, RemoveManagedRoutes taking only what the Rollout
-// made, and setMirrorRoute refused as not implemented yet.
+// step without a match, the mirror routes of setMirrorRoute, and
+// RemoveManagedRoutes taking only what the Rollout made.
 func TestMethodsFileMode(t *testing.T) {
 	b := testbed.ForTest(t)
 	s, tok := startSplitter(t, b, exampleSplitterConfig(t, ""))
@@ -79,10 +80,7 @@ func TestMethodsFileMode(t *testing.T) {
 		t.Fatal("explain: no version")
 	}
 
-	pct := int32(10)
-	mirror := &v1alpha1.SetMirrorRoute{Name: "mirror", Percentage: &pct, Match: []v1alpha1.RouteMatch{{Method: &v1alpha1.StringMatch{Exact: "GET"}}}}
-	wantError(t, "SetMirrorRoute", p.SetMirrorRoute(ro, mirror), `setMirrorRoute "mirror"`, "not implemented yet", "records no owner")
-	noError(t, "SetMirrorRoute without a match (a removal)", p.SetMirrorRoute(ro, &v1alpha1.SetMirrorRoute{Name: "mirror"}))
+	checkMirrorRoutes(t, s, p, ro)
 
 	// Argo's end of an update: weight 0 and the routes gone.
 	noError(t, "SetWeight(0)", p.SetWeight(ro, 0, nil))
@@ -92,6 +90,101 @@ func TestMethodsFileMode(t *testing.T) {
 	// Experiment steps that weight extra destinations are refused.
 	extra := []v1alpha1.WeightDestination{{ServiceName: "exp", Weight: 10}}
 	wantError(t, "SetWeight with an additional destination", p.SetWeight(ro, 10, extra), "additional destinations", "not supported")
+}
+
+// checkMirrorRoutes runs rollout-mirror.yaml's setMirrorRoute steps
+// (with ro's configuration) beside an operator's mirror and mirror route:
+// the Rollout's mirror routes are in force and owned, a step with more
+// matches makes more, the removal step and RemoveManagedRoutes take only
+// the Rollout's.
+func checkMirrorRoutes(t *testing.T, s *testbed.Splitter, p rpc.TrafficRouterPlugin, ro *v1alpha1.Rollout) {
+	t.Helper()
+	mro := exampleRolloutOf(t, "rollout-mirror.yaml", "", "", "")
+	mro.Spec.Strategy.Canary.TrafficRouting.Plugins = ro.Spec.Strategy.Canary.TrafficRouting.Plugins
+	step, removal := mirrorStep(t, mro), removeMirrorStep(t, mro)
+	if err := s.Admin(t.Context(), http.MethodPut, "/v1/services/api/mirror", map[string]any{"version": "canary", "percent": 10}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ops := map[string]any{"when": []map[string]string{{"header": "x-ops", "exact": "1"}}, "version": "canary", "percent": 100}
+	if err := s.Admin(t.Context(), http.MethodPut, "/v1/services/api/mirror-routes/ops", ops, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	noError(t, "SetMirrorRoute", p.SetMirrorRoute(mro, step))
+	v := serviceOf(t, s.AdminClient, "api")
+	if v.mirrorRoutes() != "canary-mirror=argo-rollouts:shop/api,ops=" || v.MirrorRoutes[0].Version != "canary" || v.MirrorRoutes[0].Percent != 50 {
+		t.Fatalf("mirror routes after SetMirrorRoute: %+v", v.MirrorRoutes)
+	}
+	if route := explainMirrorRoute(t, s.AdminClient, "GET", map[string]string{"x-canary": "true"}); route != "canary-mirror" {
+		t.Fatalf("a tester's GET: mirror route %q", route)
+	}
+	if route := explainMirrorRoute(t, s.AdminClient, "POST", map[string]string{"x-canary": "true"}); route != "" {
+		t.Fatalf("a tester's POST: mirror route %q, want none (the step matches GET)", route)
+	}
+	noError(t, "SetMirrorRoute again (Argo's next reconcile)", p.SetMirrorRoute(mro, step))
+
+	// Argo's matches are alternatives: one mirror route each; a step with
+	// fewer leaves none of the others behind.
+	two := step.DeepCopy()
+	two.Match = append(two.Match, v1alpha1.RouteMatch{Path: &v1alpha1.StringMatch{Prefix: "/reports/"}})
+	noError(t, "SetMirrorRoute with two matches", p.SetMirrorRoute(mro, two))
+	if got := serviceOf(t, s.AdminClient, "api").mirrorRoutes(); got != "canary-mirror=argo-rollouts:shop/api,canary-mirror.1=argo-rollouts:shop/api,ops=" {
+		t.Fatalf("mirror routes of two matches: %s", got)
+	}
+	noError(t, "SetMirrorRoute with one match again", p.SetMirrorRoute(mro, step))
+	if got := serviceOf(t, s.AdminClient, "api").mirrorRoutes(); got != "canary-mirror=argo-rollouts:shop/api,ops=" {
+		t.Fatalf("mirror routes after one match again: %s", got)
+	}
+
+	noError(t, "SetMirrorRoute without a match (the removal step)", p.SetMirrorRoute(mro, removal))
+	noError(t, "the removal step again", p.SetMirrorRoute(mro, removal))
+	v = serviceOf(t, s.AdminClient, "api")
+	if v.mirrorRoutes() != "ops=" || v.Mirror == nil || v.Mirror.Percent != 10 || !v.MirrorOverride {
+		t.Fatalf("after the removal step: mirror routes %s, mirror %+v", v.mirrorRoutes(), v.Mirror)
+	}
+	noError(t, "SetMirrorRoute", p.SetMirrorRoute(mro, step))
+	noError(t, "RemoveManagedRoutes", p.RemoveManagedRoutes(mro))
+	v = serviceOf(t, s.AdminClient, "api")
+	if v.mirrorRoutes() != "ops=" || v.Mirror == nil || v.Mirror.Percent != 10 || !v.MirrorOverride {
+		t.Fatalf("after RemoveManagedRoutes: mirror routes %s, mirror %+v", v.mirrorRoutes(), v.Mirror)
+	}
+
+	// Bad steps are refused with the place, before anything changes.
+	over := int32(120)
+	bad := step.DeepCopy()
+	bad.Percentage = &over
+	wantError(t, "SetMirrorRoute at 120 %", p.SetMirrorRoute(mro, bad), "setMirrorRoute.percentage: must be between 0 and 100 (got 120)")
+	bad = step.DeepCopy()
+	bad.Match[0].Method = &v1alpha1.StringMatch{Exact: "GET", Regex: "G.*"}
+	wantError(t, "SetMirrorRoute with two operators", p.SetMirrorRoute(mro, bad), "setMirrorRoute.match[0].method: set only one of exact, prefix, regex")
+	bad = step.DeepCopy()
+	bad.Match[0].Path = &v1alpha1.StringMatch{Regex: "("}
+	wantError(t, "SetMirrorRoute with a bad regex", p.SetMirrorRoute(mro, bad), "400", "when[1].regex", "invalid regular expression")
+	// Another Rollout's mirror route of the same name is not replaced.
+	noError(t, "SetMirrorRoute", p.SetMirrorRoute(mro, step))
+	other := mro.DeepCopy()
+	other.Name = "api-v2"
+	wantError(t, "SetMirrorRoute by another Rollout", p.SetMirrorRoute(other, step), "409", `mirror route "canary-mirror" belong to "argo-rollouts:shop/api"`)
+	noError(t, "the other Rollout's removal step", p.SetMirrorRoute(other, removal))
+	noError(t, "the other Rollout's RemoveManagedRoutes", p.RemoveManagedRoutes(other))
+	if got := serviceOf(t, s.AdminClient, "api").mirrorRoutes(); got != "canary-mirror=argo-rollouts:shop/api,ops=" {
+		t.Fatalf("another Rollout removed: %s", got)
+	}
+	noError(t, "RemoveManagedRoutes", p.RemoveManagedRoutes(mro))
+}
+
+// explainMirrorRoute returns the mirror route that decides the copy of a
+// request to api with method and headers ("" for none).
+func explainMirrorRoute(t *testing.T, a *testbed.AdminClient, method string, headers map[string]string) string {
+	t.Helper()
+	var ex struct {
+		MirrorRoute string `json:"mirror_route"`
+	}
+	req := map[string]any{"authority": "api.shop.svc", "method": method, "path": "/products", "headers": headers}
+	if err := a.Admin(t.Context(), http.MethodPost, "/v1/explain", req, &ex); err != nil {
+		t.Fatal(err)
+	}
+	return ex.MirrorRoute
 }
 
 // The splitter's rollout and the plugin never fight: the plugin gets the
@@ -121,10 +214,15 @@ func TestOwnership(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantError(t, "SetWeight on a progressing splitter rollout", p.SetWeight(roWeb, 10, nil), "409", "splitter rollout drives", "progressing", "abort it first")
+	mirrorWeb := exampleRolloutOf(t, "rollout-mirror.yaml", "", "", "")
+	mirrorWeb.Spec.Strategy.Canary.TrafficRouting.Plugins = roWeb.Spec.Strategy.Canary.TrafficRouting.Plugins
+	step := mirrorStep(t, mirrorWeb).DeepCopy()
+	wantError(t, "SetMirrorRoute on a progressing splitter rollout", p.SetMirrorRoute(mirrorWeb, step), "409", "splitter rollout drives", "progressing")
 	if err := act("pause"); err != nil {
 		t.Fatal(err)
 	}
 	wantError(t, "SetWeight on a paused splitter rollout", p.SetWeight(roWeb, 10, nil), "409", "(paused)")
+	wantError(t, "SetMirrorRoute on a paused splitter rollout", p.SetMirrorRoute(mirrorWeb, step), "409", "(paused)")
 	if err := act("abort"); err != nil {
 		t.Fatal(err)
 	}

@@ -130,6 +130,12 @@ type serviceView struct {
 		Name  string `json:"name"`
 		Owner string `json:"owner"`
 	} `json:"runtime_routes"`
+	// MirrorRoutes are the service's runtime mirror routes (absent from a
+	// splitter without them: none).
+	MirrorRoutes []struct {
+		Name  string `json:"name"`
+		Owner string `json:"owner"`
+	} `json:"mirror_routes"`
 	Config struct {
 		// Revision is the etcd revision of the state this replica
 		// serves (fleet mode); 0 in file mode.

@@ -119,12 +119,14 @@ type HeaderMatch struct {
 	Value  *StringMatch
 }
 
-// condition is a splitter rule condition as the admin API takes it.
+// condition is a splitter rule condition as the admin API takes it: a
+// header, or a part of the request line (request: method or path).
 type condition struct {
-	Header string  `json:"header"`
-	Exact  *string `json:"exact,omitempty"`
-	Prefix *string `json:"prefix,omitempty"`
-	Regex  *string `json:"regex,omitempty"`
+	Header  string  `json:"header,omitempty"`
+	Request string  `json:"request,omitempty"`
+	Exact   *string `json:"exact,omitempty"`
+	Prefix  *string `json:"prefix,omitempty"`
+	Regex   *string `json:"regex,omitempty"`
 }
 
 // conditions turns a setHeaderRoute's matches into splitter conditions

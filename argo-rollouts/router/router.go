@@ -30,12 +30,11 @@ type Router struct {
 	log     *slog.Logger
 	http    *http.Client
 	timeout time.Duration
-	mirrors mirrors
 }
 
 // New returns a Router.
 func New(o Options) *Router {
-	r := &Router{log: o.Logger, http: o.HTTP, timeout: o.Timeout, mirrors: noMirrors{}}
+	r := &Router{log: o.Logger, http: o.HTTP, timeout: o.Timeout}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -197,26 +196,12 @@ func (r *Router) removeRoute(ctx context.Context, a adminClient, service, name, 
 	return err
 }
 
-// SetMirrorRoute mirrors matching requests to the canary (not
-// implemented yet: see mirrors).
-func (r *Router) SetMirrorRoute(ctx context.Context, ro Rollout, m MirrorRoute) error {
-	if m.Name == "" {
-		return fmt.Errorf("setMirrorRoute: name is required (and listed in trafficRouting.managedRoutes)")
-	}
-	c, a, err := r.target(ro)
-	if err != nil {
-		return err
-	}
-	if len(m.Matches) == 0 {
-		return r.mirrors.remove(ctx, a, c.Service, m.Name, ro.Owner())
-	}
-	return r.mirrors.put(ctx, a, c.Service, m, ro.Owner())
-}
-
 // RemoveManagedRoutes removes what the plugin made for the Rollout: the
-// routes that carry its owner (and those of trafficRouting.managedRoutes
-// that do), and its mirrors. Routes of other owners and the operator's are
-// left alone, and so are the weights (Argo sets them next).
+// routes and the mirror routes that carry its owner (and the routes of
+// trafficRouting.managedRoutes that do). Those of other owners and the
+// operator's are left alone (a runtime mirror, a shadow step's mirror and
+// the file's are never the plugin's), and so are the weights (Argo sets
+// them next).
 func (r *Router) RemoveManagedRoutes(ctx context.Context, ro Rollout) error {
 	c, a, err := r.target(ro)
 	if err != nil {
@@ -239,7 +224,7 @@ func (r *Router) RemoveManagedRoutes(ctx context.Context, ro Rollout) error {
 			return err
 		}
 	}
-	return r.mirrors.removeAll(ctx, a, c.Service, owner)
+	return r.removeMirrorRoutes(ctx, a, c.Service, v, owner, func(string) bool { return true })
 }
 
 // jsonNumber is a number written as given ("12.5"), so that a share is

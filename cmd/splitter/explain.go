@@ -144,7 +144,11 @@ func printExplanation(w io.Writer, ex *split.Explanation) error {
 		if ex.Mirror != "" {
 			m = "copied to " + ex.Mirror
 		}
-		line("mirror", fmt.Sprintf("%s (the service mirrors %s%%)", m, split.FormatPercent(int(*ex.MirrorPercent))))
+		by := "the service mirrors"
+		if ex.MirrorRoute != "" {
+			by = "mirror route " + ex.MirrorRoute + " copies"
+		}
+		line("mirror", fmt.Sprintf("%s (%s %s%%)", m, by, split.FormatPercent(int(*ex.MirrorPercent))))
 	}
 	if ex.Rule != "" {
 		line("rule", ex.Rule)

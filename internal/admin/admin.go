@@ -14,6 +14,8 @@
 //	DELETE /v1/services/{name}/override   back to the file's weights (and releases an owner)
 //	PUT    /v1/services/{name}/routes/{route}  a runtime route: {"when": [...], "version": "v2", "owner": "..."}
 //	DELETE /v1/services/{name}/routes/{route}  remove it (?owner=: only that owner's)
+//	PUT    /v1/services/{name}/mirror-routes/{route}  a conditional mirror: {"when": [...], "version": "v2", "percent": 50, "owner": "..."}
+//	DELETE /v1/services/{name}/mirror-routes/{route}  remove it (?owner=: only that owner's)
 //	GET    /v1/services/{name}/rollout    the rollout: state, step, weight, last verdict, history
 //	POST   /v1/services/{name}/rollout    {"action": "start" | "pause" | "resume" | "abort" | "promote"}
 //	POST   /v1/assign                     {"user_id": "...", "experiment": "..."}
@@ -155,6 +157,8 @@ func New(opts Options) http.Handler {
 		{pattern: "DELETE /v1/services/{name}/mirror", fn: a.deleteMirror, mutation: true},
 		{pattern: "PUT /v1/services/{name}/routes/{route}", fn: a.putRoute, mutation: true, body: true},
 		{pattern: "DELETE /v1/services/{name}/routes/{route}", fn: a.deleteRoute, mutation: true},
+		{pattern: "PUT /v1/services/{name}/mirror-routes/{route}", fn: a.putMirrorRoute, mutation: true, body: true},
+		{pattern: "DELETE /v1/services/{name}/mirror-routes/{route}", fn: a.deleteMirrorRoute, mutation: true},
 		{pattern: "GET /v1/services/{name}/rollout", fn: a.getRollout},
 		{pattern: "POST /v1/services/{name}/rollout", fn: a.postRollout, mutation: true, body: true},
 		{pattern: "POST /v1/assign", fn: a.assign, body: true},

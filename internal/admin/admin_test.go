@@ -200,6 +200,7 @@ func TestServicesView(t *testing.T) {
 			"generation": 1.0, "last_reload_error": nil, "last_reload_error_at": nil,
 		},
 		"runtime_routes": []any{},
+		"mirror_routes":  []any{},
 	}
 	if diff := cmp.Diff(want, decode(t, w)); diff != "" {
 		t.Fatalf("GET /v1/services/api (-want +got):\n%s", diff)

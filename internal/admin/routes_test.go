@@ -86,7 +86,7 @@ func TestRuntimeRouteRefused(t *testing.T) {
 		{"no version", "/v1/services/api/routes/r", `{"when": [{"header": "x-a", "exact": "1"}]}`, 400, "version", "missing"},
 		{"no conditions", "/v1/services/api/routes/r", `{"when": [], "version": "v2"}`, 400, "when", "no conditions"},
 		{"two operators", "/v1/services/api/routes/r", `{"when": [{"header": "x-a", "exact": "1", "prefix": "1"}], "version": "v2"}`, 400, "when[0]", "has both exact and prefix"},
-		{"no source", "/v1/services/api/routes/r", `{"when": [{"exact": "1"}], "version": "v2"}`, 400, "when[0]", "needs one of header, cookie or query"},
+		{"no source", "/v1/services/api/routes/r", `{"when": [{"exact": "1"}], "version": "v2"}`, 400, "when[0]", "needs one of header, cookie, query or request"},
 		{"unknown field", "/v1/services/api/routes/r", `{"when": [{"header": "x-a", "exact": "1"}], "version": "v2", "weight": 5}`, 400, "weight", "unknown field"},
 		{"name in the body", "/v1/services/api/routes/r", `{"name": "x", "when": [{"header": "x-a", "exact": "1"}], "version": "v2"}`, 400, "name", "unknown field"},
 		{"bad route name", "/v1/services/api/routes/a%20b", canaryRoute, 400, "route", "may only contain"},

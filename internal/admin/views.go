@@ -46,6 +46,9 @@ type serviceView struct {
 	// RuntimeRoutes are the routes added through the admin API, in
 	// evaluation order, with their owners.
 	RuntimeRoutes []store.Route `json:"runtime_routes"`
+	// MirrorRoutes are the runtime mirror routes, in evaluation order
+	// (before the mirror), with their owners.
+	MirrorRoutes []store.MirrorRoute `json:"mirror_routes"`
 }
 
 type experimentView struct {
@@ -102,6 +105,10 @@ func newServiceView(snap *store.Snapshot, name string) serviceView {
 	v.RuntimeRoutes = snap.Routes[name]
 	if v.RuntimeRoutes == nil {
 		v.RuntimeRoutes = []store.Route{}
+	}
+	v.MirrorRoutes = snap.MirrorRoutes[name]
+	if v.MirrorRoutes == nil {
+		v.MirrorRoutes = []store.MirrorRoute{}
 	}
 	if v.Hosts == nil {
 		v.Hosts = []string{}

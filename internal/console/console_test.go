@@ -386,6 +386,17 @@ func TestStateDocument(t *testing.T) {
 		if got.Mirror == nil || *got.Mirror != (console.MirrorView{Version: "v2", Percent: 12.5, Runtime: true}) {
 			t.Errorf("mirror %+v", got.Mirror)
 		}
+		mr := store.MirrorRoute{Name: "canary-mirror", Version: "v2", Percent: 5000, Owner: "argo-rollouts:shop/api",
+			When: []split.Condition{{Header: "x-canary", Exact: ptr("true")}, {Request: "path", Prefix: ptr("/api/")}}}
+		if _, err := st.PutMirrorRoute(t.Context(), "api", mr, "test"); err != nil {
+			t.Fatal(err)
+		}
+		got = service(t, getState(t, c), "api")
+		want := []console.MirrorRouteView{{Name: "canary-mirror", Version: "v2", Percent: 50, Owner: "argo-rollouts:shop/api",
+			When: `header x-canary exact "true" and request path prefix "/api/"`}}
+		if diff := cmp.Diff(want, got.MirrorRoutes); diff != "" {
+			t.Errorf("mirror routes (-want +got):\n%s", diff)
+		}
 		anon := newStore(t, "services:\n  - {name: api, weights: {v1: 90, v2: 10}, sticky: {assign: {cookie: sid}}, mirror: {version: v2, percent: 5}}\n")
 		got = service(t, getState(t, console.New(console.Options{Store: anon})), "api")
 		if got.AssignCookie != "sid" || got.Mirror == nil || *got.Mirror != (console.MirrorView{Version: "v2", Percent: 5}) {
@@ -714,3 +725,5 @@ func TestAssets(t *testing.T) {
 		t.Error("CSP allows unsafe-inline or unsafe-eval")
 	}
 }
+
+func ptr(s string) *string { return &s }

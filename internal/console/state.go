@@ -87,6 +87,19 @@ type ServiceState struct {
 	// given in to clients without one (sticky.assign), "" when none.
 	Mirror       *MirrorView `json:"mirror,omitempty"`
 	AssignCookie string      `json:"assign_cookie,omitempty"`
+	// MirrorRoutes are the runtime mirror routes, in the order they are
+	// tried (before Mirror).
+	MirrorRoutes []MirrorRouteView `json:"mirror_routes,omitempty"`
+}
+
+// MirrorRouteView is a runtime mirror route: the share of the requests
+// matching When copied to Version, and the controller that owns it.
+type MirrorRouteView struct {
+	Name    string  `json:"name"`
+	Version string  `json:"version"`
+	Percent float64 `json:"percent"`
+	When    string  `json:"when"`
+	Owner   string  `json:"owner,omitempty"`
 }
 
 // MirrorView is a service's mirror in force: the version copied to, the
@@ -198,6 +211,10 @@ func (c *Console) service(snap *store.Snapshot, name string, now time.Time) Serv
 	if m := eff.Mirror; m != nil {
 		_, runtime := snap.Mirrors[name]
 		s.Mirror = &MirrorView{Version: m.Version, Percent: percent(int(m.Percent)), Runtime: runtime}
+	}
+	for _, r := range snap.MirrorRoutes[name] {
+		s.MirrorRoutes = append(s.MirrorRoutes, MirrorRouteView{Name: r.Name, Version: r.Version, Percent: percent(int(r.Percent)),
+			When: store.DescribeWhen(r.When), Owner: r.Owner})
 	}
 	if eff.Sticky != nil && eff.Sticky.Assign != nil {
 		s.AssignCookie = eff.Sticky.Assign.Cookie

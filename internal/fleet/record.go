@@ -88,7 +88,8 @@ type cacheDoc struct {
 	Config    string            `json:"config"` // the last good document
 	SHA256    string            `json:"sha256"`
 	Overrides map[string]string `json:"overrides"` // key -> raw record
-	// Routes are the runtime routes' records, key -> raw record.
+	// Routes are the runtime routes' and mirror routes' records, key ->
+	// raw record.
 	Routes    map[string]string `json:"routes,omitempty"`
 	WrittenAt time.Time         `json:"written_at"`
 }

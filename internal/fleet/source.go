@@ -94,6 +94,9 @@ type Source struct {
 	// routesDropped: the runtime routes not in force, and the revision of
 	// their record when that was logged (routes.go).
 	routesDropped map[string]int64
+	// mirrorRoutesDropped: the same for the runtime mirror routes
+	// (mirrorroutes.go).
+	mirrorRoutesDropped map[string]int64
 
 	// applied is closed and replaced after every apply; appliedRev is the
 	// revision then in force. Waiters read both under amu.
@@ -385,13 +388,15 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	}
 	mirrors, badMirrors := s.mirrorsLocked()
 	routes, badRoutes := s.routesLocked()
-	var droppedMirrors, droppedRoutes map[string]string
+	mirrorRoutes, badMirrorRoutes := s.mirrorRoutesLocked()
+	var droppedMirrors, droppedRoutes, droppedMirrorRoutes map[string]string
 	apply := func(g *goodConfig) (*store.Snapshot, map[string]string, error) {
-		snap, dropped, dm, dr, err := s.store.ApplySharedState(g.cfg, g.sha, "etcd "+cfgKey, at, overrides, mirrors, routes)
+		snap, drops, err := s.store.ApplySharedRuntime(g.cfg, g.sha, "etcd "+cfgKey, at,
+			store.SharedState{Overrides: overrides, Mirrors: mirrors, Routes: routes, MirrorRoutes: mirrorRoutes})
 		if err == nil {
-			droppedMirrors, droppedRoutes = dm, dr
+			droppedMirrors, droppedRoutes, droppedMirrorRoutes = drops.Mirrors, drops.Routes, drops.MirrorRoutes
 		}
-		return snap, dropped, err
+		return snap, drops.Overrides, err
 	}
 	var snap *store.Snapshot
 	var dropped map[string]string
@@ -449,11 +454,12 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	}
 	s.noteDropped(dropped, inForce, cfgModRev)
 	s.noteDroppedMirrors(droppedMirrors, badMirrors)
-	// ApplySharedState names a route "service/name": key them as etcd does.
+	// ApplySharedRuntime names a route "service/name": key them as etcd does.
 	for name, reason := range droppedRoutes {
 		badRoutes[s.keys.LiveRoutes()+name] = reason
 	}
 	s.noteRoutesDropped(badRoutes)
+	s.noteMirrorRoutesDropped(droppedMirrorRoutes, badMirrorRoutes)
 	if snap == nil && s.store.Load() == nil {
 		return docErr
 	}
@@ -875,6 +881,13 @@ func StateSHA256(snap *store.Snapshot) string {
 		m := snap.Mirrors[n]
 		fmt.Fprintf(h, "\nmirror %s=%s:%d", n, m.Version, m.Percent)
 	}
+	// And the runtime mirror routes; a state without any hashes as before.
+	for _, n := range slices.Sorted(maps.Keys(snap.MirrorRoutes)) {
+		for _, r := range snap.MirrorRoutes[n] {
+			b, _ := json.Marshal(r)
+			fmt.Fprintf(h, "\nmirror-route %s/%s=%s", n, r.Name, b)
+		}
+	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -918,7 +931,9 @@ func (s *Source) writeCache() error {
 		if s.keys.service(key) != "" || s.keys.mirrorService(key) != "" {
 			doc.Overrides[key] = string(kv.Value)
 		}
-		if svc, _ := s.keys.liveRoute(key); svc != "" {
+		// Runtime routes and mirror routes: their records by key, put
+		// back as they were by a start from the cache.
+		if svc, _ := s.keys.liveRoute(key); svc != "" || s.keys.isLiveMirrorRoute(key) {
 			if doc.Routes == nil {
 				doc.Routes = map[string]string{}
 			}

@@ -12,7 +12,8 @@ import (
 
 // TestExportStateHandsOver: what one store exports (ExportState) is the
 // whole runtime state: another store started on it (InitialState) has
-// the same overrides, runtime mirror, runtime route and rollout states
+// the same overrides, runtime mirror, runtime route, mirror route and
+// rollout states
 // after the same configuration, and writes them to its own state file; a
 // store that follows (ApplyState) gets them without writing anything. An
 // override set against other file weights than the receiver's
@@ -33,6 +34,9 @@ func TestExportStateHandsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := from.PutRoute(t.Context(), "api", route("canary", "x-canary", "1", "v2", "o"), "tester"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := from.PutMirrorRoute(t.Context(), "api", mirrorRoute("dark", "x-dark", "1", "v2", 5000, "o"), "tester"); err != nil {
 		t.Fatal(err)
 	}
 	doc, err := from.ExportState()
@@ -58,6 +62,9 @@ func TestExportStateHandsOver(t *testing.T) {
 	}
 	if rs := snap.Routes["api"]; len(rs) != 1 || rs[0].Name != "canary" || rs[0].Owner != "o" {
 		t.Errorf("api's runtime routes after the handover: %+v", rs)
+	}
+	if rs := snap.MirrorRoutes["api"]; len(rs) != 1 || rs[0].Name != "dark" || rs[0].Owner != "o" || rs[0].Percent != 5000 {
+		t.Errorf("api's mirror routes after the handover: %+v", rs)
 	}
 	// The receiver persists what it took over.
 	again, _ := newStore(t, store.Options{StateFile: stateFile})
@@ -86,6 +93,9 @@ func TestExportStateHandsOver(t *testing.T) {
 	}
 	if rs := snap.Routes["api"]; len(rs) != 1 || rs[0].Name != "canary" {
 		t.Errorf("api's runtime routes on the follower: %+v", rs)
+	}
+	if rs := snap.MirrorRoutes["api"]; len(rs) != 1 || rs[0].Name != "dark" {
+		t.Errorf("api's mirror routes on the follower: %+v", rs)
 	}
 	if fresh, _ := newStore(t, store.Options{StateFile: followerFile}); len(fresh.Rollouts()) != 0 {
 		t.Errorf("the follower wrote its state file: %v", fresh.Rollouts())

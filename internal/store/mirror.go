@@ -153,7 +153,7 @@ func (s *Store) SetMirror(ctx context.Context, service string, m split.Mirror, a
 	old := EffectiveMirror(cur, service)
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: mirrors, Owners: cur.Owners, Routes: cur.Routes,
-		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
+		MirrorRoutes: cur.MirrorRoutes, SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
 	}
 	s.log.Info("runtime mirror set", "service", service, "actor", actor, "old", formatMirror(old), "new", formatMirror(&m))
 	s.publish(cur, snap)
@@ -193,7 +193,7 @@ func (s *Store) ClearMirror(ctx context.Context, service string, actor string) (
 	}
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: cur.Overrides, Mirrors: nilIfEmpty(mirrors), Owners: cur.Owners, Routes: cur.Routes,
-		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
+		MirrorRoutes: cur.MirrorRoutes, SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
 	}
 	s.log.Info("runtime mirror cleared", "service", service, "actor", actor, "old", formatMirror(old), "new", formatMirror(fileSvc.Mirror))
 	s.publish(cur, snap)
@@ -209,7 +209,7 @@ func (s *Store) persistMirrors(cur *Snapshot, mirrors map[string]split.Mirror, a
 	if s.stateFile == "" {
 		return nil
 	}
-	if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: cur.Routes}); err != nil {
+	if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, cur.runtime()); err != nil {
 		s.mirrors, s.mirrorAgainst = prevM, prevA
 		return err
 	}
@@ -222,13 +222,8 @@ func (s *Store) persistMirrors(cur *Snapshot, mirrors map[string]split.Mirror, a
 // returned in droppedMirrors (service -> reason).
 func (s *Store) ApplySharedMirrors(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
 	mirrors map[string]MirrorOverride) (snap *Snapshot, dropped, droppedMirrors map[string]string, err error) {
-	ms := make(map[string]split.Mirror, len(mirrors))
-	against := make(map[string]*split.Mirror, len(mirrors))
-	for name, m := range mirrors {
-		ms[name], against[name] = m.Mirror, m.Against
-	}
-	snap, dropped, droppedMirrors, _, err = s.applyShared(cfg, sha, source, at, overrides, ms, against, nil)
-	return snap, dropped, droppedMirrors, err
+	snap, drops, err := s.applyShared(cfg, sha, source, at, SharedState{Overrides: overrides, Mirrors: mirrors})
+	return snap, drops.Overrides, drops.Mirrors, err
 }
 
 // MirrorsEqual reports whether two sets of shared runtime mirrors are the

@@ -52,8 +52,18 @@ func (r Route) Equal(o Route) bool {
 
 // String describes r for logs and the audit: `x-canary exact "1" -> v2`.
 func (r Route) String() string {
+	s := DescribeWhen(r.When) + " -> " + r.Version
+	if r.Owner != "" {
+		s += " (owner " + r.Owner + ")"
+	}
+	return s
+}
+
+// DescribeWhen describes conditions for people (logs, the audit, the
+// console): `header x-canary exact "1" and request path prefix "/a"`.
+func DescribeWhen(when []split.Condition) string {
 	var b strings.Builder
-	for i, c := range r.When {
+	for i, c := range when {
 		if i > 0 {
 			b.WriteString(" and ")
 		}
@@ -64,6 +74,8 @@ func (r Route) String() string {
 			b.WriteString("cookie " + c.Cookie)
 		case c.Query != "":
 			b.WriteString("query " + c.Query)
+		case c.Request != "":
+			b.WriteString("request " + c.Request)
 		}
 		for _, op := range []struct {
 			name string
@@ -79,10 +91,9 @@ func (r Route) String() string {
 		if c.Absent {
 			b.WriteString(" absent")
 		}
-	}
-	b.WriteString(" -> " + r.Version)
-	if r.Owner != "" {
-		b.WriteString(" (owner " + r.Owner + ")")
+		if c.IgnoreCase {
+			b.WriteString(" ignoring case")
+		}
 	}
 	return b.String()
 }
@@ -324,58 +335,103 @@ func stripRoutes(cfg *split.Config, routes map[string][]Route) (*split.Config, e
 	return cfg, nil
 }
 
-// compileWithRoutes compiles cfg with the routes that fit it ahead of its
-// rules. It never fails because of a route: when the whole does not
-// compile but cfg alone does, every route is left out, with the error as
-// the reason. An error is cfg's own, with cfg's paths.
-func compileWithRoutes(prev *split.Table, cfg *split.Config, routes map[string][]Route) (*split.Table, map[string][]Route, map[string]string, error) {
-	kept, dropped := fitRoutes(cfg, routes)
-	if len(kept) == 0 {
+// compileWithRoutes compiles cfg with the runtime routes that fit it ahead
+// of its rules, and the runtime mirror routes that fit it. It never fails
+// because of one: when the whole does not compile but cfg alone does, the
+// ones an error names are left out (and, if it still fails, all of
+// them), with the error as the reason. An error is cfg's own, with cfg's
+// paths. Dropped routes and mirror routes are keyed "service/name".
+func compileWithRoutes(prev *split.Table, cfg *split.Config, in runtimeRoutes) (*split.Table, runtimeRoutes, runtimeDrops, error) {
+	var kept runtimeRoutes
+	var drops runtimeDrops
+	kept.routes, drops.routes = fitRoutes(cfg, in.routes)
+	kept.mirrorRoutes, drops.mirrorRoutes = fitMirrorRoutes(cfg, in.mirrorRoutes)
+	if kept.empty() {
 		t, err := split.CompileNext(prev, cfg)
-		return t, nil, dropped, err
+		return t, runtimeRoutes{}, drops, err
 	}
-	t, err := split.CompileNext(prev, composeRoutes(cfg, kept))
+	t, err := split.CompileNext(prev, kept.compose(cfg))
 	if err == nil {
-		return t, kept, dropped, nil
+		return t, kept, drops, nil
 	}
 	if _, plainErr := split.Compile(cfg); plainErr != nil {
-		return nil, nil, nil, plainErr
+		return nil, runtimeRoutes{}, runtimeDrops{}, plainErr
 	}
-	// The routes are at fault (only a record written around the admin
-	// API can be): leave out the ones an error names, and try once more.
-	culprits := map[string]string{}
+	// The runtime state is at fault (only a record written around the
+	// admin API can be): leave out what an error names, and try once more.
+	culprits, mirrorCulprits := map[string]string{}, map[string]string{}
 	for _, fe := range split.FieldErrors(err) {
 		var i, k int
 		if n, _ := fmt.Sscanf(fe.Path, "services[%d].rules[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
-			if rs := kept[cfg.Services[i].Name]; k < len(rs) {
+			if rs := kept.routes[cfg.Services[i].Name]; k < len(rs) {
 				key := cfg.Services[i].Name + "/" + rs[k].Name
 				culprits[key] = strings.TrimSpace(culprits[key] + " " + fe.Error())
 			}
 		}
-	}
-	if len(culprits) > 0 {
-		rest := map[string][]Route{}
-		for service, rs := range kept {
-			for _, r := range rs {
-				if reason, bad := culprits[service+"/"+r.Name]; bad {
-					dropped[service+"/"+r.Name] = "does not compile: " + reason
-					continue
-				}
-				rest[service] = append(rest[service], r)
+		if n, _ := fmt.Sscanf(fe.Path, "services[%d].mirror_routes[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
+			if rs := kept.mirrorRoutes[cfg.Services[i].Name]; k < len(rs) {
+				key := cfg.Services[i].Name + "/" + rs[k].Name
+				mirrorCulprits[key] = strings.TrimSpace(mirrorCulprits[key] + " " + fe.Error())
 			}
 		}
-		kept = nilIfNoRoutes(rest)
-		if t, err = split.CompileNext(prev, composeRoutes(cfg, kept)); err == nil {
-			return t, kept, dropped, nil
+	}
+	if len(culprits)+len(mirrorCulprits) > 0 {
+		var rest runtimeRoutes
+		for service, rs := range kept.routes {
+			for _, r := range rs {
+				if reason, bad := culprits[service+"/"+r.Name]; bad {
+					drops.routes[service+"/"+r.Name] = "does not compile: " + reason
+					continue
+				}
+				rest.routes = addRoute(rest.routes, service, r)
+			}
+		}
+		for service, rs := range kept.mirrorRoutes {
+			for _, r := range rs {
+				if reason, bad := mirrorCulprits[service+"/"+r.Name]; bad {
+					drops.mirrorRoutes[service+"/"+r.Name] = "does not compile: " + reason
+					continue
+				}
+				rest.mirrorRoutes = addMirrorRoute(rest.mirrorRoutes, service, r)
+			}
+		}
+		kept = rest
+		if t, err = split.CompileNext(prev, kept.compose(cfg)); err == nil {
+			return t, kept, drops, nil
 		}
 	}
-	for service, rs := range kept {
+	for service, rs := range kept.routes {
 		for _, r := range rs {
-			dropped[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
+			drops.routes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
+		}
+	}
+	for service, rs := range kept.mirrorRoutes {
+		for _, r := range rs {
+			drops.mirrorRoutes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
 		}
 	}
 	t, err = split.CompileNext(prev, cfg)
-	return t, nil, dropped, err
+	return t, runtimeRoutes{}, drops, err
+}
+
+// runtimeRoutes are the runtime routes and mirror routes, per service,
+// each list sorted by name.
+type runtimeRoutes struct {
+	routes       map[string][]Route
+	mirrorRoutes map[string][]MirrorRoute
+}
+
+func (r runtimeRoutes) empty() bool { return len(r.routes) == 0 && len(r.mirrorRoutes) == 0 }
+
+// compose returns a copy of cfg with r in force.
+func (r runtimeRoutes) compose(cfg *split.Config) *split.Config {
+	return composeMirrorRoutes(composeRoutes(cfg, r.routes), r.mirrorRoutes)
+}
+
+// runtimeDrops say which runtime routes and mirror routes do not apply,
+// and why ("service/name" -> reason).
+type runtimeDrops struct {
+	routes, mirrorRoutes map[string]string
 }
 
 // RouteChange is what a route mutation did: the route before and after
@@ -477,13 +533,15 @@ func (s *Store) withRoutesLocked(ctx context.Context, cur *Snapshot, routes map[
 		return nil, err
 	}
 	if s.stateFile != "" {
-		if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: routes}); err != nil {
+		rt := cur.runtime()
+		rt.routes = routes
+		if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, rt); err != nil {
 			return nil, err
 		}
 	}
 	snap := &Snapshot{
 		Table: table, File: cur.File, Overrides: cur.Overrides, Owners: cur.Owners, Routes: routes, Mirrors: cur.Mirrors,
-		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
+		MirrorRoutes: cur.MirrorRoutes, SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
 	}
 	s.publish(cur, snap)
 	return snap, nil
@@ -519,10 +577,16 @@ func (s *Store) SetCanaryOwned(ctx context.Context, service string, basisPoints 
 }
 
 // runtimeState is what a state file keeps besides the overrides: who owns
-// them, and the runtime routes.
+// them, the runtime routes and the runtime mirror routes.
 type runtimeState struct {
-	owners map[string]string
-	routes map[string][]Route
+	owners       map[string]string
+	routes       map[string][]Route
+	mirrorRoutes map[string][]MirrorRoute
+}
+
+// runtime returns what a state file keeps of snap besides its overrides.
+func (s *Snapshot) runtime() runtimeState {
+	return runtimeState{owners: s.Owners, routes: s.Routes, mirrorRoutes: s.MirrorRoutes}
 }
 
 // withOwner returns owners with service's owner set to owner ("" removes

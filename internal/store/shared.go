@@ -47,8 +47,8 @@ func (s *Store) ApplyShared(cfg *split.Config, sha, source string, revision int6
 // their round-robin position). An error means the configuration itself is
 // invalid: nothing changes.
 func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override) (snap *Snapshot, dropped map[string]string, err error) {
-	snap, dropped, _, _, err = s.applyShared(cfg, sha, source, at, overrides, nil, nil, nil)
-	return snap, dropped, err
+	snap, drops, err := s.applyShared(cfg, sha, source, at, SharedState{Overrides: overrides})
+	return snap, drops.Overrides, err
 }
 
 // ApplySharedState is ApplySharedAt with the runtime mirrors and the
@@ -60,25 +60,51 @@ func (s *Store) ApplySharedAt(cfg *split.Config, sha, source string, at Revision
 // refused because of one.
 func (s *Store) ApplySharedState(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
 	mirrors map[string]MirrorOverride, routes map[string][]Route) (snap *Snapshot, dropped, droppedMirrors, droppedRoutes map[string]string, err error) {
-	ms := make(map[string]split.Mirror, len(mirrors))
-	against := make(map[string]*split.Mirror, len(mirrors))
-	for name, m := range mirrors {
-		ms[name], against[name] = m.Mirror, m.Against
-	}
-	return s.applyShared(cfg, sha, source, at, overrides, ms, against, routes)
+	snap, drops, err := s.ApplySharedRuntime(cfg, sha, source, at, SharedState{Overrides: overrides, Mirrors: mirrors, Routes: routes})
+	return snap, drops.Overrides, drops.Mirrors, drops.Routes, err
 }
 
-// applyShared is ApplySharedAt with runtime mirrors and routes.
-func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions, overrides map[string]Override,
-	mirrors map[string]split.Mirror, mirrorAgainst map[string]*split.Mirror, routes map[string][]Route) (snap *Snapshot, dropped, droppedMirrors, droppedRoutes map[string]string, err error) {
+// SharedState is what a shared store (etcd) holds besides the
+// configuration: the overrides, the runtime mirrors, the runtime routes
+// and the runtime mirror routes (service -> its routes, in any order).
+type SharedState struct {
+	Overrides    map[string]Override
+	Mirrors      map[string]MirrorOverride
+	Routes       map[string][]Route
+	MirrorRoutes map[string][]MirrorRoute
+}
+
+// SharedDrops are the parts of a SharedState that do not apply, and why:
+// overrides and mirrors by service, routes and mirror routes by
+// "service/name"; nil when none.
+type SharedDrops struct {
+	Overrides, Mirrors, Routes, MirrorRoutes map[string]string
+}
+
+// ApplySharedRuntime is ApplySharedState with the runtime mirror routes
+// too, which apply as the runtime routes do: one that does not fit the
+// configuration (its service or version gone, it does not compile) is
+// left out and returned in SharedDrops.MirrorRoutes.
+func (s *Store) ApplySharedRuntime(cfg *split.Config, sha, source string, at Revisions, st SharedState) (*Snapshot, SharedDrops, error) {
+	return s.applyShared(cfg, sha, source, at, st)
+}
+
+// applyShared is ApplySharedRuntime.
+func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions, st SharedState) (snap *Snapshot, drops SharedDrops, err error) {
 	if cfg == nil {
-		return nil, nil, nil, nil, errors.New("apply: nil configuration")
+		return nil, SharedDrops{}, errors.New("apply: nil configuration")
+	}
+	overrides := st.Overrides
+	mirrors := make(map[string]split.Mirror, len(st.Mirrors))
+	mirrorAgainst := make(map[string]*split.Mirror, len(st.Mirrors))
+	for name, m := range st.Mirrors {
+		mirrors[name], mirrorAgainst[name] = m.Mirror, m.Against
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.check != nil {
 		if err := s.check(cfg); err != nil {
-			return nil, nil, nil, nil, err
+			return nil, SharedDrops{}, err
 		}
 	}
 	cfg = cfg.Clone()
@@ -86,7 +112,7 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	kept := map[string]split.Weights{}
 	against := map[string]split.Weights{}
 	owners := map[string]string{}
-	dropped = map[string]string{}
+	dropped := map[string]string{}
 	for _, name := range sortedKeys(overrides) {
 		o := overrides[name]
 		i := serviceIndex(effective, name)
@@ -123,15 +149,20 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	if old != nil {
 		prev = old.Table
 	}
-	sorted := map[string][]Route{}
-	for service, rs := range routes {
+	var sorted runtimeRoutes
+	for service, rs := range st.Routes {
 		for _, r := range rs {
-			sorted = addRoute(sorted, service, r)
+			sorted.routes = addRoute(sorted.routes, service, r)
 		}
 	}
-	table, keptRoutes, droppedRoutes, err := compileWithRoutes(prev, effective, sorted)
+	for service, rs := range st.MirrorRoutes {
+		for _, r := range rs {
+			sorted.mirrorRoutes = addMirrorRoute(sorted.mirrorRoutes, service, r)
+		}
+	}
+	table, keptRoutes, routeDrops, err := compileWithRoutes(prev, effective, sorted)
 	if err != nil {
-		return nil, nil, nil, nil, err
+		return nil, SharedDrops{}, err
 	}
 	loadedAt := s.now()
 	if old != nil && old.SHA256 == sha && old.Source == source {
@@ -142,7 +173,8 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 		File:           cfg,
 		Overrides:      nilIfEmpty(kept),
 		Owners:         nilIfEmpty(owners),
-		Routes:         keptRoutes,
+		Routes:         keptRoutes.routes,
+		MirrorRoutes:   keptRoutes.mirrorRoutes,
 		SHA256:         sha,
 		Source:         source,
 		LoadedAt:       loadedAt,
@@ -156,16 +188,9 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	s.mirrors, s.mirrorAgainst = mj.kept, mj.against
 	s.pending = nil
 	s.publish(old, snap)
-	if len(dropped) == 0 {
-		dropped = nil
-	}
-	if len(mj.drops) > 0 {
-		droppedMirrors = mj.drops
-	}
-	if len(droppedRoutes) == 0 {
-		droppedRoutes = nil
-	}
-	return snap, dropped, droppedMirrors, droppedRoutes, nil
+	drops = SharedDrops{Overrides: nilIfEmpty(dropped), Mirrors: nilIfEmpty(mj.drops),
+		Routes: nilIfEmpty(routeDrops.routes), MirrorRoutes: nilIfEmpty(routeDrops.mirrorRoutes)}
+	return snap, drops, nil
 }
 
 // OverridesEqual reports whether two override sets are the same (service,

@@ -24,13 +24,14 @@ const maxStateBytes = 1 << 20
 //	 "file_weights": {"api": {"v1": 80, "v2": 20}},
 //	 "owners":       {"api": "argo-rollouts:default/api"},
 //	 "routes":       {"api": [{"name": "canary-testers", "when": [...], "version": "v2", "owner": "..."}]},
+//	 "mirror_routes": {"api": [{"name": "mirror", "when": [...], "version": "v2", "percent": 50, "owner": "..."}]},
 //	 "rollouts":     {"api": {...}}}
 //
 // file_weights are the file's weights for each overridden service when the
 // override was set; they decide whether the override survives the file it
 // meets at the next start. owners name the controller that set an
-// override, and go with it. routes are the runtime routes, kept while they
-// fit the file. rollouts are the rollout states, kept here for package
+// override, and go with it. routes are the runtime routes, and
+// mirror_routes the runtime mirror routes, kept while they fit the file. rollouts are the rollout states, kept here for package
 // rollout and opaque to the store (SaveRollout).
 type stateDoc struct {
 	FileSHA256  string                     `json:"file_sha256"`
@@ -38,7 +39,10 @@ type stateDoc struct {
 	FileWeights map[string]json.RawMessage `json:"file_weights,omitempty"`
 	Owners      map[string]string          `json:"owners,omitempty"`
 	Routes      map[string][]Route         `json:"routes,omitempty"`
-	Rollouts    map[string]json.RawMessage `json:"rollouts,omitempty"`
+	// MirrorRoutes are the runtime mirror routes, kept while they fit the
+	// file.
+	MirrorRoutes map[string][]MirrorRoute   `json:"mirror_routes,omitempty"`
+	Rollouts     map[string]json.RawMessage `json:"rollouts,omitempty"`
 	// Mirrors are the runtime mirrors, FileMirrors the file's mirror of
 	// each of their services when it was set (null: none).
 	Mirrors     map[string]split.Mirror  `json:"mirrors,omitempty"`
@@ -112,6 +116,11 @@ func decodeState(data []byte) (*state, error) {
 		}
 	}
 	st.runtime.owners = nilIfEmpty(doc.Owners)
+	mr, err := decodeMirrorRoutes(doc.MirrorRoutes)
+	if err != nil {
+		return nil, err
+	}
+	st.runtime.mirrorRoutes = mr
 	for _, name := range sortedKeys(doc.Routes) {
 		for i, r := range doc.Routes[name] {
 			if err := CheckRouteName(r.Name); err != nil {
@@ -145,13 +154,14 @@ func decodeState(data []byte) (*state, error) {
 func encodeState(overrides, fileWeights map[string]split.Weights, rt runtimeState, rollouts map[string]json.RawMessage, sha string,
 	mirrors map[string]split.Mirror, fileMirrors map[string]*split.Mirror) ([]byte, error) {
 	doc := stateDoc{
-		FileSHA256:  sha,
-		Overrides:   make(map[string]json.RawMessage, len(overrides)),
-		FileWeights: make(map[string]json.RawMessage, len(fileWeights)),
-		Owners:      rt.owners,
-		Routes:      rt.routes,
-		Rollouts:    rollouts,
-		Mirrors:     nilIfEmpty(mirrors),
+		FileSHA256:   sha,
+		Overrides:    make(map[string]json.RawMessage, len(overrides)),
+		FileWeights:  make(map[string]json.RawMessage, len(fileWeights)),
+		Owners:       rt.owners,
+		Routes:       rt.routes,
+		MirrorRoutes: rt.mirrorRoutes,
+		Rollouts:     rollouts,
+		Mirrors:      nilIfEmpty(mirrors),
 	}
 	if len(mirrors) > 0 {
 		doc.FileMirrors = make(map[string]*split.Mirror, len(mirrors))

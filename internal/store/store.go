@@ -60,6 +60,9 @@ type Snapshot struct {
 	// Routes are the runtime routes per service, sorted by name (nil:
 	// none); Table evaluates them ahead of the service's own rules.
 	Routes map[string][]Route
+	// MirrorRoutes are the runtime mirror routes per service, sorted by
+	// name (nil: none); Table tries them before the service's mirror.
+	MirrorRoutes map[string][]MirrorRoute
 }
 
 // FileService returns the service as written in the file, before
@@ -178,8 +181,8 @@ func New(opts Options) (*Store, error) {
 // file's format, with or without a state file): the overrides in force
 // and the configuration weights they were set against, the runtime
 // mirrors and the configuration's mirrors they were set against, the
-// runtime routes, the owners of owned weights, the rollout states, and the
-// configuration's sha256. Before the first load it is the state still to
+// runtime routes and mirror routes, the owners of owned weights, the
+// rollout states, and the configuration's sha256. Before the first load it is the state still to
 // be judged. Store.New takes it back as InitialState, and
 // ApplyState applies it: so one process hands its state to another.
 func (s *Store) ExportState() ([]byte, error) {
@@ -187,7 +190,7 @@ func (s *Store) ExportState() ([]byte, error) {
 	defer s.mu.Unlock()
 	switch cur := s.cur.Load(); {
 	case cur != nil:
-		return encodeState(cur.Overrides, s.fileWeights, runtimeState{owners: cur.Owners, routes: cur.Routes},
+		return encodeState(cur.Overrides, s.fileWeights, cur.runtime(),
 			s.rollouts, cur.SHA256, s.mirrors, s.mirrorAgainst)
 	case s.pending != nil:
 		return encodeState(s.pending.overrides, s.pending.fileWeights, s.pending.runtime,
@@ -199,8 +202,8 @@ func (s *Store) ExportState() ([]byte, error) {
 // ApplyState makes this store follow another's: cfg (from source, whose
 // bytes hash to sha) with exactly the overrides of the state document
 // data (ExportState) that apply to it (with their owners), as
-// ApplySharedState, its runtime mirrors and routes that apply, and its
-// rollout states. Nothing is written to the state file: the store that
+// ApplySharedState, its runtime mirrors, routes and mirror routes that
+// apply, and its rollout states. Nothing is written to the state file: the store that
 // exported the state owns it. An error leaves the store as it was.
 func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) error {
 	st, err := decodeState(data)
@@ -211,7 +214,12 @@ func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) e
 	for name, w := range st.overrides {
 		overrides[name] = Override{Weights: w, Against: st.fileWeights[name], Owner: st.runtime.owners[name]}
 	}
-	if _, _, _, _, err := s.applyShared(cfg, sha, source, Revisions{}, overrides, st.mirrors, st.fileMirrors, st.runtime.routes); err != nil {
+	mirrors := make(map[string]MirrorOverride, len(st.mirrors))
+	for name, m := range st.mirrors {
+		mirrors[name] = MirrorOverride{Mirror: m, Against: st.fileMirrors[name]}
+	}
+	shared := SharedState{Overrides: overrides, Mirrors: mirrors, Routes: st.runtime.routes, MirrorRoutes: st.runtime.mirrorRoutes}
+	if _, _, err := s.applyShared(cfg, sha, source, Revisions{}, shared); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -250,7 +258,7 @@ func (s *Store) SaveRollout(service string, doc json.RawMessage) error {
 		var err error
 		switch cur := s.cur.Load(); {
 		case cur != nil:
-			err = s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, runtimeState{owners: cur.Owners, routes: cur.Routes})
+			err = s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, cur.runtime())
 		case s.pending != nil:
 			// Before the first load: keep the overrides still to be judged.
 			err = s.writeState(s.pending.overrides, s.pending.fileWeights, s.pending.fileSHA, s.pending.runtime)
@@ -319,16 +327,17 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	against := map[string]split.Weights{}
 	persistedSHA := ""
 	var owners map[string]string
-	var routes map[string][]Route
+	var routes runtimeRoutes
 	if old != nil {
 		maps.Copy(candidates, old.Overrides)
 		maps.Copy(against, s.fileWeights)
-		owners, routes = old.Owners, old.Routes
+		owners, routes = old.Owners, runtimeRoutes{routes: old.Routes, mirrorRoutes: old.MirrorRoutes}
 	} else if s.pending != nil {
 		maps.Copy(candidates, s.pending.overrides)
 		maps.Copy(against, s.pending.fileWeights)
 		persistedSHA = s.pending.fileSHA
-		owners, routes = s.pending.runtime.owners, s.pending.runtime.routes
+		owners = s.pending.runtime.owners
+		routes = runtimeRoutes{routes: s.pending.runtime.routes, mirrorRoutes: s.pending.runtime.mirrorRoutes}
 	}
 
 	// The effective configuration is the file's with every surviving
@@ -389,10 +398,13 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 			keptOwners[name] = o
 		}
 	}
-	for _, key := range sortedKeys(routeDrops) {
-		s.log.Warn("runtime route cleared by the configuration file", "route", key, "reason", routeDrops[key], "source", source)
+	for _, key := range sortedKeys(routeDrops.routes) {
+		s.log.Warn("runtime route cleared by the configuration file", "route", key, "reason", routeDrops.routes[key], "source", source)
 	}
-	dropped := len(drops) + len(mj.drops) + len(routeDrops)
+	for _, key := range sortedKeys(routeDrops.mirrorRoutes) {
+		s.log.Warn("runtime mirror route cleared by the configuration file", "mirror_route", key, "reason", routeDrops.mirrorRoutes[key], "source", source)
+	}
+	dropped := len(drops) + len(mj.drops) + len(routeDrops.routes) + len(routeDrops.mirrorRoutes)
 	for _, d := range drops {
 		fileW := split.Weights(nil)
 		if svc, ok := findService(cfg, d.name); ok {
@@ -403,8 +415,8 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 			"reason", d.reason, "source", source)
 	}
 
-	rt := runtimeState{owners: nilIfEmpty(keptOwners), routes: keptRoutes}
-	if s.stateFile != "" && (dropped > 0 || len(kept) > 0 || len(mj.kept) > 0 || len(keptRoutes) > 0) {
+	rt := runtimeState{owners: nilIfEmpty(keptOwners), routes: keptRoutes.routes, mirrorRoutes: keptRoutes.mirrorRoutes}
+	if s.stateFile != "" && (dropped > 0 || len(kept) > 0 || len(mj.kept) > 0 || !keptRoutes.empty()) {
 		// The file config applies even if the state cannot be written: a
 		// dropped override left in the file is dropped again at the next
 		// start by the same rule.
@@ -414,15 +426,16 @@ func (s *Store) ApplyFile(cfg *split.Config, sha, source string) (*Snapshot, err
 	}
 
 	snap := &Snapshot{
-		Table:     table,
-		File:      cfg,
-		Overrides: nilIfEmpty(kept),
-		Owners:    rt.owners,
-		Routes:    rt.routes,
-		SHA256:    sha,
-		Source:    source,
-		LoadedAt:  s.now(),
-		Mirrors:   nilIfEmpty(mj.kept),
+		Table:        table,
+		File:         cfg,
+		Overrides:    nilIfEmpty(kept),
+		Owners:       rt.owners,
+		Routes:       rt.routes,
+		MirrorRoutes: rt.mirrorRoutes,
+		SHA256:       sha,
+		Source:       source,
+		LoadedAt:     s.now(),
+		Mirrors:      nilIfEmpty(mj.kept),
 	}
 	s.fileWeights = keptAgainst
 	s.pending = nil
@@ -520,14 +533,15 @@ func (s *Store) ClearOverride(ctx context.Context, service string, actor string)
 	against := maps.Clone(s.fileWeights)
 	delete(against, service)
 	// Clearing the override releases its owner.
-	rt := runtimeState{owners: withOwner(cur.Owners, service, ""), routes: cur.Routes}
+	rt := cur.runtime()
+	rt.owners = withOwner(cur.Owners, service, "")
 	if s.stateFile != "" {
 		if err := s.writeState(overrides, against, cur.SHA256, rt); err != nil {
 			return Change{}, fmt.Errorf("service %q: %w", service, err)
 		}
 	}
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides), Owners: rt.owners, Routes: rt.routes,
+		Table: table, File: cur.File, Overrides: nilIfEmpty(overrides), Owners: rt.owners, Routes: rt.routes, MirrorRoutes: rt.mirrorRoutes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against
@@ -568,7 +582,8 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	overrides[service] = w
 	against := maps.Clone(s.fileWeights)
 	against[service] = fileSvc.Weights
-	rt := runtimeState{owners: withOwner(cur.Owners, service, owner), routes: cur.Routes}
+	rt := cur.runtime()
+	rt.owners = withOwner(cur.Owners, service, owner)
 	if s.stateFile != "" {
 		if err := s.writeState(overrides, against, cur.SHA256, rt); err != nil {
 			return Change{}, fmt.Errorf("service %q: %w", service, err)
@@ -576,7 +591,7 @@ func (s *Store) setLocked(ctx context.Context, service string, w split.Weights, 
 	}
 	old := effectiveWeights(cur, service)
 	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: overrides, Owners: rt.owners, Routes: rt.routes,
+		Table: table, File: cur.File, Overrides: overrides, Owners: rt.owners, Routes: rt.routes, MirrorRoutes: rt.mirrorRoutes,
 		SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Mirrors: cur.Mirrors,
 	}
 	s.fileWeights = against

@@ -302,6 +302,14 @@
         title: 'A dark launch: this share of the requests is also copied to ' + svc.mirror.version + ', whose answers are discarded',
         text: 'mirror ' + pct(svc.mirror.percent) + ' \u2192 ' + svc.mirror.version + (svc.mirror.runtime ? ' (runtime)' : '')
       }) : null, ' ',
+      (svc.mirror_routes || []).map(function (r) {
+        return [h('span', {
+          class: 'badge mirror', 'data-role': 'mirror-route', 'data-name': r.name,
+          title: 'Mirror route ' + r.name + ': this share of the requests where ' + r.when + ' is also copied to ' + r.version +
+            ', before the service\'s mirror' + (r.owner ? ' (set by ' + r.owner + ')' : ''),
+          text: 'mirror ' + pct(r.percent) + ' \u2192 ' + r.version + ' (' + r.name + ')'
+        }), ' '];
+      }),
       svc.assign_cookie ? h('span', {
         class: 'badge assign', 'data-role': 'assign',
         title: 'Clients without a sticky key are given one in the cookie ' + svc.assign_cookie,
