@@ -283,6 +283,32 @@ func TestEventsSignedAndNeverBlock(t *testing.T) {
 	}
 }
 
+// TestEventOnAbortByReload: a reload that removes the rollout block aborts
+// the rollout; the abort is told to the event hooks of the configuration
+// the rollout ran under, though the new one has none.
+func TestEventOnAbortByReload(t *testing.T) {
+	good := newReceiver(t, http.StatusNoContent, nil)
+	b := newBed(t, "", nil)
+	b.applyFile(hooksYAML(fmt.Sprintf("        - {name: chat, type: event, url: %q}\n", good.url("/chat"))))
+	b.act(rollout.Start)
+	b.until(10*time.Second, healthy, "a verdict", func(s rollout.Status) bool { return s.Verdict != nil })
+	b.applyFile(`services:
+  - name: api
+    stable: v1
+    weights: {v1: 100, v2: 0}
+`)
+	b.m.Tick(t.Context())
+	var st rollout.State
+	if err := json.Unmarshal(b.store.Rollouts()["api"], &st); err != nil || st.Phase != rollout.Aborted {
+		t.Fatalf("after the reload: %s (%v), want aborted", st.Phase, err)
+	}
+	waitFor(t, 10*time.Second, "the abort at the hook", func() bool { return len(good.payloads()) == len(st.History) })
+	last := good.payloads()[len(st.History)-1]
+	if last.State != rollout.Aborted || last.Transition == nil || !strings.Contains(last.Transition.Reason, "no longer has a rollout") {
+		t.Fatalf("last event %+v (transition %+v), want the abort by the reload", last, last.Transition)
+	}
+}
+
 // TestEventQueueBounded: a hook that hangs fills its queue; what does not
 // fit is dropped and counted, and the transitions go on.
 func TestEventQueueBounded(t *testing.T) {

@@ -102,6 +102,10 @@ type Manager struct {
 	failing map[string]time.Time
 	// waits: per waiting service, what it waits on (the leader's view).
 	waits map[string]WaitStatus
+	// eventHooks: per active rollout, the event hooks of the configuration
+	// it last ran under, so that an abort because a reload removed the
+	// rollout (or the service) is still told to them.
+	eventHooks map[string][]split.Webhook
 	// leading: this replica ran the decision loop at its last tick (file
 	// mode: always), so it calls the hooks.
 	leading bool
@@ -135,7 +139,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 		behind: map[string]int64{}, seen: map[string]seenSince{},
-		failing: map[string]time.Time{}, waits: map[string]WaitStatus{},
+		failing: map[string]time.Time{}, waits: map[string]WaitStatus{}, eventHooks: map[string][]split.Webhook{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -336,6 +340,9 @@ func (m *Manager) prepare(ctx context.Context, snap *store.Snapshot, now time.Ti
 			continue
 		}
 		w, reason := watchOf(snap, st)
+		if svc, ok := snap.Table.Service(name); ok && svc.Rollout != nil {
+			m.eventHooks[name] = svc.Rollout.HooksOf(split.HookEvent)
+		}
 		if reason != "" {
 			if err := m.commit(ctx, snap, st.to(Aborted, st.Step, 0, now, Actor, "aborted: "+reason, nil)); errors.Is(err, ErrStale) {
 				_ = m.refresh(ctx, name)

@@ -86,22 +86,20 @@ func (m *Manager) moved(st State, trs []Transition) {
 	if st.Phase != Waiting {
 		delete(m.waits, st.Service)
 	}
+	// The hooks of the configuration in force, or, when it no longer has
+	// the rollout (a reload removed it: the abort this causes), those of
+	// the configuration the rollout last ran under.
+	hooks := m.eventHooks[st.Service]
+	if snap := m.store.Load(); snap != nil {
+		if svc, ok := snap.Table.Service(st.Service); ok && svc.Rollout != nil {
+			hooks = svc.Rollout.HooksOf(split.HookEvent)
+		}
+	}
 	if !st.Phase.active() {
 		delete(m.failing, st.Service)
+		delete(m.eventHooks, st.Service)
 	}
-	if !m.leadsNow() {
-		return
-	}
-	snap := m.store.Load()
-	if snap == nil {
-		return
-	}
-	svc, ok := snap.Table.Service(st.Service)
-	if !ok || svc.Rollout == nil {
-		return
-	}
-	hooks := svc.Rollout.HooksOf(split.HookEvent)
-	if len(hooks) == 0 {
+	if len(hooks) == 0 || !m.leadsNow() {
 		return
 	}
 	for _, tr := range trs {
