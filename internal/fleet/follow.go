@@ -1,0 +1,171 @@
+package fleet
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Following: what "connected" means. The watch is asked for a progress
+// notification every progressEvery; etcd answers it only when the watch
+// has delivered everything up to the member's current revision, with that
+// revision. The probe learns the cluster's revision with a linearizable
+// read every probeInterval, and a write learns the revision it committed.
+// The replica follows while its watch answered within followBound and
+// reached, within followBound, every revision learnt that way. A watch
+// that stops answering, or falls behind, is stalled: it is started again
+// (resumed from the applied revision) and its member checked. So a
+// replica that says connected has applied everything committed more than
+// probeInterval + followBound ago (1.5 s), and a member that hangs under
+// a replica's watch costs it at most followBound + progressEvery before
+// the watch moves (docs/fleet.md, "Under faults").
+const (
+	progressEvery = 250 * time.Millisecond
+	followBound   = time.Second
+)
+
+// maxWants bounds the revisions waiting to be reached; past it the newest
+// is raised instead (the oldest keeps its time, so the bound still holds).
+const maxWants = 64
+
+type want struct {
+	rev int64
+	at  time.Time
+}
+
+// follow is the state of the current watch as the probe and the watch
+// loop see it.
+type follow struct {
+	mu     sync.Mutex
+	since  time.Time // the current watch started; zero: no watch
+	heard  time.Time // its last answer (created, progress, events); zero: none yet
+	read   time.Time // the last full read (everything up to rev, then)
+	rev    int64     // it delivered everything up to this revision
+	member string    // the member it runs on, as dialled ("" unknown)
+	wants  []want    // revisions learnt and not yet reached, oldest first
+}
+
+// started resets the state for a new watch.
+func (f *follow) started(now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.since, f.heard, f.member = now, time.Time{}, ""
+}
+
+// ended says that no watch runs.
+func (f *follow) ended() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.since, f.heard = time.Time{}, time.Time{}
+}
+
+// answered records an answer of the watch that proves it delivered
+// everything up to rev (0: proves it alive only).
+func (f *follow) answered(now time.Time, rev int64, member string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.since.IsZero() {
+		return
+	}
+	f.heard = now
+	if member != "" {
+		f.member = member
+	}
+	if rev > f.rev {
+		f.rev = rev
+	}
+	n := 0
+	for n < len(f.wants) && f.wants[n].rev <= f.rev {
+		n++
+	}
+	f.wants = f.wants[n:]
+}
+
+// reached records that everything up to rev is applied (a full read at
+// rev), without proving that a watch runs.
+func (f *follow) reached(now time.Time, rev int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.read = now
+	if rev > f.rev {
+		f.rev = rev
+	}
+	n := 0
+	for n < len(f.wants) && f.wants[n].rev <= f.rev {
+		n++
+	}
+	f.wants = f.wants[n:]
+}
+
+// learnt records that the cluster had committed rev at (or before) at.
+func (f *follow) learnt(rev int64, at time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if rev <= f.rev {
+		return
+	}
+	if n := len(f.wants); n > 0 && f.wants[n-1].rev >= rev {
+		return
+	}
+	if len(f.wants) >= maxWants {
+		f.wants[len(f.wants)-1].rev = rev
+		return
+	}
+	f.wants = append(f.wants, want{rev: rev, at: at})
+}
+
+// following says whether the replica follows at now: its watch answered
+// (or a full read was made) within followBound, and it is not behind a
+// revision learnt more than followBound ago.
+func (f *follow) following(now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.read
+	if !f.since.IsZero() && f.heard.After(last) {
+		last = f.heard
+	}
+	if last.IsZero() || now.Sub(last) > followBound {
+		return false
+	}
+	return len(f.wants) == 0 || now.Sub(f.wants[0].at) <= followBound
+}
+
+// stalled says why the current watch should be given up, "" if it should
+// not: it has not answered for followBound, or has not reached within
+// followBound a revision learnt (each watch gets followBound from its
+// start to catch up).
+func (f *follow) stalled(now time.Time) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.since.IsZero() {
+		return ""
+	}
+	last := f.heard
+	if last.IsZero() {
+		last = f.since
+	}
+	if d := now.Sub(last); d > followBound {
+		return fmt.Sprintf("no answer from the watch for %v", d.Round(time.Millisecond))
+	}
+	if len(f.wants) > 0 {
+		w := f.wants[0]
+		from := w.at
+		if f.since.After(from) {
+			from = f.since
+		}
+		if d := now.Sub(from); d > followBound {
+			return fmt.Sprintf("the watch is at revision %d; etcd had committed %d %v ago", f.rev, w.rev, now.Sub(w.at).Round(time.Millisecond))
+		}
+	}
+	return ""
+}
+
+// watching returns the member the watch runs on.
+func (f *follow) watching() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.since.IsZero() {
+		return ""
+	}
+	return f.member
+}
