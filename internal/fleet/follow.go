@@ -39,7 +39,10 @@ type follow struct {
 	mu     sync.Mutex
 	since  time.Time // the current watch started; zero: no watch
 	heard  time.Time // its last answer (created, progress, events); zero: none yet
-	read   time.Time // the last full read (everything up to rev, then)
+	// proved is when a progress notification last proved that everything
+	// up to rev was delivered (or a full read read it): a watch that was
+	// just created, or that is catching up, answers without proving it.
+	proved time.Time
 	rev    int64     // it delivered everything up to this revision
 	member string    // the member it runs on, as dialled ("" unknown)
 	wants  []want    // revisions learnt and not yet reached, oldest first
@@ -59,15 +62,19 @@ func (f *follow) ended() {
 	f.since, f.heard = time.Time{}, time.Time{}
 }
 
-// answered records an answer of the watch that proves it delivered
-// everything up to rev (0: proves it alive only).
-func (f *follow) answered(now time.Time, rev int64, member string) {
+// answered records an answer of the watch: alive; synced (a progress
+// notification) proves it delivered everything up to rev; events carry
+// rev, the last one delivered.
+func (f *follow) answered(now time.Time, rev int64, synced bool, member string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.since.IsZero() {
 		return
 	}
 	f.heard = now
+	if synced {
+		f.proved = now
+	}
 	if member != "" {
 		f.member = member
 	}
@@ -86,7 +93,7 @@ func (f *follow) answered(now time.Time, rev int64, member string) {
 func (f *follow) reached(now time.Time, rev int64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.read = now
+	f.proved = now
 	if rev > f.rev {
 		f.rev = rev
 	}
@@ -114,17 +121,13 @@ func (f *follow) learnt(rev int64, at time.Time) {
 	f.wants = append(f.wants, want{rev: rev, at: at})
 }
 
-// following says whether the replica follows at now: its watch answered
-// (or a full read was made) within followBound, and it is not behind a
-// revision learnt more than followBound ago.
+// following says whether the replica follows at now: a progress
+// notification (or a full read) proved it up to date within followBound,
+// and it is not behind a revision learnt more than followBound ago.
 func (f *follow) following(now time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	last := f.read
-	if !f.since.IsZero() && f.heard.After(last) {
-		last = f.heard
-	}
-	if last.IsZero() || now.Sub(last) > followBound {
+	if f.proved.IsZero() || now.Sub(f.proved) > followBound {
 		return false
 	}
 	return len(f.wants) == 0 || now.Sub(f.wants[0].at) <= followBound

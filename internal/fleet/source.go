@@ -747,10 +747,10 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 		switch {
 		case resp.Created:
 			// Alive; what it delivers comes after.
-			s.follow.answered(s.now(), 0, member)
+			s.follow.answered(s.now(), 0, false, member)
 		case resp.IsProgressNotify():
 			// Everything up to the member's revision was delivered.
-			s.follow.answered(s.now(), resp.Header.Revision, member)
+			s.follow.answered(s.now(), resp.Header.Revision, true, member)
 		}
 		if len(resp.Events) == 0 {
 			s.refreshConnected()
@@ -788,7 +788,7 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 			}
 		}
 		s.mu.Unlock()
-		s.follow.answered(s.now(), rev, member)
+		s.follow.answered(s.now(), rev, false, member)
 		s.refreshConnected()
 	}
 	if ctx.Err() != nil {
