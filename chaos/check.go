@@ -551,10 +551,13 @@ type leaderWrite struct {
 }
 
 // checkFenced: at most one rollout leader's writes are accepted at a
-// time: every write of the guard's loop (its weights: override records of
-// actor "rollout"; its transitions: rollout states gaining one of actor
-// "rollout") was made by the replica that held the election at that
-// revision (the live key with the lowest create revision).
+// time: every write of the guard's loop was made by the replica that held
+// the election at that revision (the live key with the lowest create
+// revision). The guard's writes are its transitions (a rollout state
+// gaining one of actor "rollout") and the weights that follow them
+// (override records of actor "rollout"). Weights that follow an
+// operator's transition are written by the replica that took the call,
+// or by the leader when that replica died before it could.
 func (h *History) checkFenced() Result {
 	res := Result{Name: "at most one rollout leader's writes accepted at a time (fenced)", Held: true}
 	elect := h.Prefix + "rollout-leader/"
@@ -578,6 +581,13 @@ func (h *History) checkFenced() Result {
 		}
 	}
 	lastTransition := map[string]string{}
+	latest := map[string]rollout.Transition{} // per rollouts/ key
+	for _, kv := range h.Initial {
+		var st rollout.State
+		if strings.HasPrefix(kv.Key, h.Prefix+"rollouts/") && json.Unmarshal(kv.Value, &st) == nil && len(st.History) > 0 {
+			latest[kv.Key] = st.History[len(st.History)-1]
+		}
+	}
 	writes, terms := 0, 0
 	prevLeader, _ := leader()
 	if prevLeader != "" {
@@ -601,15 +611,21 @@ func (h *History) checkFenced() Result {
 		switch {
 		case strings.HasPrefix(kv.Key, h.Prefix+"overrides/") && !kv.Deleted:
 			var r record
-			if json.Unmarshal(kv.Value, &r) == nil && r.Actor == rollout.Actor {
-				lw = &leaderWrite{kv.Rev, r.Node, "weights " + weightsOf(kv.Value) + " on " + kv.Key}
+			if json.Unmarshal(kv.Value, &r) != nil || r.Actor != rollout.Actor {
+				continue
 			}
+			svc := strings.TrimPrefix(kv.Key, h.Prefix+"overrides/")
+			if tr, ok := latest[h.Prefix+"rollouts/"+svc]; ok && tr.Actor != rollout.Actor && tr.Node == r.Node {
+				continue // the weights of an operator's transition, by the replica that took it
+			}
+			lw = &leaderWrite{kv.Rev, r.Node, "weights " + weightsOf(kv.Value) + " on " + kv.Key}
 		case strings.HasPrefix(kv.Key, h.Prefix+"rollouts/") && !kv.Deleted:
 			var st rollout.State
 			if json.Unmarshal(kv.Value, &st) != nil || len(st.History) == 0 {
 				continue
 			}
 			tr := st.History[len(st.History)-1]
+			latest[kv.Key] = tr
 			id := tr.At.String() + tr.Node + string(tr.To)
 			if lastTransition[kv.Key] == id {
 				continue

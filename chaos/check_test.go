@@ -140,6 +140,30 @@ func TestFencedHandoverHolds(t *testing.T) {
 	}
 }
 
+// An operator's start taken by r1 (not the leader): r1 writes the state,
+// then the weights (actor "rollout", as every rollout weight); that is
+// not a leader's write. The same weights from a third replica are.
+func TestFencedOperatorWeights(t *testing.T) {
+	st := rollout.State{Service: "shop", Phase: rollout.Progressing, History: []rollout.Transition{
+		{At: at(3000), From: rollout.Idle, To: rollout.Progressing, Actor: "anonymous", Node: "r1", Reason: "started"}}}
+	data, _ := json.Marshal(st)
+	for _, tc := range []struct {
+		writer string
+		held   bool
+	}{{"r1", true}, {"r0", true}, {"r2", false}} {
+		h := consistent()
+		h.Initial = append(h.Initial, KV{Rev: 1, Key: "/c/rollout-leader/a1", Value: []byte("r0"), CreateRev: 1, Seen: at(0)})
+		h.Etcd = append(h.Etcd,
+			KV{Rev: 12, Key: "/c/rollouts/shop", Value: data, CreateRev: 12, Seen: at(3000)},
+			KV{Rev: 13, Key: "/c/overrides/shop", Value: overrideRecord(20, tc.writer, rollout.Actor), CreateRev: 13, Seen: at(3010)},
+		)
+		r := results(t, h)["at most one rollout leader's writes accepted at a time (fenced)"]
+		if r.Held != tc.held {
+			t.Fatalf("weights by %s: held %v, want %v: %+v", tc.writer, r.Held, tc.held, r)
+		}
+	}
+}
+
 func TestCheckerCatches(t *testing.T) {
 	tests := []struct {
 		name string
