@@ -162,7 +162,7 @@ func Report(passes []*Pass, form string, settle time.Duration) string {
 				f.Heal.Sub(f.Start).Round(100*time.Millisecond), checks, ff.Failed, conv)
 		}
 		if len(h.Rollout) > 0 {
-			b.WriteString("\nRollout fault: " + strings.Join(h.Rollout, " ") + "\n")
+			b.WriteString("\nRollout fault:\n\n- " + strings.Join(h.Rollout, "\n- ") + "\n")
 		}
 		b.WriteString("\n| check | held | figures |\n|---|---|---|\n")
 		for _, r := range p.Results {

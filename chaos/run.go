@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -316,8 +318,45 @@ func (p *pass) cutRolloutLeader(ctx context.Context) error {
 	if ferr != nil {
 		return errors.Join(ferr, errors.New("the old leader did not follow the rollback"))
 	}
-	p.rec.Note(fmt.Sprintf("%s: %s back, follows the rollback %v after the heal", clock(time.Now()), leader, time.Since(heal).Round(time.Millisecond)))
+	p.rec.Note(fmt.Sprintf("%s: %s back, follows the rollback %v after the heal.", clock(time.Now()), leader, time.Since(heal).Round(time.Millisecond)))
+	// What the old leader did while cut off: its own account.
+	for _, line := range logLines(lr.LogPath, start, time.Now(), "no longer leading", "rollout transition", "cannot save the rollout state",
+		"weights were not written", "cannot apply the rollout's weights") {
+		p.rec.Note(leader + " logged: " + line)
+	}
 	p.rec.Fault(Fault{Name: fmt.Sprintf("rollout leader %s cut off from etcd while its canary fails", leader),
 		Kind: ReplicaFault, Target: leader, Start: start, Heal: heal})
 	return nil
+}
+
+// logLines returns the lines of a splitter's log (text handler: each line
+// starts with time=...) logged from from to to that contain one of subs,
+// shortened.
+func logLines(path string, from, to time.Time, subs ...string) []string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		ts, ok := strings.CutPrefix(line, "time=")
+		if !ok {
+			continue
+		}
+		ts, _, _ = strings.Cut(ts, " ")
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || at.Before(from) || at.After(to) {
+			continue
+		}
+		for _, sub := range subs {
+			if strings.Contains(line, sub) {
+				if len(line) > 400 {
+					line = line[:400] + "…"
+				}
+				out = append(out, "`"+line+"`")
+				break
+			}
+		}
+	}
+	return out
 }
