@@ -16,11 +16,14 @@ import (
 // that stops answering, or falls behind, is stalled: it is started again
 // (resumed from the applied revision) and its member checked. So a
 // replica that says connected has applied everything committed more than
-// probeInterval + followBound ago (1.5 s), and a member that hangs under
-// a replica's watch costs it at most followBound + progressEvery before
-// the watch moves (docs/fleet.md, "Under faults").
+// probeInterval + followBound ago (3 s), and a member that hangs under a
+// replica's watch costs it at most followBound + progressEvery (1.5 s)
+// before the watch moves (docs/fleet.md, "Under faults"). Per replica that
+// is two progress requests and half a linearizable read a second: at a
+// thousand replicas, 2,500 requests a second on the cluster, about a core
+// of etcd (BENCH.md).
 const (
-	progressEvery = 250 * time.Millisecond
+	progressEvery = 500 * time.Millisecond
 	followBound   = time.Second
 )
 

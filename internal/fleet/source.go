@@ -33,7 +33,7 @@ const (
 	// probeInterval is how often a replica learns the cluster's revision
 	// with a linearizable read (a leader and a quorum), which its watch
 	// must then reach (follow.go: what "connected" means).
-	probeInterval = 500 * time.Millisecond
+	probeInterval = 2 * time.Second
 	// requestTimeout bounds the attempts of one operation on etcd (read,
 	// write); each attempt gets attemptTimeout (attempt.go).
 	requestTimeout = 3 * time.Second
@@ -208,8 +208,13 @@ func (s *Source) Start(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	err := s.connect(sctx)
-	if err == nil {
-		err = s.fullRead(sctx, "start")
+	for err == nil {
+		// Each read gets requestTimeout; a busy etcd may need several
+		// within the dial timeout.
+		if err = s.fullRead(sctx, "start"); err == nil || sctx.Err() != nil {
+			break
+		}
+		sleep(sctx, minBackoff)
 	}
 	cancel()
 	if err == nil {

@@ -16,10 +16,11 @@ type Status struct {
 	NodeID    string   `json:"node_id"`
 	Endpoints []string `json:"endpoints"`
 	Prefix    string   `json:"prefix"`
-	// Connected: this replica follows etcd. Its watch answered a progress
-	// request within the last second and has reached every revision the
-	// cluster had committed a second before its last probe, so everything
-	// committed more than 1.5 s ago is in force here (docs/fleet.md).
+	// Connected: this replica follows etcd. A progress notification
+	// proved its watch caught up within the last second, and it has
+	// reached every revision the cluster had committed a second before its
+	// last probe, so everything committed more than 3 s ago is in force
+	// here (docs/fleet.md).
 	Connected bool `json:"connected"`
 	// Watching is the member (as dialled) the watch runs on.
 	Watching string `json:"watching,omitempty"`
