@@ -340,17 +340,6 @@ func eventLine(replica string, e fleet.Event) string {
 	return b.String()
 }
 
-// faultAt returns the faults in force at t.
-func (h *History) faultAt(t time.Time, kind string) []Fault {
-	var out []Fault
-	for _, f := range h.Faults {
-		if f.Kind == kind && !t.Before(f.Start) && !t.After(f.Heal) {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
 // cutOff says whether replica was cut off from etcd at t (a replica fault
 // on it), or within settle after its heal.
 func (h *History) cutOff(replica string, t time.Time, settle time.Duration) bool {

@@ -97,6 +97,7 @@ func RunPass(ctx context.Context, tb *testbed.Bed, bin Binaries, o Options) (*Pa
 		{"compaction, defragmentation, invalid documents", p.store},
 		{"cut a replica off", p.cutReplica},
 		{"cut the rollout leader off while its canary fails", p.cutRolloutLeader},
+		{"stop the rollout leader while its canary fails", p.pauseRolloutLeader},
 	}
 	sleepCtx(ctx, p.t.Warmup)
 	var stepErr error
@@ -256,6 +257,33 @@ func (p *pass) cutReplica(ctx context.Context) error {
 // another replica must take over and roll the canary back, and the old
 // leader's writes must be refused (fenced).
 func (p *pass) cutRolloutLeader(ctx context.Context) error {
+	return p.rolloutLeaderFault(ctx, "cut off from etcd", func(r *Replica, on bool) error {
+		r.cut(on)
+		return nil
+	})
+}
+
+// pauseRolloutLeader is the same with the leader's process stopped
+// (SIGSTOP) instead: a leader that stalls mid-term (a long GC pause, a
+// frozen VM) while its lease expires and another replica leads. When it
+// resumes it may act on what it saw before the stop before it hears that
+// its session ended: etcd must refuse those writes (the fence), as Jepsen
+// found etcd's locks need.
+func (p *pass) pauseRolloutLeader(ctx context.Context) error {
+	return p.rolloutLeaderFault(ctx, "stopped (SIGSTOP)", func(r *Replica, on bool) error {
+		if on {
+			return r.Pause()
+		}
+		return r.Resume()
+	})
+}
+
+// rolloutLeaderFault starts shop's rollout (again, after an earlier
+// rollback), waits for the leader's first verdict, then makes the canary
+// fail and applies fault to the leader at once, until another replica has
+// rolled the canary back; then it heals and waits for the old leader to
+// follow.
+func (p *pass) rolloutLeaderFault(ctx context.Context, what string, fault func(r *Replica, on bool) error) error {
 	r0 := p.b.Replicas[0]
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err := r0.Admin(actx, http.MethodPost, "/v1/services/shop/rollout", map[string]string{"action": "start"}, nil)
@@ -286,8 +314,11 @@ func (p *pass) cutRolloutLeader(ctx context.Context) error {
 	canary := p.b.Backends["s2"]
 	canary.Fail(50)
 	start := time.Now()
-	lr.cut(true)
-	p.rec.Note(fmt.Sprintf("%s: rollout of shop progressing at step 1; leader %s; canary s2 fails 50%% of its requests and %s is cut off from etcd", clock(start), leader, leader))
+	if err := fault(lr, true); err != nil {
+		canary.Fail(0)
+		return err
+	}
+	p.rec.Note(fmt.Sprintf("%s: rollout of shop progressing at step 1; leader %s; canary s2 fails 50%% of its requests and %s is %s", clock(start), leader, leader, what))
 	var by string
 	err = waitFor(ctx, p.t.Rollback, "another replica to roll the canary back", func() bool {
 		for _, r := range p.b.Replicas {
@@ -302,13 +333,15 @@ func (p *pass) cutRolloutLeader(ctx context.Context) error {
 		return false
 	})
 	if err != nil {
-		lr.cut(false)
+		_ = fault(lr, false)
 		canary.Fail(0)
 		return err
 	}
-	p.rec.Note(fmt.Sprintf("%s: rolled back by the new leader %s, %v after the cut", clock(time.Now()), by, time.Since(start).Round(time.Millisecond)))
+	p.rec.Note(fmt.Sprintf("%s: rolled back by the new leader %s, %v after the fault", clock(time.Now()), by, time.Since(start).Round(time.Millisecond)))
 	sleepCtx(ctx, time.Second)
-	lr.cut(false)
+	if err := fault(lr, false); err != nil {
+		return err
+	}
 	heal := time.Now()
 	ferr := waitFor(ctx, 15*time.Second, leader+" to follow the rollback", func() bool {
 		st, err := lr.rollout(ctx)
@@ -319,12 +352,12 @@ func (p *pass) cutRolloutLeader(ctx context.Context) error {
 		return errors.Join(ferr, errors.New("the old leader did not follow the rollback"))
 	}
 	p.rec.Note(fmt.Sprintf("%s: %s back, follows the rollback %v after the heal.", clock(time.Now()), leader, time.Since(heal).Round(time.Millisecond)))
-	// What the old leader did while cut off: its own account.
+	// What the old leader did meanwhile: its own account.
 	for _, line := range logLines(lr.LogPath, start, time.Now(), "no longer leading", "rollout transition", "cannot save the rollout state",
 		"weights were not written", "cannot apply the rollout's weights") {
 		p.rec.Note(leader + " logged: " + line)
 	}
-	p.rec.Fault(Fault{Name: fmt.Sprintf("rollout leader %s cut off from etcd while its canary fails", leader),
+	p.rec.Fault(Fault{Name: fmt.Sprintf("rollout leader %s %s while its canary fails", leader, what),
 		Kind: ReplicaFault, Target: leader, Start: start, Heal: heal})
 	return nil
 }
