@@ -27,6 +27,22 @@ const (
 	followBound   = time.Second
 )
 
+// slowBound is how long a watch may stay silent while its member is
+// heard from otherwise (a slow member, not a hung one) before it is given
+// up anyway.
+const slowBound = 5 * followBound
+
+// Stalls back off: after a watch is given up, the next one gets twice the
+// bound before it is (up to maxStallBound), until a watch has followed
+// for calmAfter. A member that hangs costs the first watch followBound;
+// a replica, or a cluster, starved of CPU does not start watches again
+// and again (each a new stream, and a new connection, on a machine that
+// has no time for them).
+const (
+	maxStallBound = 8 * followBound
+	calmAfter     = 10 * time.Second
+)
+
 // maxWants bounds the revisions waiting to be reached; past it the newest
 // is raised instead (the oldest keeps its time, so the bound still holds).
 const maxWants = 64
@@ -49,13 +65,30 @@ type follow struct {
 	rev    int64     // it delivered everything up to this revision
 	member string    // the member it runs on, as dialled ("" unknown)
 	wants  []want    // revisions learnt and not yet reached, oldest first
+	// bound is how long the current watch may be silent, or behind,
+	// before it is given up (followBound, doubled after each stall);
+	// calm is when the replica last started following without a stall.
+	bound time.Duration
+	calm  time.Time
 }
 
-// started resets the state for a new watch.
-func (f *follow) started(now time.Time) {
+// started resets the state for a new watch on member.
+func (f *follow) started(now time.Time, member string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.since, f.heard, f.member = now, time.Time{}, ""
+	f.since, f.heard, f.member = now, time.Time{}, member
+	if f.bound == 0 {
+		f.bound = followBound
+	}
+}
+
+// gaveUp records that the current watch stalled: the next one gets twice
+// the bound.
+func (f *follow) gaveUp() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.bound = min(2*max(f.bound, followBound), maxStallBound)
+	f.calm = time.Time{}
 }
 
 // ended says that no watch runs.
@@ -68,7 +101,7 @@ func (f *follow) ended() {
 // answered records an answer of the watch: alive; synced (a progress
 // notification) proves it delivered everything up to rev; events carry
 // rev, the last one delivered.
-func (f *follow) answered(now time.Time, rev int64, synced bool, member string) {
+func (f *follow) answered(now time.Time, rev int64, synced bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.since.IsZero() {
@@ -77,9 +110,11 @@ func (f *follow) answered(now time.Time, rev int64, synced bool, member string) 
 	f.heard = now
 	if synced {
 		f.proved = now
-	}
-	if member != "" {
-		f.member = member
+		if f.calm.IsZero() {
+			f.calm = now
+		} else if now.Sub(f.calm) >= calmAfter {
+			f.bound = followBound
+		}
 	}
 	if rev > f.rev {
 		f.rev = rev
@@ -150,7 +185,8 @@ func (f *follow) stalled(now time.Time) string {
 	if last.IsZero() {
 		last = f.since
 	}
-	if d := now.Sub(last); d > followBound {
+	bound := max(f.bound, followBound)
+	if d := now.Sub(last); d > bound {
 		return fmt.Sprintf("no answer from the watch for %v", d.Round(time.Millisecond))
 	}
 	if len(f.wants) > 0 {
@@ -159,11 +195,26 @@ func (f *follow) stalled(now time.Time) string {
 		if f.since.After(from) {
 			from = f.since
 		}
-		if d := now.Sub(from); d > followBound {
+		if d := now.Sub(from); d > bound {
 			return fmt.Sprintf("the watch is at revision %d; etcd had committed %d %v ago", f.rev, w.rev, now.Sub(w.at).Round(time.Millisecond))
 		}
 	}
 	return ""
+}
+
+// silentFor is how long the current watch has not answered (since its
+// start if it never did).
+func (f *follow) silentFor(now time.Time) time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.heard
+	if last.IsZero() {
+		last = f.since
+	}
+	if last.IsZero() {
+		return 0
+	}
+	return now.Sub(last)
 }
 
 // watching returns the member the watch runs on.

@@ -57,13 +57,23 @@ type members struct {
 	mu       sync.Mutex
 	conns    map[string]*trackedConn // by local address (what gRPC's peer names)
 	checking map[string]bool         // dialled addresses being checked
+	severed  map[string]time.Time    // when each member's connections were last dropped
 	closed   bool
 }
 
+// severAgain is how soon a member's connections may be dropped again: the
+// connections gRPC makes to a member that still hangs never become ready,
+// so there is nothing more to drop, and a member that answers again is
+// given a chance before a new verdict.
+const severAgain = 10 * time.Second
+
 // checkTimeout bounds the liveness check of a suspect member: a running
 // member acknowledges an HTTP/2 PING from its transport in milliseconds,
-// however busy its request handling is.
-const checkTimeout = 500 * time.Millisecond
+// however busy its request handling is; the bound is generous so that a
+// member (or a replica) starved of CPU for a moment is not taken for a
+// stopped one. The watch does not wait for it: it moves to the next
+// member on its own (Source.watchClient).
+const checkTimeout = 2 * time.Second
 
 // Reconnection: a member that was killed and restarted, or that comes back
 // from a stall, is reached again within about a second. gRPC's defaults
@@ -78,7 +88,7 @@ func newMembers(o ClientOptions, log *slog.Logger, m *Metrics) *members {
 	ctx, cancel := context.WithCancel(context.Background())
 	ms := &members{
 		log: log, m: m, ctx: ctx, cancel: cancel,
-		conns: map[string]*trackedConn{}, checking: map[string]bool{},
+		conns: map[string]*trackedConn{}, checking: map[string]bool{}, severed: map[string]time.Time{},
 	}
 	if cfg, err := o.Config(); err == nil && cfg.TLS != nil {
 		ms.tls = cfg.TLS.Clone()
@@ -117,6 +127,7 @@ func (ms *members) dial(ctx context.Context, addr string) (net.Conn, error) {
 		return nil, err
 	}
 	tc := &trackedConn{Conn: c, ms: ms, addr: addr, local: c.LocalAddr().String()}
+	tc.lastRead.Store(time.Now().UnixNano())
 	ms.mu.Lock()
 	if ms.closed {
 		ms.mu.Unlock()
@@ -135,6 +146,19 @@ type trackedConn struct {
 	addr  string // as dialled: the member
 	local string
 	once  sync.Once
+	// lastRead is when bytes last came from the member (UnixNano): a
+	// stopped process, or a network that drops its packets, sends none;
+	// a member that is only slow keeps answering something (another
+	// request, a lease keep-alive, a progress notification).
+	lastRead atomic.Int64
+}
+
+func (c *trackedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
@@ -208,11 +232,12 @@ func (ms *members) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.C
 // per member) and drops its connections if it does not answer; done, if
 // not nil, is called with the verdict.
 func (ms *members) suspect(member, why string) {
-	if member == "" {
+	if member == "" || ms.heard(member, followBound) {
+		// It sent bytes within the bound: slow, not hung.
 		return
 	}
 	ms.mu.Lock()
-	if ms.closed || ms.checking[member] {
+	if ms.closed || ms.checking[member] || time.Since(ms.severed[member]) < severAgain {
 		ms.mu.Unlock()
 		return
 	}
@@ -227,6 +252,9 @@ func (ms *members) suspect(member, why string) {
 			ms.mu.Unlock()
 		}()
 		if err := ms.check(member); err != nil {
+			ms.mu.Lock()
+			ms.severed[member] = time.Now()
+			ms.mu.Unlock()
 			n := ms.sever(member)
 			ms.m.severed.Inc()
 			ms.log.Warn("etcd member does not answer: dropped its connections; its requests and watches go to the other members",
@@ -236,18 +264,18 @@ func (ms *members) suspect(member, why string) {
 }
 
 // check sends member an HTTP/2 PING on a connection of its own and
-// returns nil once it is acknowledged; an error means the member did not
-// acknowledge it in time (or refused the connection: then its
-// connections are dead anyway).
+// returns nil once it is acknowledged, or when the verdict is not clear.
+// An error is the one clear sign of a member that hangs: the connection
+// is accepted (by its kernel, or a network in between) and the PING is
+// not acknowledged in time. A refused connection says the member is down,
+// and its connections are dead already; a connection that cannot be made
+// in time may as well be this replica's own trouble.
 func (ms *members) check(member string) error {
 	ctx, cancel := context.WithTimeout(ms.ctx, checkTimeout)
 	defer cancel()
 	conn, err := rawDial(ctx, member)
 	if err != nil {
-		if ms.ctx.Err() != nil {
-			return nil
-		}
-		return err
+		return nil
 	}
 	defer conn.Close()
 	deadline, _ := ctx.Deadline()
@@ -299,6 +327,20 @@ func (ms *members) check(member string) error {
 			return fmt.Errorf("GOAWAY before the PING acknowledgement: %v", f.ErrCode)
 		}
 	}
+}
+
+// heard says whether member sent bytes on any of the client's
+// connections within d.
+func (ms *members) heard(member string, d time.Duration) bool {
+	since := time.Now().Add(-d).UnixNano()
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	for _, c := range ms.conns {
+		if c.addr == member && c.lastRead.Load() >= since {
+			return true
+		}
+	}
+	return false
 }
 
 // sever closes every connection to member and says how many.

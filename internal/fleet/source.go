@@ -80,6 +80,16 @@ type Source struct {
 	client atomic.Pointer[clientv3.Client]
 	// members drops the connections of a member that hangs (members.go).
 	members *members
+	// watcher is the watch's own client, on one member (watchEndpoint,
+	// an index into the endpoints): a watch that stalls moves to the next
+	// member, whatever round robin would pick. Only the watch loop uses
+	// it.
+	watcher       *clientv3.Client
+	watchEndpoint int
+	// pinned is the watch's client for the other loops: a request's first
+	// attempt goes to the member this replica's watch follows, which has
+	// just proved it answers (tryOn).
+	pinned atomic.Pointer[clientv3.Client]
 	// follow is what the watch has proved (follow.go); events is this
 	// replica's log of what it applied and of its connection.
 	follow follow
@@ -167,6 +177,8 @@ func New(o Options) *Source {
 		applied: make(chan struct{}),
 		report:  make(chan struct{}, 1),
 		events:  newEventLog(),
+		// Replicas spread their watches over the members.
+		watchEndpoint: rand.N(max(len(o.Client.Endpoints), 1)),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -284,6 +296,44 @@ func (s *Source) Close() error {
 	return err
 }
 
+// watchClient returns the watch's client, on the next member when move is
+// set (or when there is none yet).
+func (s *Source) watchClient(move bool) (*clientv3.Client, string, error) {
+	eps := s.opts.Client.Endpoints
+	if move || s.watcher == nil {
+		if s.watcher != nil {
+			s.pinned.Store(nil)
+			s.watcher.Close()
+			s.watcher = nil
+		}
+		if move {
+			s.watchEndpoint = (s.watchEndpoint + 1) % len(eps)
+		}
+		o := s.opts.Client
+		o.Endpoints = []string{eps[s.watchEndpoint]}
+		c, err := newClient(o, s.members.dialOptions()...)
+		if err != nil {
+			return nil, "", err
+		}
+		s.watcher = c
+		s.pinned.Store(c)
+	}
+	return s.watcher, hostPort(eps[s.watchEndpoint]), nil
+}
+
+// hostPort is an endpoint as gRPC dials it (host:port; unix: paths as
+// they are).
+func hostPort(ep string) string {
+	if strings.HasPrefix(ep, "unix") {
+		return ep
+	}
+	if _, rest, ok := strings.Cut(ep, "://"); ok {
+		host, _, _ := strings.Cut(rest, "/")
+		return host
+	}
+	return ep
+}
+
 // fullRead reads config and overrides/ at one revision and applies them.
 func (s *Source) fullRead(ctx context.Context, reason string) error {
 	c := s.client.Load()
@@ -292,7 +342,7 @@ func (s *Source) fullRead(ctx context.Context, reason string) error {
 	}
 	start, end := s.keys.stateRange()
 	var resp *clientv3.GetResponse
-	err := s.try(ctx, func(actx context.Context) error {
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
 		r, err := c.Get(clientv3.WithRequireLeader(actx), start, clientv3.WithRange(end))
 		resp = r
 		return err
@@ -640,6 +690,7 @@ func (s *Source) Run(ctx context.Context) error {
 func (s *Source) watchLoop(ctx context.Context) {
 	backoff := minBackoff
 	needRead := s.startedFrom.Load() != "etcd" || s.store.Load() == nil
+	var ended string // why the last watch ended
 	for ctx.Err() == nil {
 		if err := s.connect(ctx); err != nil {
 			s.setConnected(false, err.Error())
@@ -659,10 +710,10 @@ func (s *Source) watchLoop(ctx context.Context) {
 			}
 			needRead = false
 		}
-		var ended string
 		var answered bool
-		needRead, answered, ended = s.watch(ctx)
+		needRead, answered, ended = s.watch(ctx, strings.HasPrefix(ended, "stalled"))
 		if ctx.Err() != nil {
+			s.closeWatcher()
 			return
 		}
 		s.m.watchRestarts.Inc()
@@ -673,6 +724,16 @@ func (s *Source) watchLoop(ctx context.Context) {
 			backoff = minBackoff
 		}
 		backoff = sleep(ctx, backoff)
+	}
+	s.closeWatcher()
+}
+
+// closeWatcher closes the watch's client.
+func (s *Source) closeWatcher() {
+	s.pinned.Store(nil)
+	if s.watcher != nil {
+		s.watcher.Close()
+		s.watcher = nil
 	}
 }
 
@@ -695,10 +756,13 @@ type errStalled struct{ why string }
 func (e errStalled) Error() string { return "stalled: " + e.why }
 
 // watch follows the state range from the applied revision until the watch
-// ends; it says whether everything must be read again, whether the watch
-// answered at all, and why it ended.
-func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string) {
-	c := s.client.Load()
+// ends, on the next member when move is set; it says whether everything
+// must be read again, whether the watch answered at all, and why it ended.
+func (s *Source) watch(ctx context.Context, move bool) (needRead, answered bool, why string) {
+	c, member, err := s.watchClient(move)
+	if err != nil {
+		return false, false, "stalled: no client for the next member: " + err.Error()
+	}
 	start, end := s.keys.stateRange()
 	s.mu.Lock()
 	// From the applied revision itself rather than the next one: etcd
@@ -710,15 +774,13 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 	cluster := s.clusterID
 	s.mu.Unlock()
 
-	// A watcher of its own: its own gRPC stream, given up alone when it
-	// stalls (the rollout watches share the client's), and closed with
-	// everything it opened.
+	// A watcher of its own, closed with everything it opened (a progress
+	// request sent as a stream ends could otherwise leave one behind).
 	w := clientv3.NewWatcher(c)
 	defer w.Close()
-	note := &callNote{}
-	wctx, cancel := context.WithCancelCause(withNote(clientv3.WithRequireLeader(ctx), note))
-	s.follow.started(s.now())
-	s.events.add(Event{At: s.now(), Kind: "watch", Revision: from, Reason: "started"})
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	s.follow.started(s.now(), member)
+	s.events.add(Event{At: s.now(), Kind: "watch", Revision: from, Member: member, Reason: "started"})
 	var tending sync.WaitGroup
 	defer func() {
 		cancel(nil)
@@ -728,7 +790,7 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 			s.refreshConnected()
 		}
 	}()
-	tending.Go(func() { s.tend(wctx, w, note, cancel) })
+	tending.Go(func() { s.tend(wctx, w, cancel) })
 
 	for resp := range w.Watch(wctx, start, clientv3.WithRange(end), clientv3.WithRev(from), clientv3.WithCreatedNotify()) {
 		if resp.CompactRevision != 0 {
@@ -748,14 +810,13 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 			return true, answered, "cluster changed"
 		}
 		answered = true
-		member := s.members.member(note)
 		switch {
 		case resp.Created:
 			// Alive; what it delivers comes after.
-			s.follow.answered(s.now(), 0, false, member)
+			s.follow.answered(s.now(), 0, false)
 		case resp.IsProgressNotify():
 			// Everything up to the member's revision was delivered.
-			s.follow.answered(s.now(), resp.Header.Revision, true, member)
+			s.follow.answered(s.now(), resp.Header.Revision, true)
 		}
 		if len(resp.Events) == 0 {
 			s.refreshConnected()
@@ -793,7 +854,7 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 			}
 		}
 		s.mu.Unlock()
-		s.follow.answered(s.now(), rev, false, member)
+		s.follow.answered(s.now(), rev, false)
 		s.refreshConnected()
 	}
 	if ctx.Err() != nil {
@@ -810,7 +871,7 @@ func (s *Source) watch(ctx context.Context) (needRead, answered bool, why string
 
 // tend asks the watch for progress every progressEvery and gives it up
 // (cancel) when it stalls, suspecting its member.
-func (s *Source) tend(wctx context.Context, w clientv3.Watcher, note *callNote, cancel context.CancelCauseFunc) {
+func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.CancelCauseFunc) {
 	t := time.NewTicker(progressEvery)
 	defer t.Stop()
 	for {
@@ -821,11 +882,17 @@ func (s *Source) tend(wctx context.Context, w clientv3.Watcher, note *callNote, 
 		}
 		if why := s.follow.stalled(s.now()); why != "" {
 			member := s.follow.watching()
-			if member == "" {
-				member = s.members.member(note)
+			if s.follow.silentFor(s.now()) < slowBound && s.members.heard(member, followBound) {
+				// Silent, but its member sends bytes (other answers,
+				// keep-alives): it is slow, not gone. Starting the watch
+				// again would only load it more; the replica says it is
+				// not following meanwhile.
+				s.refreshConnected()
+				continue
 			}
 			s.m.watchStalls.Inc()
-			s.log.Warn("etcd watch stalled; starting it again", "member", member, "reason", why, "applied_revision", s.AppliedRevision())
+			s.follow.gaveUp()
+			s.log.Warn("etcd watch stalled; starting it again on the next member", "member", member, "reason", why, "applied_revision", s.AppliedRevision())
 			s.events.add(Event{At: s.now(), Kind: "watch", Member: member, Reason: "stalled: " + why})
 			s.members.suspect(member, "the watch stalled: "+why)
 			cancel(errStalled{why})
@@ -864,7 +931,7 @@ func (s *Source) probeLoop(ctx context.Context) {
 			defer busy.Store(false)
 			at := s.now()
 			var rev int64
-			err := s.try(ctx, func(actx context.Context) error {
+			err := s.tryOn(ctx, false, func(actx context.Context, c *clientv3.Client) error {
 				resp, err := c.Get(clientv3.WithRequireLeader(actx), s.keys.Config(), clientv3.WithCountOnly())
 				if err == nil {
 					rev = resp.Header.Revision

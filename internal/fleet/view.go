@@ -86,7 +86,7 @@ func (s *Source) Fleet(ctx context.Context) (FleetView, error) {
 		return FleetView{}, errUnavailable("not connected")
 	}
 	var resp *clientv3.GetResponse
-	err := s.try(ctx, func(actx context.Context) error {
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
 		r, err := c.Get(clientv3.WithRequireLeader(actx), s.keys.Replicas(), clientv3.WithPrefix())
 		resp = r
 		return err

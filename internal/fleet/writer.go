@@ -85,7 +85,7 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 	var sent []sentWrite // writes whose outcome is not known yet
 	for range maxWriteAttempts {
 		var read *clientv3.TxnResponse
-		err := s.try(ctx, func(actx context.Context) error {
+		err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
 			r, err := c.Txn(clientv3.WithRequireLeader(actx)).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(ovKey)).Commit()
 			read = r
 			return err
@@ -155,7 +155,7 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 		}, fence...)
 		var resp *clientv3.TxnResponse
 		unknown := false
-		err = s.try(ctx, func(actx context.Context) error {
+		err = s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
 			r, err := c.Txn(clientv3.WithRequireLeader(actx)).If(cmps...).Then(op).Commit()
 			resp = r
 			return err
@@ -250,7 +250,7 @@ func (s *Source) committed(ctx context.Context, service, actor string, old, next
 // holds evaluates a fence on its own.
 func (s *Source) holds(ctx context.Context, c *clientv3.Client, fence []clientv3.Cmp) (bool, error) {
 	var resp *clientv3.TxnResponse
-	err := s.try(ctx, func(actx context.Context) error {
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
 		r, err := c.Txn(clientv3.WithRequireLeader(actx)).If(fence...).Commit()
 		resp = r
 		return err
