@@ -190,8 +190,10 @@ func TestCheckerCatches(t *testing.T) {
 			shows: []string{"write #3", "revision 9"},
 		},
 		{
-			name:  "a lost write is not linearizable",
-			edit:  func(h *History) { h.Reads[2] = Read{Call: at(2200), Return: at(2250), Key: "/c/overrides/api", Value: "20.00", Rev: 7} },
+			name: "a lost write is not linearizable",
+			edit: func(h *History) {
+				h.Reads[2] = Read{Call: at(2200), Return: at(2250), Key: "/c/overrides/api", Value: "20.00", Rev: 7}
+			},
 			check: "acknowledged writes linearizable",
 			shows: []string{"cannot be placed next"},
 		},

@@ -55,16 +55,16 @@ type want struct {
 // follow is the state of the current watch as the probe and the watch
 // loop see it.
 type follow struct {
-	mu     sync.Mutex
-	since  time.Time // the current watch started; zero: no watch
-	heard  time.Time // its last answer (created, progress, events); zero: none yet
+	mu    sync.Mutex
+	since time.Time // the current watch started; zero: no watch
+	heard time.Time // its last answer (created, progress, events); zero: none yet
 	// proved is when a progress notification last proved that everything
 	// up to rev was delivered (or a full read read it): a watch that was
 	// just created, or that is catching up, answers without proving it.
 	proved time.Time
-	rev    int64     // it delivered everything up to this revision
-	member string    // the member it runs on, as dialled ("" unknown)
-	wants  []want    // revisions learnt and not yet reached, oldest first
+	rev    int64  // it delivered everything up to this revision
+	member string // the member it runs on, as dialled ("" unknown)
+	wants  []want // revisions learnt and not yet reached, oldest first
 	// bound is how long the current watch may be silent, or behind,
 	// before it is given up (followBound, doubled after each stall);
 	// calm is when the replica last started following without a stall.
