@@ -301,6 +301,8 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 			}
 		}
 	}()
+	logs := &counting{}
+	log := slog.New(logs)
 	before := heapKiB()
 	stamps := make([]*stamp, c.Watchers)
 	for i := range c.Watchers {
@@ -310,14 +312,14 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 			return nil, err
 		}
 		src := fleet.New(fleet.Options{
-			Client: fleet.ClientOptions{Endpoints: cl.Endpoints(), DialTimeout: 10 * time.Second},
-			Prefix: "/splitter/", NodeID: fmt.Sprintf("watcher-%d", i), Store: s,
+			Client: fleet.ClientOptions{Endpoints: cl.Endpoints(), DialTimeout: 30 * time.Second},
+			Prefix: "/splitter/", NodeID: fmt.Sprintf("watcher-%d", i), Store: s, Logger: log,
 		})
 		srcs[i] = src
 		if err := src.Start(ctx); err != nil {
 			return nil, fmt.Errorf("watcher %d: %w", i, err)
 		}
-		ro := fleet.NewRollouts(src, fleet.RolloutOptions{})
+		ro := fleet.NewRollouts(src, fleet.RolloutOptions{Logger: log})
 		stamps[i] = st
 		wg.Go(func() { _ = src.Run(rctx) })
 		wg.Go(func() { ro.Run(rctx) })
@@ -334,6 +336,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	}
 	time.Sleep(5 * time.Second)
 	mem := (heapKiB() - before) / float64(c.Watchers)
+	logs.reset()
 	leader := -1
 	cpu := startCPU(cl, true)
 	var writer, all []time.Duration
@@ -372,6 +375,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	if kill {
 		note += fmt.Sprintf("; the etcd leader (%s) SIGKILLed before change %d, not restarted", cl.Members[leader].Name, c.Changes/2+1)
 	}
+	note += "; during the changes, the replicas logged: " + logs.summary()
 	s := summarise(strings.ReplaceAll(name, "-kill", ", member killed"), c.Watchers, writer, all, note)
 	s.EtcdCPU, s.BenchCPU = cpu.stop()
 	s.MemoryKiB = mem
@@ -381,7 +385,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 // changeWithRetry makes a change through src, again when the answer is
 // that etcd could not be reached (an election after the kill).
 func changeWithRetry(ctx context.Context, src *fleet.Source, bp int) (store.Change, error) {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ch, err := src.SetCanary(ctx, "api", bp, "bench")
 		if err == nil || time.Now().After(deadline) {
@@ -568,3 +572,52 @@ func firstChanges(r *Result) int {
 
 // MarshalIndent is a helper for the results file.
 func (r *Result) MarshalIndent() ([]byte, error) { return json.MarshalIndent(r, "", "  ") }
+
+// counting is a log handler that counts the warnings the replicas log
+// (watch stalls, members dropped, disconnections), for the setup's note.
+type counting struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counting) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+
+func (c *counting) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	msg, _, _ := strings.Cut(r.Message, ";")
+	msg, _, _ = strings.Cut(msg, ":")
+	c.n[msg]++
+	return nil
+}
+
+func (c *counting) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *counting) WithGroup(string) slog.Handler      { return c }
+
+func (c *counting) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n = map[string]int{}
+}
+
+// summary lists the warnings counted, most frequent first.
+func (c *counting) summary() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.n) == 0 {
+		return "no warning"
+	}
+	var msgs []string
+	for m := range c.n {
+		msgs = append(msgs, m)
+	}
+	slices.SortFunc(msgs, func(a, b string) int { return c.n[b] - c.n[a] })
+	var parts []string
+	for _, m := range msgs {
+		parts = append(parts, fmt.Sprintf("%d × %q", c.n[m], m))
+	}
+	return strings.Join(parts, ", ")
+}

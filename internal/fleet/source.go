@@ -80,11 +80,12 @@ type Source struct {
 	client atomic.Pointer[clientv3.Client]
 	// members drops the connections of a member that hangs (members.go).
 	members *members
-	// watcher is the watch's own client, on one member (watchEndpoint,
-	// an index into the endpoints): a watch that stalls moves to the next
-	// member, whatever round robin would pick. Only the watch loop uses
-	// it.
-	watcher       *clientv3.Client
+	// watchers are the watch's own clients, one per member, made when the
+	// watch first goes there and kept (a watch that stalls moves to the
+	// next member, whatever round robin would pick, without a new client
+	// each time); watchEndpoint is the member in use, an index into the
+	// endpoints. Only the watch loop uses them.
+	watchers      map[int]*clientv3.Client
 	watchEndpoint int
 	// pinned is the watch's client for the other loops: a request's first
 	// attempt goes to the member this replica's watch follows, which has
@@ -300,25 +301,25 @@ func (s *Source) Close() error {
 // set (or when there is none yet).
 func (s *Source) watchClient(move bool) (*clientv3.Client, string, error) {
 	eps := s.opts.Client.Endpoints
-	if move || s.watcher == nil {
-		if s.watcher != nil {
-			s.pinned.Store(nil)
-			s.watcher.Close()
-			s.watcher = nil
-		}
-		if move {
-			s.watchEndpoint = (s.watchEndpoint + 1) % len(eps)
-		}
+	if move {
+		s.watchEndpoint = (s.watchEndpoint + 1) % len(eps)
+	}
+	c := s.watchers[s.watchEndpoint]
+	if c == nil {
 		o := s.opts.Client
 		o.Endpoints = []string{eps[s.watchEndpoint]}
-		c, err := newClient(o, s.members.dialOptions()...)
-		if err != nil {
+		var err error
+		if c, err = newClient(o, s.members.dialOptions()...); err != nil {
+			s.pinned.Store(nil)
 			return nil, "", err
 		}
-		s.watcher = c
-		s.pinned.Store(c)
+		if s.watchers == nil {
+			s.watchers = map[int]*clientv3.Client{}
+		}
+		s.watchers[s.watchEndpoint] = c
 	}
-	return s.watcher, hostPort(eps[s.watchEndpoint]), nil
+	s.pinned.Store(c)
+	return c, hostPort(eps[s.watchEndpoint]), nil
 }
 
 // hostPort is an endpoint as gRPC dials it (host:port; unix: paths as
@@ -728,12 +729,12 @@ func (s *Source) watchLoop(ctx context.Context) {
 	s.closeWatcher()
 }
 
-// closeWatcher closes the watch's client.
+// closeWatcher closes the watch's clients.
 func (s *Source) closeWatcher() {
 	s.pinned.Store(nil)
-	if s.watcher != nil {
-		s.watcher.Close()
-		s.watcher = nil
+	for i, c := range s.watchers {
+		c.Close()
+		delete(s.watchers, i)
 	}
 }
 
