@@ -63,6 +63,9 @@ type follow struct {
 	// just created, or that is catching up, answers without proving it.
 	proved time.Time
 	rev    int64  // it delivered everything up to this revision
+	// advanced is when rev last grew: a watch that is behind but
+	// delivering is slow, not stuck.
+	advanced time.Time
 	member string // the member it runs on, as dialled ("" unknown)
 	wants  []want // revisions learnt and not yet reached, oldest first
 	// bound is how long the current watch may be silent, or behind,
@@ -108,6 +111,9 @@ func (f *follow) answered(now time.Time, rev int64, synced bool) {
 		return
 	}
 	f.heard = now
+	if rev > f.rev {
+		f.advanced = now
+	}
 	if synced {
 		f.proved = now
 		if f.calm.IsZero() {
@@ -133,7 +139,7 @@ func (f *follow) reached(now time.Time, rev int64) {
 	defer f.mu.Unlock()
 	f.proved = now
 	if rev > f.rev {
-		f.rev = rev
+		f.rev, f.advanced = rev, now
 	}
 	n := 0
 	for n < len(f.wants) && f.wants[n].rev <= f.rev {
@@ -189,7 +195,11 @@ func (f *follow) stalled(now time.Time) string {
 	if d := now.Sub(last); d > bound {
 		return fmt.Sprintf("no answer from the watch for %v", d.Round(time.Millisecond))
 	}
-	if len(f.wants) > 0 {
+	if len(f.wants) > 0 && now.Sub(f.advanced) > bound {
+		// Behind, and not delivering: a member cut off from its peers
+		// keeps answering progress requests at a revision that no
+		// longer moves. One behind but delivering is left to catch up
+		// (following says it is not, meanwhile).
 		w := f.wants[0]
 		from := w.at
 		if f.since.After(from) {

@@ -40,6 +40,12 @@ const (
 	// replicaTTL is the lease of a replica record: a replica that dies
 	// leaves /v1/fleet within it.
 	replicaTTL = 10
+	// A replica's record is written at most every recordEvery, a random
+	// part of recordSpread after the change (GET /v1/fleet lags by as
+	// much): a thousand replicas do not write a thousand records at the
+	// moment of each change.
+	recordEvery  = time.Second
+	recordSpread = 500 * time.Millisecond
 	// minBackoff and maxBackoff bound the retry delay of the watch loop.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = time.Second
@@ -967,12 +973,25 @@ func (s *Source) reportLoop(ctx context.Context) {
 	defer t.Stop()
 	var written int64 = -1 // revision of the record written
 	var cached int64 = -1  // revision of the cache file written
+	var wrote time.Time    // when the record was last written
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.report:
 		case <-t.C:
+		}
+		if written >= 0 {
+			// Every replica writes its record after a change: N writes
+			// per change, just as the next one is made. Spread them
+			// (a random part of recordSpread) and write each replica's
+			// at most every recordEvery, with the state as it is then.
+			d := max(recordEvery-time.Since(wrote), 0) + rand.N(recordSpread)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
 		}
 		rev := s.AppliedRevision()
 		if rev > 0 && rev != cached && s.opts.CacheFile != "" {
@@ -1025,7 +1044,7 @@ func (s *Source) reportLoop(ctx context.Context) {
 			s.log.Debug("cannot write the replica record yet", "error", err)
 			continue
 		}
-		written = rev
+		written, wrote = rev, time.Now()
 	}
 }
 
