@@ -52,6 +52,9 @@ type Config struct {
 	Changes      int           // changes per setup (default 100)
 	Processes    int           // N of the processes setup (default 3)
 	Watchers     int           // N of the watchers setups (default 1000)
+	// Smaller is the N of one more watchers setup, run first, showing the
+	// same on a fleet the machine can carry (0: none).
+	Smaller int
 	PollInterval time.Duration // processes setup (default 1ms)
 	Dir          string        // work directory (default: a temporary one)
 	Logger       *slog.Logger
@@ -128,10 +131,19 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		return nil, fmt.Errorf("processes: %w", err)
 	}
 	res.Setups = append(res.Setups, *p)
-	for _, kill := range []bool{false, true} {
-		w, err := runWatchers(ctx, c, kill)
+	runs := []struct {
+		n    int
+		kill bool
+	}{{c.Smaller, false}, {c.Watchers, false}, {c.Watchers, true}}
+	for _, r := range runs {
+		if r.n <= 0 {
+			continue
+		}
+		cc := c
+		cc.Watchers = r.n
+		w, err := runWatchers(ctx, cc, r.kill)
 		if err != nil {
-			return nil, fmt.Errorf("watchers (member killed: %v): %w", kill, err)
+			return nil, fmt.Errorf("%d watchers (member killed: %v): %w", r.n, r.kill, err)
 		}
 		res.Setups = append(res.Setups, *w)
 	}
@@ -278,9 +290,9 @@ func (s *stamp) wait(ctx context.Context, rev int64) (time.Time, error) {
 }
 
 func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
-	name := "watchers"
+	name := fmt.Sprintf("watchers-%d", c.Watchers)
 	if kill {
-		name = "watchers-kill"
+		name += "-kill"
 	}
 	bed, cl, err := startCluster(ctx, c, name)
 	if err != nil {
@@ -376,7 +388,11 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 		note += fmt.Sprintf("; the etcd leader (%s) SIGKILLed before change %d, not restarted", cl.Members[leader].Name, c.Changes/2+1)
 	}
 	note += "; during the changes, the replicas logged: " + logs.summary()
-	s := summarise(strings.ReplaceAll(name, "-kill", ", member killed"), c.Watchers, writer, all, note)
+	label := "watchers"
+	if kill {
+		label = "watchers, member killed"
+	}
+	s := summarise(label, c.Watchers, writer, all, note)
 	s.EtcdCPU, s.BenchCPU = cpu.stop()
 	s.MemoryKiB = mem
 	return s, nil

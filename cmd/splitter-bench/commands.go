@@ -520,6 +520,7 @@ func newFleetCmd() *cobra.Command {
 	f.IntVar(&cfg.Changes, "changes", 100, "changes per setup")
 	f.IntVar(&cfg.Processes, "processes", 3, "splitter processes of the processes setup")
 	f.IntVar(&cfg.Watchers, "watchers", 1000, "replicas of the watchers setups (in this process)")
+	f.IntVar(&cfg.Smaller, "smaller", 300, "replicas of one more watchers setup, run first (0: none)")
 	f.DurationVar(&cfg.PollInterval, "poll", time.Millisecond, "admin API poll interval of the processes setup")
 	out.register(cmd)
 	return cmd

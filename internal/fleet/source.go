@@ -887,16 +887,12 @@ func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.C
 			return
 		case <-t.C:
 		}
-		if why := s.follow.stalled(s.now()); why != "" {
-			member := s.follow.watching()
-			if s.follow.silentFor(s.now()) < slowBound && s.members.heard(member, followBound) {
-				// Silent, but its member sends bytes (other answers,
-				// keep-alives): it is slow, not gone. Starting the watch
-				// again would only load it more; the replica says it is
-				// not following meanwhile.
-				s.refreshConnected()
-				continue
-			}
+		member := s.follow.watching()
+		// Silent, but its member sends bytes (other answers, keep-alives):
+		// slow, not gone. Starting the watch again would only load it
+		// more; the replica says it is not following meanwhile.
+		slow := s.follow.silentFor(s.now()) < slowBound && s.members.heard(member, followBound)
+		if why := s.follow.stalled(s.now()); why != "" && !slow {
 			s.m.watchStalls.Inc()
 			s.follow.gaveUp()
 			s.log.Warn("etcd watch stalled; starting it again on the next member", "member", member, "reason", why, "applied_revision", s.AppliedRevision())
