@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trafficsplit/splitter/internal/fleet"
@@ -314,6 +315,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 		}
 	}()
 	logs := &counting{}
+	var retries atomic.Int64 // starts and changes tried again
 	log := slog.New(logs)
 	before := heapKiB()
 	stamps := make([]*stamp, c.Watchers)
@@ -328,8 +330,17 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 			Prefix: "/splitter/", NodeID: fmt.Sprintf("watcher-%d", i), Store: s, Logger: log,
 		})
 		srcs[i] = src
-		if err := src.Start(ctx); err != nil {
-			return nil, fmt.Errorf("watcher %d: %w", i, err)
+		// A machine that cannot carry the fleet shows it as starts that
+		// fail (counted in the note) before it gives up.
+		for try := 1; ; try++ {
+			err := src.Start(ctx)
+			if err == nil {
+				break
+			}
+			if try == 5 {
+				return nil, fmt.Errorf("watcher %d: %w", i, err)
+			}
+			retries.Add(1)
 		}
 		ro := fleet.NewRollouts(src, fleet.RolloutOptions{Logger: log})
 		stamps[i] = st
@@ -362,7 +373,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 			}
 		}
 		start := time.Now()
-		ch, err := changeWithRetry(ctx, srcs[0], int(percent(i)*100))
+		ch, err := changeWithRetry(ctx, srcs[0], int(percent(i)*100), &retries)
 		if err != nil {
 			return nil, fmt.Errorf("change %d: %w", i, err)
 		}
@@ -387,7 +398,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	if kill {
 		note += fmt.Sprintf("; the etcd leader (%s) SIGKILLed before change %d, not restarted", cl.Members[leader].Name, c.Changes/2+1)
 	}
-	note += "; during the changes, the replicas logged: " + logs.summary()
+	note += fmt.Sprintf("; starts and changes tried again: %d; during the changes, the replicas logged: %s", retries.Load(), logs.summary())
 	label := "watchers"
 	if kill {
 		label = "watchers, member killed"
@@ -400,13 +411,14 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 
 // changeWithRetry makes a change through src, again when the answer is
 // that etcd could not be reached (an election after the kill).
-func changeWithRetry(ctx context.Context, src *fleet.Source, bp int) (store.Change, error) {
-	deadline := time.Now().Add(60 * time.Second)
+func changeWithRetry(ctx context.Context, src *fleet.Source, bp int, retries *atomic.Int64) (store.Change, error) {
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		ch, err := src.SetCanary(ctx, "api", bp, "bench")
 		if err == nil || time.Now().After(deadline) {
 			return ch, err
 		}
+		retries.Add(1)
 		time.Sleep(10 * time.Millisecond)
 	}
 }
