@@ -28,7 +28,6 @@ func TestOverrideRecordRoundTrip(t *testing.T) {
 	}
 	for name, bad := range map[string]string{
 		"not json":      `{`,
-		"unknown field": `{"weights":{"v1":100},"extra":1}`,
 		"no weights":    `{"against":{"v1":100}}`,
 		"bad weight":    `{"weights":{"v1":"x"}}`,
 		"trailing":      `{"weights":{"v1":100}} {}`,

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -377,6 +378,7 @@ func (r *Rollouts) decodeState(kv *mvccpb.KeyValue) (rollout.State, error) {
 	if !slices.Contains(rollout.Phases(), st.Phase) {
 		return st, fmt.Errorf("etcd %s: unknown phase %q", key, st.Phase)
 	}
+	r.src.notes.Note(r.log, "rollout state", key, compat.Unknown(kv.Value, &st))
 	st.Service, st.Revision = name, kv.ModRevision
 	return st, nil
 }

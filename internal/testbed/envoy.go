@@ -27,6 +27,10 @@ type EnvoyOptions struct {
 	// Edit, if set, rewrites the rendered bootstrap before Envoy reads it;
 	// negative-control tests use it to remove a protection.
 	Edit func(bootstrap []byte) ([]byte, error)
+	// Render, if set, renders the bootstrap in place of envoy.Render: the
+	// upgrade tests pass an earlier release's renderer
+	// (Release.RenderBootstrap), to run Envoy on what that release shipped.
+	Render func(envoy.Params) ([]byte, error)
 	// Env ("KEY=value") is added to Envoy's environment, e.g.
 	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH for the module.
 	Env []string
@@ -138,7 +142,11 @@ func (b *Bed) StartEnvoy(ctx context.Context, bin string, p envoy.Params, o Envo
 }
 
 func (e *Envoy) start(ctx context.Context) error {
-	cfg, err := envoy.Render(e.Params)
+	render := envoy.Render
+	if e.opts.Render != nil {
+		render = e.opts.Render
+	}
+	cfg, err := render(e.Params)
 	if err != nil {
 		return err
 	}
