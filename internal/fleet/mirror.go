@@ -119,6 +119,11 @@ func (s *Source) mutateMirror(ctx context.Context, service, actor string, m *spl
 	if c == nil || !s.conn.Load().connected {
 		return store.MirrorChange{}, errUnavailable("not connected; the change was not made")
 	}
+	if m != nil {
+		if err := s.requireFeature(ctx, FeatureMirrors); err != nil {
+			return store.MirrorChange{}, err
+		}
+	}
 	cfgKey, key := s.keys.Config(), s.keys.Mirror(service)
 	for range maxWriteAttempts {
 		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)

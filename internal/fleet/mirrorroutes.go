@@ -164,6 +164,9 @@ func (s *Source) PutMirrorRoute(ctx context.Context, service string, r store.Mir
 	if err := store.CheckRouteName(r.Name); err != nil {
 		return store.MirrorRouteChange{}, err
 	}
+	if err := s.requireFeature(ctx, FeatureLiveMirrorRoutes); err != nil {
+		return store.MirrorRouteChange{}, err
+	}
 	var out store.MirrorRouteChange
 	rev, err := s.casMirrorRoute(ctx, service, r.Name, r.Owner != "", func(base *split.Table, cur *mvccpb.KeyValue, others []store.MirrorRoute) (clientv3.Op, bool, error) {
 		out = store.MirrorRouteChange{Service: service, New: &r}

@@ -79,6 +79,9 @@ type ReplicaRecord struct {
 	// serves), empty when it is.
 	Error   string     `json:"error,omitempty"`
 	ErrorAt *time.Time `json:"error_at,omitempty"`
+	// Features are what the replica's build applies beyond the state
+	// every release reads (compat.go); none: a release before them.
+	Features []string `json:"features,omitempty"`
 }
 
 // cacheDoc is the cache file: the last applied state.

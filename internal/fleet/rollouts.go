@@ -391,6 +391,13 @@ func (r *Rollouts) Save(ctx context.Context, s rollout.State) (rollout.State, er
 	if c == nil || !r.src.conn.Load().connected {
 		return rollout.State{}, errUnavailable("not connected; the rollout state was not saved")
 	}
+	if f := stateFeature(s); f != "" {
+		// An older replica cannot read (waiting) or would misread
+		// (shadow) this state: it stays where it is until they are gone.
+		if err := r.src.requireFeature(ctx, f); err != nil {
+			return rollout.State{}, fmt.Errorf("rollout state of %q not saved: %w", s.Service, err)
+		}
+	}
 	val, err := json.Marshal(s)
 	if err != nil {
 		return rollout.State{}, fmt.Errorf("rollout state of %q: %w", s.Service, err)

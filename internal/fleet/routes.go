@@ -135,6 +135,9 @@ func (s *Source) PutRoute(ctx context.Context, service string, r store.Route, ac
 	if err := store.CheckRouteName(r.Name); err != nil {
 		return store.RouteChange{}, err
 	}
+	if err := s.requireFeature(ctx, FeatureLiveRoutes); err != nil {
+		return store.RouteChange{}, err
+	}
 	key := s.keys.LiveRoute(service, r.Name)
 	var out store.RouteChange
 	rev, err := s.casRoute(ctx, key, func(base *split.Table, cur *mvccpb.KeyValue, others []store.Route) (clientv3.Op, bool, error) {
@@ -284,6 +287,9 @@ func (s *Source) casRoute(ctx context.Context, key string, compute func(base *sp
 // owner already in force in etcd are not written again.
 func (s *Source) SetCanaryOwned(ctx context.Context, service string, basisPoints int, owner, actor string) (store.Change, error) {
 	if err := store.CheckOwner(owner); err != nil {
+		return store.Change{}, err
+	}
+	if err := s.requireFeature(ctx, FeatureOwners); err != nil {
 		return store.Change{}, err
 	}
 	c := s.client.Load()

@@ -837,7 +837,7 @@ func (s *Source) runCleanup(ctx context.Context, c *clientv3.Client) {
 // Record is this replica's record as it would be written now.
 func (s *Source) Record() ReplicaRecord {
 	snap := s.store.Load()
-	r := ReplicaRecord{NodeID: s.opts.NodeID, Version: s.version}
+	r := ReplicaRecord{NodeID: s.opts.NodeID, Version: s.version, Features: Features()}
 	if snap != nil {
 		r.Revision, r.SHA256, r.StateSHA256 = snap.Revision, snap.SHA256, StateSHA256(snap)
 	}

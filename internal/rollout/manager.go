@@ -106,6 +106,9 @@ type Manager struct {
 	// it last ran under, so that an abort because a reload removed the
 	// rollout (or the service) is still told to them.
 	eventHooks map[string][]split.Webhook
+	// held: per service, the last refusal of its transition because
+	// replicas of an older build hold a lease (logged once).
+	held map[string]string
 	// leading: this replica ran the decision loop at its last tick (file
 	// mode: always), so it calls the hooks.
 	leading bool
@@ -139,7 +142,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 		behind: map[string]int64{}, seen: map[string]seenSince{},
-		failing: map[string]time.Time{}, waits: map[string]WaitStatus{}, eventHooks: map[string][]split.Webhook{},
+		failing: map[string]time.Time{}, waits: map[string]WaitStatus{}, eventHooks: map[string][]split.Webhook{}, held: map[string]string{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -461,12 +464,22 @@ func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) 
 	saved, err := m.states.Save(ctx, next)
 	if err != nil {
 		level := slog.LevelError
-		if errors.Is(err, ErrStale) {
+		switch {
+		case errors.Is(err, ErrStale):
 			level = slog.LevelInfo
+		case errors.Is(err, store.ErrOlderReplicas):
+			// A rolling upgrade: the rollout holds where it is until the
+			// older replicas are gone; said once, not at every tick.
+			if m.held[next.Service] == err.Error() {
+				return fmt.Errorf("saving the rollout state: %w", err)
+			}
+			m.held[next.Service] = err.Error()
+			level = slog.LevelWarn
 		}
 		m.log.Log(ctx, level, "cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
 		return fmt.Errorf("saving the rollout state: %w", err)
 	}
+	delete(m.held, next.Service)
 	m.current[next.Service] = saved
 	m.saw(saved)
 	m.countsOf(next.Service).transitions[next.Phase]++
