@@ -204,6 +204,12 @@ func New(s settings.Settings, opts Options) (p *Plane, err error) {
 	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
 	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
 	src, srcName := signalSource(s, opts)
+	if ea, ok := src.(*signals.EnvoyAdmin); ok {
+		// An Envoy on an older bootstrap: its histograms lag (said once,
+		// and in the views while it lasts).
+		ea.Logger = logger.With("component", "signals")
+		p.AddWarning(ea.FlushWarning)
+	}
 	noShadow := ""
 	if opts.Signals != nil {
 		noShadow = "needs Envoy's cluster statistics: the responses counted in process never include the mirrored requests' (set envoy_admin)"
