@@ -241,6 +241,17 @@ func (e *Envoy) HotRestart(ctx context.Context) (*Envoy, error) {
 // to the new epoch's bootstrap (a negative test breaks it, say). When the
 // new epoch fails, the error says so and e keeps running.
 func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte, error)) (*Envoy, error) {
+	return e.hotRestart(ctx, edit, e.opts.Env)
+}
+
+// HotRestartEnv is HotRestart with env in place of e's environment
+// additions: the upgrade tests point the new epoch at another build of
+// the module (ModuleSearchPath).
+func (e *Envoy) HotRestartEnv(ctx context.Context, env []string) (*Envoy, error) {
+	return e.hotRestart(ctx, e.opts.Edit, env)
+}
+
+func (e *Envoy) hotRestart(ctx context.Context, edit func([]byte) ([]byte, error), env []string) (*Envoy, error) {
 	if !e.opts.HotRestart {
 		return nil, errors.New("envoy: hot restart is off for this Envoy (EnvoyOptions.HotRestart)")
 	}
@@ -248,7 +259,7 @@ func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	proc.Env = append(proc.Env, e.opts.Env...)
+	proc.Env = append(proc.Env, env...)
 	next := &Envoy{
 		Proc:       proc,
 		Params:     e.Params, // the ports the parent bound
@@ -260,7 +271,7 @@ func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte,
 		baseID:     e.baseID,
 		epoch:      e.epoch + 1,
 	}
-	next.opts.Edit = edit
+	next.opts.Edit, next.opts.Env = edit, env
 	e.bed.onClose(next.http.CloseIdleConnections)
 	if err := next.start(ctx); err != nil {
 		return nil, err
