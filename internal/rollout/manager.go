@@ -599,12 +599,27 @@ func (m *Manager) local(st State) State {
 	if !st.Phase.running() || st.Clock == m.node {
 		return st
 	}
+	held := carried(st)
 	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
 		st.Since = s.at
 	} else {
 		st.Since = m.now()
 	}
+	st.Since = st.Since.Add(-held)
 	return st
+}
+
+// carried is what a state written by the release before held_before
+// (no clock: docs/upgrading.md) had held when its last transition was
+// made: that release keeps the hold before a pause by pushing since back,
+// so it is the transition's time minus since, both on the writer's clock.
+// This build's states carry it in HeldBefore (since is then the
+// transition's time).
+func carried(st State) time.Duration {
+	if st.Clock != "" || len(st.History) == 0 {
+		return 0
+	}
+	return max(st.History[len(st.History)-1].At.Sub(st.Since), 0)
 }
 
 // apply sets the weights of service's state (unless they are in force
