@@ -236,8 +236,10 @@ func TestUpgradeRollingFleetRollout(t *testing.T) {
 	if l := leaderOf(t, c); l != a.Name {
 		t.Fatalf("the leader is %q, want a (old)", l)
 	}
-	// Counts with latency histograms, as this release publishes them
-	// when the guard judges latency: the old leader sums them.
+	// The old leader judges on the new followers' counts too, and on
+	// counts with latency histograms, as this release publishes them when
+	// the guard judges latency.
+	summed(t, a, bb.Name, c.Name)
 	probeCounts(t, etcd, a)
 
 	// A last: the leadership goes to a replica of this release.
@@ -259,6 +261,7 @@ func TestUpgradeRollingFleetRollout(t *testing.T) {
 	pauseResume("paused on old "+replicas[followers[0]].Name+", resumed on old", replicas[followers[0]], replicas[followers[0]])
 	swap(followers[1], "old")
 	guardStep("new leader " + leader + ", old followers")
+	summed(t, byName[leader], replicas[followers[0]].Name, replicas[followers[1]].Name)
 	pauseResume("paused on new leader, resumed on old", byName[leader], replicas[followers[1]])
 	swap(index(replicas, byName[leader]), "old")
 	guardStep("all old again")
@@ -345,6 +348,23 @@ func index(replicas []*testbed.Splitter, s *testbed.Splitter) int {
 		}
 	}
 	return -1
+}
+
+// summed waits until leader's verdict has summed the counts of nodes.
+func summed(t *testing.T, leader *testbed.Splitter, nodes ...string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, leader.Name+"'s verdict on the counts of "+strings.Join(nodes, ", "), func() bool {
+		v := rolloutOf(t, leader).Verdict
+		if v == nil {
+			return false
+		}
+		for _, n := range nodes {
+			if !slices.Contains(v.Replicas, n) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // probeCounts publishes, beside the followers' own, the counts of a
