@@ -48,14 +48,14 @@ import (
 
 // Config is one benchmark run.
 type Config struct {
-	SplitterBin  string
-	EtcdBin      string
-	Changes      int           // changes per setup (default 100)
-	Processes    int           // N of the processes setup (default 3)
-	Watchers     int           // N of the watchers setups (default 1000)
+	SplitterBin string
+	EtcdBin     string
+	Changes     int // changes per setup (default 100)
+	Processes   int // N of the processes setup (default 3)
+	Watchers    int // N of the watchers setups (default 1000)
 	// Smaller is the N of one more watchers setup, run first, showing the
 	// same on a fleet the machine can carry (0: none).
-	Smaller int
+	Smaller      int
 	PollInterval time.Duration // processes setup (default 1ms)
 	Dir          string        // work directory (default: a temporary one)
 	Logger       *slog.Logger

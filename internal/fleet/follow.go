@@ -62,12 +62,12 @@ type follow struct {
 	// up to rev was delivered (or a full read read it): a watch that was
 	// just created, or that is catching up, answers without proving it.
 	proved time.Time
-	rev    int64  // it delivered everything up to this revision
+	rev    int64 // it delivered everything up to this revision
 	// advanced is when rev last grew: a watch that is behind but
 	// delivering is slow, not stuck.
 	advanced time.Time
-	member string // the member it runs on, as dialled ("" unknown)
-	wants  []want // revisions learnt and not yet reached, oldest first
+	member   string // the member it runs on, as dialled ("" unknown)
+	wants    []want // revisions learnt and not yet reached, oldest first
 	// bound is how long the current watch may be silent, or behind,
 	// before it is given up (followBound, doubled after each stall);
 	// calm is when the replica last started following without a stall.
