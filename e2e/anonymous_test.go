@@ -42,7 +42,9 @@ type answer struct {
 
 // send sends GET / with h through b's Envoy and requires a 200 from a
 // backend.
-func send(ctx context.Context, b *bed, h http.Header) (answer, error) { return sendTo(ctx, b.client, h) }
+func send(ctx context.Context, b *bed, h http.Header) (answer, error) {
+	return sendTo(ctx, b.client, h)
+}
 
 // sendTo is send through the listener c speaks to.
 func sendTo(ctx context.Context, c *testbed.Client, h http.Header) (answer, error) {
