@@ -201,22 +201,24 @@ func (b *gwBed) mirrorCopiesAShare(t *testing.T) {
 }
 
 // runRollout starts api's rollout with traffic flowing from 4 workers
-// and returns when it has ended (promoted, rolled back), with the traffic.
-func (b *gwBed) runRollout(t *testing.T, cfg string, wantShadow bool) (rollout.Status, *testbed.Traffic) {
+// and returns when it has ended (promoted, rolled back), with the traffic,
+// which goes on for a second after the end was seen (at ended).
+func (b *gwBed) runRollout(t *testing.T, cfg string, wantShadow bool) (s rollout.Status, tr *testbed.Traffic, ended time.Time) {
 	t.Helper()
 	b.useConfig(t, cfg)
-	tr := startTraffic(t, b.client, 4)
-	s := rolloutDo(t, b.admin, rollout.Start)
+	tr = startTraffic(t, b.client, 4)
+	s = rolloutDo(t, b.admin, rollout.Start)
 	if s.State != rollout.Progressing || s.Shadow != wantShadow {
 		t.Fatalf("start: %+v", s)
 	}
 	startedAt := s.History[len(s.History)-1].At
 	s = waitRolloutOf(t, b.admin, 90*time.Second, "the rollout's end", func(s rollout.Status) bool { return s.State != rollout.Progressing })
-	time.Sleep(300 * time.Millisecond)
+	ended = time.Now()
+	time.Sleep(time.Second)
 	tr.Halt()
 	// This run's transitions only (the history keeps earlier runs').
 	s.History = slices.DeleteFunc(s.History, func(h rollout.Transition) bool { return h.At.Before(startedAt) })
-	return s, tr
+	return s, tr, ended
 }
 
 // rollbackOnErrors: v2 answers 500 to half its requests; the guard (over
@@ -226,7 +228,7 @@ func (b *gwBed) runRollout(t *testing.T, cfg string, wantShadow bool) (rollout.S
 func (b *gwBed) rollbackOnErrors(t *testing.T) {
 	b.backends[1].Fail(50)
 	defer b.backends[1].Fail(0)
-	s, tr := b.runRollout(t, shippedConfig(t), false)
+	s, tr, ended := b.runRollout(t, shippedConfig(t), false)
 	if s.State != rollout.RolledBack || s.Weight != 0 {
 		t.Fatalf("a failing canary: %s at %v, want rolled_back at 0 (history %+v)", s.State, s.Weight, s.History)
 	}
@@ -235,7 +237,9 @@ func (b *gwBed) rollbackOnErrors(t *testing.T) {
 	if v == nil || v.Result != rollout.Failing || v.Canary.Errors == 0 || v.Stable.Requests == 0 {
 		t.Fatalf("rollback %+v (verdict %+v): want failing on the canary's counted 5xx, with stable's requests counted", rb, v)
 	}
-	after, errs := testbed.Tally(tr.Since(rb.At.Add(200 * time.Millisecond)))
+	// Requests sent once the rollback was seen (its weights are applied
+	// by then, or a moment later: half a second of slack).
+	after, errs := testbed.Tally(tr.Since(ended.Add(500 * time.Millisecond)))
 	if after["v2"] != 0 || after["v1"] == 0 || len(errs) != 0 {
 		t.Fatalf("requests after the rollback: %v, %d errors: want all on v1", after, len(errs))
 	}
@@ -249,7 +253,7 @@ func (b *gwBed) rollbackOnErrors(t *testing.T) {
 func (b *gwBed) rollbackOnLatency(t *testing.T) {
 	b.backends[1].Slow(200 * time.Millisecond)
 	defer b.backends[1].Slow(0)
-	s, _ := b.runRollout(t, shippedConfig(t), false)
+	s, _, _ := b.runRollout(t, shippedConfig(t), false)
 	if s.State != rollout.RolledBack || s.Weight != 0 {
 		t.Fatalf("a slow canary: %s at %v, want rolled_back at 0 (history %+v)", s.State, s.Weight, s.History)
 	}
@@ -271,7 +275,7 @@ func (b *gwBed) rollbackFromShadow(t *testing.T) {
 	defer b.backends[1].Fail(0)
 	before, _ := b.backends[1].Requests()
 	t0 := time.Now()
-	s, tr := b.runRollout(t, shippedConfig(t, substitution{"# shadow: {percent: 10, hold: 60s}", "shadow: {percent: 20, hold: 2s}", 1}), true)
+	s, tr, _ := b.runRollout(t, shippedConfig(t, substitution{"# shadow: {percent: 10, hold: 60s}", "shadow: {percent: 20, hold: 2s}", 1}), true)
 	if s.State != rollout.RolledBack || s.Step != 0 || s.Shadow {
 		t.Fatalf("state %s step %d shadow %v, want rolled_back from the shadow step (history %+v)", s.State, s.Step, s.Shadow, s.History)
 	}
@@ -290,7 +294,7 @@ func (b *gwBed) rollbackFromShadow(t *testing.T) {
 // promoteHealthy: a healthy v2 is stepped through 5, 25, 50 % to 100 % on
 // healthy verdicts of both versions' counts.
 func (b *gwBed) promoteHealthy(t *testing.T) {
-	s, _ := b.runRollout(t, shippedConfig(t), false)
+	s, _, _ := b.runRollout(t, shippedConfig(t), false)
 	if s.State != rollout.Promoted {
 		t.Fatalf("a healthy canary: %s (verdict %+v, history %+v), want promoted", s.State, s.Verdict, s.History)
 	}
