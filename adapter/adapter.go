@@ -73,6 +73,14 @@ type Recorder interface {
 	Panic(api string) // once per recovered panic
 }
 
+// CookieRecorder is a Recorder that is also told of every request given a
+// sticky key whose cookie could not be set (ext_proc: Envoy never sent its
+// response headers, which allow_mode_override lets it ask for). The
+// metrics package implements it; an adapter checks for it once.
+type CookieRecorder interface {
+	CookieLost(api string)
+}
+
 // TableSource gives the compiled table in force (nil before the first
 // load). Adapters read it once per request.
 type TableSource interface{ Table() *split.Table }

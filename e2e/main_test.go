@@ -81,7 +81,11 @@ func run(m *testing.M) int {
 		defer cancel()
 		found.moduleDir, found.moduleErr = testbed.BuildModule(ctx, root, dir)
 	}
-	return m.Run()
+	code := m.Run()
+	if previous.dir != "" {
+		os.RemoveAll(previous.dir)
+	}
+	return code
 }
 
 // requireEnvoy skips (or, under CI, fails) a test that needs Envoy when

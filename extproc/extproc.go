@@ -50,6 +50,10 @@ type Server struct {
 	responses *adapter.Responses[fastcodec.Encoded]
 	pool      adapter.Pool
 	requests  fastcodec.RequestPool
+	// cookies follows whether Envoy sends the response phase assigned
+	// requests ask for (cookie.go); cookieRec counts the lost ones.
+	cookies   cookieWatch
+	cookieRec adapter.CookieRecorder
 }
 
 // emptyResponses are the constant "continue unchanged" answers, one per
@@ -73,6 +77,7 @@ func New(src adapter.TableSource, opts Options) *Server {
 		rec = adapter.NopRecorder{}
 	}
 	s := &Server{src: src, rec: rec, log: log, headers: opts.Headers}
+	s.cookieRec, _ = rec.(adapter.CookieRecorder)
 	s.empty = emptyResponses{
 		requestHeaders: fastcodec.Encode(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
 			RequestHeaders: &extprocv3.HeadersResponse{}}}),
@@ -129,6 +134,9 @@ func (s *Server) Process(stream extprocv3.ExternalProcessor_ProcessServer) (err 
 	defer func() {
 		if r := recover(); r != nil {
 			err = s.recovered(stream, &st, r)
+		}
+		if st.setCookie != nil {
+			s.cookieLost()
 		}
 		s.rec.StreamEnded(API, st.result)
 	}()
@@ -197,6 +205,7 @@ func (s *Server) respond(ctx context.Context, st *streamState, req *extprocv3.Pr
 			// Asked for by the assigned request's mode_override.
 			resp := fastcodec.Encode(setCookie(st.setCookie))
 			st.setCookie = nil
+			s.cookieSet()
 			return resp
 		}
 		s.rec.PhaseUnexpected(API, adapter.PhaseResponseHeaders)

@@ -65,6 +65,20 @@ const (
 // the old one released it.
 const adminBindTimeout = 10 * time.Second
 
+// handoverProtocol is the version of the handover's messages this build
+// speaks: every request and reply carries its sender's ("protocol"), so
+// that a later module, on either side of a hot restart, can answer in a
+// version the other knows, or refuse before anything stops. Fields a
+// message carries that this build does not know are ignored (the state
+// document's too, see package compat). A build that speaks no version at
+// all predates the handover (docs/upgrading.md: a full restart).
+const handoverProtocol = 1
+
+// negotiate is the protocol a reply to a request in protocol asked is
+// written in: the highest both sides speak (a request without a version,
+// 0, is version 1's).
+func negotiate(asked int) int { return min(max(asked, 1), handoverProtocol) }
+
 // handoverName is the Unix socket of the module holding adminAddr.
 func handoverName(adminAddr string) string { return "@splitter-module-handover/" + adminAddr }
 
@@ -73,12 +87,16 @@ func handoverName(adminAddr string) string { return "@splitter-module-handover/"
 type handoverRequest struct {
 	Op  string `json:"op"`
 	PID int    `json:"pid"`
+	// Protocol is the highest handover protocol the sender speaks.
+	Protocol int `json:"protocol,omitempty"`
 }
 
 // handoverReply answers a handoverRequest.
 type handoverReply struct {
 	Error string `json:"error,omitempty"`
 	PID   int    `json:"pid"`
+	// Protocol is the version the reply is written in (negotiate).
+	Protocol int `json:"protocol,omitempty"`
 	// State is store.ExportState's document.
 	State json.RawMessage `json:"state,omitempty"`
 	// SHA256 and Source identify the leader's configuration ("state").
@@ -110,6 +128,11 @@ func exchange(c net.Conn, r *bufio.Reader, req handoverRequest, timeout time.Dur
 	if rep.Error != "" {
 		return rep, errors.New(rep.Error)
 	}
+	if rep.Protocol > handoverProtocol {
+		// A holder that ignores what was asked: nothing here can read it.
+		return rep, fmt.Errorf("the module at the other end answered in handover protocol %d; this one speaks up to %d "+
+			"(restart Envoy fully to change between them)", rep.Protocol, handoverProtocol)
+	}
 	return rep, nil
 }
 
@@ -128,7 +151,7 @@ func requestHandover(adminAddr string) (*takeover, error) {
 		return nil, err
 	}
 	r := bufio.NewReader(c)
-	rep, err := exchange(c, r, handoverRequest{Op: "handover", PID: os.Getpid()}, handoverReplyTimeout)
+	rep, err := exchange(c, r, handoverRequest{Op: "handover", PID: os.Getpid(), Protocol: handoverProtocol}, handoverReplyTimeout)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("handover from the module holding %s: %w", adminAddr, err)
@@ -142,7 +165,7 @@ func (t *takeover) ack() {
 		return
 	}
 	_ = t.c.SetDeadline(time.Now().Add(5 * time.Second))
-	_ = json.NewEncoder(t.c).Encode(handoverRequest{Op: "ack", PID: os.Getpid()})
+	_ = json.NewEncoder(t.c).Encode(handoverRequest{Op: "ack", PID: os.Getpid(), Protocol: handoverProtocol})
 	t.c.Close()
 }
 
@@ -237,7 +260,7 @@ func (p *Process) handleHandover(c net.Conn, ln net.Listener, addr string, log *
 		return
 	}
 	reply := func(rep handoverReply) error {
-		rep.PID = os.Getpid()
+		rep.PID, rep.Protocol = os.Getpid(), negotiate(req.Protocol)
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 		return json.NewEncoder(c).Encode(rep)
 	}
@@ -377,7 +400,7 @@ func (p *Process) followOnce(addr string, last *[]byte, log *slog.Logger) error 
 		return err
 	}
 	defer c.Close()
-	rep, err := exchange(c, bufio.NewReader(c), handoverRequest{Op: "state", PID: os.Getpid()}, 5*time.Second)
+	rep, err := exchange(c, bufio.NewReader(c), handoverRequest{Op: "state", PID: os.Getpid(), Protocol: handoverProtocol}, 5*time.Second)
 	if err != nil {
 		return err
 	}

@@ -130,6 +130,10 @@ type Options struct {
 	// rebound to 127.0.0.1 (DNS rebinding) and would read the answers as
 	// its own origin.
 	LoopbackOnly bool
+	// Warnings, when set, lists what works but not as configured (an
+	// Envoy that ignores what the splitter asks of it, say), shown as
+	// "warnings" in the config section of the services views.
+	Warnings func() []string
 }
 
 // New returns the admin API handler.

@@ -351,7 +351,7 @@ func storeError(err error, field string) error {
 	switch {
 	case errors.Is(err, split.ErrUnknownService):
 		return errorf(http.StatusNotFound, "name", "%v", err)
-	case errors.Is(err, split.ErrNotTwoVersions):
+	case errors.Is(err, split.ErrNotTwoVersions), errors.Is(err, store.ErrOlderReplicas):
 		return errorf(http.StatusConflict, "name", "%v", err)
 	case errors.Is(err, store.ErrNoConfig), errors.Is(err, store.ErrUnavailable):
 		return errorf(http.StatusServiceUnavailable, "", "%v", err)

@@ -82,7 +82,7 @@ func rolloutError(err error) error {
 		return errorf(http.StatusNotFound, "name", "%v", err)
 	case errors.Is(err, rollout.ErrUnknownAction):
 		return errorf(http.StatusBadRequest, "action", "%v", err)
-	case errors.Is(err, rollout.ErrConflict), errors.Is(err, rollout.ErrStale):
+	case errors.Is(err, rollout.ErrConflict), errors.Is(err, rollout.ErrStale), errors.Is(err, store.ErrOlderReplicas):
 		return errorf(http.StatusConflict, "action", "%v", err)
 	case errors.Is(err, store.ErrNoConfig), errors.Is(err, store.ErrUnavailable):
 		return errorf(http.StatusServiceUnavailable, "", "%v", err)

@@ -69,12 +69,17 @@ type configView struct {
 	// the state in force, and this replica's connection to etcd.
 	Revision int64 `json:"revision,omitempty"`
 	Fleet    any   `json:"fleet,omitempty"`
+	// Warnings: what works, but not as configured (Options.Warnings).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (a *api) configView(snap *store.Snapshot) configView {
 	v := configView{SHA256: snap.SHA256, Source: snap.Source, LoadedAt: snap.LoadedAt, Generation: snap.Generation, Revision: snap.Revision}
 	if a.opts.FleetStatus != nil {
 		v.Fleet = a.opts.FleetStatus()
+	}
+	if a.opts.Warnings != nil {
+		v.Warnings = a.opts.Warnings()
 	}
 	if msg, at := a.opts.Store.LastReloadError(); msg != "" {
 		v.LastReloadError, v.LastReloadErrorAt = &msg, &at

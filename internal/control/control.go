@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,6 +94,33 @@ type Plane struct {
 	admin         *http.Server
 	adminLis      net.Listener
 	draining      atomic.Bool
+	// warnings are what AddWarning registered.
+	wmu      sync.Mutex
+	warnings []func() string
+}
+
+// AddWarning registers w, asked at every read of the admin views: a
+// non-empty answer is shown in their config section's warnings (what
+// works, but not as configured, such as an Envoy whose bootstrap predates
+// a feature this splitter uses: docs/upgrading.md).
+func (p *Plane) AddWarning(w func() string) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	p.warnings = append(p.warnings, w)
+}
+
+// Warnings are the registered warnings that apply now.
+func (p *Plane) Warnings() []string {
+	p.wmu.Lock()
+	ws := slices.Clone(p.warnings)
+	p.wmu.Unlock()
+	var out []string
+	for _, w := range ws {
+		if msg := w(); msg != "" {
+			out = append(out, msg)
+		}
+	}
+	return out
 }
 
 // New loads the initial configuration (an error names the file, unless
@@ -176,6 +204,12 @@ func New(s settings.Settings, opts Options) (p *Plane, err error) {
 	auditRing := admin.NewAuditRing(admin.DefaultAuditEvents, poke)
 	audit := slog.New(auditRing.Tee(logger.Handler())).With("log", "audit")
 	src, srcName := signalSource(s, opts)
+	if ea, ok := src.(*signals.EnvoyAdmin); ok {
+		// An Envoy on an older bootstrap: its histograms lag (said once,
+		// and in the views while it lasts).
+		ea.Logger = logger.With("component", "signals")
+		p.AddWarning(ea.FlushWarning)
+	}
 	noShadow := ""
 	if opts.Signals != nil {
 		noShadow = "needs Envoy's cluster statistics: the responses counted in process never include the mirrored requests' (set envoy_admin)"
@@ -198,6 +232,7 @@ func New(s settings.Settings, opts Options) (p *Plane, err error) {
 		Audit:        audit,
 		Recorder:     p.metrics,
 		Pprof:        s.Pprof,
+		Warnings:     p.Warnings,
 	}
 	consoleOpts := console.Options{
 		Store: st, Rollouts: p.rollouts, Signals: src, SignalsName: srcName, Gatherer: p.registry,

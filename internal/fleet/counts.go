@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/signals"
 	"github.com/trafficsplit/splitter/split"
@@ -389,6 +390,7 @@ func (r *Rollouts) readCounts(ctx context.Context, now time.Time, watches []roll
 		if why != "" {
 			continue
 		}
+		r.src.notes.Note(r.log, "published rollout counts", key, compat.Unknown(kv.Value, &rec))
 		rec.Node = node
 		e := out[service]
 		e.records = append(e.records, rec)

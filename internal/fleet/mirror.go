@@ -1,16 +1,15 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -26,6 +25,7 @@ type mirrorRecord struct {
 	SetAt   time.Time     `json:"set_at"`
 	Node    string        `json:"node,omitempty"`
 	Actor   string        `json:"actor,omitempty"`
+	unknown []string      // fields this build does not know
 }
 
 func decodeMirror(data []byte) (mirrorRecord, error) {
@@ -33,14 +33,13 @@ func decodeMirror(data []byte) (mirrorRecord, error) {
 	if len(data) > maxRecordBytes {
 		return r, fmt.Errorf("larger than %d bytes", maxRecordBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	// Fields a newer build added are ignored (and named once in the
+	// log by the reader); the ones this build knows are checked.
+	unknown, err := compat.DecodeObject(data, &r)
+	if err != nil {
 		return r, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, errors.New("trailing data after the JSON object")
-	}
+	r.unknown = unknown
 	if r.Mirror.Version == "" {
 		return r, errors.New("mirror.version: missing")
 	}
@@ -62,6 +61,7 @@ func (s *Source) mirrorsLocked() (map[string]store.MirrorOverride, map[string]st
 			bad[svc] = "invalid mirror record: " + err.Error()
 			continue
 		}
+		s.notes.Note(s.log, "runtime mirror record", key, rec.unknown)
 		out[svc] = store.MirrorOverride{Mirror: rec.Mirror, Against: rec.Against}
 	}
 	return out, bad
@@ -118,6 +118,11 @@ func (s *Source) mutateMirror(ctx context.Context, service, actor string, m *spl
 	c := s.client.Load()
 	if c == nil || !s.conn.Load().connected {
 		return store.MirrorChange{}, errUnavailable("not connected; the change was not made")
+	}
+	if m != nil {
+		if err := s.requireFeature(ctx, FeatureMirrors); err != nil {
+			return store.MirrorChange{}, err
+		}
 	}
 	cfgKey, key := s.keys.Config(), s.keys.Mirror(service)
 	for range maxWriteAttempts {

@@ -1,18 +1,17 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -65,6 +64,7 @@ type mirrorRouteRecord struct {
 	SetAt   time.Time         `json:"set_at"`
 	Node    string            `json:"node,omitempty"`
 	Actor   string            `json:"actor,omitempty"`
+	unknown []string          // fields this build does not know
 }
 
 func decodeMirrorRoute(data []byte) (mirrorRouteRecord, error) {
@@ -72,14 +72,13 @@ func decodeMirrorRoute(data []byte) (mirrorRouteRecord, error) {
 	if len(data) > maxRecordBytes {
 		return r, fmt.Errorf("larger than %d bytes", maxRecordBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	// Fields a newer build added are ignored (and named once in the
+	// log by the reader); the ones this build knows are checked.
+	unknown, err := compat.DecodeObject(data, &r)
+	if err != nil {
 		return r, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, errors.New("trailing data after the JSON object")
-	}
+	r.unknown = unknown
 	if len(r.When) == 0 || r.Version == "" {
 		return r, errors.New("when and version are required")
 	}
@@ -117,6 +116,7 @@ func (s *Source) mirrorRoutesLocked() (map[string][]store.MirrorRoute, map[strin
 			bad[key] = "invalid mirror route record: " + err.Error()
 			continue
 		}
+		s.notes.Note(s.log, "mirror route record", key, rec.unknown)
 		routes[service] = append(routes[service], rec.mirrorRoute(name))
 	}
 	return routes, bad
@@ -162,6 +162,9 @@ func (s *Source) noteMirrorRoutesDropped(dropped, bad map[string]string) {
 // store.PutMirrorRoute's, and store.ErrUnavailable.
 func (s *Source) PutMirrorRoute(ctx context.Context, service string, r store.MirrorRoute, actor string) (store.MirrorRouteChange, error) {
 	if err := store.CheckRouteName(r.Name); err != nil {
+		return store.MirrorRouteChange{}, err
+	}
+	if err := s.requireFeature(ctx, FeatureLiveMirrorRoutes); err != nil {
 		return store.MirrorRouteChange{}, err
 	}
 	var out store.MirrorRouteChange

@@ -1,13 +1,12 @@
 package fleet
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -28,10 +27,12 @@ type overrideRecord struct {
 	Node    string        `json:"node,omitempty"`
 	Actor   string        `json:"actor,omitempty"`
 	// Owner names the controller that set the override (the Argo
-	// Rollouts plugin), "" for none. Replicas older than this field refuse
-	// a record that has it: upgrade every replica before a controller
-	// writes.
+	// Rollouts plugin), "" for none. Replicas of the release before this
+	// field refuse a record that has it, so it is not written while one
+	// holds a lease (compat.go).
 	Owner string `json:"owner,omitempty"`
+	// unknown are the fields of the record this build does not know.
+	unknown []string
 }
 
 // maxRecordBytes caps an override record; it holds a few weights.
@@ -42,14 +43,13 @@ func decodeOverride(data []byte) (overrideRecord, error) {
 	if len(data) > maxRecordBytes {
 		return r, fmt.Errorf("larger than %d bytes", maxRecordBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	// Fields a newer build added are ignored (and named once in the
+	// log by the reader); the ones this build knows are checked.
+	unknown, err := compat.DecodeObject(data, &r)
+	if err != nil {
 		return r, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, errors.New("trailing data after the JSON object")
-	}
+	r.unknown = unknown
 	if len(r.Weights) == 0 {
 		return r, errors.New("weights: missing")
 	}
@@ -79,6 +79,9 @@ type ReplicaRecord struct {
 	// serves), empty when it is.
 	Error   string     `json:"error,omitempty"`
 	ErrorAt *time.Time `json:"error_at,omitempty"`
+	// Features are what the replica's build applies beyond the state
+	// every release reads (compat.go); none: a release before them.
+	Features []string `json:"features,omitempty"`
 }
 
 // cacheDoc is the cache file: the last applied state.

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -377,6 +378,7 @@ func (r *Rollouts) decodeState(kv *mvccpb.KeyValue) (rollout.State, error) {
 	if !slices.Contains(rollout.Phases(), st.Phase) {
 		return st, fmt.Errorf("etcd %s: unknown phase %q", key, st.Phase)
 	}
+	r.src.notes.Note(r.log, "rollout state", key, compat.Unknown(kv.Value, &st))
 	st.Service, st.Revision = name, kv.ModRevision
 	return st, nil
 }
@@ -388,6 +390,13 @@ func (r *Rollouts) Save(ctx context.Context, s rollout.State) (rollout.State, er
 	c := r.src.client.Load()
 	if c == nil || !r.src.conn.Load().connected {
 		return rollout.State{}, errUnavailable("not connected; the rollout state was not saved")
+	}
+	if f := stateFeature(s); f != "" {
+		// An older replica cannot read (waiting) or would misread
+		// (shadow) this state: it stays where it is until they are gone.
+		if err := r.src.requireFeature(ctx, f); err != nil {
+			return rollout.State{}, fmt.Errorf("rollout state of %q not saved: %w", s.Service, err)
+		}
 	}
 	val, err := json.Marshal(s)
 	if err != nil {

@@ -1,18 +1,17 @@
 package fleet
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -54,6 +53,7 @@ type routeRecord struct {
 	SetAt   time.Time         `json:"set_at"`
 	Node    string            `json:"node,omitempty"`
 	Actor   string            `json:"actor,omitempty"`
+	unknown []string          // fields this build does not know
 }
 
 func decodeRoute(data []byte) (routeRecord, error) {
@@ -61,14 +61,13 @@ func decodeRoute(data []byte) (routeRecord, error) {
 	if len(data) > maxRecordBytes {
 		return r, fmt.Errorf("larger than %d bytes", maxRecordBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	// Fields a newer build added are ignored (and named once in the
+	// log by the reader); the ones this build knows are checked.
+	unknown, err := compat.DecodeObject(data, &r)
+	if err != nil {
 		return r, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return r, errors.New("trailing data after the JSON object")
-	}
+	r.unknown = unknown
 	if len(r.When) == 0 || r.Version == "" {
 		return r, errors.New("when and version are required")
 	}
@@ -98,6 +97,7 @@ func (s *Source) routesLocked() (map[string][]store.Route, map[string]string) {
 			bad[key] = "invalid route record: " + err.Error()
 			continue
 		}
+		s.notes.Note(s.log, "runtime route record", key, rec.unknown)
 		routes[service] = append(routes[service], rec.route(name))
 	}
 	return routes, bad
@@ -133,6 +133,9 @@ func (s *Source) noteRoutesDropped(dropped map[string]string) {
 // store.ErrUnavailable.
 func (s *Source) PutRoute(ctx context.Context, service string, r store.Route, actor string) (store.RouteChange, error) {
 	if err := store.CheckRouteName(r.Name); err != nil {
+		return store.RouteChange{}, err
+	}
+	if err := s.requireFeature(ctx, FeatureLiveRoutes); err != nil {
 		return store.RouteChange{}, err
 	}
 	key := s.keys.LiveRoute(service, r.Name)
@@ -284,6 +287,9 @@ func (s *Source) casRoute(ctx context.Context, key string, compute func(base *sp
 // owner already in force in etcd are not written again.
 func (s *Source) SetCanaryOwned(ctx context.Context, service string, basisPoints int, owner, actor string) (store.Change, error) {
 	if err := store.CheckOwner(owner); err != nil {
+		return store.Change{}, err
+	}
+	if err := s.requireFeature(ctx, FeatureOwners); err != nil {
 		return store.Change{}, err
 	}
 	c := s.client.Load()

@@ -22,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/config"
 	"github.com/trafficsplit/splitter/internal/fsutil"
 	"github.com/trafficsplit/splitter/internal/store"
@@ -112,6 +113,9 @@ type Source struct {
 	startedFrom atomic.Value
 	// rollouts, when set, names the rollout leader in GET /v1/fleet.
 	rollouts atomic.Pointer[Rollouts]
+	// notes: the records with fields this build does not know, logged
+	// once each (compat.go).
+	notes compat.Notes
 	// afterRead, when set (tests), runs between a full read's answer and
 	// its apply: the window in which a watch event can overtake it.
 	afterRead atomic.Pointer[func(reason string)]
@@ -376,6 +380,7 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 			badRecords[svc] = "invalid override record: " + err.Error()
 			continue
 		}
+		s.notes.Note(s.log, "override record", key, rec.unknown)
 		overrides[svc] = rec.override()
 	}
 
@@ -832,7 +837,7 @@ func (s *Source) runCleanup(ctx context.Context, c *clientv3.Client) {
 // Record is this replica's record as it would be written now.
 func (s *Source) Record() ReplicaRecord {
 	snap := s.store.Load()
-	r := ReplicaRecord{NodeID: s.opts.NodeID, Version: s.version}
+	r := ReplicaRecord{NodeID: s.opts.NodeID, Version: s.version, Features: Features()}
 	if snap != nil {
 		r.Revision, r.SHA256, r.StateSHA256 = snap.Revision, snap.SHA256, StateSHA256(snap)
 	}
@@ -910,6 +915,7 @@ func (s *Source) readCache() (*cacheDoc, error) {
 	if doc.Config == "" {
 		return nil, fmt.Errorf("%s: no configuration", s.opts.CacheFile)
 	}
+	s.notes.Note(s.log, "etcd_cache_file", s.opts.CacheFile, compat.Unknown(data, &doc))
 	return &doc, nil
 }
 

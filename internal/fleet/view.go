@@ -69,6 +69,14 @@ type FleetView struct {
 	// RolloutLeader is the replica that judges and moves the rollouts
 	// (the rollout election's leader), "" when none is elected.
 	RolloutLeader string `json:"rollout_leader"`
+	// OlderReplicas are the replicas whose build lacks features this one
+	// writes (a rolling upgrade in progress, or a rollback): changes that
+	// need them are refused while they hold a lease (docs/upgrading.md).
+	OlderReplicas []OlderReplica `json:"older_replicas,omitempty"`
+	// NotAppliedByOlder are the keys in force that they ignore or refuse
+	// (written before they joined): until they leave, they do not decide
+	// alike.
+	NotAppliedByOlder []string `json:"not_applied_by_older,omitempty"`
 }
 
 // Fleet lists the replicas holding a lease, read from etcd now.
@@ -103,5 +111,6 @@ func (s *Source) Fleet(ctx context.Context) (FleetView, error) {
 		}
 		return 0
 	})
+	s.addOlder(&v)
 	return v, nil
 }

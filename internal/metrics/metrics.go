@@ -41,6 +41,7 @@ func mutationResults() []string {
 type Metrics struct {
 	decisions         *prometheus.CounterVec
 	assignedKeys      *prometheus.CounterVec
+	cookiesLost       *prometheus.CounterVec
 	mirrored          *prometheus.CounterVec
 	reloads           *prometheus.CounterVec
 	configInfo        *prometheus.GaugeVec
@@ -115,6 +116,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: namespace, Name: "sticky_keys_assigned_total",
 			Help: "Fresh sticky keys given to requests that carried none (sticky.assign), by adapter and service.",
 		}, []string{"api", "service"}),
+		cookiesLost: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sticky_cookies_lost_total",
+			Help: "Requests given a fresh sticky key whose cookie could not be set (ext_proc: Envoy never sent their response headers; its filter lacks allow_mode_override), by adapter.",
+		}, []string{"api"}),
 		mirrored: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "mirrored_requests_total",
 			Help: "Requests marked to be copied to a mirror version (Envoy sends the copy), by adapter, service and mirror version.",
@@ -181,7 +186,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(
-		m.decisions, m.assignedKeys, m.mirrored, m.reloads, m.configInfo, m.lastReloadSuccess, m.lastReloadError,
+		m.decisions, m.assignedKeys, m.cookiesLost, m.mirrored, m.reloads, m.configInfo, m.lastReloadSuccess, m.lastReloadError,
 		m.generation, m.weightPercent, m.overrideActive, m.streams, m.streamsActive,
 		m.streamResults, m.unexpectedPhases, m.panics, m.adminRequests, m.adminMutations,
 		m.gcPercent,
@@ -337,6 +342,10 @@ func (m *Metrics) closedAPI(api string) string {
 	}
 	return other
 }
+
+// CookieLost implements adapter.CookieRecorder: a request given a fresh
+// sticky key whose cookie could not be set.
+func (m *Metrics) CookieLost(api string) { m.cookiesLost.WithLabelValues(m.closedAPI(api)).Inc() }
 
 // Panic counts a recovered panic; api is the adapter it happened in ("" for
 // none), which the counter does not label.

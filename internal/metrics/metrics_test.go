@@ -450,6 +450,12 @@ func TestAssignedAndMirrored(t *testing.T) {
 	if diff := cmp.Diff(map[string]float64{"api=module,service=api": 3}, series(t, reg, "splitter_sticky_keys_assigned_total")); diff != "" {
 		t.Errorf("assigned (-want +got):\n%s", diff)
 	}
+	m.CookieLost("ext_proc")
+	m.CookieLost("ext_proc")
+	m.CookieLost("nope")
+	if diff := cmp.Diff(map[string]float64{"api=ext_proc": 2, "api=other": 1}, series(t, reg, "splitter_sticky_cookies_lost_total")); diff != "" {
+		t.Errorf("cookies lost (-want +got):\n%s", diff)
+	}
 	want := map[string]float64{"api=module,service=api,version=v2": 3, "api=ext_proc,service=api,version=v2": 1}
 	if diff := cmp.Diff(want, series(t, reg, "splitter_mirrored_requests_total")); diff != "" {
 		t.Errorf("mirrored (-want +got):\n%s", diff)

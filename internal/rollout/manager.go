@@ -106,6 +106,9 @@ type Manager struct {
 	// it last ran under, so that an abort because a reload removed the
 	// rollout (or the service) is still told to them.
 	eventHooks map[string][]split.Webhook
+	// held: per service, the last refusal of its transition because
+	// replicas of an older build hold a lease (logged once).
+	held map[string]string
 	// leading: this replica ran the decision loop at its last tick (file
 	// mode: always), so it calls the hooks.
 	leading bool
@@ -139,7 +142,7 @@ func New(ctx context.Context, opts Options) (*Manager, error) {
 		elector: opts.Elector, node: opts.NodeID, interval: opts.Interval, log: opts.Logger, audit: opts.Audit, now: opts.Now,
 		current: map[string]State{}, verdicts: map[string]Verdict{}, counts: map[string]*serviceCounts{},
 		behind: map[string]int64{}, seen: map[string]seenSince{},
-		failing: map[string]time.Time{}, waits: map[string]WaitStatus{}, eventHooks: map[string][]split.Webhook{},
+		failing: map[string]time.Time{}, waits: map[string]WaitStatus{}, eventHooks: map[string][]split.Webhook{}, held: map[string]string{},
 	}
 	if m.mut == nil {
 		m.mut = opts.Store
@@ -461,12 +464,22 @@ func (m *Manager) commit(ctx context.Context, snap *store.Snapshot, next State) 
 	saved, err := m.states.Save(ctx, next)
 	if err != nil {
 		level := slog.LevelError
-		if errors.Is(err, ErrStale) {
+		switch {
+		case errors.Is(err, ErrStale):
 			level = slog.LevelInfo
+		case errors.Is(err, store.ErrOlderReplicas):
+			// A rolling upgrade: the rollout holds where it is until the
+			// older replicas are gone; said once, not at every tick.
+			if m.held[next.Service] == err.Error() {
+				return fmt.Errorf("saving the rollout state: %w", err)
+			}
+			m.held[next.Service] = err.Error()
+			level = slog.LevelWarn
 		}
 		m.log.Log(ctx, level, "cannot save the rollout state; the transition did not happen", "service", next.Service, "to", next.Phase, "error", err)
 		return fmt.Errorf("saving the rollout state: %w", err)
 	}
+	delete(m.held, next.Service)
 	m.current[next.Service] = saved
 	m.saw(saved)
 	m.countsOf(next.Service).transitions[next.Phase]++
@@ -586,12 +599,27 @@ func (m *Manager) local(st State) State {
 	if !st.Phase.running() || st.Clock == m.node {
 		return st
 	}
+	held := carried(st)
 	if s, ok := m.seen[st.Service]; ok && s.since.Equal(st.Since) && s.clock == st.Clock {
 		st.Since = s.at
 	} else {
 		st.Since = m.now()
 	}
+	st.Since = st.Since.Add(-held)
 	return st
+}
+
+// carried is what a state written by the release before held_before
+// (no clock: docs/upgrading.md) had held when its last transition was
+// made: that release keeps the hold before a pause by pushing since back,
+// so it is the transition's time minus since, both on the writer's clock.
+// This build's states carry it in HeldBefore (since is then the
+// transition's time).
+func carried(st State) time.Duration {
+	if st.Clock != "" || len(st.History) == 0 {
+		return 0
+	}
+	return max(st.History[len(st.History)-1].At.Sub(st.Since), 0)
 }
 
 // apply sets the weights of service's state (unless they are in force

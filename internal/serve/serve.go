@@ -93,6 +93,7 @@ func Run(ctx context.Context, s settings.Settings, logger *slog.Logger, opts ...
 	gs := grpcserver.New(grpcserver.Options{Logger: logger, OnPanic: func() { plane.Metrics().Panic("") }})
 	ep := extproc.New(plane, extproc.Options{Headers: plane.Headers(), Logger: logger, Recorder: plane.Recorder()})
 	ea := extauthz.New(plane, extauthz.Options{Headers: plane.Headers(), Logger: logger, Recorder: plane.Recorder()})
+	plane.AddWarning(ep.CookieWarning)
 	extprocv3.RegisterExternalProcessorServer(gs, ep)
 	ea.Register(gs)
 	plane.Metrics().Register(

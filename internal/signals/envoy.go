@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -33,6 +34,10 @@ const MaxStatsBytes = 4 << 20
 type EnvoyAdmin struct {
 	base   string
 	client *http.Client
+	// Logger, when set, is told once that Envoy does not flush its
+	// statistics at admin reads (envoy_flush.go).
+	Logger *slog.Logger
+	flush  flushState
 }
 
 // NewEnvoyAdmin reads from the admin interface at addr (host:port), each

@@ -46,6 +46,7 @@ func (e *EnvoyAdmin) ReadLatency(ctx context.Context, targets []Target, out []Co
 	if len(targets) == 0 {
 		return nil
 	}
+	e.checkFlush(ctx)
 	q := url.Values{"format": {"json"}, "histogram_buckets": {"detailed"}, "filter": {latencyFilter(targets)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.base+"/stats?"+q.Encode(), nil)
 	if err != nil {

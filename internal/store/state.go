@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/fsutil"
 	"github.com/trafficsplit/splitter/split"
 )
@@ -58,6 +58,8 @@ type state struct {
 	rollouts    map[string]json.RawMessage
 	mirrors     map[string]split.Mirror
 	fileMirrors map[string]*split.Mirror
+	// unknown are the document's fields this build does not know.
+	unknown []string
 }
 
 // readState reads path; a missing file is an empty state.
@@ -86,15 +88,14 @@ func readState(path string) (*state, error) {
 
 func decodeState(data []byte) (*state, error) {
 	var doc stateDoc
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&doc); err != nil {
+	// A newer build's fields are ignored (named in the log once); the
+	// ones this build knows are checked as strictly as ever.
+	unknown, err := compat.DecodeObject(data, &doc)
+	if err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("trailing data after the JSON document")
-	}
 	st := &state{
+		unknown:     unknown,
 		fileSHA:     doc.FileSHA256,
 		overrides:   make(map[string]split.Weights, len(doc.Overrides)),
 		fileWeights: make(map[string]split.Weights, len(doc.FileWeights)),

@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/split"
 )
 
@@ -102,7 +103,10 @@ var ErrNoConfig = errors.New("no configuration loaded")
 
 // Store is splitter's runtime state. It is safe for concurrent use.
 type Store struct {
-	log       *slog.Logger
+	log *slog.Logger
+	// notes: state documents with fields this build does not know, logged
+	// once each.
+	notes     compat.Notes
 	stateFile string
 	now       func() time.Time
 	onSwap    func(*Snapshot)
@@ -161,6 +165,7 @@ func New(opts Options) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("handed-over state: %w", err)
 		}
+		s.notes.Note(s.log, "the handed-over state", "handover", st.unknown)
 		s.pending, s.rollouts = st, st.rollouts
 		s.mirrors, s.mirrorAgainst = st.mirrors, st.fileMirrors
 	case s.stateFile != "":
@@ -170,6 +175,7 @@ func New(opts Options) (*Store, error) {
 		}
 		s.pending = st
 		if st != nil {
+			s.notes.Note(s.log, "the state file", s.stateFile, st.unknown)
 			s.rollouts = st.rollouts
 			s.mirrors, s.mirrorAgainst = st.mirrors, st.fileMirrors
 		}
@@ -210,6 +216,7 @@ func (s *Store) ApplyState(cfg *split.Config, sha, source string, data []byte) e
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
+	s.notes.Note(s.log, "the followed state", source, st.unknown)
 	overrides := make(map[string]Override, len(st.overrides))
 	for name, w := range st.overrides {
 		overrides[name] = Override{Weights: w, Against: st.fileWeights[name], Owner: st.runtime.owners[name]}

@@ -493,7 +493,6 @@ func TestStateFileCorrupt(t *testing.T) {
 	}{
 		{name: "not JSON", content: "{overrides", want: "invalid character"},
 		{name: "truncated", content: `{"overrides": {"api": {"v1": 50`, want: "unexpected EOF"},
-		{name: "unknown field", content: `{"overides": {}}`, want: "unknown field"},
 		{name: "string weight", content: `{"overrides": {"api": {"v1": "50", "v2": 50}}}`, want: "overrides.api"},
 		{name: "three decimals", content: `{"overrides": {"api": {"v1": 50.125, "v2": 49.875}}}`, want: "overrides.api"},
 		{name: "bad file weights", content: `{"overrides": {}, "file_weights": {"api": []}}`, want: "file_weights.api"},

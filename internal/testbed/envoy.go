@@ -27,6 +27,10 @@ type EnvoyOptions struct {
 	// Edit, if set, rewrites the rendered bootstrap before Envoy reads it;
 	// negative-control tests use it to remove a protection.
 	Edit func(bootstrap []byte) ([]byte, error)
+	// Render, if set, renders the bootstrap in place of envoy.Render: the
+	// upgrade tests pass an earlier release's renderer
+	// (Release.RenderBootstrap), to run Envoy on what that release shipped.
+	Render func(envoy.Params) ([]byte, error)
 	// Env ("KEY=value") is added to Envoy's environment, e.g.
 	// ENVOY_DYNAMIC_MODULES_SEARCH_PATH for the module.
 	Env []string
@@ -138,7 +142,11 @@ func (b *Bed) StartEnvoy(ctx context.Context, bin string, p envoy.Params, o Envo
 }
 
 func (e *Envoy) start(ctx context.Context) error {
-	cfg, err := envoy.Render(e.Params)
+	render := envoy.Render
+	if e.opts.Render != nil {
+		render = e.opts.Render
+	}
+	cfg, err := render(e.Params)
 	if err != nil {
 		return err
 	}
@@ -233,6 +241,17 @@ func (e *Envoy) HotRestart(ctx context.Context) (*Envoy, error) {
 // to the new epoch's bootstrap (a negative test breaks it, say). When the
 // new epoch fails, the error says so and e keeps running.
 func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte, error)) (*Envoy, error) {
+	return e.hotRestart(ctx, edit, e.opts.Env)
+}
+
+// HotRestartEnv is HotRestart with env in place of e's environment
+// additions: the upgrade tests point the new epoch at another build of
+// the module (ModuleSearchPath).
+func (e *Envoy) HotRestartEnv(ctx context.Context, env []string) (*Envoy, error) {
+	return e.hotRestart(ctx, e.opts.Edit, env)
+}
+
+func (e *Envoy) hotRestart(ctx context.Context, edit func([]byte) ([]byte, error), env []string) (*Envoy, error) {
 	if !e.opts.HotRestart {
 		return nil, errors.New("envoy: hot restart is off for this Envoy (EnvoyOptions.HotRestart)")
 	}
@@ -240,7 +259,7 @@ func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	proc.Env = append(proc.Env, e.opts.Env...)
+	proc.Env = append(proc.Env, env...)
 	next := &Envoy{
 		Proc:       proc,
 		Params:     e.Params, // the ports the parent bound
@@ -252,7 +271,7 @@ func (e *Envoy) HotRestartEdited(ctx context.Context, edit func([]byte) ([]byte,
 		baseID:     e.baseID,
 		epoch:      e.epoch + 1,
 	}
-	next.opts.Edit = edit
+	next.opts.Edit, next.opts.Env = edit, env
 	e.bed.onClose(next.http.CloseIdleConnections)
 	if err := next.start(ctx); err != nil {
 		return nil, err

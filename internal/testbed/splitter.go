@@ -152,6 +152,21 @@ func (s *Splitter) Restart(ctx context.Context) error {
 	return s.start(ctx, s.GRPCAddr, s.AdminAddr)
 }
 
+// RestartAs stops the splitter as a rolling upgrade does (SIGTERM, and
+// the wait for its exit) and starts binary in its place, with the same
+// arguments on the same ports: another release of splitter, in the
+// upgrade tests.
+func (s *Splitter) RestartAs(ctx context.Context, binary string) error {
+	sctx, cancel := context.WithTimeout(ctx, StartupTimeout)
+	err := s.Stop(sctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	s.Bin = binary
+	return s.start(ctx, s.GRPCAddr, s.AdminAddr)
+}
+
 // AdminURL is the admin API's base URL plus path.
 func (s *AdminClient) AdminURL(path string) string { return "http://" + s.AdminAddr + path }
 
