@@ -10,7 +10,7 @@ CONFIG      ?=
 export CGO_ENABLED ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help build module argo-plugin argo-test run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout bench-assign validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
+.PHONY: help build module argo-plugin argo-test run test unit lint fmt fuzz fuzz-short bench bench-fleet bench-rollout bench-assign chaos validate istio envoy etcd gateway chromium demo demo-fleet e2e e2e-gateway generate clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,7 +56,11 @@ bench: build module envoy gateway ## Micro-benchmarks, ext_proc vs a no-op serve
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench all --splitter $(BIN)/splitter --envoy "$$(scripts/envoy.sh)" --gateway "$$(scripts/gateway.sh)" --results bench/results --out BENCH.md
 
-bench-fleet: build etcd ## Fleet propagation: admin call on one replica to applied on N (3 processes, 100 watchers); writes BENCH.md's fleet section
+CHAOS_SEEDS ?= 3
+chaos: build etcd envoy ## The fleet under etcd faults, long form: every fault at full length, CHAOS_SEEDS passes (default 3), checked from recorded histories; writes bin/chaos-report.md
+	SPLITTER_BIN=$(CURDIR)/$(BIN)/splitter $(GO) test -count=1 -timeout 60m -run 'TestChaos$$' ./chaos/ -args -chaos.long -chaos.seeds $(CHAOS_SEEDS) -chaos.report $(CURDIR)/$(BIN)/chaos-report.md
+
+bench-fleet: build etcd ## Fleet propagation on a 3-member etcd: admin call on one replica to applied on N (3 processes; 1,000 watchers; again with the etcd leader killed mid-run); writes BENCH.md's fleet section
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench fleet --splitter $(BIN)/splitter --etcd "$$(scripts/etcd.sh)" --results bench/results --out BENCH.md
 bench-rollout: build envoy module ## Time the rollout guard's rollback of a failing or slow canary, ext_proc and module (20 runs per series); updates BENCH.md

@@ -9,7 +9,7 @@ import (
 	"github.com/trafficsplit/splitter/internal/testbed"
 )
 
-// A short run of both setups against a real etcd: every change reaches
+// A short run of the three setups against a real 3-member etcd cluster: every change reaches
 // every replica and the report renders. It measures nothing worth
 // keeping (the machine is busy with other tests) and asserts no timing.
 func TestRunSmall(t *testing.T) {
@@ -29,17 +29,17 @@ func TestRunSmall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Setups) != 2 {
+	if len(res.Setups) != 3 {
 		t.Fatalf("setups = %+v", res.Setups)
 	}
 	for _, s := range res.Setups {
-		if s.Changes != 3 || s.AllP50ms <= 0 || s.AllMaxms < s.AllP99ms || s.AllP99ms < s.AllP50ms {
+		if s.Changes != 3 || s.AllP50ms <= 0 || s.AllMaxms < s.AllP99ms || s.AllP99ms < s.AllP50ms || s.MemoryKiB <= 0 {
 			t.Fatalf("setup %+v", s)
 		}
 	}
 	var b strings.Builder
 	fleetprop.Render(&b, res)
-	for _, want := range []string{"| processes | 2 | 3 |", "| watchers | 3 | 3 |", "kubelet"} {
+	for _, want := range []string{"| processes | 2 | 3 |", "| watchers | 3 | 3 |", "| watchers, member killed | 3 | 3 |", "SIGKILLed", "kubelet"} {
 		if !strings.Contains(b.String(), want) {
 			t.Fatalf("report lacks %q:\n%s", want, b.String())
 		}

@@ -508,8 +508,8 @@ func newFleetCmd() *cobra.Command {
 			res.Machine = fmt.Sprintf("%s, %d cores, %s, kernel %s, %s, load average at start %s",
 				m.Model, m.Cores, m.Go, m.Kernel, m.Date, m.Load)
 			for _, s := range res.Setups {
-				fmt.Fprintf(cmd.OutOrStdout(), "%-9s N=%-3d writer p50 %.1f ms p99 %.1f ms; all applied p50 %.1f ms p99 %.1f ms max %.1f ms\n",
-					s.Name, s.Replicas, s.WriterP50ms, s.WriterP99ms, s.AllP50ms, s.AllP99ms, s.AllMaxms)
+				fmt.Fprintf(cmd.OutOrStdout(), "%-24s N=%-4d writer p50 %.1f ms p99 %.1f ms; all applied p50 %.1f ms p99 %.1f ms max %.1f ms; %.0f KiB per replica; etcd %.2f cores\n",
+					s.Name, s.Replicas, s.WriterP50ms, s.WriterP99ms, s.AllP50ms, s.AllP99ms, s.AllMaxms, s.MemoryKiB, s.EtcdCPU)
 			}
 			return out.save(&report.Results{Fleet: res})
 		},
@@ -519,7 +519,8 @@ func newFleetCmd() *cobra.Command {
 	f.StringVar(&cfg.EtcdBin, "etcd", ".venv/bin/etcd", "the etcd binary (scripts/etcd.sh)")
 	f.IntVar(&cfg.Changes, "changes", 100, "changes per setup")
 	f.IntVar(&cfg.Processes, "processes", 3, "splitter processes of the processes setup")
-	f.IntVar(&cfg.Watchers, "watchers", 100, "fleet sources of the watchers setup")
+	f.IntVar(&cfg.Watchers, "watchers", 1000, "replicas of the watchers setups (in this process)")
+	f.IntVar(&cfg.Smaller, "smaller", 300, "replicas of one more watchers setup, run first (0: none)")
 	f.DurationVar(&cfg.PollInterval, "poll", time.Millisecond, "admin API poll interval of the processes setup")
 	out.register(cmd)
 	return cmd

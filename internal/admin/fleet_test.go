@@ -21,6 +21,8 @@ type fleetMutator struct {
 	st   *store.Store
 	rev  int64
 	fail error
+	// notApplied: committed, not yet applied by this replica.
+	notApplied bool
 }
 
 func (m *fleetMutator) SetWeights(ctx context.Context, service string, w split.Weights, actor string) (store.Change, error) {
@@ -28,7 +30,7 @@ func (m *fleetMutator) SetWeights(ctx context.Context, service string, w split.W
 		return store.Change{}, m.fail
 	}
 	ch, err := m.st.SetWeights(ctx, service, w, actor)
-	ch.Revision = m.rev
+	ch.Revision, ch.NotApplied = m.rev, m.notApplied
 	return ch, err
 }
 
@@ -37,12 +39,14 @@ func (m *fleetMutator) SetCanary(ctx context.Context, service string, bp int, ac
 		return store.Change{}, m.fail
 	}
 	ch, err := m.st.SetCanary(ctx, service, bp, actor)
-	ch.Revision = m.rev
+	ch.Revision, ch.NotApplied = m.rev, m.notApplied
 	return ch, err
 }
 
 func (m *fleetMutator) ClearOverride(ctx context.Context, service string, actor string) (store.Change, error) {
-	return m.st.ClearOverride(ctx, service, actor)
+	ch, err := m.st.ClearOverride(ctx, service, actor)
+	ch.Revision, ch.NotApplied = m.rev, m.notApplied
+	return ch, err
 }
 
 func TestFleetRoutes(t *testing.T) {
@@ -115,6 +119,23 @@ func TestFleetRoutes(t *testing.T) {
 		}
 		if !bytes.Contains(audit.Bytes(), []byte(`"revision":42`)) {
 			t.Fatalf("audit: %s", audit)
+		}
+	})
+	t.Run("committed, not applied here: 202, applied false", func(t *testing.T) {
+		h, _ := newHandler(t, &fleetMutator{rev: 43, notApplied: true}, nil)
+		for _, c := range []struct{ method, path, body string }{
+			{http.MethodPut, "/v1/services/api/canary", `{"percentage": 30}`},
+			{http.MethodPut, "/v1/services/api/weights", `{"v1": 60, "v2": 40}`},
+			{http.MethodDelete, "/v1/services/api/override", ""},
+		} {
+			code, m := serve(h, c.method, c.path, c.body)
+			if code != http.StatusAccepted || m["applied"] != false || m["revision"] != float64(43) {
+				t.Fatalf("%s %s: %d %v", c.method, c.path, code, m)
+			}
+		}
+		h, _ = newHandler(t, &fleetMutator{rev: 44}, nil)
+		if code, m := serve(h, http.MethodPut, "/v1/services/api/canary", `{"percentage": 30}`); code != http.StatusOK || m["applied"] != nil {
+			t.Fatalf("applied: %d %v", code, m)
 		}
 	})
 	t.Run("no revision in file mode", func(t *testing.T) {

@@ -96,7 +96,7 @@ func (a *api) putCanary(r *http.Request, body []byte, ev *auditEvent) (int, any,
 		return 0, nil, storeError(err, "percentage")
 	}
 	ev.change(ch)
-	return http.StatusOK, weightsAnswer{service: name, weights: ch.New, revision: ch.Revision}, nil
+	return appliedStatus(ch), weightsAnswer{service: name, weights: ch.New, revision: ch.Revision, notApplied: ch.NotApplied}, nil
 }
 
 // parsePercentage accepts a JSON number 0..100 with at most two decimals;
@@ -141,7 +141,7 @@ func (a *api) putWeights(r *http.Request, body []byte, ev *auditEvent) (int, any
 		return 0, nil, storeError(err, "weights")
 	}
 	ev.change(ch)
-	return http.StatusOK, weightsAnswer{service: name, weights: ch.New, revision: ch.Revision}, nil
+	return appliedStatus(ch), weightsAnswer{service: name, weights: ch.New, revision: ch.Revision, notApplied: ch.NotApplied}, nil
 }
 
 // weightsField names a weights error's field: the version, prefixed so it
@@ -170,7 +170,30 @@ func (a *api) deleteOverride(r *http.Request, _ []byte, ev *auditEvent) (int, an
 		return 0, nil, storeError(err, "")
 	}
 	ev.change(ch)
-	return http.StatusOK, serviceDetail{serviceView: newServiceView(ch.Snapshot, name), Config: a.configView(ch.Snapshot)}, nil
+	detail := serviceDetail{serviceView: newServiceView(ch.Snapshot, name), Config: a.configView(ch.Snapshot)}
+	if ch.NotApplied {
+		return appliedStatus(ch), notAppliedDetail{serviceDetail: detail, Revision: ch.Revision, Applied: false}, nil
+	}
+	return http.StatusOK, detail, nil
+}
+
+// appliedStatus is a mutation's success status: 200, or 202 in fleet mode
+// when the change is committed in etcd but this replica had not applied it
+// yet when the answer was due (docs/fleet.md): accepted, not yet in force
+// here.
+func appliedStatus(ch store.Change) int {
+	if ch.NotApplied {
+		return http.StatusAccepted
+	}
+	return http.StatusOK
+}
+
+// notAppliedDetail is a 202 answer to an override deletion: the service as
+// still in force here, the commit's revision, and "applied": false.
+type notAppliedDetail struct {
+	serviceDetail
+	Revision int64 `json:"revision"`
+	Applied  bool  `json:"applied"`
 }
 
 type assignRequest struct {

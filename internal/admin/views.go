@@ -138,6 +138,8 @@ type weightsAnswer struct {
 	service  string
 	weights  split.Weights
 	revision int64 // etcd revision of the commit; 0: not shown
+	// notApplied adds "applied": false: committed, not yet in force here.
+	notApplied bool
 }
 
 func (w weightsAnswer) MarshalJSON() ([]byte, error) {
@@ -158,6 +160,9 @@ func (w weightsAnswer) MarshalJSON() ([]byte, error) {
 	}
 	if w.revision != 0 {
 		fmt.Fprintf(&b, `,"revision":%d`, w.revision)
+	}
+	if w.notApplied {
+		b.WriteString(`,"applied":false`)
 	}
 	b.WriteByte('}')
 	return b.Bytes(), nil

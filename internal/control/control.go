@@ -259,6 +259,10 @@ func New(s settings.Settings, opts Options) (p *Plane, err error) {
 	}
 	p.console = console.New(consoleOpts)
 	adminOpts.Extra = p.console.Handlers()
+	if p.fleet != nil {
+		// The replica's own log of what it applied and of its connection.
+		adminOpts.Extra["GET /v1/fleet/log"] = p.fleet.LogHandler()
+	}
 	p.admin = admin.NewServer(s.AdminAddr, admin.New(adminOpts))
 	lis := opts.AdminListener
 	if lis == nil {

@@ -11,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/trafficsplit/splitter/internal/settings"
 )
@@ -42,9 +43,10 @@ func ClientOptionsFrom(s settings.Settings) (ClientOptions, error) {
 	}, nil
 }
 
-// Keepalive of the client's gRPC connection: a stalled etcd (or a
-// half-open connection) is noticed within about keepaliveTime +
-// keepaliveTimeout even when no request is pending.
+// Keepalive of the client's gRPC connection: a half-open connection is
+// dropped even when nothing else notices. grpc-go raises a keepalive time
+// under 10 s to 10 s, so this is the slow last resort; a Source notices a
+// member that hangs within about a second (members.go, follow.go).
 const (
 	keepaliveTime    = 5 * time.Second
 	keepaliveTimeout = 3 * time.Second
@@ -100,11 +102,15 @@ func (o ClientOptions) Config() (clientv3.Config, error) {
 // NewClient connects to etcd. Without auth it does not wait for the
 // server; with auth it authenticates first, so it fails when etcd is
 // unreachable (within DialTimeout).
-func NewClient(o ClientOptions) (*clientv3.Client, error) {
+func NewClient(o ClientOptions) (*clientv3.Client, error) { return newClient(o) }
+
+// newClient is NewClient with more gRPC dial options (a Source's members).
+func newClient(o ClientOptions, dopts ...grpc.DialOption) (*clientv3.Client, error) {
 	cfg, err := o.Config()
 	if err != nil {
 		return nil, err
 	}
+	cfg.DialOptions = append(cfg.DialOptions, dopts...)
 	c, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd %s: %w", strings.Join(o.Endpoints, ","), err)

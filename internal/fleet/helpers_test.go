@@ -145,7 +145,7 @@ func tryReplica(t *testing.T, endpoint, prefix string, o replicaOpts) (*replica,
 	}
 	logs := &syncBuilder{}
 	src := fleet.New(fleet.Options{
-		Client:    fleet.ClientOptions{Endpoints: []string{endpoint}, DialTimeout: 2 * time.Second},
+		Client:    fleet.ClientOptions{Endpoints: strings.Split(endpoint, ","), DialTimeout: 2 * time.Second},
 		Prefix:    prefix,
 		NodeID:    o.node,
 		CacheFile: o.cacheFile,

@@ -18,6 +18,8 @@ type Metrics struct {
 	rejectedNow     prometheus.Gauge
 	propagation     prometheus.Histogram
 	conflicts       prometheus.Counter
+	watchStalls     prometheus.Counter
+	severed         prometheus.Counter
 }
 
 // resyncReasons is the closed label set of splitter_etcd_full_reads_total.
@@ -29,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	const ns = "splitter"
 	m := &Metrics{
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "etcd_connected",
-			Help: "1 while etcd answers (a linearizable read within the probe interval, a working watch), else 0."}),
+			Help: "1 while this replica follows etcd (its watch answers progress requests and has reached the cluster's revision within a second), else 0."}),
 		disconnectedAt: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "etcd_disconnected_since_timestamp_seconds",
 			Help: "When etcd stopped answering (Unix seconds); 0 while connected."}),
 		appliedRevision: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "etcd_applied_revision",
@@ -49,13 +51,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "etcd_write_conflicts_total",
 			Help: "Admin writes whose compare-and-swap lost to a concurrent writer and were retried."}),
+		watchStalls: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "etcd_watch_stalls_total",
+			Help: "Watches given up because they stopped answering progress requests or fell behind the cluster's revision (then resumed, on another member if theirs hangs)."}),
+		severed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "etcd_members_dropped_total",
+			Help: "Times an etcd member that did not answer a liveness check had its connections dropped, so that requests and watches moved to the other members."}),
 	}
 	for _, r := range resyncReasons() {
 		m.resyncs.WithLabelValues(r)
 	}
 	if reg != nil {
 		reg.MustRegister(m.connected, m.disconnectedAt, m.appliedRevision, m.watchRestarts, m.compactions,
-			m.resyncs, m.rejectedDocs, m.rejectedNow, m.propagation, m.conflicts)
+			m.resyncs, m.rejectedDocs, m.rejectedNow, m.propagation, m.conflicts, m.watchStalls, m.severed)
 	}
 	return m
 }

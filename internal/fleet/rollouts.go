@@ -150,7 +150,7 @@ func (r *Rollouts) Follow(observe func(rollout.State)) { r.observe.Store(&observ
 func (r *Rollouts) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.mirror(ctx, r.keys.Rollouts(), r.onStates) })
-	wg.Go(func() { r.mirror(ctx, r.keys.RolloutElection()+"/", r.onLeader) })
+	wg.Go(func() { r.followLeader(ctx) })
 	r.electionLoop(ctx)
 	wg.Wait()
 }
@@ -300,16 +300,11 @@ func (r *Rollouts) endTerm(why string) {
 	}
 }
 
-// onLeader takes the election prefix as of rev: the leader is the
-// candidate with the lowest create revision. A leader whose own key is
-// gone at a revision past its creation has lost the election.
-func (r *Rollouts) onLeader(kvs map[string]*mvccpb.KeyValue, rev int64, _ []string) {
-	var first *mvccpb.KeyValue
-	for _, kv := range kvs {
-		if first == nil || kv.CreateRevision < first.CreateRevision {
-			first = kv
-		}
-	}
+// onLeader takes the election's first candidate (nil: none) as of rev:
+// the leader. A leader that is not the first candidate at a revision past
+// its creation has lost the election (its key was deleted: no key created
+// later can come first).
+func (r *Rollouts) onLeader(first *mvccpb.KeyValue, rev int64) {
 	r.mu.Lock()
 	t := r.term
 	switch {
@@ -319,8 +314,62 @@ func (r *Rollouts) onLeader(kvs map[string]*mvccpb.KeyValue, rev int64, _ []stri
 		r.leader = ""
 	}
 	r.mu.Unlock()
-	if t != nil && rev >= t.rev && kvs[t.key] == nil {
+	if t != nil && rev >= t.rev && (first == nil || string(first.Key) != t.key) {
 		t.end("its election key was deleted")
+	}
+}
+
+// followLeader keeps the leader (and the end of this replica's term) in
+// step with the election. It reads the first candidate (the lowest create
+// revision) and watches that key alone until it is deleted, then reads
+// again; with no candidate it watches the prefix for the first. Each
+// replica so gets one event per change of leader, where watching the
+// whole prefix would bring every replica every candidate's key: N² events
+// when N replicas start or reconnect at once (a million for a fleet of a
+// thousand).
+func (r *Rollouts) followLeader(ctx context.Context) {
+	prefix := r.keys.RolloutElection() + "/"
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		c := r.src.client.Load()
+		if c == nil {
+			backoff = sleep(ctx, backoff)
+			continue
+		}
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
+		resp, err := c.Get(rctx, prefix, clientv3.WithFirstCreate()...)
+		cancel()
+		if err != nil {
+			r.log.Debug("etcd: cannot read the rollout election yet", "error", err)
+			backoff = sleep(ctx, backoff)
+			continue
+		}
+		var first *mvccpb.KeyValue
+		key, opts := prefix, []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision + 1)}
+		if len(resp.Kvs) > 0 {
+			first = resp.Kvs[0]
+			key, opts = string(first.Key), []clientv3.OpOption{clientv3.WithRev(resp.Header.Revision + 1)}
+		}
+		r.onLeader(first, resp.Header.Revision)
+		moved := false
+		wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		for wr := range c.Watch(wctx, key, opts...) {
+			if wr.Err() != nil || wr.Canceled || wr.CompactRevision != 0 {
+				break
+			}
+			backoff = minBackoff
+			for _, ev := range wr.Events {
+				// The first candidate's key deleted, or a first candidate.
+				moved = moved || (first == nil) == (ev.Type == mvccpb.PUT)
+			}
+			if moved {
+				break
+			}
+		}
+		wcancel()
+		if ctx.Err() == nil && !moved {
+			backoff = sleep(ctx, backoff)
+		}
 	}
 }
 

@@ -31,21 +31,32 @@ import (
 
 // Timing of the background loops.
 const (
-	// probeInterval is how often a replica checks that etcd answers a
-	// linearizable read (a leader and a quorum), which is what
-	// "connected" means.
-	probeInterval = time.Second
-	// requestTimeout bounds one request to etcd (probe, read, write).
+	// probeInterval is how often a replica learns the cluster's revision
+	// with a linearizable read (a leader and a quorum), which its watch
+	// must then reach (follow.go: what "connected" means).
+	probeInterval = 2 * time.Second
+	// requestTimeout bounds the attempts of one operation on etcd (read,
+	// write); each attempt gets attemptTimeout (attempt.go).
 	requestTimeout = 3 * time.Second
 	// replicaTTL is the lease of a replica record: a replica that dies
 	// leaves /v1/fleet within it.
 	replicaTTL = 10
+	// A replica's record is written at most every recordEvery, a random
+	// part of recordSpread after the change (GET /v1/fleet lags by as
+	// much): a thousand replicas do not write a thousand records at the
+	// moment of each change.
+	recordEvery  = time.Second
+	recordSpread = 500 * time.Millisecond
 	// minBackoff and maxBackoff bound the retry delay of the watch loop.
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
+	maxBackoff = time.Second
 	// applyWait bounds how long a mutation waits for its own replica to
-	// apply the revision it committed (read-your-writes).
-	applyWait = 10 * time.Second
+	// apply the revision it committed (read-your-writes). A watch that
+	// stalls is replaced within followBound + progressEvery, so this is
+	// only exceeded when this replica cannot follow etcd at all; the
+	// answer then says so (store.Change.NotApplied) instead of claiming
+	// the change is in force here.
+	applyWait = 3 * time.Second
 )
 
 // Options configure a Source.
@@ -74,6 +85,23 @@ type Source struct {
 	version string
 
 	client atomic.Pointer[clientv3.Client]
+	// members drops the connections of a member that hangs (members.go).
+	members *members
+	// watchers are the watch's own clients, one per member, made when the
+	// watch first goes there and kept (a watch that stalls moves to the
+	// next member, whatever round robin would pick, without a new client
+	// each time); watchEndpoint is the member in use, an index into the
+	// endpoints. Only the watch loop uses them.
+	watchers      map[int]*clientv3.Client
+	watchEndpoint int
+	// pinned is the watch's client for the other loops: a request's first
+	// attempt goes to the member this replica's watch follows, which has
+	// just proved it answers (tryOn).
+	pinned atomic.Pointer[clientv3.Client]
+	// follow is what the watch has proved (follow.go); events is this
+	// replica's log of what it applied and of its connection.
+	follow follow
+	events *eventLog
 
 	// mu guards the mirror and the apply state: the watch loop and Reload
 	// both apply.
@@ -159,6 +187,9 @@ func New(o Options) *Source {
 		cleanup: map[string]cleanupOp{},
 		applied: make(chan struct{}),
 		report:  make(chan struct{}, 1),
+		events:  newEventLog(),
+		// Replicas spread their watches over the members.
+		watchEndpoint: rand.N(max(len(o.Client.Endpoints), 1)),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -169,6 +200,7 @@ func New(o Options) *Source {
 	if s.m == nil {
 		s.m = NewMetrics(nil)
 	}
+	s.members = newMembers(o.Client, s.log, s.m)
 	start := &connState{since: s.now()}
 	s.conn.Store(start)
 	s.m.setConnected(false, start.since) // until the first answer from etcd
@@ -199,8 +231,13 @@ func (s *Source) Start(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	err := s.connect(sctx)
-	if err == nil {
-		err = s.fullRead(sctx, "start")
+	for err == nil {
+		// Each read gets requestTimeout; a busy etcd may need several
+		// within the dial timeout.
+		if err = s.fullRead(sctx, "start"); err == nil || sctx.Err() != nil {
+			break
+		}
+		sleep(sctx, minBackoff)
 	}
 	cancel()
 	if err == nil {
@@ -210,7 +247,7 @@ func (s *Source) Start(ctx context.Context) error {
 		}
 		return nil
 	}
-	s.setConnected(false, err)
+	s.setConnected(false, err.Error())
 	if cached == nil {
 		return fmt.Errorf("etcd_endpoints: cannot read the fleet state from %s (%w), and no etcd_cache_file to start from",
 			strings.Join(s.opts.Client.Endpoints, ","), err)
@@ -250,7 +287,7 @@ func (s *Source) connect(ctx context.Context) error {
 	if s.client.Load() != nil {
 		return nil
 	}
-	c, err := NewClient(s.opts.Client)
+	c, err := newClient(s.opts.Client, s.members.dialOptions()...)
 	if err != nil {
 		return err
 	}
@@ -262,10 +299,50 @@ func (s *Source) connect(ctx context.Context) error {
 
 // Close releases the client.
 func (s *Source) Close() error {
+	var err error
 	if c := s.client.Swap(nil); c != nil {
-		return c.Close()
+		err = c.Close()
 	}
-	return nil
+	s.members.close()
+	return err
+}
+
+// watchClient returns the watch's client, on the next member when move is
+// set (or when there is none yet).
+func (s *Source) watchClient(move bool) (*clientv3.Client, string, error) {
+	eps := s.opts.Client.Endpoints
+	if move {
+		s.watchEndpoint = (s.watchEndpoint + 1) % len(eps)
+	}
+	c := s.watchers[s.watchEndpoint]
+	if c == nil {
+		o := s.opts.Client
+		o.Endpoints = []string{eps[s.watchEndpoint]}
+		var err error
+		if c, err = newClient(o, s.members.dialOptions()...); err != nil {
+			s.pinned.Store(nil)
+			return nil, "", err
+		}
+		if s.watchers == nil {
+			s.watchers = map[int]*clientv3.Client{}
+		}
+		s.watchers[s.watchEndpoint] = c
+	}
+	s.pinned.Store(c)
+	return c, hostPort(eps[s.watchEndpoint]), nil
+}
+
+// hostPort is an endpoint as gRPC dials it (host:port; unix: paths as
+// they are).
+func hostPort(ep string) string {
+	if strings.HasPrefix(ep, "unix") {
+		return ep
+	}
+	if _, rest, ok := strings.Cut(ep, "://"); ok {
+		host, _, _ := strings.Cut(rest, "/")
+		return host
+	}
+	return ep
 }
 
 // fullRead reads config and overrides/ at one revision and applies them.
@@ -275,14 +352,18 @@ func (s *Source) fullRead(ctx context.Context, reason string) error {
 		return errUnavailable("not connected")
 	}
 	start, end := s.keys.stateRange()
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
-	defer cancel()
-	resp, err := c.Get(rctx, start, clientv3.WithRange(end))
+	var resp *clientv3.GetResponse
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
+		r, err := c.Get(clientv3.WithRequireLeader(actx), start, clientv3.WithRange(end))
+		resp = r
+		return err
+	}, nil)
 	if err != nil {
 		return fmt.Errorf("etcd: read %s: %w", start, err)
 	}
 	s.m.resync(reason)
-	s.setConnected(true, nil)
+	s.follow.reached(s.now(), resp.Header.Revision)
+	s.refreshConnected()
 	if hook := s.afterRead.Load(); hook != nil {
 		(*hook)(reason)
 	}
@@ -482,8 +563,28 @@ func (s *Source) applyLocked(rev int64, setAts []time.Time) error {
 	close(s.applied)
 	s.applied = make(chan struct{})
 	s.amu.Unlock()
+	s.logApplied(rev, now)
 	s.wake()
 	return nil
+}
+
+// logApplied adds the state now in force to the event log; s.mu is held.
+func (s *Source) logApplied(rev int64, at time.Time) {
+	snap := s.store.Load()
+	if snap == nil {
+		return
+	}
+	e := Event{At: at, Kind: "applied", Revision: rev, SHA256: snap.SHA256, StateSHA256: StateSHA256(snap)}
+	if len(snap.Overrides) > 0 {
+		e.Overrides = make(map[string]string, len(snap.Overrides))
+		for svc, w := range snap.Overrides {
+			e.Overrides[svc] = w.String()
+		}
+	}
+	if s.rejected != nil {
+		e.Rejected = s.rejected.err.Error()
+	}
+	s.events.add(e)
 }
 
 // noteDropped logs overrides that do not apply (once per record version)
@@ -546,9 +647,24 @@ func (s *Source) AppliedRevision() int64 {
 	return s.appliedRev
 }
 
-// setConnected records the connection state; a change is logged and
-// exported with its time.
-func (s *Source) setConnected(up bool, cause error) {
+// refreshConnected sets the connection state from what the watch has
+// proved now (follow.go) and returns it.
+func (s *Source) refreshConnected() bool {
+	now := s.now()
+	up := s.follow.following(now)
+	cause := ""
+	if !up {
+		if cause = s.follow.stalled(now); cause == "" {
+			cause = "the watch has not caught up with etcd"
+		}
+	}
+	s.setConnected(up, cause)
+	return up
+}
+
+// setConnected records the connection state; a change is logged, added to
+// the event log and exported with its time.
+func (s *Source) setConnected(up bool, cause string) {
 	cur := s.conn.Load()
 	if cur.connected == up {
 		return
@@ -558,9 +674,12 @@ func (s *Source) setConnected(up bool, cause error) {
 		return
 	}
 	s.m.setConnected(up, next.since)
+	member := s.follow.watching()
 	if up {
-		s.log.Info("etcd connected", "endpoints", s.opts.Client.Endpoints)
+		s.events.add(Event{At: next.since, Kind: "connected", Member: member, Revision: s.AppliedRevision()})
+		s.log.Info("etcd connected: following", "member", member, "endpoints", s.opts.Client.Endpoints)
 	} else {
+		s.events.add(Event{At: next.since, Kind: "disconnected", Member: member, Reason: cause, Revision: s.AppliedRevision()})
 		s.log.Warn("etcd disconnected: deciding from the last good state until it is back",
 			"endpoints", s.opts.Client.Endpoints, "error", cause)
 	}
@@ -583,9 +702,10 @@ func (s *Source) Run(ctx context.Context) error {
 func (s *Source) watchLoop(ctx context.Context) {
 	backoff := minBackoff
 	needRead := s.startedFrom.Load() != "etcd" || s.store.Load() == nil
+	var ended string // why the last watch ended
 	for ctx.Err() == nil {
 		if err := s.connect(ctx); err != nil {
-			s.setConnected(false, err)
+			s.setConnected(false, err.Error())
 			s.log.Debug("etcd: cannot connect yet", "error", err)
 			backoff = sleep(ctx, backoff)
 			continue
@@ -595,24 +715,37 @@ func (s *Source) watchLoop(ctx context.Context) {
 			// cluster may be another one, whose revisions mean nothing
 			// against the cached one.
 			if err := s.fullRead(ctx, "resync"); err != nil {
-				s.setConnected(false, err)
+				s.setConnected(false, err.Error())
 				s.log.Debug("etcd: full read failed", "error", err)
 				backoff = sleep(ctx, backoff)
 				continue
 			}
 			needRead = false
 		}
-		var ended string
-		needRead, ended = s.watch(ctx)
+		var answered bool
+		needRead, answered, ended = s.watch(ctx, strings.HasPrefix(ended, "stalled"))
 		if ctx.Err() != nil {
+			s.closeWatcher()
 			return
 		}
 		s.m.watchRestarts.Inc()
 		s.log.Info("etcd watch ended; starting again", "reason", ended, "full_read", needRead, "applied_revision", s.AppliedRevision())
-		backoff = sleep(ctx, backoff)
-		if !needRead {
+		if answered || strings.HasPrefix(ended, "stalled") {
+			// It worked for a while, or it already waited followBound:
+			// start again at once, from the applied revision.
 			backoff = minBackoff
 		}
+		backoff = sleep(ctx, backoff)
+	}
+	s.closeWatcher()
+}
+
+// closeWatcher closes the watch's clients.
+func (s *Source) closeWatcher() {
+	s.pinned.Store(nil)
+	for i, c := range s.watchers {
+		c.Close()
+		delete(s.watchers, i)
 	}
 }
 
@@ -629,48 +762,87 @@ func sleep(ctx context.Context, d time.Duration) time.Duration {
 	return min(d*2, maxBackoff)
 }
 
-// watch follows the state range from the applied revision + 1 until the
-// watch ends; it says whether everything must be read again and why it
-// ended.
-func (s *Source) watch(ctx context.Context) (needRead bool, why string) {
-	c := s.client.Load()
+// errStalled ends a watch that stopped following (follow.stalled).
+type errStalled struct{ why string }
+
+func (e errStalled) Error() string { return "stalled: " + e.why }
+
+// watch follows the state range from the applied revision until the watch
+// ends, on the next member when move is set; it says whether everything
+// must be read again, whether the watch answered at all, and why it ended.
+func (s *Source) watch(ctx context.Context, move bool) (needRead, answered bool, why string) {
+	c, member, err := s.watchClient(move)
+	if err != nil {
+		return false, false, "stalled: no client for the next member: " + err.Error()
+	}
 	start, end := s.keys.stateRange()
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	s.mu.Lock()
-	from := s.rev + 1
+	// From the applied revision itself rather than the next one: etcd
+	// answers a progress request only for a watch whose start is not past
+	// its current revision, which the next one is for a replica that is
+	// up to date. The event at the applied revision, if any, is skipped
+	// below.
+	from := max(s.rev, 1)
 	cluster := s.clusterID
 	s.mu.Unlock()
-	for resp := range c.Watch(wctx, start, clientv3.WithRange(end), clientv3.WithRev(from)) {
+
+	// A watcher of its own, closed with everything it opened (a progress
+	// request sent as a stream ends could otherwise leave one behind).
+	w := clientv3.NewWatcher(c)
+	defer w.Close()
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	s.follow.started(s.now(), member)
+	s.events.add(Event{At: s.now(), Kind: "watch", Revision: from, Member: member, Reason: "started"})
+	var tending sync.WaitGroup
+	defer func() {
+		cancel(nil)
+		tending.Wait()
+		s.follow.ended()
+		if ctx.Err() == nil {
+			s.refreshConnected()
+		}
+	}()
+	tending.Go(func() { s.tend(wctx, w, cancel) })
+
+	for resp := range w.Watch(wctx, start, clientv3.WithRange(end), clientv3.WithRev(from), clientv3.WithCreatedNotify()) {
 		if resp.CompactRevision != 0 {
 			s.m.compactions.Inc()
 			s.log.Warn("etcd compacted past the applied revision; reading everything again",
-				"applied_revision", from-1, "compact_revision", resp.CompactRevision)
-			return true, "compacted"
+				"applied_revision", from, "compact_revision", resp.CompactRevision)
+			return true, answered, "compacted"
 		}
 		if err := resp.Err(); err != nil {
-			s.setConnected(false, err)
-			return false, err.Error()
+			return false, answered, err.Error()
 		}
 		if resp.Canceled {
-			return false, "canceled"
+			return false, answered, "canceled"
 		}
 		if cluster != 0 && resp.Header.ClusterId != 0 && resp.Header.ClusterId != cluster {
 			s.log.Warn("etcd cluster changed; reading everything again", "was", cluster, "now", resp.Header.ClusterId)
-			return true, "cluster changed"
+			return true, answered, "cluster changed"
 		}
-		s.setConnected(true, nil)
+		answered = true
+		switch {
+		case resp.Created:
+			// Alive; what it delivers comes after.
+			s.follow.answered(s.now(), 0, false)
+		case resp.IsProgressNotify():
+			// Everything up to the member's revision was delivered.
+			s.follow.answered(s.now(), resp.Header.Revision, true)
+		}
 		if len(resp.Events) == 0 {
-			continue // progress notification
+			s.refreshConnected()
+			continue
 		}
 		s.mu.Lock()
 		var setAts []time.Time
 		newer := false
 		for _, ev := range resp.Events {
 			if ev.Kv.ModRevision <= s.rev {
-				// Already in a full read (POST /v1/reload) that ran while
-				// this response was on its way: applying it again would
-				// move keys, and the revision, backwards.
+				// Already applied: the event at the revision the watch
+				// started from, or one a full read (POST /v1/reload)
+				// applied while this response was on its way. Applying
+				// it again would move keys, and the revision, backwards.
 				continue
 			}
 			newer = true
@@ -687,46 +859,97 @@ func (s *Source) watch(ctx context.Context) (needRead bool, why string) {
 				delete(s.kvs, key)
 			}
 		}
-		if !newer {
-			s.mu.Unlock()
-			continue
-		}
 		rev := resp.Events[len(resp.Events)-1].Kv.ModRevision
-		if err := s.applyLocked(rev, setAts); err != nil {
-			s.log.Debug("nothing to apply yet", "revision", rev, "error", err)
+		if newer {
+			if err := s.applyLocked(rev, setAts); err != nil {
+				s.log.Debug("nothing to apply yet", "revision", rev, "error", err)
+			}
 		}
 		s.mu.Unlock()
+		s.follow.answered(s.now(), rev, false)
+		s.refreshConnected()
 	}
 	if ctx.Err() != nil {
-		return false, "stopped"
+		return false, answered, "stopped"
+	}
+	var st errStalled
+	if errors.As(context.Cause(wctx), &st) {
+		return false, answered, st.Error()
 	}
 	// A closed channel without a cancel (older servers, a lost leader):
 	// start over, as after a compaction.
-	return true, "watch channel closed"
+	return true, answered, "watch channel closed"
 }
 
-// probeLoop checks every probeInterval that etcd answers a linearizable
-// read; that, and a working watch, is "connected".
+// tend asks the watch for progress every progressEvery and gives it up
+// (cancel) when it stalls, suspecting its member.
+func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-wctx.Done():
+			return
+		case <-t.C:
+		}
+		member := s.follow.watching()
+		// Silent, but its member sends bytes (other answers, keep-alives):
+		// slow, not gone. Starting the watch again would only load it
+		// more; the replica says it is not following meanwhile.
+		slow := s.follow.silentFor(s.now()) < slowBound && s.members.heard(member, followBound)
+		if why := s.follow.stalled(s.now()); why != "" && !slow {
+			s.m.watchStalls.Inc()
+			s.follow.gaveUp()
+			s.log.Warn("etcd watch stalled; starting it again on the next member", "member", member, "reason", why, "applied_revision", s.AppliedRevision())
+			s.events.add(Event{At: s.now(), Kind: "watch", Member: member, Reason: "stalled: " + why})
+			s.members.suspect(member, "the watch stalled: "+why)
+			cancel(errStalled{why})
+			return
+		}
+		s.refreshConnected()
+		pctx, pcancel := context.WithTimeout(wctx, progressEvery)
+		if err := w.RequestProgress(pctx); err != nil && wctx.Err() == nil {
+			s.log.Debug("etcd: progress request not sent", "error", err)
+		}
+		pcancel()
+	}
+}
+
+// probeLoop learns the cluster's revision every probeInterval with a
+// linearizable read, which the watch must reach within followBound
+// (follow.go); a read that gets no answer makes its member suspect.
 func (s *Source) probeLoop(ctx context.Context) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
+	var busy atomic.Bool
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		s.refreshConnected()
 		c := s.client.Load()
-		if c == nil {
+		if c == nil || !busy.CompareAndSwap(false, true) {
 			continue
 		}
-		pctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), min(requestTimeout, 2*probeInterval))
-		_, err := c.Get(pctx, s.keys.Config(), clientv3.WithCountOnly())
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		s.setConnected(err == nil, err)
+		wg.Go(func() {
+			defer busy.Store(false)
+			at := s.now()
+			var rev int64
+			err := s.tryOn(ctx, false, func(actx context.Context, c *clientv3.Client) error {
+				resp, err := c.Get(clientv3.WithRequireLeader(actx), s.keys.Config(), clientv3.WithCountOnly())
+				if err == nil {
+					rev = resp.Header.Revision
+				}
+				return err
+			}, func(attempt, error) bool { return false })
+			if err == nil {
+				s.follow.learnt(rev, at)
+			}
+		})
 	}
 }
 
@@ -751,12 +974,25 @@ func (s *Source) reportLoop(ctx context.Context) {
 	defer t.Stop()
 	var written int64 = -1 // revision of the record written
 	var cached int64 = -1  // revision of the cache file written
+	var wrote time.Time    // when the record was last written
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.report:
 		case <-t.C:
+		}
+		if written >= 0 {
+			// Every replica writes its record after a change: N writes
+			// per change, just as the next one is made. Spread them
+			// (a random part of recordSpread) and write each replica's
+			// at most every recordEvery, with the state as it is then.
+			d := max(recordEvery-time.Since(wrote), 0) + rand.N(recordSpread)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
 		}
 		rev := s.AppliedRevision()
 		if rev > 0 && rev != cached && s.opts.CacheFile != "" {
@@ -809,7 +1045,7 @@ func (s *Source) reportLoop(ctx context.Context) {
 			s.log.Debug("cannot write the replica record yet", "error", err)
 			continue
 		}
-		written = rev
+		written, wrote = rev, time.Now()
 	}
 }
 

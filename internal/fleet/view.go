@@ -16,7 +16,14 @@ type Status struct {
 	NodeID    string   `json:"node_id"`
 	Endpoints []string `json:"endpoints"`
 	Prefix    string   `json:"prefix"`
-	Connected bool     `json:"connected"`
+	// Connected: this replica follows etcd. A progress notification
+	// proved its watch caught up within the last second, and it has
+	// reached every revision the cluster had committed a second before its
+	// last probe, so everything committed more than 3 s ago is in force
+	// here (docs/fleet.md).
+	Connected bool `json:"connected"`
+	// Watching is the member (as dialled) the watch runs on.
+	Watching string `json:"watching,omitempty"`
 	// Since is when the connection state last changed;
 	// DisconnectedSince repeats it while disconnected.
 	Since             time.Time  `json:"since"`
@@ -32,10 +39,11 @@ type Status struct {
 
 // Status returns this replica's fleet status.
 func (s *Source) Status() Status {
+	s.refreshConnected()
 	c := s.conn.Load()
 	st := Status{
 		NodeID: s.opts.NodeID, Endpoints: s.opts.Client.Endpoints, Prefix: s.keys.Prefix,
-		Connected: c.connected, Since: c.since,
+		Connected: c.connected, Since: c.since, Watching: s.follow.watching(),
 	}
 	if !c.connected {
 		since := c.since
@@ -85,9 +93,12 @@ func (s *Source) Fleet(ctx context.Context) (FleetView, error) {
 	if c == nil {
 		return FleetView{}, errUnavailable("not connected")
 	}
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
-	defer cancel()
-	resp, err := c.Get(rctx, s.keys.Replicas(), clientv3.WithPrefix())
+	var resp *clientv3.GetResponse
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
+		r, err := c.Get(clientv3.WithRequireLeader(actx), s.keys.Replicas(), clientv3.WithPrefix())
+		resp = r
+		return err
+	}, nil)
 	if err != nil {
 		return FleetView{}, errUnavailable("read " + s.keys.Replicas() + ": " + trimErr(err))
 	}

@@ -60,25 +60,56 @@ func (s *Source) ClearOverride(ctx context.Context, service string, actor string
 // mutate is the write-through path: read the document and the override at
 // one revision, compute the new weights against that document, and write
 // them if neither key changed meanwhile (else read again). compute nil
-// deletes the override. It answers once this replica applied the commit.
-// A fence adds comparisons the write is conditional on (a rollout state's
-// revision, the leader's election key): when they no longer hold, nothing
-// is written and the error wraps rollout.ErrStale.
+// deletes the override. It answers once this replica applied the commit,
+// or after applyWait with Change.NotApplied set. A fence adds comparisons
+// the write is conditional on (a rollout state's revision, the leader's
+// election key): when they no longer hold, nothing is written and the
+// error wraps rollout.ErrStale.
+//
+// Each read and write gets attemptTimeout on one member. A write that got
+// no answer may or may not have been committed, so it is never simply
+// sent again: the next round reads the override back. Holding the value
+// written (each record is unique: it carries the writer's node and clock)
+// means it was committed, at the key's revision; the key unchanged since
+// the read means it was not, and the round goes on (the compare-and-swap
+// makes sure that at most one of the writes sent can commit); anything
+// else (another writer changed the key meanwhile) cannot be told apart
+// from "committed, then overwritten", and the answer says the outcome is
+// unknown.
 func (s *Source) mutate(ctx context.Context, service, actor string, fence []clientv3.Cmp, compute func(base *split.Table, current split.Weights) (split.Weights, error)) (store.Change, error) {
 	c := s.client.Load()
-	if c == nil || !s.conn.Load().connected {
+	if c == nil {
 		return store.Change{}, errUnavailable("not connected; the change was not made")
 	}
 	cfgKey, ovKey := s.keys.Config(), s.keys.Override(service)
+	var sent []sentWrite // writes whose outcome is not known yet
 	for range maxWriteAttempts {
-		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
-		read, err := c.Txn(rctx).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(ovKey)).Commit()
-		cancel()
+		var read *clientv3.TxnResponse
+		err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
+			r, err := c.Txn(clientv3.WithRequireLeader(actx)).Then(clientv3.OpGet(cfgKey), clientv3.OpGet(ovKey)).Commit()
+			read = r
+			return err
+		}, nil)
 		if err != nil {
-			return store.Change{}, errUnavailable("read: " + err.Error())
+			if len(sent) > 0 {
+				return store.Change{}, errUnknownOutcome(err)
+			}
+			return store.Change{}, errUnavailable("read: " + trimErr(err) + "; the change was not made")
 		}
 		cfgKV := firstKV(read.Responses[0].GetResponseRange().Kvs)
 		ovKV := firstKV(read.Responses[1].GetResponseRange().Kvs)
+		if len(sent) > 0 {
+			rev, done, err := settle(sent, ovKV, read.Header.Revision)
+			if err != nil {
+				return store.Change{}, err
+			}
+			if done {
+				last := sent[len(sent)-1]
+				return s.committed(ctx, service, actor, last.old, last.next, rev, last.verb)
+			}
+			// None committed yet, and the ones sent compare the same
+			// override revision as the next: at most one of them can.
+		}
 		base, err := s.baseTable(cfgKV)
 		if err != nil {
 			return store.Change{}, err
@@ -95,11 +126,13 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 		}
 		var op clientv3.Op
 		var next split.Weights
+		var value []byte
+		verb := "set"
 		if compute == nil {
 			if ovKV == nil {
 				return store.Change{Service: service, Old: current, New: current, Snapshot: s.store.Load(), Revision: read.Header.Revision}, nil
 			}
-			next = fileSvc.Weights
+			next, verb = fileSvc.Weights, "cleared"
 			op = clientv3.OpDelete(ovKey)
 		} else {
 			if next, err = compute(base, current); err != nil {
@@ -111,23 +144,35 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 				return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: read.Header.Revision}, nil
 			}
 			rec := overrideRecord{Weights: next, Against: fileSvc.Weights, SetAt: s.now().UTC(), Node: s.opts.NodeID, Actor: actor}
-			val, err := rec.encode()
-			if err != nil {
+			if value, err = rec.encode(); err != nil {
 				return store.Change{}, err
 			}
-			op = clientv3.OpPut(ovKey, string(val))
+			op = clientv3.OpPut(ovKey, string(value))
 		}
-		wctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
 		cmps := append([]clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(cfgKey), "=", modRev(cfgKV)),
 			clientv3.Compare(clientv3.ModRevision(ovKey), "=", modRev(ovKV)),
 		}, fence...)
-		resp, err := c.Txn(wctx).If(cmps...).Then(op).Commit()
-		cancel()
+		var resp *clientv3.TxnResponse
+		unknown := false
+		err = s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
+			r, err := c.Txn(clientv3.WithRequireLeader(actx)).If(cmps...).Then(op).Commit()
+			resp = r
+			return err
+		}, func(attempt, error) bool {
+			unknown = true
+			return false // read back before anything else
+		})
 		if err != nil {
-			// The outcome is unknown (the commit may have happened): say
-			// so rather than retry a write that may be in.
-			return store.Change{}, errUnavailable("write (outcome unknown; GET the service to see): " + err.Error())
+			if !unknown {
+				return store.Change{}, errUnavailable("write: " + trimErr(err) + "; the change was not made")
+			}
+			sent = append(sent, sentWrite{value: value, overrideRev: modRev(ovKV), old: current, next: next, verb: verb})
+			s.log.Warn("admin write got no answer; reading back whether it was committed", "service", service, "error", trimErr(err))
+			if ctx.Err() != nil {
+				return store.Change{}, errUnknownOutcome(err)
+			}
+			continue
 		}
 		if !resp.Succeeded {
 			if len(fence) > 0 {
@@ -140,31 +185,78 @@ func (s *Source) mutate(ctx context.Context, service, actor string, fence []clie
 			s.m.conflicts.Inc()
 			continue
 		}
-		rev := resp.Header.Revision
-		verb := "set"
-		if compute == nil {
-			verb = "cleared"
-		}
-		s.log.Info("runtime override "+verb+" in etcd", "service", service, "actor", actor,
-			"old", current.String(), "new", next.String(), "revision", rev)
-		wctx, cancel = context.WithTimeout(ctx, applyWait)
-		werr := s.waitApplied(wctx, rev)
-		cancel()
-		if werr != nil {
-			s.log.Warn("committed to etcd but not yet applied here", "service", service, "revision", rev, "error", werr)
-		}
-		return store.Change{Service: service, Old: current, New: next, Snapshot: s.store.Load(), Revision: rev}, nil
+		return s.committed(ctx, service, actor, current, next, resp.Header.Revision, verb)
+	}
+	if len(sent) > 0 {
+		return store.Change{}, errUnknownOutcome(errors.New("no answer"))
 	}
 	return store.Change{}, errUnavailable(fmt.Sprintf("%d concurrent writes in a row won over this one; try again", maxWriteAttempts))
 }
 
+// sentWrite is a write sent without an answer. All the writes of one
+// mutation that are kept are conditional on the same override revision
+// (the key did not change between them), so at most one can commit.
+type sentWrite struct {
+	value       []byte // the record put; nil: a delete
+	overrideRev int64  // the override key's revision it was conditional on
+	old, next   split.Weights
+	verb        string
+}
+
+// settle tells what became of writes sent without an answer, from the
+// override as read afterwards at readRev: done with the revision that
+// holds their effect, not done (nothing was committed: write again), or
+// an error when it cannot be told.
+func settle(sent []sentWrite, ovKV *mvccpb.KeyValue, readRev int64) (rev int64, done bool, err error) {
+	for _, w := range sent {
+		if w.value != nil && ovKV != nil && string(ovKV.Value) == string(w.value) {
+			return ovKV.ModRevision, true, nil
+		}
+	}
+	last := sent[len(sent)-1]
+	if last.value == nil && ovKV == nil {
+		// Deleted: by this write or another; either way the override is
+		// gone as of the read.
+		return readRev, true, nil
+	}
+	if modRev(ovKV) == last.overrideRev {
+		return 0, false, nil
+	}
+	return 0, false, errUnknownOutcome(errors.New("another writer changed the override meanwhile"))
+}
+
+func errUnknownOutcome(cause error) error {
+	return errUnavailable("write (outcome unknown; GET the service to see): " + trimErr(cause))
+}
+
+// committed answers a write committed at rev once this replica applied it,
+// or after applyWait with NotApplied set.
+func (s *Source) committed(ctx context.Context, service, actor string, old, next split.Weights, rev int64, verb string) (store.Change, error) {
+	s.follow.learnt(rev, s.now())
+	s.log.Info("runtime override "+verb+" in etcd", "service", service, "actor", actor,
+		"old", old.String(), "new", next.String(), "revision", rev)
+	wctx, cancel := context.WithTimeout(ctx, applyWait)
+	werr := s.waitApplied(wctx, rev)
+	cancel()
+	ch := store.Change{Service: service, Old: old, New: next, Snapshot: s.store.Load(), Revision: rev}
+	if werr != nil {
+		ch.NotApplied = true
+		s.log.Warn("committed to etcd but not yet applied here; answering so", "service", service, "revision", rev,
+			"applied_revision", s.AppliedRevision(), "waited", applyWait)
+	}
+	return ch, nil
+}
+
 // holds evaluates a fence on its own.
 func (s *Source) holds(ctx context.Context, c *clientv3.Client, fence []clientv3.Cmp) (bool, error) {
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), requestTimeout)
-	defer cancel()
-	resp, err := c.Txn(rctx).If(fence...).Commit()
+	var resp *clientv3.TxnResponse
+	err := s.try(ctx, func(actx context.Context, c *clientv3.Client) error {
+		r, err := c.Txn(clientv3.WithRequireLeader(actx)).If(fence...).Commit()
+		resp = r
+		return err
+	}, nil)
 	if err != nil {
-		return false, errUnavailable("read: " + err.Error())
+		return false, errUnavailable("read: " + trimErr(err))
 	}
 	return resp.Succeeded, nil
 }

@@ -481,6 +481,10 @@ type Change struct {
 	// Revision is the etcd revision that committed the change (fleet
 	// mode); 0 when the change was made in this process only.
 	Revision int64
+	// NotApplied (fleet mode): the change is committed in etcd, but this
+	// replica had not applied it yet when the answer was due; Snapshot is
+	// then the state still in force here.
+	NotApplied bool
 }
 
 // SetWeights overrides service's weights (in any order; they are kept in

@@ -59,7 +59,11 @@ type Etcd struct {
 	Endpoint string
 	DataDir  string
 
-	peerURL string
+	// Name is the member's name; PeerURL its peer URL.
+	Name    string
+	PeerURL string
+	// cluster is --initial-cluster: every member's name=peerURL.
+	cluster string
 	opts    EtcdOptions
 	http    *http.Client
 }
@@ -85,7 +89,8 @@ func (b *Bed) StartEtcd(ctx context.Context, bin string, o EtcdOptions) (*Etcd, 
 			return nil, err
 		}
 		e.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-		e.peerURL = fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+		e.Name, e.PeerURL = "default", fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+		e.cluster = e.Name + "=" + e.PeerURL
 		if err := os.RemoveAll(e.DataDir); err != nil {
 			return nil, err
 		}
@@ -101,23 +106,35 @@ func (b *Bed) StartEtcd(ctx context.Context, bin string, o EtcdOptions) (*Etcd, 
 }
 
 func (e *Etcd) start(ctx context.Context) error {
+	if err := e.launch(); err != nil {
+		return err
+	}
+	return e.waitHealthy(ctx)
+}
+
+// launch starts the process without waiting for it to serve (the members
+// of a new cluster only become healthy together).
+func (e *Etcd) launch() error {
 	e.Args = append([]string{
-		"--name", "default",
+		"--name", e.Name,
 		"--data-dir", e.DataDir,
 		"--listen-client-urls", e.Endpoint,
 		"--advertise-client-urls", e.Endpoint,
-		"--listen-peer-urls", e.peerURL,
-		"--initial-advertise-peer-urls", e.peerURL,
-		"--initial-cluster", "default=" + e.peerURL,
+		"--listen-peer-urls", e.PeerURL,
+		"--initial-advertise-peer-urls", e.PeerURL,
+		"--initial-cluster", e.cluster,
 		"--initial-cluster-state", "new",
 		"--log-level", "warn",
 	}, e.opts.Args...)
 	if !e.opts.Fsync {
 		e.Args = append(e.Args, "--unsafe-no-fsync")
 	}
-	if err := e.Proc.Start(); err != nil {
-		return err
-	}
+	return e.Proc.Start()
+}
+
+// waitHealthy waits until /health says true (the member has a leader and
+// serves); a member that does not get there is killed.
+func (e *Etcd) waitHealthy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, StartupTimeout)
 	defer cancel()
 	err := e.poll(ctx, "/health", func() error { return e.health(ctx) })

@@ -92,6 +92,10 @@ func (b *Bed) Close() {
 	}
 }
 
+// OnClose runs f when the bed closes, after its processes are killed (in
+// the reverse order of registration).
+func (b *Bed) OnClose(f func()) { b.onClose(f) }
+
 func (b *Bed) onClose(f func()) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

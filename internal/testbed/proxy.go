@@ -1,14 +1,16 @@
 package testbed
 
 import (
-	"io"
 	"net"
 	"sync"
 )
 
 // Proxy forwards TCP connections from a loopback port to a target, and can
-// cut them: a network partition between one client and its server (the
-// server keeps running for everyone else).
+// cut them (a clean partition: connections closed, new ones refused) or
+// blackhole them (a partition that drops packets: connections stay open,
+// new ones are accepted, nothing is forwarded either way until Heal, which
+// delivers what was held, as TCP's retransmissions would). The server
+// keeps running for everyone else.
 type Proxy struct {
 	Addr   string // 127.0.0.1:port to dial instead of the target
 	target string
@@ -16,6 +18,7 @@ type Proxy struct {
 
 	mu    sync.Mutex
 	cut   bool
+	hold  chan struct{} // non-nil while blackholed; closed by Heal
 	conns map[net.Conn]bool
 }
 
@@ -34,6 +37,7 @@ func (b *Bed) StartProxy(target string) (*Proxy, error) {
 	b.onClose(func() {
 		ln.Close()
 		<-done
+		p.Heal()
 		p.Cut()
 	})
 	return p, nil
@@ -51,21 +55,57 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
-		up, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = true, true
+		p.conns[c] = true
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.serve(c)
+	}
+}
+
+// serve connects c to the target once the proxy is not blackholed.
+func (p *Proxy) serve(c net.Conn) {
+	p.wait()
+	up, err := net.Dial("tcp", p.target)
+	p.mu.Lock()
+	if err != nil || p.cut || !p.conns[c] {
+		p.mu.Unlock()
+		c.Close()
+		if up != nil {
+			up.Close()
+		}
+		return
+	}
+	p.conns[up] = true
+	p.mu.Unlock()
+	go p.pipe(c, up)
+	go p.pipe(up, c)
+}
+
+// wait returns when the proxy is not blackholed.
+func (p *Proxy) wait() {
+	p.mu.Lock()
+	g := p.hold
+	p.mu.Unlock()
+	if g != nil {
+		<-g
 	}
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		p.wait()
+		n, err := src.Read(buf)
+		if n > 0 {
+			// Bytes read just before a blackhole are held too.
+			p.wait()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -81,6 +121,7 @@ func (p *Proxy) Cut() {
 	p.cut = true
 	for c := range p.conns {
 		c.Close()
+		delete(p.conns, c)
 	}
 }
 
@@ -89,4 +130,26 @@ func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
+}
+
+// Blackhole stops forwarding in both directions without closing anything:
+// the client's connections stay open and new ones are accepted, but no
+// byte goes through until Heal.
+func (p *Proxy) Blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold == nil {
+		p.hold = make(chan struct{})
+	}
+}
+
+// Heal ends a blackhole: what was held is delivered, and connections
+// accepted meanwhile reach the target.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hold != nil {
+		close(p.hold)
+		p.hold = nil
+	}
 }
