@@ -72,7 +72,7 @@ bench-assign: build module envoy ## Through Envoy: a request given a sticky key 
 	./$(BIN)/splitter-bench assign --splitter $(BIN)/splitter --module-dir $(BIN) --envoy "$$(scripts/envoy.sh)" --envoy-rounds 10 --envoy-duration 3s --results bench/results --out BENCH.md
 
 validate: build ## Validate every example configuration
-	./$(BIN)/splitter validate examples/config/*.yaml
+	./$(BIN)/splitter validate examples/config/*.yaml examples/envoy-gateway/config.yaml
 
 istio: ## Decode the Istio recipes (examples/istio) with Istio's own types, validate their Envoy configs (nested module)
 	cd examples/istio/check && $(GO) vet ./... && $(GO) test -count=1 ./...

@@ -14,6 +14,7 @@ import (
 
 	"github.com/trafficsplit/splitter/envoy"
 	"github.com/trafficsplit/splitter/examples/backend/echo"
+	"github.com/trafficsplit/splitter/internal/testbed"
 )
 
 // anonymousConfig assigns a key to every request that carries none.
@@ -39,16 +40,22 @@ type answer struct {
 	setCookies []string
 }
 
-// send sends GET / with h and requires a 200 from a backend.
+// send sends GET / with h through b's Envoy and requires a 200 from a
+// backend.
 func send(ctx context.Context, b *bed, h http.Header) (answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.client.BaseURL+"/", nil)
+	return sendTo(ctx, b.client, h)
+}
+
+// sendTo is send through the listener c speaks to.
+func sendTo(ctx context.Context, c *testbed.Client, h http.Header) (answer, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/", nil)
 	if err != nil {
 		return answer{}, err
 	}
 	for k, vs := range h {
 		req.Header[http.CanonicalHeaderKey(k)] = vs
 	}
-	resp, err := b.client.HTTP.Do(req)
+	resp, err := c.HTTP.Do(req)
 	if err != nil {
 		return answer{}, err
 	}

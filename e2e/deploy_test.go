@@ -245,12 +245,17 @@ func TestExampleConfigsCompile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files = append(files, filepath.Join(found.root, "examples", "kubernetes", "splitter-config.yaml"))
-	if len(files) < 6 {
+	files = append(files, filepath.Join(found.root, "examples", "kubernetes", "splitter-config.yaml"),
+		filepath.Join(found.root, "examples", "envoy-gateway", "config.yaml"))
+	files = append(files, configMapConfigs(t, filepath.Join(found.root, "examples", "istio"))...)
+	if len(files) < 9 {
 		t.Fatalf("only %d example configurations: %v", len(files), files)
 	}
 	for _, path := range files {
 		rel, _ := filepath.Rel(found.root, path)
+		if strings.HasPrefix(rel, "..") { // a ConfigMap's, written out
+			rel = "examples/istio/" + filepath.Base(path)
+		}
 		t.Run(rel, func(t *testing.T) {
 			l, err := config.ReadFile(path)
 			if err != nil {
@@ -261,6 +266,51 @@ func TestExampleConfigsCompile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// configMapConfigs writes the splitter configurations that the ConfigMaps
+// of the recipes in dir carry (their config.yaml keys) to files, and
+// returns their paths.
+func configMapConfigs(t *testing.T, dir string) []string {
+	t.Helper()
+	recipes, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, path := range recipes {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		for {
+			var doc struct {
+				Kind     string `yaml:"kind"`
+				Metadata struct {
+					Name string `yaml:"name"`
+				} `yaml:"metadata"`
+				Data map[string]string `yaml:"data"`
+			}
+			if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+				break
+			} else if err != nil {
+				t.Fatalf("%s: %v", path, err)
+			}
+			if doc.Kind != "ConfigMap" || doc.Data["config.yaml"] == "" {
+				continue
+			}
+			f := filepath.Join(t.TempDir(), filepath.Base(path)+"-"+doc.Metadata.Name+".yaml")
+			if err := os.WriteFile(f, []byte(doc.Data["config.yaml"]), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, f)
+		}
+	}
+	if len(out) < 2 {
+		t.Fatalf("%s: %d ConfigMaps with a splitter configuration, want splitter.yaml's and gateway-guard.yaml's", dir, len(out))
+	}
+	return out
 }
 
 // TestKubernetesManifests checks what kubectl cannot: the sidecar layout.

@@ -37,6 +37,9 @@ type gwBed struct {
 	admin    *testbed.AdminClient
 	client   *testbed.Client
 	backends []*testbed.Backend
+	// envoyAdmin is Envoy's admin address, fixed by the EnvoyProxy's
+	// bootstrap (port substituted): the ext_proc splitter's envoy_admin.
+	envoyAdmin string
 }
 
 // substitution replaces every occurrence of old in one example file by
@@ -120,15 +123,26 @@ func startGatewayBed(t *testing.T, mode string, edit func(name, content string) 
 		substitution{"port: 10080", "port: " + strconv.Itoa(listen), 1},
 		substitution{"port: 9101}", "port: " + portOf(t, b.backends[0].Addr) + "}", 1},
 		substitution{"port: 9102}", "port: " + portOf(t, b.backends[1].Addr) + "}", 1})
+	// Envoy's admin port, which the EnvoyProxy's bootstrap fixes (9901 in
+	// the recipe; host mode would pick a random one).
+	envoyAdminPort, err := testbed.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.envoyAdmin = "127.0.0.1:" + strconv.Itoa(envoyAdminPort)
+	adminSub := substitution{"port_value: 9901}", "port_value: " + strconv.Itoa(envoyAdminPort) + "}", 1}
 	var pathFile string
 	switch mode {
 	case "ext_proc":
-		b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath)
+		// The recipe's envoy_admin is the splitter's default, 9901; the
+		// guard reads Envoy's counters every 100ms (rollouts held seconds).
+		b.splitter, err = b.StartSplitter(t.Context(), found.splitterBin, b.cfgPath,
+			"--envoy-admin", b.envoyAdmin, "--signals-interval", "100ms")
 		if err != nil {
 			t.Fatal(err)
 		}
 		b.admin = b.splitter.AdminClient
-		pathFile = shipped(t, res, "ext-proc.yaml", edit,
+		pathFile = shipped(t, res, "ext-proc.yaml", edit, adminSub,
 			substitution{"port: 9001}", "port: " + portOf(t, b.splitter.GRPCAddr) + "}", 1})
 	case "module":
 		adminPort, err := testbed.FreePort()
@@ -137,7 +151,7 @@ func startGatewayBed(t *testing.T, mode string, edit func(name, content string) 
 		}
 		adminAddr := "127.0.0.1:" + strconv.Itoa(adminPort)
 		b.admin = b.AdminAt(adminAddr)
-		pathFile = shipped(t, res, "module.yaml", edit,
+		pathFile = shipped(t, res, "module.yaml", edit, adminSub,
 			substitution{"/usr/local/lib/splitter/libsplitter.so", filepath.Join(found.moduleDir, "libsplitter.so"), 1},
 			substitution{"config: /etc/splitter/config.yaml", "config: " + b.cfgPath, 1},
 			substitution{"admin_addr: 127.0.0.1:9002", "admin_addr: " + adminAddr, 1})
@@ -160,6 +174,10 @@ func startGatewayBed(t *testing.T, mode string, edit func(name, content string) 
 	}
 	if b.envoy, err = b.gateway.WaitEnvoy(t.Context(), listen); err != nil {
 		t.Fatal(err)
+	}
+	// The bootstrap merge took: Envoy's admin is where the splitter looks.
+	if b.envoy.AdminAddr != b.envoyAdmin {
+		t.Fatalf("Envoy Gateway's Envoy has its admin interface at %s, want %s (the EnvoyProxy's bootstrap)", b.envoy.AdminAddr, b.envoyAdmin)
 	}
 	b.client = testbed.ClientFor("127.0.0.1:" + strconv.Itoa(listen))
 	t.Cleanup(b.client.Close)
@@ -312,12 +330,25 @@ func testEnvoyGateway(t *testing.T, mode string) {
 			})
 			b.exactSplit(t, 100, 95, nil)
 		}},
+		{"anonymous clients are given a cookie and stay on one version", b.anonymousClients},
+		{"a 10 % mirror copies exactly 100 of 1,000 requests; a client's x-mirror-version none", b.mirrorCopiesAShare},
+		{"a guarded rollout of a failing canary is rolled back", b.rollbackOnErrors},
+		{"a guarded rollout of a slow canary is rolled back", b.rollbackOnLatency},
+	}
+	type step = struct {
+		name string
+		run  func(t *testing.T)
 	}
 	if mode == "ext_proc" {
-		steps = append(steps, struct {
-			name string
-			run  func(t *testing.T)
-		}{"the splitter killed under traffic", b.killUnderTraffic})
+		steps = append(steps,
+			step{"a failing canary is rolled back from the shadow step", b.rollbackFromShadow},
+			step{"without clusters the guard finds no Envoy Gateway cluster", b.noClusterNoVerdict})
+	}
+	steps = append(steps,
+		step{"a guarded rollout of a healthy canary is promoted", b.promoteHealthy},
+		step{"back to a plain split", b.plainSplit})
+	if mode == "ext_proc" {
+		steps = append(steps, step{"the splitter killed under traffic", b.killUnderTraffic})
 	}
 	for _, st := range steps {
 		if !t.Run(st.name, st.run) {
@@ -401,6 +432,14 @@ func (b *gwBed) killUnderTraffic(t *testing.T) {
 		return len(tr.Since(killed)) >= 100
 	})
 	b.allOn(t, 20, "v1", hdr("x-route-version", "v2"))
+	// Nor can a client ask for a copy while nothing decides: both headers
+	// of a mirror rule are stripped before the route is chosen.
+	copies, _ := b.backends[1].Requests()
+	b.allOn(t, 20, "v1", hdr("x-route-version", "v1", "x-mirror-version", "v2"))
+	time.Sleep(300 * time.Millisecond)
+	if now, _ := b.backends[1].Requests(); now != copies {
+		t.Errorf("v2 received %d requests while the splitter was down, after clients sent x-route-version v1 and x-mirror-version v2", now-copies)
+	}
 	restart := time.Now()
 	if err := b.splitter.Restart(t.Context()); err != nil {
 		t.Fatal(err)
@@ -433,7 +472,7 @@ func TestEnvoyGatewayNegativeControls(t *testing.T) {
 			if name != "ext-proc.yaml" {
 				return s
 			}
-			out := strings.Replace(s, "      processingMode:\n        request: {}\n", "", 1)
+			out := strings.Replace(s, "      processingMode:\n        request: {}\n        allowModeOverride: true\n", "", 1)
 			if out == s {
 				t.Fatal("ext-proc.yaml has no processingMode block to remove")
 			}
@@ -450,24 +489,52 @@ func TestEnvoyGatewayNegativeControls(t *testing.T) {
 			}
 		}
 	})
-	t.Run("without the ClientTrafficPolicy a spoofed header picks v2 while the splitter is down", func(t *testing.T) {
+	t.Run("without the ClientTrafficPolicy spoofed headers pick v2 and ask for copies while the splitter is down, without allowModeOverride no cookie", func(t *testing.T) {
+		const strip = "remove: [x-route-version, x-route-reason, x-mirror-version, x-variant]\n---\n"
 		b := startGatewayBed(t, "ext_proc", func(name, s string) string {
-			if name != "gateway.yaml" {
-				return s
+			switch name {
+			case "gateway.yaml":
+				start := strings.Index(s, "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy")
+				end := strings.Index(s, strip)
+				if start < 0 || end < start {
+					t.Fatal("gateway.yaml has no ClientTrafficPolicy to remove")
+				}
+				return s[:start] + s[end+len(strip):]
+			case "ext-proc.yaml":
+				out := strings.Replace(s, "        allowModeOverride: true\n", "", 1)
+				if out == s {
+					t.Fatal("ext-proc.yaml has no allowModeOverride to remove")
+				}
+				return out
 			}
-			start := strings.Index(s, "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy")
-			end := strings.Index(s, "remove: [x-route-version, x-route-reason, x-variant]\n---\n")
-			if start < 0 || end < start {
-				t.Fatal("gateway.yaml has no ClientTrafficPolicy to remove")
-			}
-			return s[:start] + s[end+len("remove: [x-route-version, x-route-reason, x-variant]\n---\n"):]
+			return s
 		}, true)
+		// Without allowModeOverride Envoy ignores the splitter's ask for
+		// the response headers: an anonymous client is decided by its new
+		// key but never gets the cookie.
+		b.useConfig(t, anonymousConfig)
+		for range 10 {
+			a, err := sendTo(t.Context(), b.client, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a.seen["x-route-reason"] != "sticky_assigned" || len(a.setCookies) != 0 {
+				t.Fatalf("without allowModeOverride: reason %q, Set-Cookie %q; want sticky_assigned and no cookie", a.seen["x-route-reason"], a.setCookies)
+			}
+		}
+		b.useConfig(t, baseConfig)
 		// Up, the splitter overwrites the client's header: still split.
 		b.exactSplit(t, 100, 80, hdr("x-route-version", "v2"))
 		if err := b.splitter.Kill(); err != nil {
 			t.Fatal(err)
 		}
-		// Down, nothing picks the route again: the client's header wins.
+		// Down, nothing picks the route again: the client's headers win.
 		b.allOn(t, 10, "v2", hdr("x-route-version", "v2"))
+		before, _ := b.backends[1].Requests()
+		b.allOn(t, 10, "v1", hdr("x-route-version", "v1", "x-mirror-version", "v2"))
+		waitFor(t, 10*time.Second, "the 10 copies a client asked for", func() bool {
+			all, _ := b.backends[1].Requests()
+			return all-before == 10
+		})
 	})
 }

@@ -37,30 +37,45 @@ func newRolloutBed(t *testing.T, mode envoy.Mode, config string, args ...string)
 	return startBed(t, mode, config, append([]string{"--signals-interval", "100ms"}, args...), true, nil)
 }
 
-func (b *bed) rollout(t *testing.T) rollout.Status {
-	t.Helper()
-	var s rollout.Status
-	if err := b.admin.Admin(t.Context(), http.MethodGet, "/v1/services/api/rollout", nil, &s); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
+func (b *bed) rollout(t *testing.T) rollout.Status { t.Helper(); return adminRollout(t, b.admin) }
 
 func (b *bed) act(t *testing.T, a rollout.Action) rollout.Status {
 	t.Helper()
-	var s rollout.Status
-	if err := b.admin.Admin(t.Context(), http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, &s); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return rolloutDo(t, b.admin, a)
 }
 
 // waitRollout polls the rollout's status until cond holds.
 func (b *bed) waitRollout(t *testing.T, timeout time.Duration, what string, cond func(rollout.Status) bool) rollout.Status {
 	t.Helper()
+	return waitRolloutOf(t, b.admin, timeout, what, cond)
+}
+
+// adminRollout is service api's rollout status from the admin API at admin.
+func adminRollout(t *testing.T, admin *testbed.AdminClient) rollout.Status {
+	t.Helper()
+	var s rollout.Status
+	if err := admin.Admin(t.Context(), http.MethodGet, "/v1/services/api/rollout", nil, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// rolloutDo asks the admin API at admin for action a on api's rollout.
+func rolloutDo(t *testing.T, admin *testbed.AdminClient, a rollout.Action) rollout.Status {
+	t.Helper()
+	var s rollout.Status
+	if err := admin.Admin(t.Context(), http.MethodPost, "/v1/services/api/rollout", map[string]rollout.Action{"action": a}, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitRolloutOf polls api's rollout status until cond holds.
+func waitRolloutOf(t *testing.T, admin *testbed.AdminClient, timeout time.Duration, what string, cond func(rollout.Status) bool) rollout.Status {
+	t.Helper()
 	var s rollout.Status
 	waitFor(t, timeout, what, func() bool {
-		s = b.rollout(t)
+		s = adminRollout(t, admin)
 		return cond(s)
 	})
 	return s

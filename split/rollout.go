@@ -312,7 +312,32 @@ func (c *checker) clusters(path string, s *Service, versions map[string]int) {
 			c.add(vp, "unknown version %q (declared: %s)", v, versionNames(s.Weights))
 			continue
 		}
-		c.name(vp, s.Clusters[v], "cluster name")
+		c.clusterName(vp, s.Clusters[v])
+	}
+}
+
+// clusterName checks an Envoy cluster name. Unlike the product's own
+// names it is only ever used to read Envoy's statistics, and Envoy's
+// cluster names are the control plane's: Envoy Gateway's contain '/'
+// (httproute/<namespace>/<route>/rule/0, or the <namespace>/<backend> of
+// clusterStatName %BACKEND_REFS%), Istio's '|'. So any visible ASCII is
+// allowed but ':', which Envoy writes as '_' in statistic names (the
+// counters of "a:b" are cluster.a_b.*: the guard would never find them).
+func (c *checker) clusterName(path, name string) {
+	switch {
+	case name == "":
+		c.add(path, "cluster name is empty")
+	case len(name) > MaxNameLen:
+		c.add(path, "cluster name is longer than %d characters", MaxNameLen)
+	case strings.ContainsRune(name, ':'):
+		c.add(path, "cluster name %q contains ':', which Envoy writes as '_' in its statistics: name the cluster by its statistics name (%q)", name, strings.ReplaceAll(name, ":", "_"))
+	default:
+		for _, r := range name {
+			if r <= ' ' || r >= 0x7f {
+				c.add(path, "cluster name %q may only contain visible ASCII characters (no spaces or control characters)", name)
+				return
+			}
+		}
 	}
 }
 

@@ -53,6 +53,17 @@ func TestRolloutParsedExactly(t *testing.T) {
 		t.Errorf("a version without a clusters entry is served by the cluster of its name, got %q", web.Cluster("green"))
 	}
 
+	gw, _ := tb.Service("gw")
+	for v, want := range map[string]string{
+		"v1": "envoy-gateway-system/api-v1",
+		"v2": "httproute/envoy-gateway-system/api/rule/0",
+		"v3": "outbound|80|v3|api.default.svc.cluster.local",
+	} {
+		if got := gw.Cluster(v); got != want {
+			t.Errorf("gw: cluster of %s = %q, want %q (Envoy Gateway's and Istio's cluster names are accepted as written)", v, got, want)
+		}
+	}
+
 	three, _ := tb.Service("three")
 	if three.Rollout.Canary != "c" || three.Rollout.Guard.MaxErrorRate != 0 || three.Rollout.Guard.MaxErrorRatio != 0 {
 		t.Errorf("three: %+v", three.Rollout)

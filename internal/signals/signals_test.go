@@ -296,7 +296,9 @@ func TestEnvoyAdmin(t *testing.T) {
 			return
 		}
 		gotFilter = r.URL.Query().Get("filter")
-		_, _ = w.Write([]byte(envoyStats + "cluster.api.v3.upstream_rq_completed: 9\n"))
+		_, _ = w.Write([]byte(envoyStats + "cluster.api.v3.upstream_rq_completed: 9\n" +
+			"cluster.envoy-gateway-system/api-v4.upstream_rq_completed: 7\n" +
+			"cluster.outbound|80|v5|api.default.svc.cluster.local.upstream_rq_completed: 5\n"))
 	}))
 	defer srv.Close()
 	src := signals.NewEnvoyAdmin(strings.TrimPrefix(srv.URL, "http://"), time.Second)
@@ -305,18 +307,21 @@ func TestEnvoyAdmin(t *testing.T) {
 		{Service: "api", Version: "v1", Cluster: "v1"},
 		{Service: "api", Version: "v2", Cluster: "v2"},
 		{Service: "api", Version: "v3", Cluster: "api.v3"},
+		// Envoy Gateway's and Istio's cluster names.
+		{Service: "api", Version: "v4", Cluster: "envoy-gateway-system/api-v4"},
+		{Service: "api", Version: "v5", Cluster: "outbound|80|v5|api.default.svc.cluster.local"},
 	}
 	out := make([]signals.Counts, len(targets))
 	if err := src.Read(t.Context(), targets, out); err != nil {
 		t.Fatal(err)
 	}
-	want := []signals.Counts{{Requests: 1200, Errors: 3}, {Requests: 300}, {Requests: 9}}
+	want := []signals.Counts{{Requests: 1200, Errors: 3}, {Requests: 300}, {Requests: 9}, {Requests: 7}, {Requests: 5}}
 	for i := range want {
 		if out[i] != want[i] {
 			t.Errorf("%s: %+v, want %+v", targets[i].Cluster, out[i], want[i])
 		}
 	}
-	const wantFilter = `^cluster\.(v1|v2|api\.v3)\.(upstream_rq_completed|upstream_rq_5xx)$`
+	const wantFilter = `^cluster\.(v1|v2|api\.v3|envoy-gateway-system/api-v4|outbound\|80\|v5\|api\.default\.svc\.cluster\.local)\.(upstream_rq_completed|upstream_rq_5xx)$`
 	if gotFilter != wantFilter {
 		t.Errorf("filter %q, want %q", gotFilter, wantFilter)
 	}
