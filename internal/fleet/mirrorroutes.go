@@ -309,7 +309,7 @@ func (s *Source) casMirrorRoute(ctx context.Context, service, name string, owned
 			continue
 		}
 		rev := resp.Header.Revision
-		wctx, cancel = context.WithTimeout(ctx, applyWait)
+		wctx, cancel = context.WithTimeout(ctx, s.follow.c.applyWait)
 		werr := s.waitApplied(wctx, rev)
 		cancel()
 		if werr != nil {
