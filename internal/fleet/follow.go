@@ -69,7 +69,8 @@ func newCadence(every time.Duration) cadence {
 		slowBound:     10 * every,
 		maxStallBound: 16 * every,
 		calmAfter:     20 * every,
-		applyWait:     6 * every,
+		// Capped below the admin server's write timeout (30 s).
+		applyWait: min(6*every, 20*time.Second),
 	}
 }
 

@@ -18,6 +18,8 @@ func TestCadence(t *testing.T) {
 			slowBound: 5 * time.Second, maxStallBound: 8 * time.Second, calmAfter: 10 * time.Second, applyWait: 3 * time.Second}},
 		{name: "raised for a large fleet", every: 2 * time.Second, want: cadence{progressEvery: 2 * time.Second, followBound: 4 * time.Second, probeInterval: 8 * time.Second,
 			slowBound: 20 * time.Second, maxStallBound: 32 * time.Second, calmAfter: 40 * time.Second, applyWait: 12 * time.Second}},
+		{name: "the longest allowed: the write's wait stays under the admin server's write timeout", every: 10 * time.Second, want: cadence{progressEvery: 10 * time.Second, followBound: 20 * time.Second, probeInterval: 40 * time.Second,
+			slowBound: 100 * time.Second, maxStallBound: 160 * time.Second, calmAfter: 200 * time.Second, applyWait: 20 * time.Second}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := newCadence(tc.every); got != tc.want {
