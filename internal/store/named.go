@@ -194,6 +194,51 @@ func fitNamed[R RuntimeRoute[R]](cfg *split.Config, routes map[string][]R) (kept
 	return nilIfNone(kept), dropped
 }
 
+// culpritsOf names the routes of kept (service -> its routes of one kind)
+// that engine errors name at services[i].<the kind's path>[k], each with
+// the errors ("service/name" -> reason).
+func culpritsOf[R RuntimeRoute[R]](cfg *split.Config, kept map[string][]R, errs []*split.FieldError) map[string]string {
+	var zero R
+	at := "services[%d]." + zero.kind().path + "[%d]"
+	culprits := map[string]string{}
+	for _, fe := range errs {
+		var i, k int
+		if n, _ := fmt.Sscanf(fe.Path, at, &i, &k); n == 2 && i < len(cfg.Services) {
+			if rs := kept[cfg.Services[i].Name]; k < len(rs) {
+				key := cfg.Services[i].Name + "/" + rs[k].Base().Name
+				culprits[key] = strings.TrimSpace(culprits[key] + " " + fe.Error())
+			}
+		}
+	}
+	return culprits
+}
+
+// withoutCulprits returns kept without the culprits, each recorded in
+// drops with its reason.
+func withoutCulprits[R RuntimeRoute[R]](kept map[string][]R, culprits, drops map[string]string) map[string][]R {
+	var rest map[string][]R
+	for service, rs := range kept {
+		for _, r := range rs {
+			key := service + "/" + r.Base().Name
+			if reason, bad := culprits[key]; bad {
+				drops[key] = "does not compile: " + reason
+				continue
+			}
+			rest = addNamed(rest, service, r)
+		}
+	}
+	return rest
+}
+
+// dropAll records every route of kept in drops with reason.
+func dropAll[R RuntimeRoute[R]](kept map[string][]R, drops map[string]string, reason string) {
+	for service, rs := range kept {
+		for _, r := range rs {
+			drops[service+"/"+r.Base().Name] = reason
+		}
+	}
+}
+
 // decodeNamed checks the state file's routes of one kind.
 func decodeNamed[R RuntimeRoute[R]](doc map[string][]R) (map[string][]R, error) {
 	var out map[string][]R

@@ -281,57 +281,19 @@ func compileWithRoutes(prev *split.Table, cfg *split.Config, in runtimeRoutes) (
 	}
 	// The runtime state is at fault (only a record written around the
 	// admin API can be): leave out what an error names, and try once more.
-	culprits, mirrorCulprits := map[string]string{}, map[string]string{}
-	for _, fe := range split.FieldErrors(err) {
-		var i, k int
-		if n, _ := fmt.Sscanf(fe.Path, "services[%d].rules[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
-			if rs := kept.routes[cfg.Services[i].Name]; k < len(rs) {
-				key := cfg.Services[i].Name + "/" + rs[k].Name
-				culprits[key] = strings.TrimSpace(culprits[key] + " " + fe.Error())
-			}
-		}
-		if n, _ := fmt.Sscanf(fe.Path, "services[%d].mirror_routes[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
-			if rs := kept.mirrorRoutes[cfg.Services[i].Name]; k < len(rs) {
-				key := cfg.Services[i].Name + "/" + rs[k].Name
-				mirrorCulprits[key] = strings.TrimSpace(mirrorCulprits[key] + " " + fe.Error())
-			}
-		}
-	}
+	errs := split.FieldErrors(err)
+	culprits, mirrorCulprits := culpritsOf(cfg, kept.routes, errs), culpritsOf(cfg, kept.mirrorRoutes, errs)
 	if len(culprits)+len(mirrorCulprits) > 0 {
-		var rest runtimeRoutes
-		for service, rs := range kept.routes {
-			for _, r := range rs {
-				if reason, bad := culprits[service+"/"+r.Name]; bad {
-					drops.routes[service+"/"+r.Name] = "does not compile: " + reason
-					continue
-				}
-				rest.routes = addNamed(rest.routes, service, r)
-			}
+		kept = runtimeRoutes{
+			routes:       withoutCulprits(kept.routes, culprits, drops.routes),
+			mirrorRoutes: withoutCulprits(kept.mirrorRoutes, mirrorCulprits, drops.mirrorRoutes),
 		}
-		for service, rs := range kept.mirrorRoutes {
-			for _, r := range rs {
-				if reason, bad := mirrorCulprits[service+"/"+r.Name]; bad {
-					drops.mirrorRoutes[service+"/"+r.Name] = "does not compile: " + reason
-					continue
-				}
-				rest.mirrorRoutes = addNamed(rest.mirrorRoutes, service, r)
-			}
-		}
-		kept = rest
 		if t, err = split.CompileNext(prev, kept.compose(cfg)); err == nil {
 			return t, kept, drops, nil
 		}
 	}
-	for service, rs := range kept.routes {
-		for _, r := range rs {
-			drops.routes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
-		}
-	}
-	for service, rs := range kept.mirrorRoutes {
-		for _, r := range rs {
-			drops.mirrorRoutes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
-		}
-	}
+	dropAll(kept.routes, drops.routes, "does not compile with the configuration: "+err.Error())
+	dropAll(kept.mirrorRoutes, drops.mirrorRoutes, "does not compile with the configuration: "+err.Error())
 	t, err = split.CompileNext(prev, cfg)
 	return t, runtimeRoutes{}, drops, err
 }
