@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/trafficsplit/splitter/internal/store"
 )
 
 const canaryMirror = `{"when": [{"header": "x-canary", "exact": "1"}], "version": "v2", "percent": 50}`
@@ -119,18 +120,7 @@ func TestMirrorRouteRefused(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{})
-			before := e.state()
-			w := e.do(req{method: http.MethodPut, path: tc.path, body: tc.body})
-			got := decode(t, w)
-			msg, _ := got["error"].(string)
-			field, _ := got["field"].(string)
-			if w.Code != tc.code || field != tc.field || !strings.Contains(msg, tc.msg) {
-				t.Fatalf("got %d field %q %q, want %d field %q containing %q", w.Code, field, msg, tc.code, tc.field, tc.msg)
-			}
-			if e.state() != before || e.store.Load().MirrorRoutes != nil {
-				t.Fatal("a refused mirror route changed the state")
-			}
+			putRefused(t, tc.path, tc.body, tc.code, tc.field, tc.msg, "mirror route", func(s *store.Snapshot) bool { return s.MirrorRoutes != nil })
 		})
 	}
 }
