@@ -173,16 +173,7 @@ func TestMirrorRouteOwners(t *testing.T) {
 // progressing (as a runtime mirror is); removing one is always allowed.
 func TestMirrorRouteAndRollouts(t *testing.T) {
 	e := newRolloutEnv(t)
-	do := func(method, path, body string) (int, string) {
-		t.Helper()
-		r := req{method: method, path: path, body: body, auth: bearer}
-		if body == "" {
-			r.contentType = "-"
-		}
-		w := e.do(r)
-		msg, _ := decode(t, w)["error"].(string)
-		return w.Code, msg
-	}
+	do := func(method, path, body string) (int, string) { return e.call(t, method, path, body) }
 	owned := strings.Replace(canaryMirror, `"version"`, `"owner": "argo-rollouts:shop/api", "version"`, 1)
 	if code, msg := do(http.MethodPut, "/v1/services/api/mirror-routes/m", owned); code != http.StatusOK {
 		t.Fatalf("owned mirror route: %d %s", code, msg)

@@ -207,16 +207,7 @@ func TestOwnedWeights(t *testing.T) {
 // take the weights of a progressing or paused rollout.
 func TestOwnedWeightsAndRollouts(t *testing.T) {
 	e := newRolloutEnv(t)
-	do := func(method, path, body string) (int, string) {
-		t.Helper()
-		r := req{method: method, path: path, body: body, auth: bearer}
-		if body == "" {
-			r.contentType = "-"
-		}
-		w := e.do(r)
-		msg, _ := decode(t, w)["error"].(string)
-		return w.Code, msg
-	}
+	do := func(method, path, body string) (int, string) { return e.call(t, method, path, body) }
 	owned := `{"percentage": 20, "owner": "argo-rollouts:shop/api"}`
 	if code, msg := do(http.MethodPut, "/v1/services/api/canary", owned); code != http.StatusOK {
 		t.Fatalf("owned canary: %d %s", code, msg)
@@ -267,4 +258,17 @@ func putRefused(t *testing.T, path, body string, code int, field, msg, what stri
 	if e.state() != before || changed(e.store.Load()) {
 		t.Fatal("a refused " + what + " changed the state")
 	}
+}
+
+// call makes an authorized request (with a body: JSON, without: none) and
+// returns the status code and the error message.
+func (e *env) call(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	r := req{method: method, path: path, body: body, auth: bearer}
+	if body == "" {
+		r.contentType = "-"
+	}
+	w := e.do(r)
+	msg, _ := decode(t, w)["error"].(string)
+	return w.Code, msg
 }
