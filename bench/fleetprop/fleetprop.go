@@ -57,8 +57,11 @@ type Config struct {
 	// same on a fleet the machine can carry (0: none).
 	Smaller      int
 	PollInterval time.Duration // processes setup (default 1ms)
-	Dir          string        // work directory (default: a temporary one)
-	Logger       *slog.Logger
+	// Raised is the etcd_follow_interval of the watchers setups run again
+	// at N = Watchers (0: not run again); the others use the default.
+	Raised time.Duration
+	Dir    string // work directory (default: a temporary one)
+	Logger *slog.Logger
 }
 
 // Setup is the result of one setup.
@@ -132,16 +135,22 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		return nil, fmt.Errorf("processes: %w", err)
 	}
 	res.Setups = append(res.Setups, *p)
-	runs := []struct {
-		n    int
-		kill bool
-	}{{c.Smaller, false}, {c.Watchers, false}, {c.Watchers, true}}
+	type watchRun struct {
+		n      int
+		kill   bool
+		follow time.Duration
+	}
+	runs := []watchRun{{c.Smaller, false, 0}, {c.Watchers, false, 0}, {c.Watchers, true, 0}}
+	if c.Raised > 0 {
+		runs = append(runs, watchRun{c.Watchers, false, c.Raised}, watchRun{c.Watchers, true, c.Raised})
+	}
 	for _, r := range runs {
 		if r.n <= 0 {
 			continue
 		}
 		cc := c
 		cc.Watchers = r.n
+		cc.Raised = r.follow
 		w, err := runWatchers(ctx, cc, r.kill)
 		if err != nil {
 			return nil, fmt.Errorf("%d watchers (member killed: %v): %w", r.n, r.kill, err)
@@ -295,6 +304,9 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	if kill {
 		name += "-kill"
 	}
+	if c.Raised > 0 {
+		name += "-follow-" + c.Raised.String()
+	}
 	bed, cl, err := startCluster(ctx, c, name)
 	if err != nil {
 		return nil, err
@@ -328,6 +340,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 		src := fleet.New(fleet.Options{
 			Client: fleet.ClientOptions{Endpoints: cl.Endpoints(), DialTimeout: 30 * time.Second},
 			Prefix: "/splitter/", NodeID: fmt.Sprintf("watcher-%d", i), Store: s, Logger: log,
+			FollowInterval: c.Raised,
 		})
 		srcs[i] = src
 		// A machine that cannot carry the fleet shows it as starts that
@@ -402,6 +415,10 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	label := "watchers"
 	if kill {
 		label = "watchers, member killed"
+	}
+	if c.Raised > 0 {
+		label += ", etcd_follow_interval " + c.Raised.String()
+		note += fmt.Sprintf("; etcd_follow_interval %v (default %v): stall bound %v, revision probe every %v", c.Raised, fleet.DefaultFollowInterval, 2*c.Raised, 4*c.Raised)
 	}
 	s := summarise(label, c.Watchers, writer, all, note)
 	s.EtcdCPU, s.BenchCPU = cpu.stop()

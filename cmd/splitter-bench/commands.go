@@ -522,6 +522,7 @@ func newFleetCmd() *cobra.Command {
 	f.IntVar(&cfg.Watchers, "watchers", 1000, "replicas of the watchers setups (in this process)")
 	f.IntVar(&cfg.Smaller, "smaller", 300, "replicas of one more watchers setup, run first (0: none)")
 	f.DurationVar(&cfg.PollInterval, "poll", time.Millisecond, "admin API poll interval of the processes setup")
+	f.DurationVar(&cfg.Raised, "raised", 2*time.Second, "etcd_follow_interval of the N-watcher setups run again (0: not run)")
 	out.register(cmd)
 	return cmd
 }

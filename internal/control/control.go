@@ -481,6 +481,8 @@ func (p *Plane) startFleet(opts Options) error {
 		Store:     p.store,
 		Logger:    p.log.With("component", "fleet"),
 		Metrics:   fleet.NewMetrics(p.registry),
+		// Liveness cadence (docs/fleet.md, "Large fleets").
+		FollowInterval: s.EtcdFollowInterval,
 	})
 	if err := p.fleet.Start(context.Background()); err != nil {
 		if !opts.TolerateBadConfig {

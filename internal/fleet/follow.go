@@ -7,7 +7,7 @@ import (
 )
 
 // Following: what "connected" means. The watch is asked for a progress
-// notification every progressEvery; etcd answers it only when the watch
+// notification every progressEvery (the cadence below); etcd answers it only when the watch
 // has delivered everything up to the member's current revision, with that
 // revision. The probe learns the cluster's revision with a linearizable
 // read every probeInterval, and a write learns the revision it committed.
@@ -22,26 +22,56 @@ import (
 // is two progress requests and half a linearizable read a second: at a
 // thousand replicas, 2,500 requests a second on the cluster, about a core
 // of etcd (BENCH.md).
-const (
-	progressEvery = 500 * time.Millisecond
-	followBound   = time.Second
-)
+// DefaultFollowInterval is progressEvery unless etcd_follow_interval says
+// otherwise.
+const DefaultFollowInterval = 500 * time.Millisecond
 
-// slowBound is how long a watch may stay silent while its member is
-// heard from otherwise (a slow member, not a hung one) before it is given
-// up anyway.
-const slowBound = 5 * followBound
+// cadence is the rhythm of a replica's liveness checks, all derived from
+// one interval (etcd_follow_interval) so that raising it for a large
+// fleet keeps their proportions: at the default, progress requests every
+// 500 ms, followBound 1 s, the probe every 2 s. Each replica costs the
+// cluster two progress requests and half a linearizable read per
+// interval's worth of seconds; a fleet of thousands on a small cluster
+// trades detection time for that load (docs/fleet.md, "Large fleets").
+type cadence struct {
+	progressEvery time.Duration
+	followBound   time.Duration
+	probeInterval time.Duration
+	// slowBound is how long a watch may stay silent while its member is
+	// heard from otherwise (a slow member, not a hung one) before it is
+	// given up anyway.
+	slowBound time.Duration
+	// Stalls back off: after a watch is given up, the next one gets twice
+	// the bound before it is (up to maxStallBound), until a watch has
+	// followed for calmAfter. A member that hangs costs the first watch
+	// followBound; a replica, or a cluster, starved of CPU does not start
+	// watches again and again (each a new stream, and a new connection,
+	// on a machine that has no time for them).
+	maxStallBound time.Duration
+	calmAfter     time.Duration
+	// applyWait bounds how long a mutation waits for its own replica to
+	// apply the revision it committed (read-your-writes). A watch that
+	// stalls is replaced within followBound + progressEvery, so this is
+	// only exceeded when this replica cannot follow etcd at all; the
+	// answer then says so (store.Change.NotApplied) instead of claiming
+	// the change is in force here.
+	applyWait time.Duration
+}
 
-// Stalls back off: after a watch is given up, the next one gets twice the
-// bound before it is (up to maxStallBound), until a watch has followed
-// for calmAfter. A member that hangs costs the first watch followBound;
-// a replica, or a cluster, starved of CPU does not start watches again
-// and again (each a new stream, and a new connection, on a machine that
-// has no time for them).
-const (
-	maxStallBound = 8 * followBound
-	calmAfter     = 10 * time.Second
-)
+func newCadence(every time.Duration) cadence {
+	if every <= 0 {
+		every = DefaultFollowInterval
+	}
+	return cadence{
+		progressEvery: every,
+		followBound:   2 * every,
+		probeInterval: 4 * every,
+		slowBound:     10 * every,
+		maxStallBound: 16 * every,
+		calmAfter:     20 * every,
+		applyWait:     6 * every,
+	}
+}
 
 // maxWants bounds the revisions waiting to be reached; past it the newest
 // is raised instead (the oldest keeps its time, so the bound still holds).
@@ -55,6 +85,7 @@ type want struct {
 // follow is the state of the current watch as the probe and the watch
 // loop see it.
 type follow struct {
+	c     cadence // set once, before any watch
 	mu    sync.Mutex
 	since time.Time // the current watch started; zero: no watch
 	heard time.Time // its last answer (created, progress, events); zero: none yet
@@ -81,7 +112,7 @@ func (f *follow) started(now time.Time, member string) {
 	defer f.mu.Unlock()
 	f.since, f.heard, f.member = now, time.Time{}, member
 	if f.bound == 0 {
-		f.bound = followBound
+		f.bound = f.c.followBound
 	}
 }
 
@@ -90,7 +121,7 @@ func (f *follow) started(now time.Time, member string) {
 func (f *follow) gaveUp() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.bound = min(2*max(f.bound, followBound), maxStallBound)
+	f.bound = min(2*max(f.bound, f.c.followBound), f.c.maxStallBound)
 	f.calm = time.Time{}
 }
 
@@ -118,8 +149,8 @@ func (f *follow) answered(now time.Time, rev int64, synced bool) {
 		f.proved = now
 		if f.calm.IsZero() {
 			f.calm = now
-		} else if now.Sub(f.calm) >= calmAfter {
-			f.bound = followBound
+		} else if now.Sub(f.calm) >= f.c.calmAfter {
+			f.bound = f.c.followBound
 		}
 	}
 	if rev > f.rev {
@@ -171,10 +202,10 @@ func (f *follow) learnt(rev int64, at time.Time) {
 func (f *follow) following(now time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.proved.IsZero() || now.Sub(f.proved) > followBound {
+	if f.proved.IsZero() || now.Sub(f.proved) > f.c.followBound {
 		return false
 	}
-	return len(f.wants) == 0 || now.Sub(f.wants[0].at) <= followBound
+	return len(f.wants) == 0 || now.Sub(f.wants[0].at) <= f.c.followBound
 }
 
 // stalled says why the current watch should be given up, "" if it should
@@ -191,7 +222,7 @@ func (f *follow) stalled(now time.Time) string {
 	if last.IsZero() {
 		last = f.since
 	}
-	bound := max(f.bound, followBound)
+	bound := max(f.bound, f.c.followBound)
 	if d := now.Sub(last); d > bound {
 		return fmt.Sprintf("no answer from the watch for %v", d.Round(time.Millisecond))
 	}

@@ -46,6 +46,9 @@ import (
 type members struct {
 	log *slog.Logger
 	m   *Metrics
+	// heardWithin: a member that sent bytes this recently is slow, not
+	// hung (the cadence's followBound).
+	heardWithin time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -87,10 +90,10 @@ var connectParams = grpc.ConnectParams{
 	MinConnectTimeout: 5 * time.Second,
 }
 
-func newMembers(o ClientOptions, log *slog.Logger, m *Metrics) *members {
+func newMembers(o ClientOptions, log *slog.Logger, m *Metrics, heardWithin time.Duration) *members {
 	ctx, cancel := context.WithCancel(context.Background())
 	ms := &members{
-		log: log, m: m, ctx: ctx, cancel: cancel,
+		log: log, m: m, ctx: ctx, cancel: cancel, heardWithin: heardWithin,
 		conns: map[string]*trackedConn{}, checking: map[string]bool{}, severed: map[string]time.Time{},
 	}
 	if cfg, err := o.Config(); err == nil && cfg.TLS != nil {
@@ -235,7 +238,7 @@ func (ms *members) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.C
 // per member) and drops its connections if it does not answer; done, if
 // not nil, is called with the verdict.
 func (ms *members) suspect(member, why string) {
-	if member == "" || ms.heard(member, followBound) {
+	if member == "" || ms.heard(member, ms.heardWithin) {
 		// It sent bytes within the bound: slow, not hung.
 		return
 	}

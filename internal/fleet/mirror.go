@@ -187,7 +187,7 @@ func (s *Source) mutateMirror(ctx context.Context, service, actor string, m *spl
 		rev := resp.Header.Revision
 		s.log.Info("runtime mirror written to etcd", "service", service, "actor", actor,
 			"old", describeMirror(current), "new", describeMirror(next), "revision", rev)
-		wctx, cancel = context.WithTimeout(ctx, applyWait)
+		wctx, cancel = context.WithTimeout(ctx, s.follow.c.applyWait)
 		werr := s.waitApplied(wctx, rev)
 		cancel()
 		if werr != nil {

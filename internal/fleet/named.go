@@ -261,7 +261,7 @@ func casNamed[R store.RuntimeRoute[R]](ctx context.Context, s *Source, k liveKin
 			continue
 		}
 		rev := resp.Header.Revision
-		wctx, cancel = context.WithTimeout(ctx, applyWait)
+		wctx, cancel = context.WithTimeout(ctx, s.follow.c.applyWait)
 		werr := s.waitApplied(wctx, rev)
 		cancel()
 		if werr != nil {

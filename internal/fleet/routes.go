@@ -185,7 +185,7 @@ func (s *Source) SetCanaryOwned(ctx context.Context, service string, basisPoints
 		rev := resp.Header.Revision
 		s.log.Info("runtime override set in etcd", "service", service, "actor", actor, "owner", owner,
 			"old", current.String(), "new", next.String(), "revision", rev)
-		wctx, cancel = context.WithTimeout(ctx, applyWait)
+		wctx, cancel = context.WithTimeout(ctx, s.follow.c.applyWait)
 		werr := s.waitApplied(wctx, rev)
 		cancel()
 		if werr != nil {

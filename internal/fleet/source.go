@@ -31,10 +31,6 @@ import (
 
 // Timing of the background loops.
 const (
-	// probeInterval is how often a replica learns the cluster's revision
-	// with a linearizable read (a leader and a quorum), which its watch
-	// must then reach (follow.go: what "connected" means).
-	probeInterval = 2 * time.Second
 	// requestTimeout bounds the attempts of one operation on etcd (read,
 	// write); each attempt gets attemptTimeout (attempt.go).
 	requestTimeout = 3 * time.Second
@@ -50,13 +46,6 @@ const (
 	// minBackoff and maxBackoff bound the retry delay of the watch loop.
 	minBackoff = 100 * time.Millisecond
 	maxBackoff = time.Second
-	// applyWait bounds how long a mutation waits for its own replica to
-	// apply the revision it committed (read-your-writes). A watch that
-	// stalls is replaced within followBound + progressEvery, so this is
-	// only exceeded when this replica cannot follow etcd at all; the
-	// answer then says so (store.Change.NotApplied) instead of claiming
-	// the change is in force here.
-	applyWait = 3 * time.Second
 )
 
 // Options configure a Source.
@@ -71,6 +60,9 @@ type Options struct {
 	Metrics *Metrics
 	// Now is the clock (tests); nil: time.Now.
 	Now func() time.Time
+	// FollowInterval sets the cadence of the liveness checks
+	// (etcd_follow_interval, follow.go); 0: DefaultFollowInterval.
+	FollowInterval time.Duration
 }
 
 // Source keeps a store in step with etcd. Build it with New, Start it,
@@ -200,7 +192,8 @@ func New(o Options) *Source {
 	if s.m == nil {
 		s.m = NewMetrics(nil)
 	}
-	s.members = newMembers(o.Client, s.log, s.m)
+	s.follow.c = newCadence(o.FollowInterval)
+	s.members = newMembers(o.Client, s.log, s.m, s.follow.c.followBound)
 	start := &connState{since: s.now()}
 	s.conn.Store(start)
 	s.m.setConnected(false, start.since) // until the first answer from etcd
@@ -884,7 +877,7 @@ func (s *Source) watch(ctx context.Context, move bool) (needRead, answered bool,
 // tend asks the watch for progress every progressEvery and gives it up
 // (cancel) when it stalls, suspecting its member.
 func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.CancelCauseFunc) {
-	t := time.NewTicker(progressEvery)
+	t := time.NewTicker(s.follow.c.progressEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -896,7 +889,7 @@ func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.C
 		// Silent, but its member sends bytes (other answers, keep-alives):
 		// slow, not gone. Starting the watch again would only load it
 		// more; the replica says it is not following meanwhile.
-		slow := s.follow.silentFor(s.now()) < slowBound && s.members.heard(member, followBound)
+		slow := s.follow.silentFor(s.now()) < s.follow.c.slowBound && s.members.heard(member, s.follow.c.followBound)
 		if why := s.follow.stalled(s.now()); why != "" && !slow {
 			s.m.watchStalls.Inc()
 			s.follow.gaveUp()
@@ -907,7 +900,7 @@ func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.C
 			return
 		}
 		s.refreshConnected()
-		pctx, pcancel := context.WithTimeout(wctx, progressEvery)
+		pctx, pcancel := context.WithTimeout(wctx, s.follow.c.progressEvery)
 		if err := w.RequestProgress(pctx); err != nil && wctx.Err() == nil {
 			s.log.Debug("etcd: progress request not sent", "error", err)
 		}
@@ -919,7 +912,7 @@ func (s *Source) tend(wctx context.Context, w clientv3.Watcher, cancel context.C
 // linearizable read, which the watch must reach within followBound
 // (follow.go); a read that gets no answer makes its member suspect.
 func (s *Source) probeLoop(ctx context.Context) {
-	t := time.NewTicker(probeInterval)
+	t := time.NewTicker(s.follow.c.probeInterval)
 	defer t.Stop()
 	var busy atomic.Bool
 	var wg sync.WaitGroup
@@ -970,7 +963,7 @@ func (s *Source) reportLoop(ctx context.Context) {
 			sess.Orphan()
 		}
 	}()
-	t := time.NewTicker(probeInterval)
+	t := time.NewTicker(s.follow.c.probeInterval)
 	defer t.Stop()
 	var written int64 = -1 // revision of the record written
 	var cached int64 = -1  // revision of the cache file written

@@ -235,14 +235,14 @@ func (s *Source) committed(ctx context.Context, service, actor string, old, next
 	s.follow.learnt(rev, s.now())
 	s.log.Info("runtime override "+verb+" in etcd", "service", service, "actor", actor,
 		"old", old.String(), "new", next.String(), "revision", rev)
-	wctx, cancel := context.WithTimeout(ctx, applyWait)
+	wctx, cancel := context.WithTimeout(ctx, s.follow.c.applyWait)
 	werr := s.waitApplied(wctx, rev)
 	cancel()
 	ch := store.Change{Service: service, Old: old, New: next, Snapshot: s.store.Load(), Revision: rev}
 	if werr != nil {
 		ch.NotApplied = true
 		s.log.Warn("committed to etcd but not yet applied here; answering so", "service", service, "revision", rev,
-			"applied_revision", s.AppliedRevision(), "waited", applyWait)
+			"applied_revision", s.AppliedRevision(), "waited", s.follow.c.applyWait)
 	}
 	return ch, nil
 }

@@ -20,7 +20,7 @@ func TestFleetSettings(t *testing.T) {
 		wantErr string
 	}{
 		{name: "off by default", check: func(t *testing.T, s settings.Settings) {
-			if s.FleetMode() || s.EtcdPrefix != "/splitter/" || s.NodeID != "" || s.EtcdDialTimeout != 5*time.Second {
+			if s.FleetMode() || s.EtcdPrefix != "/splitter/" || s.NodeID != "" || s.EtcdDialTimeout != 5*time.Second || s.EtcdFollowInterval != 500*time.Millisecond {
 				t.Fatalf("%+v", s)
 			}
 		}},
@@ -46,6 +46,14 @@ func TestFleetSettings(t *testing.T) {
 		{name: "user without password", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-username", "u"}, wantErr: "etcd_password_file go together"},
 		{name: "state file in fleet mode", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--state-file", "/tmp/s.json"}, wantErr: "state_file: not used with etcd_endpoints"},
 		{name: "etcd option without endpoints", args: []string{"--etcd-cache-file", "/tmp/c.json"}, wantErr: "etcd_cache_file: set without etcd_endpoints"},
+		{name: "follow interval too short", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-follow-interval", "50ms"}, wantErr: "etcd_follow_interval: 50ms must be between 100ms and 10s"},
+		{name: "follow interval too long", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-follow-interval", "11s"}, wantErr: "etcd_follow_interval"},
+		{name: "follow interval raised", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-follow-interval", "2s"},
+			check: func(t *testing.T, s settings.Settings) {
+				if s.EtcdFollowInterval != 2*time.Second {
+					t.Fatalf("etcd_follow_interval = %v", s.EtcdFollowInterval)
+				}
+			}},
 		{name: "zero dial timeout", args: []string{"--etcd-endpoints", "127.0.0.1:2379", "--etcd-dial-timeout", "0s"}, wantErr: "etcd_dial_timeout"},
 		{name: "rollout defaults", args: []string{"--etcd-endpoints", "127.0.0.1:2379"},
 			check: func(t *testing.T, s settings.Settings) {

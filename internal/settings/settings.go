@@ -78,6 +78,9 @@ type Settings struct {
 	EtcdPasswordFile string
 	EtcdCacheFile    string        // last applied state, for starting while etcd is down
 	EtcdDialTimeout  time.Duration // bound on one connection attempt or request at start
+	// EtcdFollowInterval is the cadence of a replica's liveness checks on
+	// its watch (internal/fleet/follow.go): raised for very large fleets.
+	EtcdFollowInterval time.Duration
 	// EnvoyAdmin is Envoy's admin address (host:port), where the rollout
 	// guard reads the per-cluster statistics; "" leaves rollouts without a
 	// signal source (they cannot be started).
@@ -134,6 +137,7 @@ func Defaults() Settings {
 		GCPercentSource:    GCSourceDefault,
 		EtcdPrefix:         DefaultEtcdPrefix,
 		EtcdDialTimeout:    5 * time.Second,
+		EtcdFollowInterval: 500 * time.Millisecond,
 		EnvoyAdmin:         "127.0.0.1:9901",
 		SignalsInterval:    250 * time.Millisecond,
 		ConsoleInterval:    5 * time.Second,
@@ -156,7 +160,7 @@ func Keys() []string {
 		"log_level", "log_format", "shutdown_timeout", "drain_delay", "reload_debounce", "reload_poll_interval",
 		"gc_percent", "pprof",
 		"etcd_endpoints", "etcd_prefix", "node_id", "etcd_ca_file", "etcd_cert_file", "etcd_key_file",
-		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout",
+		"etcd_username", "etcd_password_file", "etcd_cache_file", "etcd_dial_timeout", "etcd_follow_interval",
 		"envoy_admin", "signals_interval", "console_interval", "rollout_publish_interval", "rollout_leader_ttl",
 	}
 }
@@ -203,6 +207,7 @@ func BindFlags(fs *pflag.FlagSet) {
 	fs.String(flagName("etcd_password_file"), "", "file holding the etcd user's password")
 	fs.String(flagName("etcd_cache_file"), "", "file keeping the last applied fleet state, to start from while etcd is down (\"\": none)")
 	fs.Duration(flagName("etcd_dial_timeout"), d.EtcdDialTimeout, "how long one attempt to reach etcd may take at start (then the cache file is used)")
+	fs.Duration(flagName("etcd_follow_interval"), d.EtcdFollowInterval, "how often a replica asks etcd to prove its watch is caught up (its stall bound is twice this, its revision probe four times); raise it for fleets of many hundreds")
 	fs.String(flagName("envoy_admin"), d.EnvoyAdmin, `Envoy's admin address, where rollouts read per-cluster statistics ("": no rollouts)`)
 	fs.Duration(flagName("signals_interval"), d.SignalsInterval, "how often an active rollout's signals are read and judged")
 	fs.Duration(flagName("console_interval"), d.ConsoleInterval, "how often the operator console (/ui/) samples per-version traffic: one bucket of its 60")
@@ -237,8 +242,8 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		"reload_poll_interval": d.ReloadPollInterval.String(), "pprof": "false",
 		"etcd_endpoints": "", "etcd_prefix": d.EtcdPrefix, "node_id": "", "etcd_ca_file": "", "etcd_cert_file": "",
 		"etcd_key_file": "", "etcd_username": "", "etcd_password_file": "", "etcd_cache_file": "",
-		"etcd_dial_timeout": d.EtcdDialTimeout.String(),
-		"envoy_admin":       d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
+		"etcd_dial_timeout": d.EtcdDialTimeout.String(), "etcd_follow_interval": d.EtcdFollowInterval.String(),
+		"envoy_admin": d.EnvoyAdmin, "signals_interval": d.SignalsInterval.String(),
 		"console_interval":         d.ConsoleInterval.String(),
 		"rollout_publish_interval": d.RolloutPublishInterval.String(), "rollout_leader_ttl": d.RolloutLeaderTTL.String(),
 	}
@@ -325,6 +330,7 @@ func Load(fs *pflag.FlagSet, env func(string) (string, bool)) (Settings, error) 
 		EtcdPasswordFile:   v.GetString("etcd_password_file"),
 		EtcdCacheFile:      v.GetString("etcd_cache_file"),
 		EtcdDialTimeout:    dur("etcd_dial_timeout"),
+		EtcdFollowInterval: dur("etcd_follow_interval"),
 		EnvoyAdmin:         v.GetString("envoy_admin"),
 		SignalsInterval:    dur("signals_interval"),
 		ConsoleInterval:    dur("console_interval"),
@@ -467,6 +473,9 @@ func (s Settings) validateFleet() []error {
 	}
 	if s.EtcdDialTimeout <= 0 {
 		add("etcd_dial_timeout", fmt.Errorf("%s must be positive", s.EtcdDialTimeout))
+	}
+	if s.EtcdFollowInterval < 100*time.Millisecond || s.EtcdFollowInterval > 10*time.Second {
+		add("etcd_follow_interval", fmt.Errorf("%s must be between 100ms and 10s", s.EtcdFollowInterval))
 	}
 	if s.RolloutPublishInterval < 10*time.Millisecond || s.RolloutPublishInterval > time.Minute {
 		add("rollout_publish_interval", fmt.Errorf("%s must be between 10ms and 1m", s.RolloutPublishInterval))

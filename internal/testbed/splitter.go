@@ -125,7 +125,14 @@ func (s *Splitter) start(ctx context.Context, grpcAddr, adminAddr string) error 
 		_ = s.Kill()
 		return err
 	}
-	s.GRPCAddr, s.AdminAddr = info.GRPCAddr, info.AdminAddr
+	// A restart comes back on the same addresses, and samplers read them
+	// meanwhile (AdminURL): write them only when they change.
+	if s.GRPCAddr != info.GRPCAddr {
+		s.GRPCAddr = info.GRPCAddr
+	}
+	if s.AdminAddr != info.AdminAddr {
+		s.AdminAddr = info.AdminAddr
+	}
 	err = s.poll(ctx, "/readyz", func() error {
 		code, body, err := s.do(ctx, http.MethodGet, "/readyz", nil)
 		if err != nil {
