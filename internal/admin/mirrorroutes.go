@@ -43,89 +43,63 @@ type mirrorRouteAnswer struct {
 	Revision   int64  `json:"revision,omitempty"`
 }
 
-func (a *api) mirrorRouteMutator() (MirrorRouteMutator, error) {
-	if m, ok := a.opts.Mutator.(MirrorRouteMutator); ok {
-		return m, nil
+// mirrorRouteKind is the runtime mirror routes' part of the API. Like a
+// runtime mirror, a mirror route is refused while a rollout of the
+// service is progressing; with an owner (a controller such as the Argo
+// Rollouts plugin) also while one is paused, as the owner's weights are.
+// Removing one never conflicts with a rollout: it copies nothing more.
+func (a *api) mirrorRouteKind() (namedKind[store.MirrorRoute], error) {
+	m, ok := a.opts.Mutator.(MirrorRouteMutator)
+	if !ok {
+		return namedKind[store.MirrorRoute]{}, errorf(http.StatusNotImplemented, "", "runtime mirror routes are not available")
 	}
-	return nil, errorf(http.StatusNotImplemented, "", "runtime mirror routes are not available")
+	return namedKind[store.MirrorRoute]{
+		what: "mirror route", put: m.PutMirrorRoute, del: m.DeleteMirrorRoute,
+		request: a.mirrorRouteRequest,
+		fail:    func(err error, _ string) error { return mirrorRouteError(err) },
+		answer: func(service string, r *store.MirrorRoute, name string, removed *bool, gen uint64, rev int64) any {
+			return mirrorRouteAnswer{Service: service, MirrorRoute: r, Name: name, Removed: removed, Generation: gen, Revision: rev}
+		},
+	}, nil
 }
 
-// putMirrorRoute sets a mirror route. Like a runtime mirror it is refused
-// while a rollout of the service is progressing; with an owner (a
-// controller such as the Argo Rollouts plugin) also while one is paused,
-// as the owner's weights are.
-func (a *api) putMirrorRoute(r *http.Request, body []byte, ev *auditEvent) (int, any, error) {
-	if _, err := a.snapshot(); err != nil {
-		return 0, nil, err
-	}
-	name, routeName := r.PathValue("name"), r.PathValue("route")
-	ev.service = name
-	m, err := a.mirrorRouteMutator()
-	if err != nil {
-		return 0, nil, err
-	}
+// mirrorRouteRequest reads PUT .../mirror-routes/{route}'s body.
+func (a *api) mirrorRouteRequest(name, routeName string, body []byte) (store.MirrorRoute, error) {
 	var req mirrorRouteRequest
 	if aerr := decodeStrict(body, &req); aerr != nil {
-		return 0, nil, aerr
+		return store.MirrorRoute{}, aerr
 	}
 	if req.Version == "" {
-		return 0, nil, errorf(http.StatusBadRequest, "version", "version is required: the version matching requests are copied to")
+		return store.MirrorRoute{}, errorf(http.StatusBadRequest, "version", "version is required: the version matching requests are copied to")
 	}
 	bp, aerr := parsePercentage(req.Percent)
 	if aerr != nil {
 		aerr.field = "percent"
 		aerr.msg = strings.Replace(aerr.msg, "percentage", "percent", 1)
-		return 0, nil, aerr
+		return store.MirrorRoute{}, aerr
 	}
 	if req.Owner != "" {
 		if err := store.CheckOwner(req.Owner); err != nil {
-			return 0, nil, errorf(http.StatusBadRequest, "owner", "%v", err)
+			return store.MirrorRoute{}, errorf(http.StatusBadRequest, "owner", "%v", err)
 		}
 		if a.opts.Rollouts != nil {
 			if phase, _ := a.opts.Rollouts.Owns(name); phase.Drives() {
-				return 0, nil, errorf(http.StatusConflict, "name",
+				return store.MirrorRoute{}, errorf(http.StatusConflict, "name",
 					"service %q: %v (%s): abort it first (POST /v1/services/%s/rollout {\"action\": \"abort\"})", name, rollout.ErrDriven, phase, name)
 			}
 		}
 	} else if err := a.refuseOwned(name); err != nil {
-		return 0, nil, err
+		return store.MirrorRoute{}, err
 	}
-	mr := store.MirrorRoute{Name: routeName, When: req.When, Version: req.Version, Percent: split.Percent(bp), Owner: req.Owner}
-	ch, err := m.PutMirrorRoute(r.Context(), name, mr, ev.actor)
-	if err != nil {
-		return 0, nil, mirrorRouteError(err)
-	}
-	ev.old, ev.new = mirrorRouteText(routeName, ch.Old), mirrorRouteText(routeName, ch.New)
-	ev.generation, ev.revision = generation(ch.Snapshot), ch.Revision
-	return http.StatusOK, mirrorRouteAnswer{Service: name, MirrorRoute: ch.New, Generation: ev.generation, Revision: ch.Revision}, nil
+	return store.MirrorRoute{Name: routeName, When: req.When, Version: req.Version, Percent: split.Percent(bp), Owner: req.Owner}, nil
 }
 
-// deleteMirrorRoute removes a mirror route (?owner=: only that owner's).
-// Removing one never conflicts with a rollout: it copies nothing more.
+func (a *api) putMirrorRoute(r *http.Request, body []byte, ev *auditEvent) (int, any, error) {
+	return putNamed(r, body, ev, a, a.mirrorRouteKind)
+}
+
 func (a *api) deleteMirrorRoute(r *http.Request, _ []byte, ev *auditEvent) (int, any, error) {
-	if _, err := a.snapshot(); err != nil {
-		return 0, nil, err
-	}
-	name, routeName := r.PathValue("name"), r.PathValue("route")
-	ev.service = name
-	m, err := a.mirrorRouteMutator()
-	if err != nil {
-		return 0, nil, err
-	}
-	owner := r.URL.Query().Get("owner")
-	if r.URL.Query().Has("owner") {
-		if err := store.CheckOwner(owner); err != nil {
-			return 0, nil, errorf(http.StatusBadRequest, "owner", "%v", err)
-		}
-	}
-	ch, err := m.DeleteMirrorRoute(r.Context(), name, routeName, owner, ev.actor)
-	if err != nil {
-		return 0, nil, mirrorRouteError(err)
-	}
-	removed := ch.Old != nil
-	ev.old, ev.new = mirrorRouteText(routeName, ch.Old), mirrorRouteText(routeName, nil)
-	ev.generation, ev.revision = generation(ch.Snapshot), ch.Revision
-	return http.StatusOK, mirrorRouteAnswer{Service: name, Name: routeName, Removed: &removed, Generation: ev.generation, Revision: ch.Revision}, nil
+	return deleteNamed(r, ev, a, a.mirrorRouteKind)
 }
 
 // mirrorRouteError maps a mirror route mutation's error to its answer.
@@ -134,11 +108,4 @@ func mirrorRouteError(err error) error {
 		return errorf(http.StatusConflict, "route", "%v", err)
 	}
 	return routeError(err, "")
-}
-
-func mirrorRouteText(name string, r *store.MirrorRoute) string {
-	if r == nil {
-		return "mirror route " + name + ": none"
-	}
-	return "mirror route " + name + ": " + r.String()
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/trafficsplit/splitter/internal/store"
 )
 
 const canaryMirror = `{"when": [{"header": "x-canary", "exact": "1"}], "version": "v2", "percent": 50}`
@@ -119,18 +120,7 @@ func TestMirrorRouteRefused(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{})
-			before := e.state()
-			w := e.do(req{method: http.MethodPut, path: tc.path, body: tc.body})
-			got := decode(t, w)
-			msg, _ := got["error"].(string)
-			field, _ := got["field"].(string)
-			if w.Code != tc.code || field != tc.field || !strings.Contains(msg, tc.msg) {
-				t.Fatalf("got %d field %q %q, want %d field %q containing %q", w.Code, field, msg, tc.code, tc.field, tc.msg)
-			}
-			if e.state() != before || e.store.Load().MirrorRoutes != nil {
-				t.Fatal("a refused mirror route changed the state")
-			}
+			putRefused(t, tc.path, tc.body, tc.code, tc.field, tc.msg, "mirror route", func(s *store.Snapshot) bool { return s.MirrorRoutes != nil })
 		})
 	}
 }
@@ -183,16 +173,7 @@ func TestMirrorRouteOwners(t *testing.T) {
 // progressing (as a runtime mirror is); removing one is always allowed.
 func TestMirrorRouteAndRollouts(t *testing.T) {
 	e := newRolloutEnv(t)
-	do := func(method, path, body string) (int, string) {
-		t.Helper()
-		r := req{method: method, path: path, body: body, auth: bearer}
-		if body == "" {
-			r.contentType = "-"
-		}
-		w := e.do(r)
-		msg, _ := decode(t, w)["error"].(string)
-		return w.Code, msg
-	}
+	do := func(method, path, body string) (int, string) { return e.call(t, method, path, body) }
 	owned := strings.Replace(canaryMirror, `"version"`, `"owner": "argo-rollouts:shop/api", "version"`, 1)
 	if code, msg := do(http.MethodPut, "/v1/services/api/mirror-routes/m", owned); code != http.StatusOK {
 		t.Fatalf("owned mirror route: %d %s", code, msg)

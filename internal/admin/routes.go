@@ -45,65 +45,39 @@ type routeAnswer struct {
 	Revision   int64  `json:"revision,omitempty"`
 }
 
-func (a *api) routeMutator() (RouteMutator, error) {
-	if m, ok := a.opts.Mutator.(RouteMutator); ok {
-		return m, nil
+// routeKind is the runtime routes' part of the API.
+func (a *api) routeKind() (namedKind[store.Route], error) {
+	m, ok := a.opts.Mutator.(RouteMutator)
+	if !ok {
+		return namedKind[store.Route]{}, errorf(http.StatusNotImplemented, "", "runtime routes are not available")
 	}
-	return nil, errorf(http.StatusNotImplemented, "", "runtime routes are not available")
+	return namedKind[store.Route]{
+		what: "route", put: m.PutRoute, del: m.DeleteRoute,
+		request: func(_, routeName string, body []byte) (store.Route, error) {
+			var req routeRequest
+			if aerr := decodeStrict(body, &req); aerr != nil {
+				return store.Route{}, aerr
+			}
+			if req.Owner != "" {
+				if err := store.CheckOwner(req.Owner); err != nil {
+					return store.Route{}, errorf(http.StatusBadRequest, "owner", "%v", err)
+				}
+			}
+			return store.Route{Name: routeName, When: req.When, Version: req.Version, Owner: req.Owner}, nil
+		},
+		fail: routeError,
+		answer: func(service string, r *store.Route, name string, removed *bool, gen uint64, rev int64) any {
+			return routeAnswer{Service: service, Route: r, Name: name, Removed: removed, Generation: gen, Revision: rev}
+		},
+	}, nil
 }
 
 func (a *api) putRoute(r *http.Request, body []byte, ev *auditEvent) (int, any, error) {
-	if _, err := a.snapshot(); err != nil {
-		return 0, nil, err
-	}
-	name, routeName := r.PathValue("name"), r.PathValue("route")
-	ev.service = name
-	m, err := a.routeMutator()
-	if err != nil {
-		return 0, nil, err
-	}
-	var req routeRequest
-	if aerr := decodeStrict(body, &req); aerr != nil {
-		return 0, nil, aerr
-	}
-	if req.Owner != "" {
-		if err := store.CheckOwner(req.Owner); err != nil {
-			return 0, nil, errorf(http.StatusBadRequest, "owner", "%v", err)
-		}
-	}
-	ch, err := m.PutRoute(r.Context(), name, store.Route{Name: routeName, When: req.When, Version: req.Version, Owner: req.Owner}, ev.actor)
-	if err != nil {
-		return 0, nil, routeError(err, routeName)
-	}
-	ev.old, ev.new = routeText(routeName, ch.Old), routeText(routeName, ch.New)
-	ev.generation, ev.revision = generation(ch.Snapshot), ch.Revision
-	return http.StatusOK, routeAnswer{Service: name, Route: ch.New, Generation: ev.generation, Revision: ch.Revision}, nil
+	return putNamed(r, body, ev, a, a.routeKind)
 }
 
 func (a *api) deleteRoute(r *http.Request, _ []byte, ev *auditEvent) (int, any, error) {
-	if _, err := a.snapshot(); err != nil {
-		return 0, nil, err
-	}
-	name, routeName := r.PathValue("name"), r.PathValue("route")
-	ev.service = name
-	m, err := a.routeMutator()
-	if err != nil {
-		return 0, nil, err
-	}
-	owner := r.URL.Query().Get("owner")
-	if r.URL.Query().Has("owner") {
-		if err := store.CheckOwner(owner); err != nil {
-			return 0, nil, errorf(http.StatusBadRequest, "owner", "%v", err)
-		}
-	}
-	ch, err := m.DeleteRoute(r.Context(), name, routeName, owner, ev.actor)
-	if err != nil {
-		return 0, nil, routeError(err, routeName)
-	}
-	removed := ch.Old != nil
-	ev.old, ev.new = routeText(routeName, ch.Old), routeText(routeName, nil)
-	ev.generation, ev.revision = generation(ch.Snapshot), ch.Revision
-	return http.StatusOK, routeAnswer{Service: name, Name: routeName, Removed: &removed, Generation: ev.generation, Revision: ch.Revision}, nil
+	return deleteNamed(r, ev, a, a.routeKind)
 }
 
 // putCanaryOwned is PUT …/canary with an owner: the controller takes (or
@@ -169,13 +143,6 @@ func routeError(err error, field string) error {
 		return errorf(http.StatusBadRequest, f, "%v", err)
 	}
 	return storeError(err, field)
-}
-
-func routeText(name string, r *store.Route) string {
-	if r == nil {
-		return "route " + name + ": none"
-	}
-	return "route " + name + ": " + r.String()
 }
 
 func generation(snap *store.Snapshot) uint64 {

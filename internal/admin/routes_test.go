@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/trafficsplit/splitter/internal/store"
 )
 
 const canaryRoute = `{"when": [{"header": "x-canary", "exact": "1"}], "version": "v2"}`
@@ -98,18 +99,7 @@ func TestRuntimeRouteRefused(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, envOptions{})
-			before := e.state()
-			w := e.do(req{method: http.MethodPut, path: tc.path, body: tc.body})
-			got := decode(t, w)
-			msg, _ := got["error"].(string)
-			field, _ := got["field"].(string)
-			if w.Code != tc.code || field != tc.field || !strings.Contains(msg, tc.msg) {
-				t.Fatalf("got %d field %q %q, want %d field %q containing %q", w.Code, field, msg, tc.code, tc.field, tc.msg)
-			}
-			if e.state() != before || len(e.store.Load().Routes) != 0 {
-				t.Fatal("a refused route changed the state")
-			}
+			putRefused(t, tc.path, tc.body, tc.code, tc.field, tc.msg, "route", func(s *store.Snapshot) bool { return len(s.Routes) != 0 })
 		})
 	}
 }
@@ -217,16 +207,7 @@ func TestOwnedWeights(t *testing.T) {
 // take the weights of a progressing or paused rollout.
 func TestOwnedWeightsAndRollouts(t *testing.T) {
 	e := newRolloutEnv(t)
-	do := func(method, path, body string) (int, string) {
-		t.Helper()
-		r := req{method: method, path: path, body: body, auth: bearer}
-		if body == "" {
-			r.contentType = "-"
-		}
-		w := e.do(r)
-		msg, _ := decode(t, w)["error"].(string)
-		return w.Code, msg
-	}
+	do := func(method, path, body string) (int, string) { return e.call(t, method, path, body) }
 	owned := `{"percentage": 20, "owner": "argo-rollouts:shop/api"}`
 	if code, msg := do(http.MethodPut, "/v1/services/api/canary", owned); code != http.StatusOK {
 		t.Fatalf("owned canary: %d %s", code, msg)
@@ -258,4 +239,36 @@ func TestOwnedWeightsAndRollouts(t *testing.T) {
 	if code, msg := do(http.MethodPut, "/v1/services/api/canary", owned); code != http.StatusOK || e.canary("api") != "20" {
 		t.Fatalf("owned canary after the abort: %d %s", code, msg)
 	}
+}
+
+// putRefused checks that PUT path body is refused with code, field and a
+// message containing msg, and changes neither the state nor what changed
+// says of the snapshot (for a runtime route or mirror route: what).
+func putRefused(t *testing.T, path, body string, code int, field, msg, what string, changed func(*store.Snapshot) bool) {
+	t.Helper()
+	e := newEnv(t, envOptions{})
+	before := e.state()
+	w := e.do(req{method: http.MethodPut, path: path, body: body})
+	got := decode(t, w)
+	gotMsg, _ := got["error"].(string)
+	gotField, _ := got["field"].(string)
+	if w.Code != code || gotField != field || !strings.Contains(gotMsg, msg) {
+		t.Fatalf("got %d field %q %q, want %d field %q containing %q", w.Code, gotField, gotMsg, code, field, msg)
+	}
+	if e.state() != before || changed(e.store.Load()) {
+		t.Fatal("a refused " + what + " changed the state")
+	}
+}
+
+// call makes an authorized request (with a body: JSON, without: none) and
+// returns the status code and the error message.
+func (e *env) call(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	r := req{method: method, path: path, body: body, auth: bearer}
+	if body == "" {
+		r.contentType = "-"
+	}
+	w := e.do(r)
+	msg, _ := decode(t, w)["error"].(string)
+	return w.Code, msg
 }

@@ -9,7 +9,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/trafficsplit/splitter/internal/compat"
 	"github.com/trafficsplit/splitter/internal/rollout"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/split"
@@ -30,12 +29,7 @@ type mirrorRecord struct {
 
 func decodeMirror(data []byte) (mirrorRecord, error) {
 	var r mirrorRecord
-	if len(data) > maxRecordBytes {
-		return r, fmt.Errorf("larger than %d bytes", maxRecordBytes)
-	}
-	// Fields a newer build added are ignored (and named once in the
-	// log by the reader); the ones this build knows are checked.
-	unknown, err := compat.DecodeObject(data, &r)
+	unknown, err := decodeRecord(data, &r)
 	if err != nil {
 		return r, err
 	}

@@ -168,77 +168,41 @@ func CheckRouteName(name string) error {
 // ErrRouteLimit, or are *split.FieldError with paths relative to the
 // route ("when[0].regex", "version").
 func CheckRoute(cfg *split.Config, service string, others []Route, r Route) error {
-	if err := CheckRouteName(r.Name); err != nil {
-		return err
+	return checkNamed(cfg, service, others, r)
+}
+
+// Base returns r.
+func (r Route) Base() Route { return r }
+
+func (Route) kind() routeKind[Route] {
+	return routeKind[Route]{
+		what: "route", logKey: "route", stateKey: "routes", path: "rules",
+		limit: MaxRoutes, errLimit: ErrRouteLimit,
+		noWhen:  func(string) string { return "no conditions: a route needs at least one" },
+		of:      func(s *Snapshot) map[string][]Route { return s.Routes },
+		compose: composeRoutes,
+		publish: (*Store).withRoutesLocked,
+		clash: func(cfg *split.Config, i int, service, name string) error {
+			if at := ruleIndex(cfg.Services[i].Rules, name); at >= 0 {
+				return fmt.Errorf("service %q: route %q: %w (services[%d].rules[%d]); choose another name", service, name, ErrRuleName, i, at)
+			}
+			return nil
+		},
+		misfit: func(svc *split.Service, kept int, name string) string {
+			switch {
+			case ruleIndex(svc.Rules, name) >= 0:
+				return "a rule of the configuration has the same name"
+			case kept >= MaxRoutes || kept+len(svc.Rules) >= split.MaxRules:
+				return "too many rules with it"
+			}
+			return ""
+		},
 	}
-	if r.Owner != "" {
-		if err := CheckOwner(r.Owner); err != nil {
-			return err
-		}
-	}
-	i := serviceIndex(cfg, service)
-	if i < 0 {
-		return fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
-	}
-	if at := ruleIndex(cfg.Services[i].Rules, r.Name); at >= 0 {
-		return fmt.Errorf("service %q: route %q: %w (services[%d].rules[%d]); choose another name", service, r.Name, ErrRuleName, i, at)
-	}
-	routes := withRoute(others, r)
-	if len(routes) > MaxRoutes {
-		return fmt.Errorf("service %q: %w (at most %d)", service, ErrRouteLimit, MaxRoutes)
-	}
-	if len(r.When) == 0 {
-		return &split.FieldError{Path: "when", Reason: "no conditions: a route needs at least one"}
-	}
-	_, err := split.Compile(composeRoutes(cfg, map[string][]Route{service: routes}))
-	if err == nil {
-		return nil
-	}
-	prefix := fmt.Sprintf("services[%d].rules[%d]", i, slices.IndexFunc(routes, func(x Route) bool { return x.Name == r.Name }))
-	errs := split.FieldErrors(err)
-	if len(errs) == 0 {
-		return err
-	}
-	out := make([]error, 0, len(errs))
-	for _, fe := range errs {
-		rel := *fe
-		if p, ok := strings.CutPrefix(fe.Path, prefix); ok && (p == "" || p[0] == '.') {
-			rel.Path = strings.TrimPrefix(p, ".")
-		}
-		out = append(out, &rel)
-	}
-	return errors.Join(out...)
 }
 
 // ruleIndex is the index of the rule named name, or -1.
 func ruleIndex(rules []split.Rule, name string) int {
 	return slices.IndexFunc(rules, func(x split.Rule) bool { return x.Name == name })
-}
-
-// withRoute returns routes (sorted by name) with r in place of the route
-// of its name, or added, still sorted; routes is not modified.
-func withRoute(routes []Route, r Route) []Route {
-	out := make([]Route, 0, len(routes)+1)
-	for _, x := range routes {
-		if x.Name != r.Name {
-			out = append(out, x)
-		}
-	}
-	out = append(out, r)
-	slices.SortFunc(out, func(a, b Route) int { return strings.Compare(a.Name, b.Name) })
-	return out
-}
-
-// withoutRoute returns routes without the one named name.
-func withoutRoute(routes []Route, name string) []Route {
-	return slices.DeleteFunc(slices.Clone(routes), func(x Route) bool { return x.Name == name })
-}
-
-func findRoute(routes []Route, name string) (Route, bool) {
-	if i := slices.IndexFunc(routes, func(x Route) bool { return x.Name == name }); i >= 0 {
-		return routes[i], true
-	}
-	return Route{}, false
 }
 
 // composeRoutes returns a copy of cfg with each service's routes ahead of
@@ -269,51 +233,9 @@ func composeRoutes(cfg *split.Config, routes map[string][]Route) *split.Config {
 	return out
 }
 
-// fitRoutes returns the routes that still fit cfg, and why each other one
-// does not ("service/name" -> reason): its service is gone, its version is
-// not declared, a rule of cfg took its name, or the service has too many
-// rules with them.
-func fitRoutes(cfg *split.Config, routes map[string][]Route) (kept map[string][]Route, dropped map[string]string) {
-	kept, dropped = map[string][]Route{}, map[string]string{}
-	for _, service := range sortedKeys(routes) {
-		i := serviceIndex(cfg, service)
-		for _, r := range routes[service] {
-			reason := ""
-			switch {
-			case i < 0:
-				reason = "service not in the configuration"
-			case !hasVersion(cfg.Services[i].Weights, r.Version):
-				reason = fmt.Sprintf("version %q not declared by the configuration", r.Version)
-			case ruleIndex(cfg.Services[i].Rules, r.Name) >= 0:
-				reason = "a rule of the configuration has the same name"
-			case len(kept[service]) >= MaxRoutes || len(kept[service])+len(cfg.Services[i].Rules) >= split.MaxRules:
-				reason = "too many rules with it"
-			}
-			if reason != "" {
-				dropped[service+"/"+r.Name] = reason
-				continue
-			}
-			kept[service] = append(kept[service], r)
-		}
-	}
-	return nilIfNoRoutes(kept), dropped
-}
-
 func hasVersion(w split.Weights, version string) bool {
 	_, ok := w.Get(version)
 	return ok
-}
-
-func nilIfNoRoutes(m map[string][]Route) map[string][]Route {
-	for k, v := range m {
-		if len(v) == 0 {
-			delete(m, k)
-		}
-	}
-	if len(m) == 0 {
-		return nil
-	}
-	return m
 }
 
 // stripRoutes takes the runtime routes (which lead each service's rules)
@@ -344,8 +266,8 @@ func stripRoutes(cfg *split.Config, routes map[string][]Route) (*split.Config, e
 func compileWithRoutes(prev *split.Table, cfg *split.Config, in runtimeRoutes) (*split.Table, runtimeRoutes, runtimeDrops, error) {
 	var kept runtimeRoutes
 	var drops runtimeDrops
-	kept.routes, drops.routes = fitRoutes(cfg, in.routes)
-	kept.mirrorRoutes, drops.mirrorRoutes = fitMirrorRoutes(cfg, in.mirrorRoutes)
+	kept.routes, drops.routes = fitNamed(cfg, in.routes)
+	kept.mirrorRoutes, drops.mirrorRoutes = fitNamed(cfg, in.mirrorRoutes)
 	if kept.empty() {
 		t, err := split.CompileNext(prev, cfg)
 		return t, runtimeRoutes{}, drops, err
@@ -359,57 +281,19 @@ func compileWithRoutes(prev *split.Table, cfg *split.Config, in runtimeRoutes) (
 	}
 	// The runtime state is at fault (only a record written around the
 	// admin API can be): leave out what an error names, and try once more.
-	culprits, mirrorCulprits := map[string]string{}, map[string]string{}
-	for _, fe := range split.FieldErrors(err) {
-		var i, k int
-		if n, _ := fmt.Sscanf(fe.Path, "services[%d].rules[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
-			if rs := kept.routes[cfg.Services[i].Name]; k < len(rs) {
-				key := cfg.Services[i].Name + "/" + rs[k].Name
-				culprits[key] = strings.TrimSpace(culprits[key] + " " + fe.Error())
-			}
-		}
-		if n, _ := fmt.Sscanf(fe.Path, "services[%d].mirror_routes[%d]", &i, &k); n == 2 && i < len(cfg.Services) {
-			if rs := kept.mirrorRoutes[cfg.Services[i].Name]; k < len(rs) {
-				key := cfg.Services[i].Name + "/" + rs[k].Name
-				mirrorCulprits[key] = strings.TrimSpace(mirrorCulprits[key] + " " + fe.Error())
-			}
-		}
-	}
+	errs := split.FieldErrors(err)
+	culprits, mirrorCulprits := culpritsOf(cfg, kept.routes, errs), culpritsOf(cfg, kept.mirrorRoutes, errs)
 	if len(culprits)+len(mirrorCulprits) > 0 {
-		var rest runtimeRoutes
-		for service, rs := range kept.routes {
-			for _, r := range rs {
-				if reason, bad := culprits[service+"/"+r.Name]; bad {
-					drops.routes[service+"/"+r.Name] = "does not compile: " + reason
-					continue
-				}
-				rest.routes = addRoute(rest.routes, service, r)
-			}
+		kept = runtimeRoutes{
+			routes:       withoutCulprits(kept.routes, culprits, drops.routes),
+			mirrorRoutes: withoutCulprits(kept.mirrorRoutes, mirrorCulprits, drops.mirrorRoutes),
 		}
-		for service, rs := range kept.mirrorRoutes {
-			for _, r := range rs {
-				if reason, bad := mirrorCulprits[service+"/"+r.Name]; bad {
-					drops.mirrorRoutes[service+"/"+r.Name] = "does not compile: " + reason
-					continue
-				}
-				rest.mirrorRoutes = addMirrorRoute(rest.mirrorRoutes, service, r)
-			}
-		}
-		kept = rest
 		if t, err = split.CompileNext(prev, kept.compose(cfg)); err == nil {
 			return t, kept, drops, nil
 		}
 	}
-	for service, rs := range kept.routes {
-		for _, r := range rs {
-			drops.routes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
-		}
-	}
-	for service, rs := range kept.mirrorRoutes {
-		for _, r := range rs {
-			drops.mirrorRoutes[service+"/"+r.Name] = "does not compile with the configuration: " + err.Error()
-		}
-	}
+	dropAll(kept.routes, drops.routes, "does not compile with the configuration: "+err.Error())
+	dropAll(kept.mirrorRoutes, drops.mirrorRoutes, "does not compile with the configuration: "+err.Error())
 	t, err = split.CompileNext(prev, cfg)
 	return t, runtimeRoutes{}, drops, err
 }
@@ -436,52 +320,14 @@ type runtimeDrops struct {
 
 // RouteChange is what a route mutation did: the route before and after
 // (nil: absent) and the snapshot in force after it.
-type RouteChange struct {
-	Service  string
-	Old, New *Route
-	Snapshot *Snapshot
-	// Revision is the etcd revision that committed the change (fleet
-	// mode); 0 otherwise.
-	Revision int64
-}
+type RouteChange = NamedChange[Route]
 
 // PutRoute adds or replaces service's route r.Name. A route that exists
 // with another owner (or with one, when r has none) is not replaced:
 // *OwnerError. Putting the route in force again changes nothing. Other
 // errors: see CheckRoute, and ErrNoConfig.
 func (s *Store) PutRoute(ctx context.Context, service string, r Route, actor string) (RouteChange, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur := s.cur.Load()
-	if cur == nil {
-		return RouteChange{}, ErrNoConfig
-	}
-	r = r.Clone()
-	old, had := findRoute(cur.Routes[service], r.Name)
-	if had && old.Owner != r.Owner {
-		return RouteChange{}, &OwnerError{Service: service, What: fmt.Sprintf("route %q", r.Name), Owner: old.Owner, Want: r.Owner}
-	}
-	if had && old.Equal(r) {
-		return RouteChange{Service: service, Old: &old, New: &old, Snapshot: cur}, nil
-	}
-	if err := CheckRoute(cur.File, service, withoutRoute(cur.Routes[service], r.Name), r); err != nil {
-		return RouteChange{}, err
-	}
-	routes := maps.Clone(cur.Routes)
-	if routes == nil {
-		routes = map[string][]Route{}
-	}
-	routes[service] = withRoute(cur.Routes[service], r)
-	snap, err := s.withRoutesLocked(ctx, cur, routes)
-	if err != nil {
-		return RouteChange{}, fmt.Errorf("service %q: route %q: %w", service, r.Name, err)
-	}
-	ch := RouteChange{Service: service, New: &r, Snapshot: snap}
-	if had {
-		ch.Old = &old
-	}
-	s.log.Info("runtime route set", "service", service, "route", r.Name, "actor", actor, "old", describe(ch.Old), "new", r.String())
-	return ch, nil
+	return putNamed(ctx, s, service, r, actor)
 }
 
 // DeleteRoute removes service's route name. With owner set, only a route
@@ -490,30 +336,7 @@ func (s *Store) PutRoute(ctx context.Context, service string, r Route, actor str
 // not exist changes nothing. Errors wrap split.ErrUnknownService for a
 // service that neither exists nor has the route, or ErrNoConfig.
 func (s *Store) DeleteRoute(ctx context.Context, service, name, owner, actor string) (RouteChange, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	cur := s.cur.Load()
-	if cur == nil {
-		return RouteChange{}, ErrNoConfig
-	}
-	old, had := findRoute(cur.Routes[service], name)
-	if !had {
-		if _, ok := cur.FileService(service); !ok {
-			return RouteChange{}, fmt.Errorf("service %q: %w", service, split.ErrUnknownService)
-		}
-		return RouteChange{Service: service, Snapshot: cur}, nil
-	}
-	if owner != "" && old.Owner != owner {
-		return RouteChange{}, &OwnerError{Service: service, What: fmt.Sprintf("route %q", name), Owner: old.Owner, Want: owner}
-	}
-	routes := maps.Clone(cur.Routes)
-	routes[service] = withoutRoute(cur.Routes[service], name)
-	snap, err := s.withRoutesLocked(ctx, cur, nilIfNoRoutes(routes))
-	if err != nil {
-		return RouteChange{}, fmt.Errorf("service %q: route %q: %w", service, name, err)
-	}
-	s.log.Info("runtime route removed", "service", service, "route", name, "actor", actor, "old", old.String())
-	return RouteChange{Service: service, Old: &old, Snapshot: snap}, nil
+	return deleteNamed[Route](ctx, s, service, name, owner, actor)
 }
 
 // withRoutesLocked compiles and publishes cur with routes in force
@@ -525,26 +348,9 @@ func (s *Store) withRoutesLocked(ctx context.Context, cur *Snapshot, routes map[
 	if err != nil {
 		return nil, err
 	}
-	table, err := split.CompileNext(cur.Table, composeRoutes(base, routes))
-	if err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if s.stateFile != "" {
-		rt := cur.runtime()
-		rt.routes = routes
-		if err := s.writeState(cur.Overrides, s.fileWeights, cur.SHA256, rt); err != nil {
-			return nil, err
-		}
-	}
-	snap := &Snapshot{
-		Table: table, File: cur.File, Overrides: cur.Overrides, Owners: cur.Owners, Routes: routes, Mirrors: cur.Mirrors,
-		MirrorRoutes: cur.MirrorRoutes, SHA256: cur.SHA256, Source: cur.Source, LoadedAt: cur.LoadedAt, Revision: cur.Revision,
-	}
-	s.publish(cur, snap)
-	return snap, nil
+	rt := cur.runtime()
+	rt.routes = routes
+	return s.publishRuntimeLocked(ctx, cur, composeRoutes(base, routes), rt)
 }
 
 // SetCanaryOwned is SetCanary on behalf of owner (a controller such as
@@ -605,21 +411,4 @@ func withOwner(owners map[string]string, service, owner string) map[string]strin
 		return nil
 	}
 	return out
-}
-
-func describe(r *Route) string {
-	if r == nil {
-		return "none"
-	}
-	return r.String()
-}
-
-// addRoute returns routes with r added to service's (sorted by name); a
-// route of the same name is replaced.
-func addRoute(routes map[string][]Route, service string, r Route) map[string][]Route {
-	if routes == nil {
-		routes = map[string][]Route{}
-	}
-	routes[service] = withRoute(routes[service], r)
-	return routes
 }

@@ -152,12 +152,12 @@ func (s *Store) applyShared(cfg *split.Config, sha, source string, at Revisions,
 	var sorted runtimeRoutes
 	for service, rs := range st.Routes {
 		for _, r := range rs {
-			sorted.routes = addRoute(sorted.routes, service, r)
+			sorted.routes = addNamed(sorted.routes, service, r)
 		}
 	}
 	for service, rs := range st.MirrorRoutes {
 		for _, r := range rs {
-			sorted.mirrorRoutes = addMirrorRoute(sorted.mirrorRoutes, service, r)
+			sorted.mirrorRoutes = addNamed(sorted.mirrorRoutes, service, r)
 		}
 	}
 	table, keptRoutes, routeDrops, err := compileWithRoutes(prev, effective, sorted)

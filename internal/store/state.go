@@ -117,23 +117,13 @@ func decodeState(data []byte) (*state, error) {
 		}
 	}
 	st.runtime.owners = nilIfEmpty(doc.Owners)
-	mr, err := decodeMirrorRoutes(doc.MirrorRoutes)
+	mr, err := decodeNamed(doc.MirrorRoutes)
 	if err != nil {
 		return nil, err
 	}
 	st.runtime.mirrorRoutes = mr
-	for _, name := range sortedKeys(doc.Routes) {
-		for i, r := range doc.Routes[name] {
-			if err := CheckRouteName(r.Name); err != nil {
-				return nil, fmt.Errorf("routes.%s[%d]: %w", name, i, err)
-			}
-			if r.Owner != "" {
-				if err := CheckOwner(r.Owner); err != nil {
-					return nil, fmt.Errorf("routes.%s[%d]: %w", name, i, err)
-				}
-			}
-			st.runtime.routes = addRoute(st.runtime.routes, name, r)
-		}
+	if st.runtime.routes, err = decodeNamed(doc.Routes); err != nil {
+		return nil, err
 	}
 	for _, name := range sortedKeys(doc.Overrides) {
 		w, err := split.ParseWeightsJSON(doc.Overrides[name])

@@ -43,6 +43,20 @@ func twoServices(api, web split.Weights) *split.Config {
 	}}
 }
 
+// stateFileRefused checks that a store does not start from the state
+// file doc, with an error naming the file and containing want.
+func stateFileRefused(t *testing.T, doc, want string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "state.json")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := store.New(store.Options{StateFile: path})
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("got %v, want an error naming %s and %q", err, path, want)
+	}
+}
+
 func newStore(t *testing.T, opts store.Options) (*store.Store, *bytes.Buffer) {
 	t.Helper()
 	var logs bytes.Buffer
