@@ -32,7 +32,7 @@ argo-test: build argo-plugin envoy etcd ## The Argo Rollouts plugin's tests (vet
 run: build ## Run the sidecar (built-in default config unless CONFIG=file)
 	./$(BIN)/splitter serve $(if $(CONFIG),--config $(CONFIG))
 
-test: envoy etcd gateway chromium lint validate istio module unit argo-test fuzz-short ## Everything CI runs: lint, the recipes, the module, unit + e2e (module mode, Envoy Gateway) + fleet + browser tests with -race, the Argo Rollouts plugin, short fuzz pass
+test: envoy etcd gateway chromium lint validate istio module unit argo-test fuzz-short ## Everything CI runs: lint, the recipes, the module, unit + e2e (module mode, Envoy Gateway, the previous release beside this one) + fleet + chaos short form + browser tests with -race, the Argo Rollouts plugin, short fuzz pass
 
 unit: ## go test -race on every package (e2e, fleet, Envoy Gateway and browser tests included: need `make envoy etcd gateway chromium`)
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
@@ -60,7 +60,7 @@ CHAOS_SEEDS ?= 3
 chaos: build etcd envoy ## The fleet under etcd faults, long form: every fault at full length, CHAOS_SEEDS passes (default 3), checked from recorded histories; writes bin/chaos-report.md
 	SPLITTER_BIN=$(CURDIR)/$(BIN)/splitter $(GO) test -count=1 -timeout 60m -run 'TestChaos$$' ./chaos/ -args -chaos.long -chaos.seeds $(CHAOS_SEEDS) -chaos.report $(CURDIR)/$(BIN)/chaos-report.md
 
-bench-fleet: build etcd ## Fleet propagation on a 3-member etcd: admin call on one replica to applied on N (3 processes; 1,000 watchers; again with the etcd leader killed mid-run); writes BENCH.md's fleet section
+bench-fleet: build etcd ## Fleet propagation on a 3-member etcd: admin call on one replica to applied on N (3 processes; 300 and 1,000 watchers; the etcd leader killed mid-run; again at etcd_follow_interval 2s); writes BENCH.md's fleet section
 	$(GO) build -trimpath -o $(BIN)/splitter-bench ./cmd/splitter-bench
 	./$(BIN)/splitter-bench fleet --splitter $(BIN)/splitter --etcd "$$(scripts/etcd.sh)" --results bench/results --out BENCH.md
 bench-rollout: build envoy module ## Time the rollout guard's rollback of a failing or slow canary, ext_proc and module (20 runs per series); updates BENCH.md
