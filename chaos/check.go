@@ -400,7 +400,8 @@ func (h *History) checkAckGaps() Result {
 
 // checkFollowing: a replica says connected only while it follows: when it
 // says so at t (its own log, and every look), it has applied every write
-// acknowledged before t - Bounds.Follow.
+// acknowledged before t - Bounds.Follow. Its log speaks for it only while
+// its process runs: not while it is stopped (Fault.Frozen).
 func (h *History) checkFollowing() Result {
 	res := Result{Name: fmt.Sprintf("connected only while following (everything acknowledged %v earlier applied)", h.Bounds.Follow), Held: true}
 	type ack struct {
@@ -447,7 +448,7 @@ func (h *History) checkFollowing() Result {
 	for _, r := range h.replicas() {
 		for _, a := range acks {
 			t := a.at.Add(h.Bounds.Follow)
-			if t.After(h.End) || !h.connectedAt(r, t) {
+			if t.After(h.End) || h.frozen(r, t) || !h.connectedAt(r, t) {
 				continue
 			}
 			checked++

@@ -381,3 +381,48 @@ func TestCheckerCatches(t *testing.T) {
 		})
 	}
 }
+
+// A replica whose process is stopped says nothing: its log's last
+// "connected" is not a claim about the moments of the stop. Once it runs
+// again, the same log is a claim, and checked.
+func TestFollowingFrozenReplica(t *testing.T) {
+	const check = "connected only while following"
+	for _, tc := range []struct {
+		name string
+		heal int // ms: the end of r1's stop
+		held bool
+	}{
+		{name: "behind only while stopped", heal: 6000, held: true},
+		{name: "still behind after it resumed", heal: 4000, held: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := consistent()
+			// r1 stops at 2.4 s, before it applies revisions 9 and 11,
+			// and applies them at 5.8 s; its log still says connected.
+			log := h.Logs["r1"][:4]
+			h.Logs["r1"] = append(log, applied(5, 5800, 9, 30), applied(6, 5810, 11, 40))
+			h.Faults = append(h.Faults, Fault{Name: "r1 stopped (SIGSTOP)", Kind: ReplicaFault, Target: "r1", Start: at(2400), Heal: at(tc.heal), Frozen: true})
+			// Nobody reads a stopped process: no look of r1 meanwhile.
+			looks := h.Looks[:0]
+			for _, l := range h.Looks {
+				if l.Replica == "r1" && !l.At.Before(at(2400)) && !l.At.After(at(5800)) {
+					continue
+				}
+				looks = append(looks, l)
+			}
+			h.Looks = looks
+			var got Result
+			for name, r := range results(t, h) {
+				if strings.HasPrefix(name, check) {
+					got = r
+				}
+			}
+			if got.Held != tc.held {
+				t.Fatalf("held = %v, want %v: %+v", got.Held, tc.held, got.Violations)
+			}
+			if !tc.held && !strings.Contains(got.Violations[0].What, "r1's log says connected") {
+				t.Fatalf("violation: %+v", got.Violations[0])
+			}
+		})
+	}
+}

@@ -179,6 +179,11 @@ type Fault struct {
 	Start  time.Time
 	Heal   time.Time
 	Notes  []string
+	// Frozen: the target replica's process was stopped (SIGSTOP) from
+	// Start to Heal. It said nothing meanwhile: its log's last word is not
+	// a statement about those moments (a look would have waited for it to
+	// resume, and been answered afresh).
+	Frozen bool
 }
 
 // Traffic is every request sent through the Envoys.
@@ -338,6 +343,16 @@ func eventLine(replica string, e fleet.Event) string {
 		fmt.Fprintf(&b, " (%s)", e.Reason)
 	}
 	return b.String()
+}
+
+// frozen says whether replica's process was stopped at t.
+func (h *History) frozen(replica string, t time.Time) bool {
+	for _, f := range h.Faults {
+		if f.Frozen && f.Target == replica && !t.Before(f.Start) && !t.After(f.Heal) {
+			return true
+		}
+	}
+	return false
 }
 
 // cutOff says whether replica was cut off from etcd at t (a replica fault

@@ -257,7 +257,7 @@ func (p *pass) cutReplica(ctx context.Context) error {
 // another replica must take over and roll the canary back, and the old
 // leader's writes must be refused (fenced).
 func (p *pass) cutRolloutLeader(ctx context.Context) error {
-	return p.rolloutLeaderFault(ctx, "cut off from etcd", func(r *Replica, on bool) error {
+	return p.rolloutLeaderFault(ctx, "cut off from etcd", false, func(r *Replica, on bool) error {
 		r.cut(on)
 		return nil
 	})
@@ -270,7 +270,7 @@ func (p *pass) cutRolloutLeader(ctx context.Context) error {
 // its session ended: etcd must refuse those writes (the fence), as Jepsen
 // found etcd's locks need.
 func (p *pass) pauseRolloutLeader(ctx context.Context) error {
-	return p.rolloutLeaderFault(ctx, "stopped (SIGSTOP)", func(r *Replica, on bool) error {
+	return p.rolloutLeaderFault(ctx, "stopped (SIGSTOP)", true, func(r *Replica, on bool) error {
 		if on {
 			return r.Pause()
 		}
@@ -283,7 +283,7 @@ func (p *pass) pauseRolloutLeader(ctx context.Context) error {
 // fail and applies fault to the leader at once, until another replica has
 // rolled the canary back; then it heals and waits for the old leader to
 // follow.
-func (p *pass) rolloutLeaderFault(ctx context.Context, what string, fault func(r *Replica, on bool) error) error {
+func (p *pass) rolloutLeaderFault(ctx context.Context, what string, frozen bool, fault func(r *Replica, on bool) error) error {
 	r0 := p.b.Replicas[0]
 	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err := r0.Admin(actx, http.MethodPost, "/v1/services/shop/rollout", map[string]string{"action": "start"}, nil)
@@ -358,7 +358,7 @@ func (p *pass) rolloutLeaderFault(ctx context.Context, what string, fault func(r
 		p.rec.Note(leader + " logged: " + line)
 	}
 	p.rec.Fault(Fault{Name: fmt.Sprintf("rollout leader %s %s while its canary fails", leader, what),
-		Kind: ReplicaFault, Target: leader, Start: start, Heal: heal})
+		Kind: ReplicaFault, Target: leader, Start: start, Heal: heal, Frozen: frozen})
 	return nil
 }
 

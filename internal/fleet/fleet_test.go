@@ -554,3 +554,40 @@ func TestReloadNeverAppliesAnOlderRead(t *testing.T) {
 		}
 	}
 }
+
+// A full read proves the replica up to date only once it is in force:
+// between etcd's answer and its apply, the replica does not say
+// connected (the chaos checker found a "connected" naming the revision
+// before a resync's read, a moment before the read was applied).
+func TestFullReadConnectedOnlyOnceApplied(t *testing.T) {
+	e := sharedEtcd(t)
+	prefix := newPrefix(t)
+	c := newClient(t, e.Endpoint)
+	push(t, c, prefix, baseConfig)
+	st, err := store.New(store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := fleet.New(fleet.Options{
+		Client: fleet.ClientOptions{Endpoints: []string{e.Endpoint}, DialTimeout: 2 * time.Second},
+		Prefix: prefix, NodeID: "reader", Store: st,
+	})
+	t.Cleanup(func() { src.Close() })
+	var between *fleet.Status
+	fleet.AfterRead(src, func(string) {
+		s := src.Status()
+		between = &s
+	})
+	if err := src.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if between == nil {
+		t.Fatal("the start did not read etcd")
+	}
+	if between.Connected {
+		t.Fatalf("connected between the read and its apply, at applied revision %d", between.AppliedRevision)
+	}
+	if after := src.Status(); !after.Connected || after.AppliedRevision == 0 {
+		t.Fatalf("after the start: connected %v at applied revision %d; want connected at the read's revision", after.Connected, after.AppliedRevision)
+	}
+}

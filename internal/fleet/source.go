@@ -355,11 +355,17 @@ func (s *Source) fullRead(ctx context.Context, reason string) error {
 		return fmt.Errorf("etcd: read %s: %w", start, err)
 	}
 	s.m.resync(reason)
-	s.follow.reached(s.now(), resp.Header.Revision)
-	s.refreshConnected()
 	if hook := s.afterRead.Load(); hook != nil {
 		(*hook)(reason)
 	}
+	// The read proves this replica up to date only once it is in force
+	// (or found not newer than what is): connected never names a
+	// revision the store has not applied yet. Deferred first, so it runs
+	// after the unlock below.
+	defer func() {
+		s.follow.reached(s.now(), resp.Header.Revision)
+		s.refreshConnected()
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	rev := resp.Header.Revision
