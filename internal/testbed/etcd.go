@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,22 +19,7 @@ var ErrNoEtcd = errors.New("no etcd binary: set ETCD_BIN, or run `make etcd` (bu
 // FindEtcd returns the etcd server binary to use: $ETCD_BIN, else
 // <root>/.venv/bin/etcd (scripts/etcd.sh), else `etcd` on PATH.
 func FindEtcd(root string) (string, error) {
-	if p := os.Getenv("ETCD_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("ETCD_BIN: %w", err)
-		}
-		return p, nil
-	}
-	if root != "" {
-		p := filepath.Join(root, ".venv", "bin", "etcd")
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath("etcd"); err == nil {
-		return p, nil
-	}
-	return "", ErrNoEtcd
+	return findServer(root, "ETCD_BIN", "etcd", ErrNoEtcd)
 }
 
 // EtcdOptions tune StartEtcd.

@@ -27,22 +27,7 @@ var ErrNoGateway = errors.New("no envoy-gateway binary: set ENVOY_GATEWAY_BIN, o
 // else <root>/.venv/bin/envoy-gateway (scripts/gateway.sh), else
 // `envoy-gateway` on PATH.
 func FindGateway(root string) (string, error) {
-	if p := os.Getenv("ENVOY_GATEWAY_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("ENVOY_GATEWAY_BIN: %w", err)
-		}
-		return p, nil
-	}
-	if root != "" {
-		p := filepath.Join(root, ".venv", "bin", "envoy-gateway")
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath("envoy-gateway"); err == nil {
-		return p, nil
-	}
-	return "", ErrNoGateway
+	return findServer(root, "ENVOY_GATEWAY_BIN", "envoy-gateway", ErrNoGateway)
 }
 
 // RequireGateway returns the envoy-gateway binary for a test: when there is

@@ -36,22 +36,29 @@ var ErrNoEnvoy = errors.New("no Envoy binary: set ENVOY_BIN, or run `make envoy`
 // FindEnvoy returns the Envoy binary to use: $ENVOY_BIN, else
 // <root>/.venv/bin/envoy, else `envoy` on PATH.
 func FindEnvoy(root string) (string, error) {
-	if p := os.Getenv("ENVOY_BIN"); p != "" {
+	return findServer(root, "ENVOY_BIN", "envoy", ErrNoEnvoy)
+}
+
+// findServer returns the server binary name to use: $env, else
+// <root>/.venv/bin/<name> (where the repo's scripts put it), else name on
+// PATH; missing when there is none.
+func findServer(root, env, name string, missing error) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("ENVOY_BIN: %w", err)
+			return "", fmt.Errorf("%s: %w", env, err)
 		}
 		return p, nil
 	}
 	if root != "" {
-		p := filepath.Join(root, ".venv", "bin", "envoy")
+		p := filepath.Join(root, ".venv", "bin", name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath("envoy"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", ErrNoEnvoy
+	return "", missing
 }
 
 // BuildSplitter builds ./cmd/splitter of the module at root into dir, with
