@@ -41,6 +41,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trafficsplit/splitter/bench/proc"
 	"github.com/trafficsplit/splitter/internal/fleet"
 	"github.com/trafficsplit/splitter/internal/store"
 	"github.com/trafficsplit/splitter/internal/testbed"
@@ -157,7 +158,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		}
 		res.Setups = append(res.Setups, *w)
 	}
-	res.LoadAfter = loadAverage()
+	res.LoadAfter = proc.LoadAverage()
 	return res, nil
 }
 
@@ -559,19 +560,6 @@ func (m *cpuMeter) stop() (etcd, bench float64) {
 	e, b := m.read()
 	secs := time.Since(m.start).Seconds() * 100
 	return float64(max(e-m.etcd, 0)) / secs, float64(max(b-m.bench, 0)) / secs
-}
-
-// loadAverage is /proc/loadavg's first three fields.
-func loadAverage() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // Render writes the fleet section of BENCH.md.

@@ -280,3 +280,18 @@ func tail(path string) string {
 	}
 	return string(data)
 }
+
+// LoadAverage is the machine's load average over 1, 5 and 15 minutes
+// (/proc/loadavg's first three fields), which every benchmark notes beside
+// its figures; "unknown" if it cannot be read.
+func LoadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/trafficsplit/splitter/bench/assign"
 	"github.com/trafficsplit/splitter/bench/compare"
 	"github.com/trafficsplit/splitter/bench/fleetprop"
+	"github.com/trafficsplit/splitter/bench/proc"
 	"github.com/trafficsplit/splitter/bench/rollback"
 	"github.com/trafficsplit/splitter/bench/viaenvoy"
 	"github.com/trafficsplit/splitter/bench/viagateway"
@@ -74,12 +75,7 @@ func ReadMachine() Machine {
 	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		m.Kernel = strings.TrimSpace(string(data))
 	}
-	if data, err := os.ReadFile("/proc/loadavg"); err == nil {
-		f := strings.Fields(string(data))
-		if len(f) >= 3 {
-			m.Load = strings.Join(f[:3], " ")
-		}
-	}
+	m.Load = proc.LoadAverage()
 	return m
 }
 

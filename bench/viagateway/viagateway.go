@@ -369,7 +369,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{
 		Started: time.Now().UTC(), GatewayVersion: gatewayVersion(ctx, gatewayBin), EnvoyVer: viaenvoy.EnvoyVersion(ctx, envoyBin),
 		Tool: wrkVersion(ctx, wrk), Rounds: cfg.Rounds, Duration: cfg.Duration.String(), Connections: cfg.Connections, Threads: cfg.Threads,
-		ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU, BetaShare: cfg.BetaShare, Users: cfg.Users, LoadBefore: loadavg(),
+		ProxyCPU: cfg.ProxyCPU, LoadCPU: cfg.LoadCPU, BetaShare: cfg.BetaShare, Users: cfg.Users, LoadBefore: proc.LoadAverage(),
 	}
 	warm := vcfg
 	warm.Duration = time.Second
@@ -394,7 +394,7 @@ func Execute(ctx context.Context, cfg Config) (*Result, error) {
 				"proxy_busy", fmt.Sprintf("%.2f", r.CPU.ProxyBusy), "non2xx", r.Non2xx, "versions", r.Versions)
 		}
 	}
-	res.LoadAfter = loadavg()
+	res.LoadAfter = proc.LoadAverage()
 	res.EnvoyRatios = map[string]compare.Ratio{}
 	for i, s := range setups {
 		res.Modes = append(res.Modes, viaenvoy.Summarize(s.Kind, bySetup[i], bySetup[0]))
@@ -532,18 +532,6 @@ func wrkVersion(ctx context.Context, bin string) string {
 		return "wrk"
 	}
 	return f[0] + " " + f[1]
-}
-
-func loadavg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // notes flags what would make the figures meaningless.
