@@ -46,6 +46,53 @@ func send(ctx context.Context, b *bed, h http.Header) (answer, error) {
 	return sendTo(ctx, b.client, h)
 }
 
+// anonymousClient is one cookie-less client: its first request through c
+// must be given a key (reason sticky_assigned, one cookie of the configured
+// form), and each of the follow requests it then sends with that cookie
+// must be answered by the same version (reason sticky_routing, no new
+// cookie). It returns the key and the version.
+func anonymousClient(ctx context.Context, c *testbed.Client, follow int) (key, version string, err error) {
+	a, err := sendTo(ctx, c, nil)
+	if err != nil {
+		return "", "", err
+	}
+	m := cookieRE.FindStringSubmatch(strings.Join(a.setCookies, "\n"))
+	if a.seen["x-route-reason"] != "sticky_assigned" || len(a.setCookies) != 1 || m == nil {
+		return "", "", fmt.Errorf("first request: reason %q, Set-Cookie %q: want sticky_assigned and one cookie of the configured form",
+			a.seen["x-route-reason"], a.setCookies)
+	}
+	key, version = m[1], a.version
+	for n := range follow {
+		a, err := sendTo(ctx, c, hdr("Cookie", "theme=dark; splitter-id="+key))
+		if err != nil {
+			return "", "", err
+		}
+		if a.version != version || a.seen["x-route-reason"] != "sticky_routing" || len(a.setCookies) != 0 {
+			return "", "", fmt.Errorf("request %d with the cookie: %s (%s, Set-Cookie %q), first %s",
+				n+2, a.version, a.seen["x-route-reason"], a.setCookies, version)
+		}
+	}
+	return key, version, nil
+}
+
+// onV2 requires every client's key to be its own and returns how many
+// clients were first answered by v2.
+func onV2(t *testing.T, keys, first []string) int {
+	t.Helper()
+	distinct := map[string]bool{}
+	v2 := 0
+	for i := range keys {
+		distinct[keys[i]] = true
+		if first[i] == "v2" {
+			v2++
+		}
+	}
+	if len(distinct) != len(keys) {
+		t.Fatalf("%d distinct keys for %d clients", len(distinct), len(keys))
+	}
+	return v2
+}
+
 // sendTo is send through the listener c speaks to.
 func sendTo(ctx context.Context, c *testbed.Client, h http.Header) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/", nil)
@@ -137,42 +184,11 @@ func TestAnonymousClientsStayPut(t *testing.T) {
 			const clients = 1000
 			keys := make([]string, clients)
 			first := make([]string, clients)
-			parallel(t, clients, func(i int) error {
-				a, err := send(ctx, b, nil)
-				if err != nil {
-					return err
-				}
-				if a.seen["x-route-reason"] != "sticky_assigned" {
-					return fmt.Errorf("first request: reason %q", a.seen["x-route-reason"])
-				}
-				m := cookieRE.FindStringSubmatch(strings.Join(a.setCookies, "\n"))
-				if len(a.setCookies) != 1 || m == nil {
-					return fmt.Errorf("Set-Cookie %q, want one of the configured form", a.setCookies)
-				}
-				keys[i], first[i] = m[1], a.version
-				for n := range 5 {
-					a, err := send(ctx, b, hdr("Cookie", "theme=dark; splitter-id="+keys[i]))
-					if err != nil {
-						return err
-					}
-					if a.version != first[i] || a.seen["x-route-reason"] != "sticky_routing" || len(a.setCookies) != 0 {
-						return fmt.Errorf("request %d with the cookie: %s (%s, Set-Cookie %q), first %s",
-							n+2, a.version, a.seen["x-route-reason"], a.setCookies, first[i])
-					}
-				}
-				return nil
+			parallel(t, clients, func(i int) (err error) {
+				keys[i], first[i], err = anonymousClient(ctx, b.client, 5)
+				return err
 			})
-			distinct := map[string]bool{}
-			v2 := 0
-			for i := range keys {
-				distinct[keys[i]] = true
-				if first[i] == "v2" {
-					v2++
-				}
-			}
-			if len(distinct) != clients {
-				t.Fatalf("%d distinct keys for %d clients", len(distinct), clients)
-			}
+			v2 := onV2(t, keys, first)
 			if share := float64(v2) / clients * 100; share < 16 || share > 24 {
 				t.Fatalf("%.1f %% of the clients on v2 at 80/20, want 20 ± 4", share)
 			}

@@ -104,40 +104,11 @@ func (b *gwBed) anonymousClients(t *testing.T) {
 	const clients = 300
 	keys := make([]string, clients)
 	first := make([]string, clients)
-	parallel(t, clients, func(i int) error {
-		a, err := sendTo(ctx, b.client, nil)
-		if err != nil {
-			return err
-		}
-		m := cookieRE.FindStringSubmatch(strings.Join(a.setCookies, "\n"))
-		if a.seen["x-route-reason"] != "sticky_assigned" || len(a.setCookies) != 1 || m == nil {
-			return fmt.Errorf("first request: reason %q, Set-Cookie %q: want sticky_assigned and one cookie of the configured form",
-				a.seen["x-route-reason"], a.setCookies)
-		}
-		keys[i], first[i] = m[1], a.version
-		for n := range 3 {
-			a, err := sendTo(ctx, b.client, hdr("Cookie", "theme=dark; splitter-id="+keys[i]))
-			if err != nil {
-				return err
-			}
-			if a.version != first[i] || a.seen["x-route-reason"] != "sticky_routing" || len(a.setCookies) != 0 {
-				return fmt.Errorf("request %d with the cookie: %s (%s, Set-Cookie %q), first %s",
-					n+2, a.version, a.seen["x-route-reason"], a.setCookies, first[i])
-			}
-		}
-		return nil
+	parallel(t, clients, func(i int) (err error) {
+		keys[i], first[i], err = anonymousClient(ctx, b.client, 3)
+		return err
 	})
-	distinct := map[string]bool{}
-	v2 := 0
-	for i := range keys {
-		distinct[keys[i]] = true
-		if first[i] == "v2" {
-			v2++
-		}
-	}
-	if len(distinct) != clients {
-		t.Fatalf("%d distinct keys for %d clients", len(distinct), clients)
-	}
+	v2 := onV2(t, keys, first)
 	// 300 random keys at 20 %: 60 expected, a standard deviation of 7.
 	if v2 < 30 || v2 > 90 {
 		t.Fatalf("%d of %d clients on v2 at 80/20, want about 60", v2, clients)
