@@ -151,8 +151,7 @@ func Run(ctx context.Context, c Config) (*Result, error) {
 		}
 		cc := c
 		cc.Watchers = r.n
-		cc.Raised = r.follow
-		w, err := runWatchers(ctx, cc, r.kill)
+		w, err := runWatchers(ctx, cc, r.kill, r.follow)
 		if err != nil {
 			return nil, fmt.Errorf("%d watchers (member killed: %v): %w", r.n, r.kill, err)
 		}
@@ -300,13 +299,15 @@ func (s *stamp) wait(ctx context.Context, rev int64) (time.Time, error) {
 	}
 }
 
-func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
+// runWatchers runs one watchers setup; follow is its etcd_follow_interval
+// (0: the default).
+func runWatchers(ctx context.Context, c Config, kill bool, follow time.Duration) (*Setup, error) {
 	name := fmt.Sprintf("watchers-%d", c.Watchers)
 	if kill {
 		name += "-kill"
 	}
-	if c.Raised > 0 {
-		name += "-follow-" + c.Raised.String()
+	if follow > 0 {
+		name += "-follow-" + follow.String()
 	}
 	bed, cl, err := startCluster(ctx, c, name)
 	if err != nil {
@@ -341,7 +342,7 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 		src := fleet.New(fleet.Options{
 			Client: fleet.ClientOptions{Endpoints: cl.Endpoints(), DialTimeout: 30 * time.Second},
 			Prefix: "/splitter/", NodeID: fmt.Sprintf("watcher-%d", i), Store: s, Logger: log,
-			FollowInterval: c.Raised,
+			FollowInterval: follow,
 		})
 		srcs[i] = src
 		// A machine that cannot carry the fleet shows it as starts that
@@ -417,9 +418,9 @@ func runWatchers(ctx context.Context, c Config, kill bool) (*Setup, error) {
 	if kill {
 		label = "watchers, member killed"
 	}
-	if c.Raised > 0 {
-		label += ", etcd_follow_interval " + c.Raised.String()
-		note += fmt.Sprintf("; etcd_follow_interval %v (default %v): stall bound %v, revision probe every %v", c.Raised, fleet.DefaultFollowInterval, 2*c.Raised, 4*c.Raised)
+	if follow > 0 {
+		label += ", etcd_follow_interval " + follow.String()
+		note += fmt.Sprintf("; etcd_follow_interval %v (default %v): stall bound %v, revision probe every %v", follow, fleet.DefaultFollowInterval, 2*follow, 4*follow)
 	}
 	s := summarise(label, c.Watchers, writer, all, note)
 	s.EtcdCPU, s.BenchCPU = cpu.stop()
